@@ -1,0 +1,1 @@
+"""Everything that speaks a field protocol. Imports gateway.core only."""

@@ -1,0 +1,1 @@
+"""Protocol-neutral core: models, ports, errors, clock, metrics. Imports nothing else of ours."""

@@ -1,0 +1,1 @@
+"""Payload parsing, validation and quarantine between the broker and the store."""

@@ -1,0 +1,74 @@
+"""The MQTT air purifier: validate its flat reading form (CONTRACT section 1)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from gateway.core.errors import PayloadError
+from gateway.core.models import MetricValue, Reading
+from gateway.core.timestamps import normalise_ts
+
+# field -> (kind, minimum, maximum); None means unbounded on that side
+_NUMBER = "number"
+_INT = "int"
+_BOOL = "bool"
+PURIFIER_FIELDS: dict[str, tuple[str, float | None, float | None]] = {
+    "temperature": (_NUMBER, -40.0, 85.0),
+    "humidity": (_NUMBER, 0.0, 100.0),
+    "pm1": (_NUMBER, 0.0, None),
+    "pm25": (_NUMBER, 0.0, None),
+    "pm10": (_NUMBER, 0.0, None),
+    "sound": (_NUMBER, 0.0, None),
+    "voc": (_NUMBER, 0.0, None),
+    "fanSpeed": (_INT, 0, 5),
+    "powerOn": (_BOOL, None, None),
+    "networkStrength": (_NUMBER, 0.0, 100.0),
+}
+_TIME_FIELDS = ("timestamp", "ts")
+
+
+def decode_purifier_reading(device_id: str, obj: dict[str, Any], received_at: float) -> Reading:
+    """The flat form: known fields are validated metrics, unknown fields are kept in `extra`."""
+    metrics: dict[str, MetricValue] = {}
+    extra: dict[str, Any] = {}
+    ts = received_at
+    for key, value in obj.items():
+        spec = PURIFIER_FIELDS.get(key)
+        if spec is None:
+            if key in _TIME_FIELDS:
+                ts = normalise_ts(value, key)
+            else:
+                extra[key] = value
+            continue
+        metrics[key] = _check(key, value, spec)
+    if not metrics:
+        raise PayloadError("no known purifier metric in the payload")
+    return Reading(device_id, ts, metrics, received_at, extra)
+
+
+def _check(key: str, value: object, spec: tuple[str, float | None, float | None]) -> MetricValue:
+    kind, low, high = spec
+    if kind == _BOOL:
+        if not isinstance(value, bool):
+            raise PayloadError(f"{key}: expected true/false, got {_type(value)}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise PayloadError(f"{key}: expected a number, got {_type(value)}")
+    if kind == _INT and not (isinstance(value, int) or float(value).is_integer()):
+        raise PayloadError(f"{key}: expected a whole number, got {value!r}")
+    if not math.isfinite(value):
+        raise PayloadError(f"{key}: {value!r} is not a finite number")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise PayloadError(f"{key}: {value!r} out of range {_range(low, high)}")
+    return int(value) if kind == _INT else value
+
+
+def _range(low: float | None, high: float | None) -> str:
+    if high is None:
+        return f">= {low:g}"
+    return f"{low:g}..{high:g}" if low is not None else f"<= {high:g}"
+
+
+def _type(value: object) -> str:
+    return "null" if value is None else type(value).__name__

@@ -1,0 +1,152 @@
+"""Command line: `edge-gateway run | check-config | hash-password | demo`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from gateway import __version__
+from gateway.core.errors import ConfigError
+from gateway.settings import LoadedSettings, load_settings
+
+EXIT_CONFIG = 2
+DEFAULT_CONFIG = "/etc/edge-gateway/gateway.toml"
+EXAMPLE_CONFIG = Path(__file__).resolve().parent.parent / "config" / "gateway.example.toml"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="edge-gateway", description="Local hub for air purifiers and sensors.")
+    parser.add_argument("--version", action="version", version=f"edge-gateway {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the gateway daemon")
+    run.add_argument("--config", default=DEFAULT_CONFIG, help=f"config file (default {DEFAULT_CONFIG})")
+
+    check = sub.add_parser("check-config", help="validate a config file; exit 2 listing every error")
+    check.add_argument("path")
+
+    hashp = sub.add_parser("hash-password", help="print an argon2 hash for a device password")
+    hashp.add_argument("--password", help="the password (default: prompt, or read one line from stdin)")
+
+    demo = sub.add_parser("demo", help="run the gateway with simulated purifiers (no cloud needed)")
+    demo.add_argument("--config", default=str(EXAMPLE_CONFIG))
+    demo.add_argument("--count", type=int, default=3, help="simulated purifiers (ids AP-01...)")
+    demo.add_argument("--interval", type=float, default=5.0, help="seconds between readings per purifier")
+    demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+
+    args = parser.parse_args(argv)
+    if args.command == "check-config":
+        return _check_config(args.path)
+    if args.command == "hash-password":
+        return _hash_password(args.password)
+    if args.command == "run":
+        return _run(args.config)
+    return _demo(args.config, args.count, args.interval, args.duration)
+
+
+def _load_or_report(path: str) -> LoadedSettings | None:
+    try:
+        return load_settings(path)
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        return None
+
+
+def _check_config(path: str) -> int:
+    loaded = _load_or_report(path)
+    if loaded is None:
+        return EXIT_CONFIG
+    s = loaded.settings
+    print(f"{path}: OK (gateway {s.gateway.id}, {len(s.devices)} devices, data in {loaded.data_dir})")
+    return 0
+
+
+def _hash_password(password: str | None) -> int:
+    from gateway.core.passwords import hash_password
+
+    if password is None:
+        if sys.stdin.isatty():
+            password = getpass.getpass("Device password: ")
+            if getpass.getpass("Again: ") != password:
+                print("passwords differ", file=sys.stderr)
+                return 1
+        else:
+            password = sys.stdin.readline().rstrip("\n")
+    if not password:
+        print("empty password refused", file=sys.stderr)
+        return 1
+    print(hash_password(password))
+    return 0
+
+
+def _run(config: str) -> int:
+    loaded = _load_or_report(config)
+    if loaded is None:
+        return EXIT_CONFIG
+    from gateway.app import run_gateway
+    from gateway.logs import configure_logging
+
+    configure_logging(loaded.settings.logging.level, loaded.settings.logging.format)
+    asyncio.run(run_gateway(loaded))
+    return 0
+
+
+def _demo(config: str, count: int, interval: float, duration: float | None) -> int:
+    loaded = _load_or_report(config)
+    if loaded is None:
+        return EXIT_CONFIG
+    from gateway.logs import configure_logging
+
+    configure_logging(loaded.settings.logging.level, "console")
+    return asyncio.run(_demo_async(loaded, count, interval, duration))
+
+
+async def _demo_async(loaded: LoadedSettings, count: int, interval: float, duration: float | None) -> int:
+    from gateway.app import Gateway
+
+    gateway = Gateway(loaded)
+    run_task = asyncio.create_task(gateway.run(), name="gateway")
+    ready = asyncio.create_task(gateway.ready.wait())
+    await asyncio.wait({run_task, ready}, return_when=asyncio.FIRST_COMPLETED)
+    if run_task.done():
+        ready.cancel()
+        await run_task  # raises the start-up error
+        return 1
+    port = gateway.broker.bound_ports()[0]
+    sim = subprocess.Popen(
+        [sys.executable, "-m", "firmware_sim", "purifiers", "--count", str(count), "--interval", str(interval),
+         "--host", "127.0.0.1", "--port", str(port)],
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    print(f"demo: gateway on port {port}, {count} simulated purifiers every {interval:g} s; "
+          f"readings go to {loaded.db_path}. Ctrl-C stops.", flush=True)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        while not run_task.done():
+            await asyncio.wait({run_task}, timeout=interval)
+            online = sum(1 for st in gateway.ingest.states.values() if st.online)
+            committed = int(gateway.metrics.value("gateway_readings_committed_total"))
+            print(f"demo: {committed} readings committed, {online} devices online", flush=True)
+            if duration is not None and loop.time() - started >= duration:
+                gateway.stop()
+    finally:
+        sim.send_signal(signal.SIGTERM)
+        try:
+            sim.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            sim.kill()
+        gateway.stop()
+        await run_task
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""Composition root: builds the services from Settings, runs them in one TaskGroup, stops them in order."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Mapping
+from typing import Any
+
+import structlog
+
+from gateway import __version__
+from gateway.broker.embedded import EmbeddedBroker
+from gateway.core.clock import Clock, SystemClock
+from gateway.core.errors import ConfigError, PayloadError
+from gateway.core.metrics import Metrics
+from gateway.core.models import Reading, StatusChange
+from gateway.core.ports import ReadingDecoder
+from gateway.ingest.service import Ingest
+from gateway.logs import configure_logging
+from gateway.settings import LoadedSettings, Settings, load_settings
+from gateway.store.queries import load_device_states
+from gateway.store.writer import StoreWriter
+from gateway.systemd_notify import SystemdNotifier
+
+log = structlog.get_logger(__name__)
+
+SHUTDOWN_BUDGET_S = 5.0
+
+
+def reading_decoders() -> Mapping[str, ReadingDecoder]:
+    """Device kind -> decoder of its flat payload form. The only place that names concrete drivers."""
+    from drivers.purifier import decode_purifier_reading
+
+    return {"purifier": decode_purifier_reading, "sensor": decode_flat_sensor}
+
+
+def decode_flat_sensor(device_id: str, obj: dict[str, Any], received_at: float) -> Reading:
+    """A generic sensor speaks only the {"ts", "metrics"} form (handled before this is called)."""
+    raise PayloadError('a sensor payload must carry a "metrics" object')
+
+
+class Gateway:
+    """One running gateway. `run()` returns after `stop()` (or SIGTERM/SIGINT) once everything is closed."""
+
+    def __init__(self, loaded: LoadedSettings, *, clock: Clock | None = None, notifier: SystemdNotifier | None = None):
+        self.loaded = loaded
+        self.clock = clock or SystemClock()
+        self.metrics = Metrics()
+        self.notifier = notifier or SystemdNotifier()
+        self._stop = asyncio.Event()
+        self.ready = asyncio.Event()
+        s = loaded.settings
+        self.writer = StoreWriter(
+            loaded.db_path,
+            metrics=self.metrics,
+            commit_interval=s.storage.commit_interval_ms / 1000.0,
+            max_batch=s.storage.max_batch,
+            queue_size=s.storage.queue_size,
+            synchronous=s.storage.synchronous,
+        )
+        self.ingest = Ingest(
+            put=self.writer.put,
+            metrics=self.metrics,
+            clock=self.clock,
+            device_kinds={d.id: d.kind for d in s.devices},
+            decoders=reading_decoders(),
+        )
+        self.broker = EmbeddedBroker(s.broker, s.devices, sink=self.ingest, metrics=self.metrics)
+
+    @property
+    def settings(self) -> Settings:
+        return self.loaded.settings
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def reload(self) -> bool:
+        """SIGHUP: read the config again; apply it whole, or keep the old one and say why."""
+        self.notifier.reloading()
+        try:
+            new = load_settings(self.loaded.path)
+        except ConfigError as exc:
+            log.error("config.reload_rejected", errors=exc.errors, kept="previous configuration")
+            self.metrics.inc("gateway_config_reloads_total", 1, "config reloads", result="rejected")
+            self.notifier.ready("running (config reload rejected)")
+            return False
+        old = self.loaded.settings
+        s = new.settings
+        self.broker.update_devices(s.devices, allow_anonymous=s.broker.allow_anonymous)
+        self.ingest.set_devices({d.id: d.kind for d in s.devices})
+        if s.logging != old.logging:
+            configure_logging(s.logging.level, s.logging.format)
+        needs_restart = [
+            name for name in ("gateway", "storage")
+            if getattr(s, name) != getattr(old, name)
+        ]
+        if s.broker.listeners != old.broker.listeners or s.broker.keepalive_grace != old.broker.keepalive_grace:
+            needs_restart.append("broker.listeners")
+        self.loaded = new
+        self.metrics.inc("gateway_config_reloads_total", 1, "config reloads", result="applied")
+        log.info("config.reloaded", devices=len(s.devices), restart_needed_for=needs_restart or None)
+        self.notifier.ready("running")
+        return True
+
+    async def run(self, *, install_signals: bool = True) -> None:
+        loop = asyncio.get_running_loop()
+        if install_signals:
+            loop.add_signal_handler(signal.SIGTERM, self.stop)
+            loop.add_signal_handler(signal.SIGINT, self.stop)
+            loop.add_signal_handler(signal.SIGHUP, self.reload)
+        try:
+            await self._run()
+        finally:
+            if install_signals:
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                    loop.remove_signal_handler(sig)
+
+    async def _run(self) -> None:
+        conn = await self.writer.open()
+        states = await load_device_states(conn)
+        self.ingest.restore_states(states)
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.writer.run(), name="store-writer")
+            # Whoever was connected before a restart or crash is not connected now.
+            now = self.clock.now()
+            for st in states.values():
+                if st.online:
+                    st.online = False
+                    st.status_changed_at = now
+                    await self.writer.put(StatusChange(st.device_id, False, now, "gateway-restart"))
+            await self.broker.start()
+            watchdog = tg.create_task(self._watchdog(), name="systemd-watchdog")
+            self.ready.set()
+            self.notifier.ready("running")
+            log.info("gateway.started", version=__version__, gateway_id=self.settings.gateway.id,
+                     db=str(self.loaded.db_path), devices=len(self.settings.devices))
+            await self._stop.wait()
+            self.notifier.stopping()
+            log.info("gateway.stopping")
+            await self._shutdown()
+            watchdog.cancel()
+        log.info("gateway.stopped", readings_committed=self.metrics.value("gateway_readings_committed_total"))
+
+    async def _shutdown(self) -> None:
+        """Stop intake, flush the store, close the broker: nothing a device had acknowledged is lost."""
+        await self.broker.stop_intake()
+        await self.writer.close()
+        try:
+            await asyncio.wait_for(self.broker.shutdown(), timeout=SHUTDOWN_BUDGET_S / 3)
+        except TimeoutError:
+            log.warning("broker.shutdown_slow")
+
+    async def _watchdog(self) -> None:
+        interval = self.notifier.watchdog_interval()
+        if interval is None:
+            return
+        while True:
+            # Only a loop that still turns can ping: a stuck event loop lets systemd restart us.
+            self.notifier.watchdog()
+            await asyncio.sleep(interval)
+
+
+async def run_gateway(loaded: LoadedSettings) -> None:
+    gateway = Gateway(loaded)
+    await gateway.run()
+

@@ -1,0 +1,271 @@
+"""amqtt's Broker with our authentication, ACL and ingest hook, and fixes for three of its faults.
+
+amqtt 0.12 (pinned: these override private methods, and tests/integration/test_broker_guards.py
+fails if a fault comes back):
+
+1. Retained leak: on connect it replays retained messages for *every* subscription filter in the
+   broker, not only the client's, and skips the RECEIVE check. We replay only the session's own
+   filters and check RECEIVE per message.
+2. Silent clients: a client that stops sending (power or Wi-Fi lost without a TCP close) is never
+   dropped after 1.5 x keepalive, so its Will never fires. We close it and publish its Will.
+3. A zero-length retained publish does not remove the retained message in every path. We delete it
+   ourselves and never replay an empty one.
+
+Authentication and the ACL are plain method overrides instead of amqtt plugins: plugins are
+configured by import path (no way to hand them our device table) and each call costs a task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from amqtt.broker import Broker
+from amqtt.contexts import Action, ListenerConfig
+from amqtt.session import Session
+
+from gateway.broker.acl import Access, device_may
+from gateway.core.metrics import Metrics
+from gateway.core.passwords import verify_password
+from gateway.core.ports import BrokerSink
+
+log = structlog.get_logger(__name__)
+
+_ACCESS = {Action.PUBLISH: Access.PUBLISH, Action.SUBSCRIBE: Access.SUBSCRIBE, Action.RECEIVE: Access.RECEIVE}
+
+
+class DeviceTable:
+    """Device id -> argon2 hash (None: may log in without a password when anonymous access is on)."""
+
+    def __init__(self, hashes: dict[str, str | None], *, allow_anonymous: bool) -> None:
+        self.hashes = hashes
+        self.allow_anonymous = allow_anonymous
+
+
+class GuardedBroker(Broker):  # type: ignore[misc]
+    def __init__(
+        self,
+        config: dict[str, Any],
+        *,
+        devices: DeviceTable,
+        sink: BrokerSink,
+        metrics: Metrics,
+        keepalive_grace: float = 1.5,
+        require_client_cert: frozenset[str] = frozenset(),
+    ) -> None:
+        super().__init__(config)
+        self.devices = devices  # replaced whole on config reload
+        self._sink = sink
+        self._metrics = metrics
+        self._grace = keepalive_grace
+        self._require_client_cert = require_client_cert
+        self._identity: dict[int, str] = {}  # id(session) -> device id, for accepted sessions
+        self._refused: set[int] = set()
+        self._live: dict[str, int] = {}  # device id -> open connections (a takeover briefly has two)
+        self._intake_open = True
+        self._ingest_inflight = 0
+        self._silence_tasks: set[asyncio.Future[None]] = set()
+
+    # --- authentication -------------------------------------------------------------------------
+
+    async def _authenticate(self, session: Session, listener: ListenerConfig) -> bool:
+        device_id, reason = await self._check_credentials(session)
+        if device_id is None:
+            self._refused.add(id(session))
+            self._metrics.inc("gateway_broker_logins_refused_total", 1, "refused MQTT logins", reason=reason)
+            log.warning(
+                "broker.login_refused",
+                client_id=session.client_id,
+                username=session.username,
+                reason=reason,
+                remote=session.remote_address,
+            )
+            return False
+        self._identity[id(session)] = device_id
+        self._live[device_id] = self._live.get(device_id, 0) + 1
+        self._metrics.inc("gateway_broker_logins_total", 1, "accepted MQTT logins")
+        await self._sink.connection(device_id, True)
+        return True
+
+    async def _check_credentials(self, session: Session) -> tuple[str | None, str]:
+        table = self.devices
+        username: str | None = session.username
+        if username is None:
+            # Anonymous: only a configured device naming itself by client id, and only if allowed.
+            client_id = session.client_id
+            if table.allow_anonymous and client_id in table.hashes:
+                return client_id, ""
+            return None, "anonymous"
+        if username not in table.hashes:
+            return None, "unknown-device"
+        other = session.client_id
+        if other and other != username and other in table.hashes:
+            return None, "client-id-of-another-device"  # would take over that device's session
+        password_hash = table.hashes[username]
+        if password_hash is None:
+            return (username, "") if table.allow_anonymous else (None, "no-password-configured")
+        password: str | None = session.password
+        if password is None:
+            return None, "no-password"
+        # argon2 costs tens of ms on a Pi: keep it off the event loop.
+        if await asyncio.to_thread(verify_password, password_hash, password):
+            return username, ""
+        return None, "bad-password"
+
+    async def _handle_client_session(self, *args: Any, **kwargs: Any) -> None:
+        session: Session = args[2] if len(args) > 2 else kwargs["client_session"]
+        try:
+            await super()._handle_client_session(*args, **kwargs)
+        finally:
+            key = id(session)
+            if key in self._refused:
+                self._refused.discard(key)
+                # amqtt registers the session before it refuses it; do not leave a zombie behind.
+                current = self._sessions.get(session.client_id)
+                if current is not None and current[0] is session:
+                    del self._sessions[session.client_id]
+            device_id = self._identity.pop(key, None)
+            if device_id is not None:
+                left = self._live.get(device_id, 1) - 1
+                if left <= 0:
+                    self._live.pop(device_id, None)
+                    await self._sink.connection(device_id, False)
+                else:
+                    self._live[device_id] = left
+
+    def device_of(self, session: Session | None) -> str | None:
+        return None if session is None else self._identity.get(id(session))
+
+    # --- ACL ------------------------------------------------------------------------------------
+
+    async def _topic_filtering(self, session: Session, topic: str, action: Action) -> bool:
+        device_id = self._identity.get(id(session))
+        if device_id is not None and device_may(device_id, _ACCESS[action], topic):
+            return True
+        self._metrics.inc("gateway_broker_acl_denied_total", 1, "refused publish/subscribe/receive", action=action.value)
+        if action is not Action.RECEIVE:  # RECEIVE refusals are routine filtering, not an offence
+            log.warning("broker.acl_denied", device_id=device_id, client_id=session.client_id, action=action.value,
+                        topic=topic)
+        return False
+
+    # --- ingest hook ----------------------------------------------------------------------------
+
+    async def _broadcast_message(
+        self,
+        session: Session | None,
+        topic: str | None,
+        data: bytes | bytearray | None,
+        force_qos: int | None = None,
+    ) -> None:
+        if session is not None and topic is not None:
+            device_id = self._identity.get(id(session))
+            # Publishes arrive here after the ACL passed; a Will does not pass amqtt's ACL, so check again.
+            if device_id is None or not device_may(device_id, Access.PUBLISH, topic):
+                self._metrics.inc("gateway_broker_acl_denied_total", 1, action="will")
+                log.warning("broker.will_denied", client_id=session.client_id, topic=topic)
+                return
+            if not self._intake_open:
+                self._metrics.inc("gateway_broker_dropped_after_close_total", 1, "messages after intake closed")
+                return
+            self._ingest_inflight += 1
+            try:
+                await self._sink.message(device_id, topic, bytes(data or b""))
+            finally:
+                self._ingest_inflight -= 1
+        await super()._broadcast_message(session, topic, data, force_qos)
+
+    # --- fix 1: retained replay only for the session's own, permitted subscriptions -----------------
+
+    async def _publish_retained_messages_for_subscription(
+        self, subscription: tuple[str, int], session: Session
+    ) -> None:
+        topic_filter, qos = subscription
+        own = [q for s, q in self._subscriptions.get(topic_filter, ()) if s.client_id == session.client_id]
+        if not own:
+            return  # amqtt calls this for every filter in the broker on connect: not this client's
+        qos = own[0]  # the granted QoS (amqtt passes QoS 0 when it replays on connect)
+        handler = self._get_handler(session)
+        if handler is None:
+            return
+        tasks = []
+        for topic, retained in list(self._retained_messages.items()):
+            if not retained.data or not self._matches(topic, topic_filter):
+                continue
+            if not await self._topic_filtering(session, topic, Action.RECEIVE):
+                continue
+            tasks.append(
+                asyncio.ensure_future(
+                    handler.mqtt_publish(retained.topic, retained.data, min(qos, retained.qos or qos), retain=True)
+                )
+            )
+        if tasks:
+            await asyncio.wait(tasks)
+
+    # --- fix 3: a zero-length retained publish deletes the retained message --------------------------
+
+    async def retain_message(
+        self,
+        source_session: Session | None,
+        topic_name: str | None,
+        data: bytes | bytearray | None,
+        qos: int | None = None,
+    ) -> None:
+        if topic_name is not None and not data:
+            self._retained_messages.pop(topic_name, None)  # [MQTT-3.3.1-10]
+            return
+        await super().retain_message(source_session, topic_name, data, qos)
+
+    # --- fix 2: drop clients silent for longer than keepalive x grace -------------------------------
+
+    async def _initialize_client_session(self, *args: Any, **kwargs: Any) -> Any:
+        handler, session = await super()._initialize_client_session(*args, **kwargs)
+        if session.keep_alive > 0:
+            # The handler's reader waits this long for the next packet, then calls handle_read_timeout(),
+            # which amqtt leaves empty. Ours closes the connection as abnormal, so the Will is published.
+            session.keep_alive = session.keep_alive * self._grace
+            handler.handle_read_timeout = self._silence_closer(handler, session)
+        return handler, session
+
+    def _silence_closer(self, handler: Any, session: Session) -> Callable[[], None]:
+        def close_silent_client() -> None:
+            self._metrics.inc("gateway_broker_silent_clients_total", 1, "clients dropped for silence")
+            log.warning("broker.client_silent", client_id=session.client_id, keepalive=session.keep_alive)
+            task = asyncio.ensure_future(handler.handle_connection_closed())
+            self._silence_tasks.add(task)
+            task.add_done_callback(self._silence_tasks.discard)
+
+        return close_silent_client
+
+    # --- TLS: a listener with a CA requires client certificates -------------------------------------
+
+    def _create_ssl_context(self, listener: ListenerConfig) -> ssl.SSLContext:
+        ctx: ssl.SSLContext = Broker._create_ssl_context(listener)
+        bind = listener.get("bind")
+        if bind in self._require_client_cert:
+            ctx.verify_mode = ssl.CERT_REQUIRED
+        return ctx
+
+    # --- orderly shutdown ----------------------------------------------------------------------------
+
+    async def stop_intake(self, timeout: float = 3.0) -> None:
+        """Accept no new connections or packets; hand what amqtt already acknowledged to the sink."""
+        for server in self._servers.values():
+            instance = getattr(server, "instance", None)
+            if instance is not None:
+                instance.close()
+        for _session, handler in list(self._sessions.values()):
+            transport = getattr(getattr(handler.writer, "_writer", None), "transport", None)
+            if transport is not None and not transport.is_closing():
+                transport.pause_reading()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        # Messages amqtt has PUBACKed wait in each session's delivery queue: let them reach the sink.
+        while loop.time() < deadline and (
+            self._ingest_inflight
+            or any(not s.delivered_message_queue.empty() for s, _ in list(self._sessions.values()))
+        ):
+            await asyncio.sleep(0.01)
+        self._intake_open = False

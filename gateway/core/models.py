@@ -1,0 +1,66 @@
+"""Value objects passed between the broker, drivers, ingest and store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+MetricValue = float | int | bool
+
+
+@dataclass(slots=True, frozen=True)
+class Reading:
+    """One accepted measurement of one logical device."""
+
+    device_id: str
+    ts: float  # the reading's own time, Unix epoch seconds
+    metrics: dict[str, MetricValue]
+    received_at: float
+    extra: dict[str, Any] = field(default_factory=dict)  # unknown payload fields, kept verbatim
+
+
+@dataclass(slots=True, frozen=True)
+class Quarantined:
+    """A payload we refused, kept with the reason so nobody has to guess why data is missing."""
+
+    received_at: float
+    client_id: str | None
+    topic: str
+    payload: bytes
+    reason: str
+    device_id: str | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class DeviceEvent:
+    """Something that happened to a device (online/offline, ...), recorded for the audit and the uplink."""
+
+    ts: float
+    device_id: str
+    type: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class DeviceState:
+    """What the gateway knows about a device right now."""
+
+    device_id: str
+    online: bool = False
+    last_seen: float | None = None
+    last_ts: float | None = None
+    last_metrics: dict[str, MetricValue] = field(default_factory=dict)
+    status_changed_at: float | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class StatusChange:
+    """A device went online or offline."""
+
+    device_id: str
+    online: bool
+    at: float
+    reason: str  # "status" | "connected" | "disconnected" | "startup"
+
+
+StoreRecord = Reading | Quarantined | DeviceEvent | StatusChange

@@ -1,0 +1,24 @@
+"""Device password hashing: argon2id. Verification is CPU-heavy, so callers run it in a thread."""
+
+from __future__ import annotations
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+# Defaults of argon2-cffi (RFC 9106 low-memory profile): ~50 ms on a Pi 4, a few ms here.
+_hasher = PasswordHasher()
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+def verify_password(password_hash: str, password: str) -> bool:
+    try:
+        return _hasher.verify(password_hash, password)
+    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        return False
+
+
+def is_argon2_hash(value: str) -> bool:
+    return value.startswith(("$argon2id$", "$argon2i$", "$argon2d$"))

@@ -1,0 +1,24 @@
+"""The seams between the core and its adapters (broker backends, drivers, store)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from gateway.core.models import Reading
+
+# Turns one decoded JSON object from a device of some kind into a Reading; raises PayloadError.
+ReadingDecoder = Callable[[str, dict[str, Any], float], Reading]
+
+
+class BrokerSink(Protocol):
+    """What a LAN broker backend (embedded amqtt, managed Mosquitto) hands to the gateway.
+
+    `message` is awaited on the broker's path for that one client: it may wait (back-pressure
+    on that client) but must never raise.
+    """
+
+    async def message(self, client_id: str, topic: str, payload: bytes) -> None: ...
+
+    async def connection(self, client_id: str, connected: bool) -> None: ...
+

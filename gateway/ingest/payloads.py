@@ -1,0 +1,68 @@
+"""Payload parsing common to all devices: JSON object check and the generic sensor form."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from gateway.core.errors import PayloadError
+from gateway.core.models import MetricValue, Reading
+from gateway.core.timestamps import normalise_ts
+
+MAX_PAYLOAD_BYTES = 64 * 1024
+
+
+def parse_object(payload: bytes) -> dict[str, Any]:
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise PayloadError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
+    try:
+        obj = json.loads(payload)
+    except UnicodeDecodeError:
+        raise PayloadError("not UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise PayloadError(f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    if not isinstance(obj, dict):
+        raise PayloadError(f"not a JSON object (got {_json_type(obj)})")
+    return obj
+
+
+def decode_generic_reading(device_id: str, obj: dict[str, Any], received_at: float) -> Reading:
+    """`{"ts": ..., "metrics": {name: number | bool}}`; other top-level fields are kept in `extra`."""
+    raw_metrics = obj["metrics"]
+    if not isinstance(raw_metrics, dict):
+        raise PayloadError(f"metrics: expected an object, got {_json_type(raw_metrics)}")
+    if not raw_metrics:
+        raise PayloadError("metrics: empty")
+    metrics: dict[str, MetricValue] = {}
+    for name, value in raw_metrics.items():
+        if isinstance(value, bool):
+            metrics[name] = value
+        elif isinstance(value, int | float):
+            if not math.isfinite(value):
+                raise PayloadError(f"metrics.{name}: {value!r} is not a finite number")
+            metrics[name] = value
+        else:
+            raise PayloadError(f"metrics.{name}: expected a number or boolean, got {_json_type(value)}")
+    ts = received_at
+    extra: dict[str, Any] = {}
+    for key, value in obj.items():
+        if key in ("ts", "timestamp"):
+            ts = normalise_ts(value, key)
+        elif key != "metrics":
+            extra[key] = value
+    return Reading(device_id, ts, metrics, received_at, extra)
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return type(value).__name__

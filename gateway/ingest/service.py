@@ -1,0 +1,146 @@
+"""Ingest: what devices send through the LAN broker becomes readings, status and quarantine rows.
+
+Runs on the broker's per-client path (see BrokerSink): it parses in place and hands records to the
+store writer, awaiting it only when the writer's queue is full. It never raises into the broker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+
+import structlog
+
+from gateway.core.clock import Clock
+from gateway.core.errors import PayloadError, StoreClosedError
+from gateway.core.metrics import Metrics
+from gateway.core.models import DeviceState, Quarantined, StatusChange, StoreRecord
+from gateway.core.ports import ReadingDecoder
+from gateway.ingest.payloads import decode_generic_reading, parse_object
+
+log = structlog.get_logger(__name__)
+
+AckHandler = Callable[[str, bytes, float], Awaitable[None]]
+Put = Callable[[StoreRecord], Awaitable[None]]
+
+_STATUS_VALUES = {b"online": True, b'"online"': True, b"offline": False, b'"offline"': False}
+
+
+class Ingest:
+    def __init__(
+        self,
+        *,
+        put: Put,
+        metrics: Metrics,
+        clock: Clock,
+        device_kinds: Mapping[str, str],
+        decoders: Mapping[str, ReadingDecoder],
+    ) -> None:
+        self._put = put
+        self._metrics = metrics
+        self._clock = clock
+        self._kinds = dict(device_kinds)
+        self._decoders = dict(decoders)
+        self.states: dict[str, DeviceState] = {}
+        self.ack_handler: AckHandler | None = None  # the command executor registers itself here
+
+    def set_devices(self, device_kinds: Mapping[str, str]) -> None:
+        """Swap the device table (config reload): one assignment, so readers never see half of it."""
+        self._kinds = dict(device_kinds)
+
+    def restore_states(self, states: Mapping[str, DeviceState]) -> None:
+        self.states = dict(states)
+
+    def state(self, device_id: str) -> DeviceState:
+        st = self.states.get(device_id)
+        if st is None:
+            st = self.states[device_id] = DeviceState(device_id)
+        return st
+
+    # --- BrokerSink -------------------------------------------------------------------------------
+
+    async def message(self, client_id: str, topic: str, payload: bytes) -> None:
+        now = self._clock.now()
+        try:
+            await self._route(client_id, topic, payload, now)
+        except StoreClosedError:
+            self._metrics.inc("gateway_ingest_rejected_closed_total", 1, "messages refused during shutdown")
+            log.warning("ingest.store_closed", client_id=client_id, topic=topic)
+        except Exception:
+            # A bug here must not kill the client's broker loop; it is logged with its traceback and counted.
+            self._metrics.inc("gateway_ingest_errors_total", 1, "unexpected errors in ingest")
+            log.exception("ingest.error", client_id=client_id, topic=topic)
+
+    async def connection(self, client_id: str, connected: bool) -> None:
+        if client_id not in self._kinds:
+            return
+        now = self._clock.now()
+        st = self.state(client_id)
+        if connected:
+            st.last_seen = now
+        try:
+            await self._status(st, connected, now, "connected" if connected else "disconnected")
+        except StoreClosedError:
+            log.info("ingest.status_after_close", device_id=client_id, online=connected)
+
+    # --- routing ----------------------------------------------------------------------------------
+
+    async def _route(self, client_id: str, topic: str, payload: bytes, now: float) -> None:
+        parts = topic.split("/")
+        if len(parts) != 3 or parts[0] != "device":
+            await self._quarantine(client_id, None, topic, payload, "topic is not device/{id}/{channel}", now)
+            return
+        device_id, channel = parts[1], parts[2]
+        kind = self._kinds.get(device_id)
+        if kind is None:
+            await self._quarantine(client_id, device_id, topic, payload, f"unknown device {device_id!r}", now)
+            return
+        self._metrics.inc("gateway_ingest_messages_total", 1, "messages received from devices", channel=channel)
+        st = self.state(device_id)
+        st.last_seen = now
+        if channel == "data":
+            await self._data(client_id, device_id, kind, topic, payload, now, st)
+        elif channel == "status":
+            online = _STATUS_VALUES.get(payload.strip())
+            if online is None:
+                await self._quarantine(client_id, device_id, topic, payload, 'status must be "online" or "offline"', now)
+                return
+            await self._status(st, online, now, "status")
+        elif channel == "ack":
+            if self.ack_handler is not None:
+                await self.ack_handler(device_id, payload, now)
+        elif channel == "batch":
+            # Hub batches (CONTRACT section 3) are reassembled by the demultiplexer, which is not built yet:
+            # keep them visible instead of dropping them.
+            await self._quarantine(client_id, device_id, topic, payload, "hub batches are not supported yet", now)
+        else:
+            await self._quarantine(client_id, device_id, topic, payload, f"unknown channel {channel!r}", now)
+
+    async def _data(
+        self, client_id: str, device_id: str, kind: str, topic: str, payload: bytes, now: float, st: DeviceState
+    ) -> None:
+        try:
+            obj = parse_object(payload)
+            decoder = decode_generic_reading if "metrics" in obj else self._decoders[kind]
+            reading = decoder(device_id, obj, now)
+        except PayloadError as exc:
+            await self._quarantine(client_id, device_id, topic, payload, str(exc), now)
+            return
+        if st.last_ts is None or reading.ts >= st.last_ts:
+            st.last_ts = reading.ts
+            st.last_metrics = reading.metrics
+        await self._put(reading)
+
+    async def _status(self, st: DeviceState, online: bool, now: float, reason: str) -> None:
+        if st.online == online and st.status_changed_at is not None:
+            return  # no transition: no event
+        st.online = online
+        st.status_changed_at = now
+        log.info("device.online" if online else "device.offline", device_id=st.device_id, reason=reason)
+        await self._put(StatusChange(st.device_id, online, now, reason))
+
+    async def _quarantine(
+        self, client_id: str | None, device_id: str | None, topic: str, payload: bytes, reason: str, now: float
+    ) -> None:
+        self._metrics.inc("gateway_quarantined_total", 1, "payloads refused and kept with their reason")
+        log.warning("ingest.quarantined", client_id=client_id, topic=topic, reason=reason, size=len(payload))
+        await self._put(Quarantined(now, client_id, topic, bytes(payload), reason, device_id))

@@ -1,0 +1,225 @@
+"""The installer's configuration: TOML files validated by pydantic models.
+
+Errors are reported as `FILE: section.field.path: message`, every one of them at once, and nothing
+is silently dropped or "fixed" (unknown keys are errors too: a typo must not pass as a default).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+import zoneinfo
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from gateway.core.errors import ConfigError
+from gateway.core.passwords import is_argon2_hash
+
+# Device ids appear in MQTT topics and as usernames: no wildcards, separators or spaces.
+DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GatewaySection(_Strict):
+    id: Annotated[str, Field(pattern=DEVICE_ID_PATTERN)]
+    org: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+    timezone: str = "UTC"
+    # None: $STATE_DIRECTORY (set by systemd's StateDirectory=) or ./var
+    data_dir: Path | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown timezone {value!r}") from exc
+        return value
+
+    def resolved_data_dir(self, config_dir: Path) -> Path:
+        if self.data_dir is not None:
+            return self.data_dir if self.data_dir.is_absolute() else config_dir / self.data_dir
+        state_dir = os.environ.get("STATE_DIRECTORY")
+        if state_dir:
+            return Path(state_dir.split(":")[0])
+        return Path.cwd() / "var"
+
+
+class ListenerSettings(_Strict):
+    name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")]
+    host: str = "0.0.0.0"
+    port: Annotated[int, Field(ge=0, le=65535)] = 1883
+    # TLS when both are given; cafile additionally asks clients for a certificate signed by it.
+    certfile: Path | None = None
+    keyfile: Path | None = None
+    cafile: Path | None = None
+    max_connections: Annotated[int, Field(ge=-1)] = -1
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ListenerSettings:
+        if (self.certfile is None) != (self.keyfile is None):
+            raise ValueError("certfile and keyfile go together: give both for TLS, or neither")
+        if self.cafile is not None and self.certfile is None:
+            raise ValueError("cafile needs certfile and keyfile (client certificates need a TLS listener)")
+        for label, path in (("certfile", self.certfile), ("keyfile", self.keyfile), ("cafile", self.cafile)):
+            if path is not None and not path.is_file():
+                raise ValueError(f"{label} {str(path)!r} does not exist or is not a file")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return self.certfile is not None
+
+
+class BrokerSection(_Strict):
+    allow_anonymous: bool = False
+    listeners: list[ListenerSettings] = Field(
+        default_factory=lambda: [ListenerSettings(name="lan", host="0.0.0.0", port=1883)], min_length=1
+    )
+    # A client silent for this many times its keepalive is disconnected (its Will then fires).
+    keepalive_grace: Annotated[float, Field(ge=1.0, le=10.0)] = 1.5
+    # A disconnected persistent session (and its offline queue) is dropped after this many seconds.
+    session_expiry_seconds: Annotated[int, Field(ge=1)] = 3600
+
+    @field_validator("listeners")
+    @classmethod
+    def _unique_listeners(cls, value: list[ListenerSettings]) -> list[ListenerSettings]:
+        names = [listener.name for listener in value]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"listener names must be unique, repeated: {', '.join(dupes)}")
+        return value
+
+
+DeviceKind = Literal["purifier", "sensor"]
+
+
+class DeviceSettings(_Strict):
+    id: Annotated[str, Field(pattern=DEVICE_ID_PATTERN)]
+    kind: DeviceKind = "purifier"
+    name: str = ""
+    room: str = ""
+    # argon2 hash from `edge-gateway hash-password`; None only when broker.allow_anonymous is on
+    password_hash: str | None = None
+
+    @field_validator("password_hash")
+    @classmethod
+    def _argon2(cls, value: str | None) -> str | None:
+        if value is not None and not is_argon2_hash(value):
+            raise ValueError("must be an argon2 hash (make one with `edge-gateway hash-password`)")
+        return value
+
+
+class StorageSection(_Strict):
+    db_file: str = "gateway.db"  # relative to gateway.data_dir
+    # Group commit: a batch is committed when it holds max_batch rows or its oldest row waited this long.
+    commit_interval_ms: Annotated[float, Field(gt=0, le=1000)] = 5.0
+    max_batch: Annotated[int, Field(ge=1, le=100_000)] = 1000
+    # Rows waiting for the writer; when full, producers wait (back-pressure), nothing is dropped.
+    queue_size: Annotated[int, Field(ge=10)] = 10_000
+    synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
+
+
+class LoggingSection(_Strict):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"  # auto: console on a terminal, JSON otherwise
+
+
+class Settings(_Strict):
+    gateway: GatewaySection
+    broker: BrokerSection = Field(default_factory=BrokerSection)
+    devices: list[DeviceSettings] = Field(default_factory=list)
+    storage: StorageSection = Field(default_factory=StorageSection)
+    logging: LoggingSection = Field(default_factory=LoggingSection)
+
+    def cross_check(self) -> list[tuple[str, str]]:
+        """Rules spanning sections, as (field path, message): pydantic cannot place these on a field."""
+        problems: list[tuple[str, str]] = []
+        seen: set[str] = set()
+        for index, device in enumerate(self.devices):
+            where = f"devices.{index}[id={device.id}]"
+            if device.id in seen:
+                problems.append((f"{where}.id", f"device id {device.id!r} appears more than once"))
+            seen.add(device.id)
+            if device.password_hash is None and not self.broker.allow_anonymous:
+                problems.append(
+                    (f"{where}.password_hash", "required while broker.allow_anonymous is false")
+                )
+        return problems
+
+    def device(self, device_id: str) -> DeviceSettings | None:
+        for device in self.devices:
+            if device.id == device_id:
+                return device
+        return None
+
+
+class LoadedSettings(BaseModel):
+    """Settings plus where they came from (relative paths resolve against the file's folder)."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    settings: Settings
+    path: Path
+
+    @property
+    def data_dir(self) -> Path:
+        return self.settings.gateway.resolved_data_dir(self.path.parent)
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / self.settings.storage.db_file
+
+
+def load_settings(path: Path | str) -> LoadedSettings:
+    """Read and validate a config file; raise ConfigError listing every problem as `FILE: path: msg`."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: file not found"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{path}: cannot read: {exc}"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: TOML syntax: {exc}"]) from None
+    try:
+        settings = Settings.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError([f"{path}: {_location(err['loc'], raw)}: {_message(err)}" for err in exc.errors()]) from None
+    problems = settings.cross_check()
+    if problems:
+        raise ConfigError([f"{path}: {where}: {message}" for where, message in problems])
+    return LoadedSettings(settings=settings, path=path.resolve())
+
+
+def _location(loc: tuple[int | str, ...], raw: object) -> str:
+    """`devices.2.password_hash`, or `(top level)`; a list index also names the device id when known."""
+    parts: list[str] = []
+    node = raw
+    for item in loc:
+        if isinstance(item, int):
+            label = str(item)
+            if isinstance(node, list) and item < len(node):
+                node = node[item]
+                ident = node.get("id") if isinstance(node, dict) else None
+                if isinstance(ident, str) and ident:
+                    label = f"{item}[id={ident}]"
+            parts.append(label)
+        else:
+            parts.append(item)
+            node = node.get(item) if isinstance(node, dict) else None
+    return ".".join(parts) if parts else "(top level)"
+
+
+_VALUE_ERROR_PREFIX = re.compile(r"^(Value error|Assertion failed), ")
+
+
+def _message(err: object) -> str:
+    msg = str(err["msg"]) if isinstance(err, dict) else str(err)
+    return _VALUE_ERROR_PREFIX.sub("", msg)

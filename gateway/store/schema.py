@@ -1,0 +1,75 @@
+"""Schema migrations, applied in order and counted by `PRAGMA user_version`."""
+
+from __future__ import annotations
+
+import aiosqlite
+
+# Each entry moves the schema from version i to i+1. Never edit a shipped entry: append a new one.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE readings (
+        id INTEGER PRIMARY KEY,
+        device_id TEXT NOT NULL,
+        ts REAL NOT NULL,              -- the reading's own time (epoch s)
+        received_at REAL NOT NULL,     -- when the gateway accepted it
+        metrics TEXT NOT NULL,         -- JSON object name -> number | bool
+        extra TEXT                     -- JSON object of unknown payload fields, or NULL
+    );
+    CREATE INDEX readings_device_ts ON readings (device_id, ts);
+
+    CREATE TABLE device_state (
+        device_id TEXT PRIMARY KEY,
+        online INTEGER NOT NULL DEFAULT 0,
+        status_changed_at REAL,
+        last_seen REAL,
+        last_ts REAL,
+        last_metrics TEXT
+    );
+
+    CREATE TABLE quarantine (
+        id INTEGER PRIMARY KEY,
+        received_at REAL NOT NULL,
+        client_id TEXT,
+        device_id TEXT,
+        topic TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        reason TEXT NOT NULL
+    );
+    CREATE INDEX quarantine_received ON quarantine (received_at);
+
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        ts REAL NOT NULL,
+        device_id TEXT,
+        type TEXT NOT NULL,
+        data TEXT NOT NULL             -- JSON object
+    );
+    CREATE INDEX events_device_ts ON events (device_id, ts);
+    """,
+)
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+async def migrate(conn: aiosqlite.Connection) -> int:
+    """Bring the database to SCHEMA_VERSION; returns the version found before."""
+    async with conn.execute("PRAGMA user_version") as cur:
+        row = await cur.fetchone()
+    found = int(row[0]) if row else 0
+    if found > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"database schema version {found} is newer than this gateway understands ({SCHEMA_VERSION})"
+        )
+    for version in range(found, SCHEMA_VERSION):
+        # executescript commits first; the BEGIN/COMMIT makes each migration all-or-nothing
+        await conn.executescript(f"BEGIN;\n{MIGRATIONS[version]}\nPRAGMA user_version = {version + 1};\nCOMMIT;")
+    return found
+
+
+async def connect(path: str, *, synchronous: str = "NORMAL") -> aiosqlite.Connection:
+    conn = await aiosqlite.connect(path, isolation_level=None)  # we issue BEGIN/COMMIT ourselves
+    await conn.execute("PRAGMA journal_mode=WAL")
+    await conn.execute(f"PRAGMA synchronous={synchronous}")
+    await conn.execute("PRAGMA busy_timeout=5000")
+    await conn.execute("PRAGMA foreign_keys=ON")
+    return conn

@@ -1,0 +1,54 @@
+"""sd_notify(3) without a dependency: READY, WATCHDOG, STOPPING, RELOADING, STATUS."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+
+class SystemdNotifier:
+    """Talks to $NOTIFY_SOCKET when systemd gave one; otherwise every call does nothing."""
+
+    def __init__(self, address: str | None = None) -> None:
+        address = address if address is not None else os.environ.get("NOTIFY_SOCKET")
+        self._address: str | None = None
+        if address:
+            # A leading "@" names a socket in the abstract namespace.
+            self._address = "\0" + address[1:] if address.startswith("@") else address
+
+    @property
+    def enabled(self) -> bool:
+        return self._address is not None
+
+    def watchdog_interval(self) -> float | None:
+        """Half of WatchdogSec (systemd passes it in microseconds), or None without a watchdog."""
+        usec = os.environ.get("WATCHDOG_USEC")
+        pid = os.environ.get("WATCHDOG_PID")
+        if not usec or (pid and pid != str(os.getpid())):
+            return None
+        try:
+            return int(usec) / 1_000_000 / 2
+        except ValueError:
+            return None
+
+    def notify(self, *lines: str) -> None:
+        if self._address is None:
+            return
+        message = "\n".join(lines).encode()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            try:
+                sock.sendto(message, self._address)
+            except OSError:
+                pass  # systemd gone (shutdown, or run by hand with a stale variable): nothing to tell
+
+    def ready(self, status: str = "") -> None:
+        self.notify("READY=1", f"STATUS={status}" if status else "STATUS=running")
+
+    def watchdog(self) -> None:
+        self.notify("WATCHDOG=1")
+
+    def stopping(self) -> None:
+        self.notify("STOPPING=1")
+
+    def reloading(self) -> None:
+        self.notify("RELOADING=1")
