@@ -7,7 +7,6 @@ import asyncio
 import getpass
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -120,9 +119,9 @@ async def _demo_async(loaded: LoadedSettings, count: int, interval: float, durat
         await run_task  # raises the start-up error
         return 1
     port = gateway.broker.bound_ports()[0]
-    sim = subprocess.Popen(
-        [sys.executable, "-m", "firmware_sim", "purifiers", "--count", str(count), "--interval", str(interval),
-         "--host", "127.0.0.1", "--port", str(port)],
+    sim = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "firmware_sim", "purifiers", "--count", str(count), "--interval", str(interval),
+        "--host", "127.0.0.1", "--port", str(port),
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     print(f"demo: gateway on port {port}, {count} simulated purifiers every {interval:g} s; "
@@ -138,11 +137,12 @@ async def _demo_async(loaded: LoadedSettings, count: int, interval: float, durat
             if duration is not None and loop.time() - started >= duration:
                 gateway.stop()
     finally:
-        sim.send_signal(signal.SIGTERM)
-        try:
-            sim.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            sim.kill()
+        if sim.returncode is None:
+            sim.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(sim.wait(), 5)
+            except TimeoutError:
+                sim.kill()
         gateway.stop()
         await run_task
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 
@@ -35,11 +36,9 @@ class SystemdNotifier:
         if self._address is None:
             return
         message = "\n".join(lines).encode()
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            try:
-                sock.sendto(message, self._address)
-            except OSError:
-                pass  # systemd gone (shutdown, or run by hand with a stale variable): nothing to tell
+        # systemd gone (shutdown, or run by hand with a stale variable): nothing to tell
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock, contextlib.suppress(OSError):
+            sock.sendto(message, self._address)
 
     def ready(self, status: str = "") -> None:
         self.notify("READY=1", f"STATUS={status}" if status else "STATUS=running")

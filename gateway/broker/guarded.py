@@ -18,6 +18,7 @@ configured by import path (no way to hand them our device table) and each call c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from collections.abc import Callable
 from typing import Any
@@ -55,6 +56,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]
         metrics: Metrics,
         keepalive_grace: float = 1.5,
         require_client_cert: frozenset[str] = frozenset(),
+        pending_per_client: int = 64,
     ) -> None:
         super().__init__(config)
         self.devices = devices  # replaced whole on config reload
@@ -62,17 +64,20 @@ class GuardedBroker(Broker):  # type: ignore[misc]
         self._metrics = metrics
         self._grace = keepalive_grace
         self._require_client_cert = require_client_cert
+        self._pending_per_client = pending_per_client
         self._identity: dict[int, str] = {}  # id(session) -> device id, for accepted sessions
         self._refused: set[int] = set()
         self._live: dict[str, int] = {}  # device id -> open connections (a takeover briefly has two)
-        self._intake_open = True
-        self._ingest_inflight = 0
+        self._closing = False
+        self._client_loops = 0  # _handle_client_session calls still running
+        self._no_client_loops = asyncio.Event()
+        self._no_client_loops.set()
         self._silence_tasks: set[asyncio.Future[None]] = set()
 
     # --- authentication -------------------------------------------------------------------------
 
     async def _authenticate(self, session: Session, listener: ListenerConfig) -> bool:
-        device_id, reason = await self._check_credentials(session)
+        device_id, reason = (None, "shutting-down") if self._closing else await self._check_credentials(session)
         if device_id is None:
             self._refused.add(id(session))
             self._metrics.inc("gateway_broker_logins_refused_total", 1, "refused MQTT logins", reason=reason)
@@ -117,9 +122,14 @@ class GuardedBroker(Broker):  # type: ignore[misc]
 
     async def _handle_client_session(self, *args: Any, **kwargs: Any) -> None:
         session: Session = args[2] if len(args) > 2 else kwargs["client_session"]
+        self._client_loops += 1
+        self._no_client_loops.clear()
         try:
             await super()._handle_client_session(*args, **kwargs)
         finally:
+            self._client_loops -= 1
+            if self._client_loops == 0:
+                self._no_client_loops.set()
             key = id(session)
             if key in self._refused:
                 self._refused.discard(key)
@@ -145,7 +155,9 @@ class GuardedBroker(Broker):  # type: ignore[misc]
         device_id = self._identity.get(id(session))
         if device_id is not None and device_may(device_id, _ACCESS[action], topic):
             return True
-        self._metrics.inc("gateway_broker_acl_denied_total", 1, "refused publish/subscribe/receive", action=action.value)
+        self._metrics.inc(
+            "gateway_broker_acl_denied_total", 1, "refused publish/subscribe/receive", action=action.value
+        )
         if action is not Action.RECEIVE:  # RECEIVE refusals are routine filtering, not an offence
             log.warning("broker.acl_denied", device_id=device_id, client_id=session.client_id, action=action.value,
                         topic=topic)
@@ -167,15 +179,16 @@ class GuardedBroker(Broker):  # type: ignore[misc]
                 self._metrics.inc("gateway_broker_acl_denied_total", 1, action="will")
                 log.warning("broker.will_denied", client_id=session.client_id, topic=topic)
                 return
-            if not self._intake_open:
-                self._metrics.inc("gateway_broker_dropped_after_close_total", 1, "messages after intake closed")
-                return
-            self._ingest_inflight += 1
-            try:
-                await self._sink.message(device_id, topic, bytes(data or b""))
-            finally:
-                self._ingest_inflight -= 1
+            await self._sink.message(device_id, topic, bytes(data or b""))
+            if not self._has_subscriber(topic):
+                return  # device data usually has no MQTT subscriber: skip amqtt's (unbounded) broadcast queue
         await super()._broadcast_message(session, topic, data, force_qos)
+
+    def _has_subscriber(self, topic: str) -> bool:
+        subs = self._subscriptions
+        if subs.get(topic):
+            return True
+        return any(("#" in f or "+" in f) and s and self._matches(topic, f) for f, s in subs.items())
 
     # --- fix 1: retained replay only for the session's own, permitted subscriptions -----------------
 
@@ -222,6 +235,12 @@ class GuardedBroker(Broker):  # type: ignore[misc]
 
     async def _initialize_client_session(self, *args: Any, **kwargs: Any) -> Any:
         handler, session = await super()._initialize_client_session(*args, **kwargs)
+        queue = session.delivered_message_queue
+        if queue.maxsize == 0 and queue.empty():
+            # amqtt PUBACKs a QoS 1 message once it is in this queue, which is unbounded: a device could
+            # run ahead of ingest without limit. Bounded, the PUBACK waits for room, and the device's
+            # in-flight window throttles it (back-pressure instead of memory growth).
+            session.delivered_message_queue = asyncio.Queue(maxsize=self._pending_per_client)
         if session.keep_alive > 0:
             # The handler's reader waits this long for the next packet, then calls handle_read_timeout(),
             # which amqtt leaves empty. Ours closes the connection as abnormal, so the Will is published.
@@ -251,21 +270,43 @@ class GuardedBroker(Broker):  # type: ignore[misc]
     # --- orderly shutdown ----------------------------------------------------------------------------
 
     async def stop_intake(self, timeout: float = 3.0) -> None:
-        """Accept no new connections or packets; hand what amqtt already acknowledged to the sink."""
+        """Read no more packets, and hand everything amqtt already acknowledged to the sink.
+
+        amqtt sends PUBACK as soon as a message is in the session's delivery queue, before our hook
+        sees it. So: stop every reader (no new PUBACKs), let each client loop finish what it holds,
+        then deliver what is still queued ourselves.
+        """
+        self._closing = True
         for server in self._servers.values():
             instance = getattr(server, "instance", None)
             if instance is not None:
                 instance.close()
+        readers = []
         for _session, handler in list(self._sessions.values()):
-            transport = getattr(getattr(handler.writer, "_writer", None), "transport", None)
-            if transport is not None and not transport.is_closing():
-                transport.pause_reading()
+            task = getattr(handler, "_reader_task", None)
+            if task is not None and not task.done():
+                task.cancel()
+                readers.append(task)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        # Messages amqtt has PUBACKed wait in each session's delivery queue: let them reach the sink.
-        while loop.time() < deadline and (
-            self._ingest_inflight
-            or any(not s.delivered_message_queue.empty() for s, _ in list(self._sessions.values()))
-        ):
-            await asyncio.sleep(0.01)
-        self._intake_open = False
+        # Python 3.11's wait_for (amqtt's reader waits in one) can swallow a cancellation that meets a
+        # completed read, and the reader then reads on: cancel until the task has really ended.
+        while readers and loop.time() < deadline:
+            readers = [t for t in readers if not t.done()]
+            for task in readers:
+                task.cancel()
+            if readers:
+                await asyncio.wait(readers, timeout=0.05)
+        # each client loop now finishes the message it holds (and publishes its Will)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._no_client_loops.wait(), max(0.0, deadline - loop.time()))
+        for session, _handler in list(self._sessions.values()):
+            queue = session.delivered_message_queue
+            device_id = session.username or session.client_id
+            while not queue.empty():
+                message = queue.get_nowait()
+                if message is None or not message.topic or not device_may(device_id, Access.PUBLISH, message.topic):
+                    continue
+                await self._sink.message(device_id, message.topic, bytes(message.data or b""))
+        if self._client_loops:
+            log.warning("broker.stop_intake_timeout", open_client_loops=self._client_loops)

@@ -17,7 +17,8 @@ def parse_object(payload: bytes) -> dict[str, Any]:
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise PayloadError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
     try:
-        obj = json.loads(payload)
+        # Decode explicitly: json.loads(bytes) would also guess UTF-16/32, which the contract does not allow.
+        obj = json.loads(payload.decode("utf-8"))
     except UnicodeDecodeError:
         raise PayloadError("not UTF-8") from None
     except json.JSONDecodeError as exc:

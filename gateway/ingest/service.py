@@ -102,7 +102,8 @@ class Ingest:
         elif channel == "status":
             online = _STATUS_VALUES.get(payload.strip())
             if online is None:
-                await self._quarantine(client_id, device_id, topic, payload, 'status must be "online" or "offline"', now)
+                reason = 'status must be "online" or "offline"'
+                await self._quarantine(client_id, device_id, topic, payload, reason, now)
                 return
             await self._status(st, online, now, "status")
         elif channel == "ack":

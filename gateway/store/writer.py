@@ -20,7 +20,7 @@ import structlog
 
 from gateway.core.errors import StoreClosedError
 from gateway.core.metrics import Metrics
-from gateway.core.models import DeviceEvent, Quarantined, Reading, StatusChange, StoreRecord
+from gateway.core.models import Quarantined, Reading, StatusChange, StoreRecord
 from gateway.store.schema import connect, migrate
 
 log = structlog.get_logger(__name__)
@@ -192,9 +192,8 @@ class StoreWriter:
         statuses: dict[str, StatusChange] = {}
         for rec in batch:
             if isinstance(rec, Reading):
-                readings.append(
-                    (rec.device_id, rec.ts, rec.received_at, _dumps(rec.metrics), _dumps(rec.extra) if rec.extra else None)
-                )
+                extra = _dumps(rec.extra) if rec.extra else None
+                readings.append((rec.device_id, rec.ts, rec.received_at, _dumps(rec.metrics), extra))
                 prev = latest.get(rec.device_id)
                 if prev is None or rec.ts >= prev.ts:
                     latest[rec.device_id] = rec

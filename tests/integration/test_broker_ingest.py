@@ -1,0 +1,232 @@
+"""Devices -> embedded broker (real TCP, real MQTT clients) -> ingest -> rows in SQLite on disk."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+
+import aiomqtt
+import paho.mqtt.client as paho
+import pytest
+
+from tests.fixtures.gateway import GatewayFactory, RunningGateway, device_password, wait_for
+
+
+def reading(**metrics: object) -> bytes:
+    body = {"timestamp": int(time.time() * 1000), "pm25": 7.9, "fanSpeed": 2, "powerOn": True}
+    body.update(metrics)
+    return json.dumps(body).encode()
+
+
+def aio_client(gw: RunningGateway, device_id: str, password: str | None = None, **kw: object) -> aiomqtt.Client:
+    return aiomqtt.Client(
+        "127.0.0.1",
+        gw.port,
+        identifier=device_id,
+        username=device_id,
+        password=device_password(device_id) if password is None else password,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+class PahoDevice:
+    """A paho-mqtt client in its own network thread, as device firmware would use it."""
+
+    def __init__(self, port: int, device_id: str, password: str) -> None:
+        self.connack: list[int] = []
+        self.connected = threading.Event()
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=device_id)
+        self.client.username_pw_set(device_id, password)
+        self.client.on_connect = self._on_connect
+        self.client.connect("127.0.0.1", port, keepalive=30)
+        self.client.loop_start()
+
+    def _on_connect(self, client: paho.Client, userdata: object, flags: object, rc: object, props: object) -> None:
+        self.connack.append(int(rc.value) if hasattr(rc, "value") else int(rc))  # type: ignore[arg-type]
+        self.connected.set()
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+async def test_paho_and_aiomqtt_readings_land_in_sqlite(gateway: RunningGateway) -> None:
+    dev = PahoDevice(gateway.port, "AP-01", device_password("AP-01"))
+    try:
+        assert await asyncio.to_thread(dev.connected.wait, 5)
+        assert dev.connack == [0]
+        infos = [dev.client.publish("device/AP-01/data", reading(pm25=float(i)), qos=1) for i in range(20)]
+        for info in infos:
+            await asyncio.to_thread(info.wait_for_publish, 5)
+    finally:
+        dev.close()
+    async with aio_client(gateway, "AP-02") as client:
+        for i in range(20):
+            await client.publish("device/AP-02/data", reading(pm25=100.0 + i), qos=1)
+        await client.publish("device/AP-02/data", b'{"ts": 1763800000.5, "metrics": {"co2": 612, "ok": true}}', qos=0)
+
+    await wait_for(lambda: gateway.query("SELECT count(*) FROM readings")[0][0] == 41)
+    per_device = dict(gateway.query("SELECT device_id, count(*) FROM readings GROUP BY device_id"))
+    assert per_device == {"AP-01": 20, "AP-02": 21}
+    pm = [json.loads(m)["pm25"] for (m,) in gateway.query(
+        "SELECT metrics FROM readings WHERE device_id='AP-01' ORDER BY id")]
+    assert pm == [float(i) for i in range(20)]  # order of arrival kept per device
+    generic = gateway.query("SELECT ts, metrics FROM readings WHERE metrics LIKE '%co2%'")
+    assert generic == [(1763800000.5, '{"co2":612,"ok":true}')]
+    state = gateway.query("SELECT device_id, last_metrics FROM device_state ORDER BY device_id")
+    assert json.loads(state[0][1])["pm25"] == 19.0
+
+
+@pytest.mark.parametrize(
+    ("client_id", "username", "password", "reason"),
+    [
+        ("AP-01", "AP-01", "wrong", "bad-password"),
+        ("intruder", "intruder", "whatever", "unknown-device"),
+        ("AP-01", "AP-01", "", "bad-password"),
+        ("AP-02", "AP-01", "pw-AP-01", "client-id-of-another-device"),
+    ],
+)
+async def test_bad_logins_are_refused_logged_and_counted(
+    gateway: RunningGateway, client_id: str, username: str, password: str, reason: str
+) -> None:
+    client = aiomqtt.Client("127.0.0.1", gateway.port, identifier=client_id, username=username, password=password)
+    with pytest.raises(aiomqtt.MqttCodeError) as err:
+        async with client:
+            pass
+    assert "Not authorized" in str(err.value) or err.value.rc in (4, 5, 135)
+    assert gateway.counter("gateway_broker_logins_refused_total", reason=reason) == 1
+    # a refused client leaves no session behind that could later be taken over
+    assert client_id not in gateway.gateway.broker.amqtt.sessions
+
+
+async def test_anonymous_login_refused_by_default(gateway: RunningGateway) -> None:
+    with pytest.raises(aiomqtt.MqttCodeError):
+        async with aiomqtt.Client("127.0.0.1", gateway.port, identifier="AP-01"):
+            pass
+    assert gateway.counter("gateway_broker_logins_refused_total", reason="anonymous") == 1
+
+
+async def test_publishing_on_another_devices_topic_is_refused_and_nothing_stored(gateway: RunningGateway) -> None:
+    async with aio_client(gateway, "AP-01") as client:
+        await client.publish("device/AP-02/data", reading(), qos=1)
+        await client.publish("somewhere/else", reading(), qos=1)
+        await client.publish("device/AP-01/command", b'{"action": "turnOff"}', qos=1)
+        await client.publish("device/AP-01/data", reading(pm25=1.0), qos=1)  # its own: accepted
+    await wait_for(lambda: gateway.query("SELECT count(*) FROM readings")[0][0] == 1)
+    await gateway.flush()
+    assert gateway.query("SELECT device_id FROM readings") == [("AP-01",)]
+    assert gateway.query("SELECT count(*) FROM quarantine") == [(0,)]
+    assert gateway.counter("gateway_broker_acl_denied_total", action="publish") == 3
+
+
+async def test_subscribing_to_another_devices_commands_is_refused(gateway: RunningGateway) -> None:
+    async with aio_client(gateway, "AP-01") as client:
+        own = await client.subscribe("device/AP-01/command", qos=1)
+        other = await client.subscribe("device/AP-02/command", qos=1)
+        wildcard = await client.subscribe("device/#", qos=1)
+    assert [getattr(q, "value", q) for q in own] == [1]
+    assert [getattr(q, "value", q) for q in other] == [128]
+    assert [getattr(q, "value", q) for q in wildcard] == [128]
+
+
+BAD_PAYLOADS = [
+    (b"not json at all", "not JSON"),
+    (b"\xff\xfe\x00garbage", "not UTF-8"),
+    (b"[1, 2, 3]", "not a JSON object (got array)"),
+    (b'"online"', "not a JSON object (got string)"),
+    (json.dumps({"pm25": "high"}).encode(), "pm25: expected a number, got str"),
+    (json.dumps({"fanSpeed": 9}).encode(), "fanSpeed: 9 out of range 0..5"),
+    (json.dumps({"fanSpeed": 2.5}).encode(), "fanSpeed: expected a whole number"),
+    (json.dumps({"humidity": 120}).encode(), "humidity: 120 out of range 0..100"),
+    (json.dumps({"pm10": -1}).encode(), "pm10: -1 out of range >= 0"),
+    (json.dumps({"powerOn": "yes"}).encode(), "powerOn: expected true/false"),
+    (b'{"pm25": NaN}', "pm25: nan is not a finite number"),
+    (json.dumps({"timestamp": "yesterday", "pm25": 1}).encode(), "timestamp: 'yesterday' is not ISO-8601"),
+    (json.dumps({"ts": 1, "metrics": {"co2": "lots"}}).encode(), "metrics.co2: expected a number or boolean"),
+    (json.dumps({"metrics": []}).encode(), "metrics: expected an object"),
+    (json.dumps({"firmware": "1.2"}).encode(), "no known purifier metric"),
+]
+
+
+async def test_each_kind_of_bad_payload_is_quarantined_and_the_daemon_keeps_running(
+    gateway: RunningGateway,
+) -> None:
+    async with aio_client(gateway, "AP-01") as client:
+        for payload, _ in BAD_PAYLOADS:
+            await client.publish("device/AP-01/data", payload, qos=1)
+        await client.publish("device/AP-01/status", b"maybe", qos=1)
+        await client.publish("device/AP-01/data", reading(pm25=3.0), qos=1)
+    await wait_for(lambda: gateway.query("SELECT count(*) FROM readings")[0][0] == 1)
+    await gateway.flush()
+    rows = gateway.query("SELECT payload, reason, device_id, topic FROM quarantine ORDER BY id")
+    assert len(rows) == len(BAD_PAYLOADS) + 1
+    for (payload, reason, device_id, topic), (sent, expected) in zip(rows, BAD_PAYLOADS, strict=False):
+        assert payload == sent  # kept verbatim, so an installer can see what the device sent
+        assert expected in reason, (expected, reason)
+        assert (device_id, topic) == ("AP-01", "device/AP-01/data")
+    assert rows[-1][1] == 'status must be "online" or "offline"'
+    assert gateway.counter("gateway_quarantined_total") == len(BAD_PAYLOADS) + 1
+    assert not gateway.task.done()
+
+
+async def test_unknown_fields_are_kept_and_timestamps_normalised(gateway: RunningGateway) -> None:
+    async with aio_client(gateway, "AP-01") as client:
+        await client.publish("device/AP-01/data", b'{"timestamp": 1763800000123, "pm25": 1, "fw": "2.1"}', qos=1)
+        await client.publish("device/AP-01/data", b'{"timestamp": 1763800001, "pm25": 2}', qos=1)
+        await client.publish("device/AP-01/data", b'{"timestamp": "2025-11-22T08:26:42Z", "pm25": 3}', qos=1)
+    await wait_for(lambda: gateway.query("SELECT count(*) FROM readings")[0][0] == 3)
+    rows = gateway.query("SELECT ts, extra FROM readings ORDER BY id")
+    assert rows[0] == (pytest.approx(1763800000.123), '{"fw":"2.1"}')
+    assert rows[1] == (1763800001.0, None)
+    assert rows[2][0] == 1763800002.0
+
+
+async def test_status_and_will_drive_online_offline(gateway: RunningGateway) -> None:
+    will = aiomqtt.Will("device/AP-01/status", b"offline", qos=1, retain=True)
+    async with aio_client(gateway, "AP-01", will=will) as client:
+        await client.publish("device/AP-01/status", b"online", qos=1, retain=True)
+        await wait_for(lambda: gateway.gateway.ingest.states["AP-01"].online)
+        await client.publish("device/AP-01/status", b"offline", qos=1, retain=True)
+        await wait_for(lambda: not gateway.gateway.ingest.states["AP-01"].online)
+        await client.publish("device/AP-01/status", b"online", qos=1, retain=True)
+        await wait_for(lambda: gateway.gateway.ingest.states["AP-01"].online)
+    await wait_for(lambda: not gateway.gateway.ingest.states["AP-01"].online)
+    await gateway.flush()
+    events = [e for (e,) in gateway.query("SELECT type FROM events WHERE device_id='AP-01' ORDER BY id")]
+    assert events == ["device.online", "device.offline", "device.online", "device.offline"]
+    assert gateway.query("SELECT online FROM device_state WHERE device_id='AP-01'") == [(0,)]
+
+
+async def test_reload_applies_new_devices_and_keeps_old_config_when_invalid(
+    gateway_factory: GatewayFactory,
+) -> None:
+    gw = await gateway_factory(devices=["AP-01"])
+    with pytest.raises(aiomqtt.MqttCodeError):
+        async with aio_client(gw, "AP-09"):
+            pass
+    text = gw.config_path.read_text()
+    from tests.fixtures.gateway import cheap_hash
+
+    gw.config_path.write_text(
+        text + f'[[devices]]\nid = "AP-09"\npassword_hash = "{cheap_hash(device_password("AP-09"))}"\n'
+    )
+    assert gw.gateway.reload()
+    async with aio_client(gw, "AP-09") as client:
+        await client.publish("device/AP-09/data", reading(), qos=1)
+    await wait_for(lambda: gw.query("SELECT count(*) FROM readings WHERE device_id='AP-09'")[0][0] == 1)
+
+    gw.config_path.write_text(text.replace('org = "test-org"', 'org = "bad org!"'))
+    assert not gw.gateway.reload()
+    assert gw.counter("gateway_config_reloads_total", result="rejected") == 1
+    async with aio_client(gw, "AP-09"):  # the previous (valid) config still applies
+        pass
+
+
+async def test_back_pressure_when_the_writer_queue_is_full_loses_nothing(gateway_factory: GatewayFactory) -> None:
+    gw = await gateway_factory(storage="queue_size = 10\nmax_batch = 5")  # a tiny queue: devices wait on it
+    async with aio_client(gw, "AP-01") as client:
+        for i in range(300):
+            await client.publish("device/AP-01/data", reading(pm25=float(i)), qos=1)
+    await wait_for(lambda: gw.query("SELECT count(*) FROM readings")[0][0] == 300, timeout=10)

@@ -1,0 +1,141 @@
+"""The daemon as systemd runs it: a separate process, sd_notify, SIGTERM during a burst, SIGHUP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sqlite3
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiomqtt
+import pytest
+
+from tests.fixtures.gateway import cheap_hash, device_password, free_port, write_config
+
+
+@dataclass
+class DaemonProcess:
+    proc: asyncio.subprocess.Process
+    notify: socket.socket
+    port: int
+    config: Path
+    db: Path
+    messages: list[str]
+
+    async def wait_notify(self, line: str, timeout: float = 15.0) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not any(line in m.split("\n") for m in self.messages):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise AssertionError(f"no {line} from the daemon; got {self.messages}")
+            try:
+                data = await asyncio.wait_for(loop.sock_recv(self.notify, 4096), remaining)
+            except TimeoutError:
+                continue
+            self.messages.append(data.decode())
+
+
+@pytest.fixture
+async def daemon(tmp_path: Path) -> AsyncIterator[DaemonProcess]:
+    port = free_port()
+    config = write_config(tmp_path, devices=["AP-01", "AP-02", "AP-03", "AP-04"], port=port)
+    notify_path = tmp_path / "notify.sock"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(notify_path))
+    notify.setblocking(False)
+    env = {**os.environ, "NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "400000"}
+    env.pop("WATCHDOG_PID", None)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "run", "--config", str(config),
+        env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )
+    d = DaemonProcess(proc, notify, port, config, tmp_path / "data" / "gateway.db", [])
+    try:
+        await d.wait_notify("READY=1")
+        yield d
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        notify.close()
+
+
+async def test_notifies_systemd_ready_and_watchdog(daemon: DaemonProcess) -> None:
+    await daemon.wait_notify("WATCHDOG=1")
+    daemon.proc.send_signal(signal.SIGTERM)
+    await daemon.wait_notify("STOPPING=1")
+    assert await asyncio.wait_for(daemon.proc.wait(), 5) == 0
+
+
+async def _publisher(port: int, device_id: str, acked: list[int], going: asyncio.Event) -> None:
+    """Publish QoS 1 readings flat out; a sequence number counts as acked once publish() returned."""
+    seq = 0
+    try:
+        async with aiomqtt.Client(
+            "127.0.0.1", port, identifier=device_id, username=device_id, password=device_password(device_id),
+            max_inflight_messages=20,
+        ) as client:
+            while True:
+                seq += 1
+                body = {"timestamp": 1763800000000 + seq, "pm25": 1.0, "seq": seq}
+                await client.publish(f"device/{device_id}/data", json.dumps(body), qos=1, timeout=5)
+                acked.append(seq)
+                if seq == 500:
+                    going.set()
+    except aiomqtt.MqttError:
+        return  # the gateway went away mid-burst: expected
+
+
+async def test_sigterm_during_a_burst_loses_no_accepted_reading(daemon: DaemonProcess) -> None:
+    devices = ["AP-01", "AP-02", "AP-03", "AP-04"]
+    acked: dict[str, list[int]] = {d: [] for d in devices}
+    going = asyncio.Event()  # set when one publisher has 500 acknowledged readings
+    publishers = [asyncio.create_task(_publisher(daemon.port, d, acked[d], going)) for d in devices]
+    loop = asyncio.get_running_loop()
+    await asyncio.wait_for(going.wait(), 20)
+    signalled_at = loop.time()
+    daemon.proc.send_signal(signal.SIGTERM)
+    code = await asyncio.wait_for(daemon.proc.wait(), 10)
+    took = loop.time() - signalled_at
+    await asyncio.wait_for(asyncio.gather(*publishers), 10)
+    assert code == 0
+    assert took < 5.0, f"shutdown took {took:.2f} s"
+
+    with sqlite3.connect(daemon.db) as conn:
+        stored: dict[str, set[int]] = {d: set() for d in devices}
+        for device_id, extra in conn.execute("SELECT device_id, extra FROM readings"):
+            stored[device_id].add(json.loads(extra)["seq"])
+    for device_id in devices:
+        missing = set(acked[device_id]) - stored[device_id]
+        assert not missing, f"{device_id}: {len(missing)} acknowledged readings lost, e.g. {sorted(missing)[:5]}"
+    total_stored = sum(len(s) for s in stored.values())
+    print(f"acked {sum(len(v) for v in acked.values())}, stored {total_stored}, shutdown {took:.2f} s")
+
+
+async def test_sighup_reloads_devices_and_keeps_running(daemon: DaemonProcess) -> None:
+    text = daemon.config.read_text()
+    daemon.config.write_text(
+        text + f'[[devices]]\nid = "NEW-1"\npassword_hash = "{cheap_hash(device_password("NEW-1"))}"\n'
+    )
+    daemon.proc.send_signal(signal.SIGHUP)
+    await daemon.wait_notify("RELOADING=1")
+    async with aiomqtt.Client("127.0.0.1", daemon.port, identifier="NEW-1", username="NEW-1",
+                              password=device_password("NEW-1")) as client:
+        await client.publish("device/NEW-1/data", b'{"pm25": 4}', qos=1)
+    daemon.config.write_text("this is not toml [")
+    daemon.proc.send_signal(signal.SIGHUP)
+    await daemon.wait_notify("STATUS=running (config reload rejected)")
+    assert daemon.proc.returncode is None  # an invalid file is refused, the daemon runs on
+    daemon.proc.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(daemon.proc.wait(), 5) == 0
+    stderr = (await daemon.proc.stderr.read()).decode() if daemon.proc.stderr else ""
+    assert "config.reload_rejected" in stderr and "TOML syntax" in stderr
+    with sqlite3.connect(daemon.db) as conn:
+        assert conn.execute("SELECT count(*) FROM readings WHERE device_id='NEW-1'").fetchone() == (1,)

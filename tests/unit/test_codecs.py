@@ -1,0 +1,118 @@
+"""Pure codecs: timestamps, the purifier flat form, the generic form, the ACL, metrics rendering."""
+
+from __future__ import annotations
+
+import pytest
+
+from drivers.purifier import decode_purifier_reading
+from gateway.broker.acl import Access, device_may
+from gateway.core.errors import PayloadError
+from gateway.core.metrics import Metrics
+from gateway.core.timestamps import normalise_ts
+from gateway.ingest.payloads import decode_generic_reading, parse_object
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (1763800000, 1763800000.0),
+        (1763800000.5, 1763800000.5),
+        (1763800000123, 1763800000.123),
+        ("2025-11-22T08:26:40Z", 1763800000.0),
+        ("2025-11-22T09:26:40+01:00", 1763800000.0),
+        ("2025-11-22T08:26:40", 1763800000.0),  # no zone: UTC
+    ],
+)
+def test_timestamps_normalise_to_epoch_seconds(value: object, expected: float) -> None:
+    assert normalise_ts(value, "ts") == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("value", [True, None, -5, 0, float("inf"), "soon", [1]])
+def test_bad_timestamps_are_refused(value: object) -> None:
+    with pytest.raises(PayloadError, match=r"^ts: "):
+        normalise_ts(value, "ts")
+
+
+def test_purifier_flat_form_from_the_contract() -> None:
+    obj = parse_object(
+        b'{"timestamp": 1763800000000, "temperature": 22.4, "humidity": 41.0, "pm1": 3.1, "pm25": 7.9,'
+        b' "pm10": 11.2, "sound": 38.5, "voc": 112, "fanSpeed": 2, "powerOn": true, "networkStrength": 71}'
+    )
+    r = decode_purifier_reading("AP-01", obj, 1763800001.0)
+    assert r.ts == 1763800000.0
+    assert r.received_at == 1763800001.0
+    assert r.metrics == {
+        "temperature": 22.4, "humidity": 41.0, "pm1": 3.1, "pm25": 7.9, "pm10": 11.2, "sound": 38.5,
+        "voc": 112, "fanSpeed": 2, "powerOn": True, "networkStrength": 71,
+    }
+    assert r.extra == {}
+
+
+def test_purifier_without_timestamp_uses_arrival_time_and_keeps_unknown_fields() -> None:
+    r = decode_purifier_reading("AP-01", {"pm25": 1, "fw": "1.2", "fanSpeed": 3.0}, 99.0)
+    assert (r.ts, r.metrics, r.extra) == (99.0, {"pm25": 1, "fanSpeed": 3}, {"fw": "1.2"})
+    assert isinstance(r.metrics["fanSpeed"], int)
+
+
+@pytest.mark.parametrize(
+    ("obj", "reason"),
+    [
+        ({"fanSpeed": True}, "fanSpeed: expected a number, got bool"),
+        ({"fanSpeed": -1}, "fanSpeed: -1 out of range 0..5"),
+        ({"networkStrength": 101}, "networkStrength: 101 out of range 0..100"),
+        ({"humidity": None}, "humidity: expected a number, got null"),
+        ({"pm1": -0.1}, "pm1: -0.1 out of range >= 0"),
+        ({}, "no known purifier metric"),
+    ],
+)
+def test_purifier_range_and_type_errors(obj: dict[str, object], reason: str) -> None:
+    with pytest.raises(PayloadError, match="^" + reason.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
+        decode_purifier_reading("AP-01", obj, 1.0)
+
+
+def test_generic_sensor_form() -> None:
+    r = decode_generic_reading("S-1", {"ts": 1763800000.5, "metrics": {"co2": 612, "door": False}, "v": 2}, 5.0)
+    assert (r.ts, r.metrics, r.extra) == (1763800000.5, {"co2": 612, "door": False}, {"v": 2})
+    with pytest.raises(PayloadError, match="metrics: empty"):
+        decode_generic_reading("S-1", {"metrics": {}}, 5.0)
+
+
+def test_payload_limits() -> None:
+    with pytest.raises(PayloadError, match="exceeds"):
+        parse_object(b" " * (64 * 1024 + 1))
+
+
+@pytest.mark.parametrize(
+    ("access", "topic", "allowed"),
+    [
+        (Access.PUBLISH, "device/AP-01/data", True),
+        (Access.PUBLISH, "device/AP-01/ack", True),
+        (Access.PUBLISH, "device/AP-01/status", True),
+        (Access.PUBLISH, "device/AP-01/batch", True),
+        (Access.PUBLISH, "device/AP-01/command", False),
+        (Access.PUBLISH, "device/AP-02/data", False),
+        (Access.PUBLISH, "device/AP-01/data/extra", False),
+        (Access.PUBLISH, "device/+/data", False),
+        (Access.SUBSCRIBE, "device/AP-01/command", True),
+        (Access.SUBSCRIBE, "device/AP-01/#", False),
+        (Access.SUBSCRIBE, "device/+/command", False),
+        (Access.SUBSCRIBE, "device/AP-01/data", False),
+        (Access.RECEIVE, "device/AP-01/command", True),
+        (Access.RECEIVE, "device/AP-02/command", False),
+    ],
+)
+def test_device_acl(access: Access, topic: str, allowed: bool) -> None:
+    assert device_may("AP-01", access, topic) is allowed
+
+
+def test_metrics_render_prometheus_text() -> None:
+    m = Metrics()
+    m.inc("x_total", 2, "things", kind="a")
+    m.inc("x_total", 1, kind='b"')
+    m.set("y", 3.5)
+    m.gauge_callback("z", lambda: 7.0, "callback gauge")
+    text = m.render()
+    assert '# TYPE x_total counter\nx_total{kind="a"} 2\nx_total{kind="b\\""} 1' in text
+    assert "# TYPE y gauge\ny 3.5" in text
+    assert "# HELP z callback gauge\n# TYPE z gauge\nz 7" in text
+    assert m.total("x_total") == 3 and m.value("z") == 7.0
