@@ -18,7 +18,6 @@ configured by import path (no way to hand them our device table) and each call c
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ssl
 from collections.abc import Callable
 from typing import Any
@@ -65,6 +64,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]
         self._grace = keepalive_grace
         self._require_client_cert = require_client_cert
         self._pending_per_client = pending_per_client
+        self._throttles: dict[int, _PublishThrottle] = {}  # id(session) -> its reader's throttle
         self._identity: dict[int, str] = {}  # id(session) -> device id, for accepted sessions
         self._refused: set[int] = set()
         self._live: dict[str, int] = {}  # device id -> open connections (a takeover briefly has two)
@@ -131,6 +131,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]
             if self._client_loops == 0:
                 self._no_client_loops.set()
             key = id(session)
+            self._throttles.pop(key, None)
             if key in self._refused:
                 self._refused.discard(key)
                 # amqtt registers the session before it refuses it; do not leave a zombie behind.
@@ -164,6 +165,14 @@ class GuardedBroker(Broker):  # type: ignore[misc]
         return False
 
     # --- ingest hook ----------------------------------------------------------------------------
+
+    async def _handle_message_delivery(self, client_session: Session, *args: Any, **kwargs: Any) -> bool:
+        try:
+            return bool(await super()._handle_message_delivery(client_session, *args, **kwargs))
+        finally:
+            throttle = self._throttles.get(id(client_session))
+            if throttle is not None:
+                throttle.delivered()
 
     async def _broadcast_message(
         self,
@@ -235,12 +244,9 @@ class GuardedBroker(Broker):  # type: ignore[misc]
 
     async def _initialize_client_session(self, *args: Any, **kwargs: Any) -> Any:
         handler, session = await super()._initialize_client_session(*args, **kwargs)
-        queue = session.delivered_message_queue
-        if queue.maxsize == 0 and queue.empty():
-            # amqtt PUBACKs a QoS 1 message once it is in this queue, which is unbounded: a device could
-            # run ahead of ingest without limit. Bounded, the PUBACK waits for room, and the device's
-            # in-flight window throttles it (back-pressure instead of memory growth).
-            session.delivered_message_queue = asyncio.Queue(maxsize=self._pending_per_client)
+        throttle = _PublishThrottle(handler, session, high=self._pending_per_client)
+        handler.handle_publish = throttle
+        self._throttles[id(session)] = throttle
         if session.keep_alive > 0:
             # The handler's reader waits this long for the next packet, then calls handle_read_timeout(),
             # which amqtt leaves empty. Ours closes the connection as abnormal, so the Will is published.
@@ -270,36 +276,33 @@ class GuardedBroker(Broker):  # type: ignore[misc]
     # --- orderly shutdown ----------------------------------------------------------------------------
 
     async def stop_intake(self, timeout: float = 3.0) -> None:
-        """Read no more packets, and hand everything amqtt already acknowledged to the sink.
+        """Accept no new connections or packets, and hand everything amqtt acknowledged to the sink.
 
         amqtt sends PUBACK as soon as a message is in the session's delivery queue, before our hook
-        sees it. So: stop every reader (no new PUBACKs), let each client loop finish what it holds,
-        then deliver what is still queued ourselves.
+        sees it. So: abort every connection (nothing more is read or acknowledged; the readers end
+        normally on the closed socket), let each client loop finish what it holds, then deliver what
+        is still queued ourselves.
         """
         self._closing = True
         for server in self._servers.values():
             instance = getattr(server, "instance", None)
             if instance is not None:
                 instance.close()
-        readers = []
         for _session, handler in list(self._sessions.values()):
-            task = getattr(handler, "_reader_task", None)
-            if task is not None and not task.done():
-                task.cancel()
-                readers.append(task)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        # Python 3.11's wait_for (amqtt's reader waits in one) can swallow a cancellation that meets a
-        # completed read, and the reader then reads on: cancel until the task has really ended.
-        while readers and loop.time() < deadline:
-            readers = [t for t in readers if not t.done()]
-            for task in readers:
-                task.cancel()
-            if readers:
-                await asyncio.wait(readers, timeout=0.05)
-        # each client loop now finishes the message it holds (and publishes its Will)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._no_client_loops.wait(), max(0.0, deadline - loop.time()))
+            transport = _transport(handler)
+            if transport is not None and not transport.is_closing():
+                transport.abort()
+            # Bytes received but not yet parsed were never acknowledged (QoS 1 devices will resend
+            # them; QoS 0 promised nothing): drop them instead of parsing a flood on the way out.
+            stream = getattr(handler.reader, "_reader", None)  # amqtt's adapter around asyncio's reader
+            buffer = getattr(stream, "_buffer", None)
+            if isinstance(buffer, bytearray):
+                buffer.clear()
+        # Each client loop now finishes the message it holds (and publishes its Will).
+        try:
+            await asyncio.wait_for(self._no_client_loops.wait(), timeout)
+        except TimeoutError:
+            log.warning("broker.stop_intake_timeout", open_client_loops=self._client_loops)
         for session, _handler in list(self._sessions.values()):
             queue = session.delivered_message_queue
             device_id = session.username or session.client_id
@@ -308,5 +311,41 @@ class GuardedBroker(Broker):  # type: ignore[misc]
                 if message is None or not message.topic or not device_may(device_id, Access.PUBLISH, message.topic):
                     continue
                 await self._sink.message(device_id, message.topic, bytes(message.data or b""))
-        if self._client_loops:
-            log.warning("broker.stop_intake_timeout", open_client_loops=self._client_loops)
+
+def _transport(handler: Any) -> asyncio.Transport | None:
+    writer = getattr(handler.writer, "_writer", None)  # amqtt's StreamWriterAdapter around asyncio's
+    return getattr(writer, "transport", None)
+
+
+class _PublishThrottle:
+    """Stops reading a client's socket while too many of its messages wait for delivery.
+
+    amqtt reads on without waiting for delivery: its per-session queue is unbounded (a QoS 0 flood
+    grows it without limit; bounding the queue itself would make amqtt drop QoS 0 messages). Pausing
+    the transport pushes back-pressure into TCP, onto the one device that floods: a QoS 1 device
+    then also stops getting PUBACKs, so its in-flight window holds it back.
+    """
+
+    def __init__(self, handler: Any, session: Session, *, high: int) -> None:
+        self._handler = handler
+        self._original = handler.handle_publish
+        self._queue = session.delivered_message_queue
+        self._high = max(high, 2)
+        self._low = self._high // 4
+        self._paused = False
+
+    async def __call__(self, packet: Any) -> None:
+        await self._original(packet)
+        if not self._paused and self._queue.qsize() >= self._high:
+            transport = _transport(self._handler)
+            if transport is not None and transport.is_reading():
+                transport.pause_reading()
+                self._paused = True
+
+    def delivered(self) -> None:
+        """Called after each delivery: resume reading once the backlog is low again."""
+        if self._paused and self._queue.qsize() <= self._low:
+            self._paused = False
+            transport = _transport(self._handler)
+            if transport is not None and not transport.is_closing():
+                transport.resume_reading()

@@ -18,7 +18,7 @@ def parse_object(payload: bytes) -> dict[str, Any]:
         raise PayloadError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
     try:
         # Decode explicitly: json.loads(bytes) would also guess UTF-16/32, which the contract does not allow.
-        obj = json.loads(payload.decode("utf-8"))
+        obj = json.loads(payload.decode("utf-8"), parse_constant=_reject_constant)
     except UnicodeDecodeError:
         raise PayloadError("not UTF-8") from None
     except json.JSONDecodeError as exc:
@@ -26,6 +26,11 @@ def parse_object(payload: bytes) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise PayloadError(f"not a JSON object (got {_json_type(obj)})")
     return obj
+
+
+def _reject_constant(name: str) -> None:
+    # Python's json accepts NaN and Infinity; JSON (and SQLite's JSON functions) do not.
+    raise PayloadError(f"not JSON: {name} is not a JSON value")
 
 
 def decode_generic_reading(device_id: str, obj: dict[str, Any], received_at: float) -> Reading:

@@ -64,7 +64,8 @@ class Ingest:
             await self._route(client_id, topic, payload, now)
         except StoreClosedError:
             self._metrics.inc("gateway_ingest_rejected_closed_total", 1, "messages refused during shutdown")
-            log.warning("ingest.store_closed", client_id=client_id, topic=topic)
+            if self._metrics.value("gateway_ingest_rejected_closed_total") == 1:  # once, not per message
+                log.warning("ingest.store_closed", client_id=client_id, topic=topic)
         except Exception:
             # A bug here must not kill the client's broker loop; it is logged with its traceback and counted.
             self._metrics.inc("gateway_ingest_errors_total", 1, "unexpected errors in ingest")

@@ -1,0 +1,353 @@
+#!/usr/bin/env bash
+# Installer for edge-gateway. Safe to run again: it updates what it installed and never
+# overwrites an existing configuration file. Run ./install.sh --help for the options.
+set -euo pipefail
+
+usage() {
+    cat <<'EOF'
+Usage: ./install.sh [--dev] [--prefix DIR] [--no-systemd] [--create-user] [--python PATH]
+
+  (no option)     Production install (needs root; re-runs itself with sudo when available):
+                    /opt/edge-gateway/venv               self-contained venv, package installed from this repo
+                    /etc/edge-gateway/gateway.toml       copied from config/gateway.example.toml only if
+                                                         absent (mode 0640, root:edge-gateway)
+                    /var/lib/edge-gateway                state directory (mode 0750, edge-gateway:edge-gateway)
+                    /etc/systemd/system/edge-gateway.service
+                  creates the system user edge-gateway (member of dialout for serial ports), then
+                  systemctl daemon-reload && systemctl enable --now edge-gateway (restart when already
+                  running, so an upgrade takes effect).
+  --dev           Development setup instead: .venv in the repo with `pip install -e ".[test]"`, plus the
+                  Debian packages the tests need (mosquitto, mosquitto-clients, socat) when missing.
+                  The system mosquitto service is kept from starting (our gateway owns port 1883).
+  --prefix DIR    Install everything under DIR as a root: DIR/opt/edge-gateway/venv, DIR/etc/edge-gateway,
+                  DIR/var/lib/edge-gateway, DIR/etc/systemd/system/edge-gateway.service. The unit file names
+                  the DIR paths (ExecStart=DIR/opt/edge-gateway/venv/bin/edge-gateway run --config
+                  DIR/etc/edge-gateway/gateway.toml, ReadWritePaths=DIR/var/lib/edge-gateway). With a prefix
+                  no system user is created and no systemctl is run, so a test run leaves no system-wide trace.
+  --create-user   With --prefix: create the edge-gateway user anyway and chown to it.
+  --no-systemd    Do not run systemctl.
+  --python PATH   Interpreter for the venv (>= 3.11). Default: /usr/bin/python3 for a production install
+                  (an interpreter under /root or /home would be hidden by the unit's ProtectHome=yes),
+                  python3 from PATH for --dev.
+  -h, --help      Show this help.
+EOF
+}
+
+APP=edge-gateway
+SERVICE_USER=edge-gateway
+# Debian packages the test suite needs. Add more here (e.g. chromium for panel screenshots).
+DEV_APT_PACKAGES=(mosquitto mosquitto-clients socat)
+POLICY_RC_D=/usr/sbin/policy-rc.d
+
+REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+
+MODE=prod
+PREFIX=""
+NO_SYSTEMD=0
+CREATE_USER=""
+PYTHON=""
+
+log() { printf '[install] %s\n' "$*"; }
+die() { printf '[install] error: %s\n' "$*" >&2; exit 1; }
+
+parse_args() {
+    while (($#)); do
+        case "$1" in
+            --dev) MODE=dev ;;
+            --prefix)
+                (($# >= 2)) || die "--prefix needs a directory"
+                PREFIX="$2"; shift ;;
+            --prefix=*) PREFIX="${1#--prefix=}" ;;
+            --no-systemd) NO_SYSTEMD=1 ;;
+            --create-user) CREATE_USER=1 ;;
+            --python)
+                (($# >= 2)) || die "--python needs a path"
+                PYTHON="$2"; shift ;;
+            --python=*) PYTHON="${1#--python=}" ;;
+            -h|--help) usage; exit 0 ;;
+            *) usage >&2; die "unknown option: $1" ;;
+        esac
+        shift
+    done
+}
+
+# --- privileges -------------------------------------------------------------------------------
+
+SUDO=()
+if ((EUID != 0)) && command -v sudo >/dev/null 2>&1; then
+    SUDO=(sudo)
+fi
+
+as_root() {
+    if ((EUID == 0)); then
+        "$@"
+    elif ((${#SUDO[@]})); then
+        "${SUDO[@]}" "$@"
+    else
+        die "need root (and no sudo found) to run: $*"
+    fi
+}
+
+systemd_running() { [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null 2>&1; }
+
+# --- Debian packages --------------------------------------------------------------------------
+
+APT_UPDATED=0
+POLICY_RC_D_CREATED=0
+
+cleanup() {
+    if ((POLICY_RC_D_CREATED)); then
+        as_root rm -f "$POLICY_RC_D" || true
+        POLICY_RC_D_CREATED=0
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+deb_installed() {
+    dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
+}
+
+# apt_install PKG...: installs the packages that are missing; apt-get update at most once per run.
+apt_install() {
+    local missing=() pkg
+    for pkg in "$@"; do
+        deb_installed "$pkg" || missing+=("$pkg")
+    done
+    ((${#missing[@]})) || return 0
+    command -v apt-get >/dev/null 2>&1 || die "missing packages ${missing[*]} and no apt-get to install them"
+    if ((!APT_UPDATED)); then
+        log "apt-get update"
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+        APT_UPDATED=1
+    fi
+    log "apt-get install ${missing[*]}"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" </dev/null
+}
+
+# --- venv ---------------------------------------------------------------------------------------
+
+check_python() {
+    command -v "$PYTHON" >/dev/null 2>&1 || die "python not found: $PYTHON"
+    "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+        || die "$PYTHON is $("$PYTHON" -V 2>&1); edge-gateway needs Python >= 3.11"
+    # Debian ships the venv module without ensurepip unless python3-venv is installed.
+    if ! "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1; then
+        log "$PYTHON has no working venv module; installing python3-venv"
+        apt_install python3-venv
+        "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1 \
+            || die "$PYTHON still cannot create venvs (install the venv package for that interpreter)"
+    fi
+}
+
+# make_venv DIR: creates the venv, or recreates it when it is broken (e.g. its interpreter is gone).
+make_venv() {
+    local venv="$1"
+    if [[ -x "$venv/bin/python" ]] && "$venv/bin/python" -m pip --version >/dev/null 2>&1; then
+        log "venv $venv exists"
+    else
+        log "creating venv $venv ($("$PYTHON" -V 2>&1))"
+        "$PYTHON" -m venv --clear "$venv"
+    fi
+}
+
+pip_in() {
+    local venv="$1"; shift
+    "$venv/bin/python" -m pip --disable-pip-version-check "$@"
+}
+
+# --- --dev ----------------------------------------------------------------------------------------
+
+install_dev() {
+    [[ -z "$PREFIX" ]] || die "--prefix is for production installs, not --dev"
+    PYTHON="${PYTHON:-python3}"
+
+    install_dev_packages
+    check_python
+    make_venv "$REPO_DIR/.venv"
+    log "pip install -e .[test]"
+    (cd "$REPO_DIR" && pip_in "$REPO_DIR/.venv" install -q -e ".[test]")
+    log "dev setup done: run the tests with  .venv/bin/pytest -q"
+}
+
+install_dev_packages() {
+    local pkg missing=() had_mosquitto=1
+    for pkg in "${DEV_APT_PACKAGES[@]}"; do
+        deb_installed "$pkg" || missing+=("$pkg")
+    done
+    if ((${#missing[@]} == 0)); then
+        log "Debian packages present: ${DEV_APT_PACKAGES[*]}"
+        return 0
+    fi
+    deb_installed mosquitto || had_mosquitto=0
+
+    # Debian's mosquitto starts a broker on port 1883 at install time, which is the gateway's port.
+    # A policy-rc.d that exits 101 tells invoke-rc.d not to start services during this install.
+    if [[ ! -e "$POLICY_RC_D" ]]; then
+        as_root sh -c "printf '#!/bin/sh\n# temporary, from edge-gateway install.sh\nexit 101\n' > '$POLICY_RC_D' && chmod 755 '$POLICY_RC_D'"
+        POLICY_RC_D_CREATED=1
+    fi
+    apt_install "${missing[@]}"
+    cleanup
+
+    if ((!had_mosquitto)) && deb_installed mosquitto; then
+        if systemd_running; then
+            log "systemctl disable --now mosquitto (the gateway's broker uses port 1883)"
+            as_root systemctl disable --now mosquitto || true
+        elif command -v systemctl >/dev/null 2>&1; then
+            # systemd is not running (container): still drop the boot-time enablement links.
+            as_root systemctl disable mosquitto >/dev/null 2>&1 || true
+        fi
+    fi
+}
+
+# --- production -----------------------------------------------------------------------------------
+
+install_prod() {
+    local venv etc_dir conf state_dir unit_dir unit
+    local have_user=0 do_user=1 do_systemctl=1
+
+    if [[ -n "$PREFIX" ]]; then
+        PREFIX="$(realpath -m -- "$PREFIX")"
+        [[ "$PREFIX" == / ]] && PREFIX=""
+    fi
+    if [[ -n "$PREFIX" ]]; then
+        # The paths end up in the unit file, where spaces and specials would need quoting.
+        [[ "$PREFIX" =~ ^[A-Za-z0-9._/+-]+$ ]] || die "--prefix may only contain letters, digits and ._/+-"
+        [[ -n "$CREATE_USER" ]] || do_user=0
+        do_systemctl=0   # the unit is not in systemd's search path
+    else
+        if ((EUID != 0)); then
+            ((${#SUDO[@]})) || die "a production install needs root (or use --prefix DIR)"
+            log "not root: re-running with sudo"
+            exec sudo -- "$0" "${ORIG_ARGS[@]}"
+        fi
+    fi
+    ((NO_SYSTEMD)) && do_systemctl=0
+
+    venv="$PREFIX/opt/$APP/venv"
+    etc_dir="$PREFIX/etc/$APP"
+    conf="$etc_dir/gateway.toml"
+    state_dir="$PREFIX/var/lib/$APP"
+    unit_dir="$PREFIX/etc/systemd/system"
+    unit="$unit_dir/$APP.service"
+
+    [[ -f "$REPO_DIR/config/gateway.example.toml" ]] || die "missing $REPO_DIR/config/gateway.example.toml"
+    [[ -f "$REPO_DIR/systemd/$APP.service" ]] || die "missing $REPO_DIR/systemd/$APP.service"
+
+    # Files must be readable by the service user whatever root's umask is.
+    umask 022
+
+    if [[ -z "$PYTHON" ]]; then
+        if [[ -x /usr/bin/python3 ]]; then PYTHON=/usr/bin/python3; else PYTHON=python3; fi
+    fi
+    check_python
+    case "$(readlink -f "$(command -v "$PYTHON")")" in
+        /root/*|/home/*) log "warning: $PYTHON lives under /root or /home, which the unit hides (ProtectHome=yes)" ;;
+    esac
+
+    # 1. user
+    if ((do_user)); then
+        if id -u "$SERVICE_USER" >/dev/null 2>&1; then
+            log "user $SERVICE_USER exists"
+        else
+            log "creating system user $SERVICE_USER"
+            useradd --system --user-group --no-create-home --home-dir "/var/lib/$APP" \
+                --shell /usr/sbin/nologin "$SERVICE_USER"
+        fi
+        if getent group dialout >/dev/null && ! id -nG "$SERVICE_USER" | tr ' ' '\n' | grep -qx dialout; then
+            log "adding $SERVICE_USER to group dialout (serial ports)"
+            usermod -a -G dialout "$SERVICE_USER"
+        fi
+    fi
+    # chown only as root and only to a user that exists.
+    if ((EUID == 0)) && id -u "$SERVICE_USER" >/dev/null 2>&1; then
+        have_user=1
+    fi
+
+    # 2. venv (self-contained: no system site-packages), package installed non-editable
+    mkdir -p "$(dirname "$venv")"
+    make_venv "$venv"
+    log "pip install $REPO_DIR into $venv"
+    # --upgrade: reinstalls the package from the repo even when its version number did not change.
+    # setuptools builds in the tree: a stale build/ would ship files since deleted from the repo.
+    rm -rf "$REPO_DIR/build"
+    (cd "$REPO_DIR" && pip_in "$venv" install -q --upgrade --upgrade-strategy only-if-needed .)
+    rm -rf "$REPO_DIR/build"
+
+    # 3. config: copied only when absent, never overwritten
+    mkdir -p "$etc_dir"
+    if [[ -e "$conf" ]]; then
+        log "kept existing config $conf"
+    else
+        install -m 0640 "$REPO_DIR/config/gateway.example.toml" "$conf"
+        if ((have_user)); then
+            chown "root:$SERVICE_USER" "$conf"
+        fi
+        log "installed config $conf (mode 0640) from config/gateway.example.toml: edit it (gateway.id, devices)"
+    fi
+
+    # 4. state directory
+    mkdir -p "$state_dir"
+    chmod 0750 "$state_dir"
+    if ((have_user)); then
+        chown "$SERVICE_USER:$SERVICE_USER" "$state_dir"
+    fi
+    log "state directory $state_dir (mode 0750)"
+
+    # 5. systemd unit (rewritten to the prefix paths when --prefix is given)
+    mkdir -p "$unit_dir"
+    local tmp_unit
+    tmp_unit="$(mktemp "$unit_dir/.$APP.service.XXXXXX")"
+    if [[ -n "$PREFIX" ]]; then
+        {
+            printf '# Installed by install.sh --prefix %s: the paths below are under that prefix.\n' "$PREFIX"
+            printf '# StateDirectory= stays /var/lib/%s (systemd only takes it relative to /var/lib); set\n' "$APP"
+            printf '# gateway.data_dir in the config to use %s instead.\n' "$state_dir"
+            sed -e "s|/opt/$APP/venv|$venv|g" \
+                -e "s|/etc/$APP/gateway.toml|$conf|g" \
+                -e "s|^ReadWritePaths=/var/lib/$APP|ReadWritePaths=$state_dir|" \
+                "$REPO_DIR/systemd/$APP.service"
+        } >"$tmp_unit"
+    else
+        cat "$REPO_DIR/systemd/$APP.service" >"$tmp_unit"
+    fi
+    chmod 0644 "$tmp_unit"
+    mv -f "$tmp_unit" "$unit"
+    log "installed unit $unit"
+
+    # 6. systemctl
+    if ((do_systemctl)) && systemd_running; then
+        local was_active=0
+        systemctl is-active --quiet "$APP" && was_active=1
+        log "systemctl daemon-reload"
+        systemctl daemon-reload
+        log "systemctl enable --now $APP"
+        systemctl enable --now "$APP"
+        if ((was_active)); then
+            log "systemctl restart $APP (was running: load the new version)"
+            systemctl restart "$APP"
+        fi
+        if systemctl is-active --quiet mosquitto 2>/dev/null; then
+            log "warning: the system mosquitto service is running and may hold port 1883:" \
+                "systemctl disable --now mosquitto"
+        fi
+    else
+        log "skipped systemctl (--prefix, --no-systemd, or systemd not running)"
+    fi
+
+    log "done. $venv/bin/edge-gateway run --config $conf"
+}
+
+main() {
+    ORIG_ARGS=("$@")
+    parse_args "$@"
+    if [[ "$MODE" == dev ]]; then
+        install_dev
+    else
+        install_prod
+    fi
+}
+
+main "$@"

@@ -1,0 +1,70 @@
+"""The gateway as `edge-gateway run` runs it, plus a commit probe for benchmarks.
+
+The probe measures publish -> committed latency from the `sent` field the load client puts in each
+reading. SIGUSR1 writes the figures since the last SIGUSR1 to the stats file (one JSON line each).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+import time
+from array import array
+from collections.abc import Sequence
+from pathlib import Path
+
+from gateway.app import Gateway
+from gateway.core.models import Reading, StoreRecord
+from gateway.logs import configure_logging
+from gateway.settings import load_settings
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    index = min(len(sorted_values) - 1, max(0, round(q / 100 * (len(sorted_values) - 1))))
+    return sorted_values[index]
+
+
+async def main(config: str, stats_path: str) -> None:
+    loaded = load_settings(config)
+    configure_logging("warning", "json")
+    gateway = Gateway(loaded)
+    latencies = array("d")
+    committed = [0]
+    last_commit = [0.0]
+
+    def on_commit(batch: Sequence[StoreRecord]) -> None:
+        now = time.time()
+        last_commit[0] = now
+        for rec in batch:
+            if isinstance(rec, Reading):
+                committed[0] += 1
+                sent = rec.extra.get("sent")
+                if sent is not None:
+                    latencies.append(now - sent)
+
+    def dump() -> None:
+        values = sorted(latencies)
+        line = {
+            "committed": committed[0],
+            "last_commit": last_commit[0],
+            "samples": len(values),
+            "p50_ms": percentile(values, 50) * 1000,
+            "p99_ms": percentile(values, 99) * 1000,
+            "max_ms": (values[-1] * 1000) if values else float("nan"),
+        }
+        with Path(stats_path).open("a") as fh:
+            fh.write(json.dumps(line) + "\n")
+        del latencies[:]
+        committed[0] = 0
+
+    gateway.writer.on_commit.append(on_commit)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump)
+    await gateway.run()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1], sys.argv[2]))

@@ -1,0 +1,160 @@
+"""install.sh: the production layout, checked with --prefix so nothing is written outside tmp.
+
+With --prefix DIR the installer puts everything under DIR and the unit names the DIR paths; it creates
+no system user and runs no systemctl (see ./install.sh --help).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+INSTALL_SH = REPO / "install.sh"
+
+
+def run_install(*args: str, timeout: float = 540) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(INSTALL_SH), *args],
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def unit_settings(text: str) -> dict[str, list[str]]:
+    settings: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith(("#", ";", "[")):
+            continue
+        key, _, value = line.partition("=")
+        settings.setdefault(key.strip(), []).append(value.strip())
+    return settings
+
+
+def test_install_sh_is_executable_and_parses() -> None:
+    assert os.access(INSTALL_SH, os.X_OK), "install.sh lost its executable bit"
+    subprocess.run(["bash", "-n", str(INSTALL_SH)], check=True, timeout=30)
+
+
+def test_help_exits_zero_and_documents_options() -> None:
+    result = run_install("--help", timeout=30)
+    assert result.returncode == 0, result.stderr
+    for option in ("--dev", "--prefix", "--no-systemd", "--create-user"):
+        assert option in result.stdout
+
+
+def test_unknown_option_fails() -> None:
+    result = run_install("--no-such-option", timeout=30)
+    assert result.returncode != 0
+    assert "unknown option" in result.stderr
+
+
+def test_repo_unit_file_has_production_paths() -> None:
+    settings = unit_settings((REPO / "systemd" / "edge-gateway.service").read_text())
+    assert settings["ExecStart"] == [
+        "/opt/edge-gateway/venv/bin/edge-gateway run --config /etc/edge-gateway/gateway.toml"
+    ]
+    assert settings["ReadWritePaths"] == ["/var/lib/edge-gateway"]
+    assert settings["StateDirectory"] == ["edge-gateway"]
+    assert "MemoryDenyWriteExecute" not in settings  # cffi needs W+X memory
+
+
+@pytest.fixture(scope="module")
+def prefix(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("install-prefix")
+    result = run_install("--prefix", str(root), "--no-systemd")
+    assert result.returncode == 0, f"install.sh failed:\n{result.stdout}\n{result.stderr}"
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_venv_is_self_contained_and_not_editable(prefix: Path) -> None:
+    venv = prefix / "opt/edge-gateway/venv"
+    assert "include-system-site-packages = false" in (venv / "pyvenv.cfg").read_text()
+    for script in ("edge-gateway", "edge-gateway-sim"):
+        assert os.access(venv / "bin" / script, os.X_OK), script
+    # Run from outside the repo so the current directory cannot shadow the installed package.
+    found = subprocess.run(
+        [str(venv / "bin/python"), "-c", "import gateway; print(gateway.__file__)"],
+        cwd=prefix,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.strip()
+    assert Path(found).is_relative_to(venv / "lib"), found
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_installed_console_script_runs(prefix: Path) -> None:
+    if not (REPO / "gateway" / "__main__.py").exists():
+        pytest.skip("gateway/__main__.py not written yet")
+    result = subprocess.run(
+        [str(prefix / "opt/edge-gateway/venv/bin/edge-gateway"), "--help"],
+        cwd=prefix,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_config_and_state_dir(prefix: Path) -> None:
+    config = prefix / "etc/edge-gateway/gateway.toml"
+    assert config.read_text() == (REPO / "config/gateway.example.toml").read_text()
+    assert stat.S_IMODE(config.stat().st_mode) == 0o640
+    state = prefix / "var/lib/edge-gateway"
+    assert state.is_dir()
+    assert stat.S_IMODE(state.stat().st_mode) == 0o750
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_unit_points_at_prefix_paths(prefix: Path) -> None:
+    unit = prefix / "etc/systemd/system/edge-gateway.service"
+    settings = unit_settings(unit.read_text())
+    venv = prefix / "opt/edge-gateway/venv"
+    config = prefix / "etc/edge-gateway/gateway.toml"
+    assert settings["ExecStart"] == [f"{venv}/bin/edge-gateway run --config {config}"]
+    assert settings["ReadWritePaths"] == [str(prefix / "var/lib/edge-gateway")]
+    assert settings["Type"] == ["notify"]
+    assert settings["NotifyAccess"] == ["main"]
+    assert settings["WatchdogSec"] == ["30"]
+    assert settings["ProtectSystem"] == ["strict"]
+    assert settings["NoNewPrivileges"] == ["yes"]
+    assert settings["User"] == ["edge-gateway"]
+    assert settings["Group"] == ["edge-gateway"]
+    assert settings["Restart"] == ["on-failure"]
+    assert settings["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_second_run_keeps_a_modified_config(prefix: Path) -> None:
+    config = prefix / "etc/edge-gateway/gateway.toml"
+    edited = config.read_text() + "\n# edited by the installer's owner\n"
+    config.write_text(edited)
+    config.chmod(0o600)
+
+    result = run_install("--prefix", str(prefix), "--no-systemd")
+    assert result.returncode == 0, f"second install.sh run failed:\n{result.stdout}\n{result.stderr}"
+
+    assert config.read_text() == edited
+    assert stat.S_IMODE(config.stat().st_mode) == 0o600
+    assert "kept existing config" in result.stdout
+    assert os.access(prefix / "opt/edge-gateway/venv/bin/edge-gateway", os.X_OK)
