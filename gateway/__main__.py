@@ -135,7 +135,7 @@ async def _demo_async(loaded: LoadedSettings, count: int, interval: float, durat
             committed = int(gateway.metrics.value("gateway_readings_committed_total"))
             print(f"demo: {committed} readings committed, {online} devices online", flush=True)
             if duration is not None and loop.time() - started >= duration:
-                gateway.stop()
+                break  # the simulator stops first, so its purifiers say "offline" to a running gateway
     finally:
         if sim.returncode is None:
             sim.send_signal(signal.SIGTERM)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -14,7 +14,7 @@ from gateway.broker.embedded import EmbeddedBroker
 from gateway.core.clock import Clock, SystemClock
 from gateway.core.errors import ConfigError, PayloadError
 from gateway.core.metrics import Metrics
-from gateway.core.models import Reading, StatusChange
+from gateway.core.models import OutboxPrune, Reading, StatusChange
 from gateway.core.ports import ReadingDecoder
 from gateway.ingest.service import Ingest
 from gateway.logs import configure_logging
@@ -22,6 +22,14 @@ from gateway.settings import LoadedSettings, Settings, load_settings
 from gateway.store.queries import load_device_states
 from gateway.store.writer import StoreWriter
 from gateway.systemd_notify import SystemdNotifier
+from gateway.uplink.rpc import INVALID_PARAMS, Dispatcher, NoParams, Params, RpcError
+
+if TYPE_CHECKING:
+    from gateway.uplink.client import Uplink
+
+
+class DeviceParams(Params):
+    device: str
 
 log = structlog.get_logger(__name__)
 
@@ -58,6 +66,8 @@ class Gateway:
             max_batch=s.storage.max_batch,
             queue_size=s.storage.queue_size,
             synchronous=s.storage.synchronous,
+            outbox=s.uplink.enabled,
+            clock=self.clock,
         )
         self.ingest = Ingest(
             put=self.writer.put,
@@ -67,6 +77,61 @@ class Gateway:
             decoders=reading_decoders(),
         )
         self.broker = EmbeddedBroker(s.broker, s.devices, sink=self.ingest, metrics=self.metrics)
+        self.started_at = self.clock.now()
+        self.uplink: Uplink | None = None
+        if s.uplink.enabled:
+            from gateway.uplink.client import Uplink  # aiomqtt costs RSS: only when a cloud is configured
+
+            self.uplink = Uplink(
+                s.uplink,
+                gateway_id=s.gateway.id,
+                org=s.gateway.org,
+                db_path=loaded.db_path,
+                writer=self.writer,
+                dispatcher=self._rpc_methods(),
+                devices=self.device_registry,
+                metrics=self.metrics,
+                clock=self.clock,
+                version=__version__,
+                started_at=self.started_at,
+            )
+
+    def device_registry(self) -> list[dict[str, Any]]:
+        """`[{"id", "kind", "online", "lastSeen"}]` for the cloud and the panel."""
+        states = self.ingest.states
+        out = []
+        for device in self.settings.devices:
+            st = states.get(device.id)
+            out.append({"id": device.id, "kind": device.kind, "online": bool(st and st.online),
+                        "lastSeen": st.last_seen if st else None})
+        return out
+
+    def _rpc_methods(self) -> Dispatcher:
+        """Cloud JSON-RPC methods whose services exist (device commands come with the control service)."""
+        dispatcher = Dispatcher()
+
+        async def ping(_: NoParams) -> dict[str, Any]:
+            return {"pong": True, "ts": self.clock.now(), "version": __version__}
+
+        async def devices(_: NoParams) -> list[dict[str, Any]]:
+            return self.device_registry()
+
+        async def device_state(params: DeviceParams) -> dict[str, Any]:
+            if self.settings.device(params.device) is None:
+                raise RpcError(INVALID_PARAMS, f"Invalid params: device: unknown device {params.device!r}")
+            st = self.ingest.states.get(params.device)
+            return {
+                "device": params.device,
+                "online": bool(st and st.online),
+                "lastSeen": st.last_seen if st else None,
+                "ts": st.last_ts if st else None,
+                "metrics": st.last_metrics if st else {},
+            }
+
+        dispatcher.register("gateway.ping", NoParams, ping)
+        dispatcher.register("gateway.devices", NoParams, devices)
+        dispatcher.register("device.state", DeviceParams, device_state)
+        return dispatcher
 
     @property
     def settings(self) -> Settings:
@@ -122,6 +187,8 @@ class Gateway:
         self.ingest.restore_states(states)
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.writer.run(), name="store-writer")
+            uplink = tg.create_task(self.uplink.run(), name="uplink") if self.uplink else None
+            pruner = tg.create_task(self._prune_outbox(), name="outbox-budget") if self.uplink else None
             # Whoever was connected before a restart or crash is not connected now.
             now = self.clock.now()
             for st in states.values():
@@ -138,18 +205,34 @@ class Gateway:
             await self._stop.wait()
             self.notifier.stopping()
             log.info("gateway.stopping")
+            await self.broker.stop_intake()
+            # Unacknowledged rows stay in the outbox for the next start; deletions already under way land.
+            if self.uplink is not None:
+                self.uplink.stop()
+            stopping = [t for t in (uplink, pruner) if t is not None]
+            for task in stopping:
+                task.cancel()
+            if stopping:
+                await asyncio.wait(stopping, timeout=SHUTDOWN_BUDGET_S / 5)
             await self._shutdown()
             watchdog.cancel()
         log.info("gateway.stopped", readings_committed=self.metrics.value("gateway_readings_committed_total"))
 
     async def _shutdown(self) -> None:
-        """Stop intake, flush the store, close the broker: nothing a device had acknowledged is lost."""
-        await self.broker.stop_intake()
+        """Flush the store, close the broker (intake already stopped): nothing acknowledged is lost."""
         await self.writer.close()
         try:
             await asyncio.wait_for(self.broker.shutdown(), timeout=SHUTDOWN_BUDGET_S / 3)
         except TimeoutError:
             log.warning("broker.shutdown_slow")
+
+    async def _prune_outbox(self) -> None:
+        o = self.settings.outbox
+        while True:
+            await self.writer.put(
+                OutboxPrune(self.clock.now(), o.max_rows, o.max_bytes, o.ttl_days * 86400.0, o.events_hard_cap)
+            )
+            await asyncio.sleep(o.prune_interval_seconds)
 
     async def _watchdog(self) -> None:
         interval = self.notifier.watchdog_interval()

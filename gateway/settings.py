@@ -131,12 +131,59 @@ class LoggingSection(_Strict):
     format: Literal["auto", "json", "console"] = "auto"  # auto: console on a terminal, JSON otherwise
 
 
+class UplinkSection(_Strict):
+    """The cloud broker (CONTRACT section 2). Off by default: the gateway works without a cloud."""
+
+    enabled: bool = False
+    host: str = "localhost"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8883
+    tls: bool = True
+    ca_file: Path | None = None  # None: the system's CAs
+    client_cert: Path | None = None  # with client_key: mutual TLS
+    client_key: Path | None = None
+    username: str | None = None
+    password: str | None = None
+    keepalive: Annotated[int, Field(ge=5, le=3600)] = 60
+    # QoS 1 messages in flight, counting those whose outbox row is not yet deleted: after a crash at
+    # most this many are sent again.
+    inflight: Annotated[int, Field(ge=1, le=1000)] = 20
+    # While live data flows, the backlog may use at most this share of the in-flight window.
+    backlog_share: Annotated[float, Field(gt=0, le=1)] = 0.5
+    batch: bool = False  # telemetry as v1/telemetry/{org}/{gatewayId}/batch messages
+    batch_max_readings: Annotated[int, Field(ge=1, le=10_000)] = 200
+    batch_max_bytes: Annotated[int, Field(ge=1024, le=10_000_000)] = 128 * 1024
+    reconnect_max_seconds: Annotated[float, Field(ge=1, le=3600)] = 60.0
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> UplinkSection:
+        if (self.client_cert is None) != (self.client_key is None):
+            raise ValueError("client_cert and client_key go together")
+        for label, path in (("ca_file", self.ca_file), ("client_cert", self.client_cert),
+                            ("client_key", self.client_key)):
+            if path is not None and not path.is_file():
+                raise ValueError(f"{label} {str(path)!r} does not exist or is not a file")
+        return self
+
+
+class OutboxSection(_Strict):
+    """What waits for the cloud, and what is given up first when the disk budget is reached."""
+
+    max_rows: Annotated[int, Field(ge=100)] = 2_000_000
+    max_bytes: Annotated[int, Field(ge=64 * 1024)] = 512 * 1024 * 1024
+    ttl_days: Annotated[float, Field(gt=0)] = 7.0
+    # Events and command results are kept over the budget, up to this many.
+    events_hard_cap: Annotated[int, Field(ge=100)] = 200_000
+    prune_interval_seconds: Annotated[float, Field(gt=0)] = 30.0
+
+
 class Settings(_Strict):
     gateway: GatewaySection
     broker: BrokerSection = Field(default_factory=BrokerSection)
     devices: list[DeviceSettings] = Field(default_factory=list)
     storage: StorageSection = Field(default_factory=StorageSection)
     logging: LoggingSection = Field(default_factory=LoggingSection)
+    uplink: UplinkSection = Field(default_factory=UplinkSection)
+    outbox: OutboxSection = Field(default_factory=OutboxSection)
 
     def cross_check(self) -> list[tuple[str, str]]:
         """Rules spanning sections, as (field path, message): pydantic cannot place these on a field."""

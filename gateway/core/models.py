@@ -63,4 +63,43 @@ class StatusChange:
     reason: str  # "status" | "connected" | "disconnected" | "startup"
 
 
-StoreRecord = Reading | Quarantined | DeviceEvent | StatusChange
+@dataclass(slots=True, frozen=True)
+class OutboxDone:
+    """These outbox rows were acknowledged by the cloud broker (PUBACK seen): delete them."""
+
+    seqs: tuple[int, ...]
+
+
+@dataclass(slots=True, frozen=True)
+class OutboxPrune:
+    """Apply the outbox disk budget and TTL; `now` is when the decision is made."""
+
+    now: float
+    max_rows: int
+    max_bytes: int
+    ttl_seconds: float
+    events_hard_cap: int
+
+
+@dataclass(slots=True, frozen=True)
+class RpcDone:
+    """A cloud JSON-RPC request was answered: remember the answer, so a repeat is not executed twice."""
+
+    request_id: str
+    method: str
+    response: str
+    at: float
+
+
+@dataclass(slots=True, frozen=True)
+class OutboxEntry:
+    """An outbox row as the uplink sends it."""
+
+    seq: int
+    kind: str
+    device_id: str | None
+    ts: float
+    body: str
+
+
+StoreRecord = Reading | Quarantined | DeviceEvent | StatusChange | OutboxDone | OutboxPrune | RpcDone

@@ -46,6 +46,27 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX events_device_ts ON events (device_id, ts);
     """,
+    # 2: store-and-forward. Rows wait here until the cloud broker's PUBACK; seq makes the msgId
+    # ({gatewayId}:{seq}). AUTOINCREMENT keeps seq growing even after every row was deleted.
+    """
+    CREATE TABLE outbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL,            -- 'telemetry' | 'event'
+        device_id TEXT,
+        ts REAL NOT NULL,              -- the reading's or event's own time
+        body TEXT NOT NULL,            -- telemetry: metrics object; event: {"type", "data"}
+        size INTEGER NOT NULL,         -- bytes of body, for the disk budget
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX outbox_kind_seq ON outbox (kind, seq);
+
+    CREATE TABLE rpc_log (
+        request_id TEXT PRIMARY KEY,   -- JSON-RPC id as sent by the cloud (JSON text)
+        method TEXT NOT NULL,
+        response TEXT NOT NULL,        -- the first answer, repeated for a repeated id
+        at REAL NOT NULL
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

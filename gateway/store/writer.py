@@ -18,9 +18,20 @@ from typing import Any
 import aiosqlite
 import structlog
 
+from gateway.core.clock import Clock, SystemClock
 from gateway.core.errors import StoreClosedError
 from gateway.core.metrics import Metrics
-from gateway.core.models import Quarantined, Reading, StatusChange, StoreRecord
+from gateway.core.models import (
+    DeviceEvent,
+    OutboxDone,
+    OutboxEntry,
+    OutboxPrune,
+    Quarantined,
+    Reading,
+    RpcDone,
+    StatusChange,
+    StoreRecord,
+)
 from gateway.store.schema import connect, migrate
 
 log = structlog.get_logger(__name__)
@@ -66,12 +77,38 @@ SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(va
        json_extract(value, '$[3]')
 FROM json_each({rows});
 """
+_INSERT_OUTBOX = """
+INSERT INTO outbox (seq, kind, device_id, ts, body, size, created_at)
+SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
+       json_extract(value, '$[3]'), json_extract(value, '$[4]'), length(json_extract(value, '$[4]')), {now!r}
+FROM json_each({rows});
+"""
+_DELETE_OUTBOX = "DELETE FROM outbox WHERE seq IN (SELECT value FROM json_each({seqs}));"
+_INSERT_RPC = """
+INSERT OR IGNORE INTO rpc_log (request_id, method, response, at)
+SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
+       json_extract(value, '$[3]')
+FROM json_each({rows});
+"""
 _INSERT_QUARANTINE = "INSERT INTO quarantine (received_at, client_id, device_id, topic, payload, reason) VALUES {rows};"
 
 
 def _text(value: str | None) -> str:
     """An SQL string literal: in SQLite only the quote itself needs escaping (no backslash escapes)."""
     return "NULL" if value is None else "'" + value.replace("'", "''") + "'"
+
+
+_INSERT_EVENT_ONE = "INSERT INTO events (ts, device_id, type, data) VALUES (?, ?, ?, ?)"
+
+
+def _quarantine_event(q: Quarantined) -> dict[str, Any]:
+    return {
+        "reason": q.reason,
+        "topic": q.topic,
+        "clientId": q.client_id,
+        "payload": q.payload[:1024].decode("utf-8", errors="replace"),
+        "size": len(q.payload),
+    }
 
 
 def _quarantine_row(q: Quarantined) -> str:
@@ -107,8 +144,13 @@ class StoreWriter:
         max_batch: int = 1000,
         queue_size: int = 10_000,
         synchronous: str = "NORMAL",
+        outbox: bool = False,
+        clock: Clock | None = None,
     ) -> None:
         self._db_path = db_path
+        self._outbox = outbox  # also queue readings and events for the cloud (uplink enabled)
+        self._clock = clock or SystemClock()
+        self._next_seq = 1
         self._metrics = metrics
         self._interval = commit_interval
         self._max_batch = max_batch
@@ -122,11 +164,18 @@ class StoreWriter:
         self._commit_waiters: list[tuple[int, asyncio.Future[None]]] = []
         # Called after each commit with the records it made durable (live feeds, uplink wake-ups).
         self.on_commit: list[Callable[[Sequence[StoreRecord]], None]] = []
+        # Called after each commit with the outbox rows it created (the uplink's live lane).
+        self.on_outbox: list[Callable[[Sequence[OutboxEntry]], None]] = []
         metrics.gauge_callback("gateway_store_queue_depth", self._queue.qsize, "rows waiting for the writer")
 
     @property
     def committed(self) -> int:
         return self._committed
+
+    @property
+    def last_seq(self) -> int:
+        """The last outbox seq committed or being committed (msgIds up to it exist or existed)."""
+        return self._next_seq - 1
 
     @property
     def queue_depth(self) -> int:
@@ -136,7 +185,10 @@ class StoreWriter:
         self._db_path.parent.mkdir(parents=True, exist_ok=True)
         self._conn = await connect(str(self._db_path), synchronous=self._synchronous)
         found = await migrate(self._conn)
-        log.info("store.opened", path=str(self._db_path), schema_from=found)
+        async with self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'") as cur:
+            row = await cur.fetchone()
+        self._next_seq = (int(row[0]) if row else 0) + 1
+        log.info("store.opened", path=str(self._db_path), schema_from=found, next_seq=self._next_seq)
         return self._conn
 
     async def put(self, record: StoreRecord) -> None:
@@ -151,6 +203,8 @@ class StoreWriter:
         target = self._enqueued
         if self._committed >= target:
             return
+        if self._closed and self._stopped.is_set():
+            raise StoreClosedError("store is closed")
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._commit_waiters.append((target, fut))
         await fut
@@ -204,6 +258,10 @@ class StoreWriter:
         if self._conn is not None:
             await self._conn.close()
             self._conn = None
+        for _, fut in self._commit_waiters:  # nothing more will be committed: do not leave anyone waiting
+            if not fut.done():
+                fut.set_exception(StoreClosedError("store closed before this was committed"))
+        self._commit_waiters = []
         log.info("store.closed", committed=self._committed)
 
     async def _commit_retrying(self, batch: list[StoreRecord]) -> None:
@@ -234,6 +292,56 @@ class StoreWriter:
                 log.info("store.commit_recovered", rows=len(batch))
             return
 
+    async def _prune(self, conn: aiosqlite.Connection, rule: OutboxPrune) -> None:
+        """Disk budget and TTL: the oldest telemetry goes first; events only past their hard cap."""
+        dropped: dict[str, int] = {}
+
+        async def delete(kind: str, sql: str, params: tuple[Any, ...]) -> None:
+            cur = await conn.execute(sql, params)
+            if cur.rowcount > 0:
+                dropped[kind] = dropped.get(kind, 0) + cur.rowcount
+
+        await conn.execute("BEGIN")
+        await delete("telemetry", "DELETE FROM outbox WHERE kind = 'telemetry' AND created_at < ?",
+                     (rule.now - rule.ttl_seconds,))
+        await delete("event", "DELETE FROM outbox WHERE kind = 'event' AND created_at < ?",
+                     (rule.now - rule.ttl_seconds,))
+        async with conn.execute("SELECT count(*), coalesce(sum(size), 0) FROM outbox") as cur:
+            count_row = await cur.fetchone()
+        rows, size = (int(count_row[0]), int(count_row[1])) if count_row else (0, 0)
+        if rows > rule.max_rows or size > rule.max_bytes:
+            # Oldest telemetry until both limits hold (average row size estimates the bytes to free).
+            excess_rows = rows - rule.max_rows
+            average = size / rows if rows else 1.0
+            excess_bytes = int((size - rule.max_bytes) / average) + 1 if size > rule.max_bytes else 0
+            await delete(
+                "telemetry",
+                "DELETE FROM outbox WHERE seq IN "
+                "(SELECT seq FROM outbox WHERE kind = 'telemetry' ORDER BY seq LIMIT ?)",
+                (max(excess_rows, excess_bytes),),
+            )
+        await delete(
+            "event",
+            "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE kind = 'event' ORDER BY seq DESC "
+            "LIMIT -1 OFFSET ?)",
+            (rule.events_hard_cap,),
+        )
+        if dropped:
+            data = {"dropped": dropped, "reason": "outbox budget or TTL"}
+            await conn.execute(_INSERT_EVENT_ONE, (rule.now, None, "outbox.dropped", _dumps(data)))
+            if self._outbox:
+                body = _dumps({"type": "outbox.dropped", "data": data})
+                await conn.execute(
+                    "INSERT INTO outbox (seq, kind, device_id, ts, body, size, created_at) "
+                    "VALUES (?, 'event', NULL, ?, ?, ?, ?)",
+                    (self._next_seq, rule.now, body, len(body), rule.now),
+                )
+                self._next_seq += 1
+            for kind, count in dropped.items():
+                self._metrics.inc("gateway_outbox_dropped_total", count, "outbox rows given up", kind=kind)
+            log.warning("outbox.dropped", dropped=dropped)
+        await conn.execute("COMMIT")
+
     async def _commit_one_by_one(self, batch: list[StoreRecord]) -> None:
         for rec in batch:
             try:
@@ -250,26 +358,54 @@ class StoreWriter:
         conn = self._conn
         if conn is None:
             raise StoreClosedError("store is not open")
-        readings: list[list[Any]] = []  # [device_id, ts, received_at, metrics, extra]
+        readings: list[list[Any]] = []  # [device_id, ts, received_at, metrics text, extra]
         latest: dict[str, list[Any]] = {}
         quarantine: list[str] = []
         events: list[list[Any]] = []  # [ts, device_id, type, data]
         statuses: dict[str, list[Any]] = {}  # device_id -> [device_id, online, at]
+        done: list[int] = []
+        rpc: list[list[Any]] = []
+        prunes: list[OutboxPrune] = []
+        outbox: list[OutboxEntry] = []
+        seq = self._next_seq
         for rec in batch:
             if isinstance(rec, Reading):
-                row = [rec.device_id, rec.ts, rec.received_at, rec.metrics, rec.extra or None]
+                metrics = _dumps(rec.metrics)
+                row = [rec.device_id, rec.ts, rec.received_at, metrics, rec.extra or None]
                 readings.append(row)
                 prev = latest.get(rec.device_id)
                 if prev is None or rec.ts >= prev[1]:
                     latest[rec.device_id] = row
-            elif isinstance(rec, Quarantined):
+                if self._outbox:
+                    outbox.append(OutboxEntry(seq, "telemetry", rec.device_id, rec.ts, metrics))
+                    seq += 1
+                continue
+            if isinstance(rec, OutboxDone):
+                done.extend(rec.seqs)
+                continue
+            if isinstance(rec, RpcDone):
+                rpc.append([rec.request_id, rec.method, rec.response, rec.at])
+                continue
+            if isinstance(rec, OutboxPrune):
+                prunes.append(rec)
+                continue
+            event: list[Any]
+            if isinstance(rec, Quarantined):
                 quarantine.append(_quarantine_row(rec))
+                event = [rec.received_at, rec.device_id, "quarantine", _quarantine_event(rec)]
             elif isinstance(rec, StatusChange):
                 statuses[rec.device_id] = [rec.device_id, int(rec.online), rec.at]
                 kind = "device.online" if rec.online else "device.offline"
-                events.append([rec.at, rec.device_id, kind, {"reason": rec.reason}])
-            else:  # DeviceEvent
-                events.append([rec.ts, rec.device_id, rec.type, rec.data])
+                event = [rec.at, rec.device_id, kind, {"reason": rec.reason}]
+            elif isinstance(rec, DeviceEvent):
+                event = [rec.ts, rec.device_id, rec.type, rec.data]
+            else:
+                raise TypeError(f"not a store record: {rec!r}")
+            events.append(event)
+            if self._outbox:
+                body = _dumps({"type": event[2], "data": event[3]})
+                outbox.append(OutboxEntry(seq, "event", event[1], event[0], body))
+                seq += 1
         script = ["BEGIN;"]
         if readings:
             script.append(_INSERT_READINGS.format(rows=_text(_dumps(readings))))
@@ -280,13 +416,33 @@ class StoreWriter:
             script.append(_INSERT_EVENTS.format(rows=_text(_dumps(events))))
         if quarantine:
             script.append(_INSERT_QUARANTINE.format(rows=", ".join(quarantine)))
+        if outbox:
+            rows = [[e.seq, e.kind, e.device_id, e.ts, e.body] for e in outbox]
+            script.append(_INSERT_OUTBOX.format(rows=_text(_dumps(rows)), now=float(self._clock.now())))
+        if done:
+            script.append(_DELETE_OUTBOX.format(seqs=_text(_dumps(done))))
+        if rpc:
+            script.append(_INSERT_RPC.format(rows=_text(_dumps(rpc))))
         script.append("COMMIT;")
         try:
-            await conn.executescript("\n".join(script))
+            if len(script) > 2:
+                await conn.executescript("\n".join(script))
         except BaseException:
             if conn.in_transaction:
                 await conn.execute("ROLLBACK")
             raise
+        self._next_seq = seq
+        for prune in prunes:  # their own transactions: a failure here must not replay the batch above
+            try:
+                await self._prune(conn, prune)
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    await conn.execute("ROLLBACK")
+                self._metrics.inc("gateway_outbox_prune_errors_total", 1, "failed budget/TTL passes")
+                log.error("outbox.prune_failed", error=str(exc))
+        if outbox:
+            for outbox_callback in self.on_outbox:
+                outbox_callback(outbox)
         self._committed += len(batch)
         if readings:
             self._metrics.inc("gateway_readings_committed_total", len(readings), "readings made durable")

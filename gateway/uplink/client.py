@@ -1,0 +1,326 @@
+"""The uplink: drains the outbox to the cloud broker, live data first, the backlog beside it.
+
+An outbox row is deleted only after the PUBACK of the message that carried it, and a slot of the
+in-flight window is freed only once that deletion is committed: after a crash at most `inflight`
+messages are sent again, always with the same msgId.
+
+Each connection splits the outbox at the last seq committed when it came up: rows up to the split
+are the backlog (read from SQLite, oldest first, within `backlog_share` of the window); rows
+committed later are live (handed over by the store writer, sent at once). Live rows that do not fit
+the bounded live queue are not lost: their seq ranges join the backlog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import ssl
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import structlog
+
+from gateway.core.clock import Clock
+from gateway.core.metrics import Metrics
+from gateway.core.models import OutboxDone, OutboxEntry, RpcDone
+from gateway.settings import UplinkSection
+from gateway.store.writer import StoreWriter
+from gateway.uplink import messages
+from gateway.uplink.outbox_reader import OutboxReader
+from gateway.uplink.rpc import Dispatcher, RpcError, encode, error_response, parse_request
+
+log = structlog.get_logger(__name__)
+
+LIVE_QUEUE_SIZE = 10_000
+BACKLOG_PAGE = 500
+
+
+@dataclass
+class UplinkState:
+    """What the panel, /health and metrics show about the link."""
+
+    connected: bool = False
+    last_error: str | None = None
+    reconnects: int = 0
+    backlog: int = 0
+    oldest_unsent_age: float | None = None
+
+
+class Uplink:
+    def __init__(
+        self,
+        settings: UplinkSection,
+        *,
+        gateway_id: str,
+        org: str,
+        db_path: Path,
+        writer: StoreWriter,
+        dispatcher: Dispatcher,
+        devices: Callable[[], list[dict[str, Any]]],
+        metrics: Metrics,
+        clock: Clock,
+        version: str,
+        started_at: float,
+    ) -> None:
+        self._s = settings
+        self._gateway_id = gateway_id
+        self._topics = messages.Topics(org, gateway_id)
+        self._writer = writer
+        self._reader = OutboxReader(db_path)
+        self._dispatcher = dispatcher
+        self._devices = devices
+        self._metrics = metrics
+        self._clock = clock
+        self._version = version
+        self._started_at = started_at
+        self.state = UplinkState()
+        self._live: asyncio.Queue[OutboxEntry] = asyncio.Queue(maxsize=LIVE_QUEUE_SIZE)
+        self._accepting = False  # the live lane takes rows only while a connection is up
+        self._overflow: deque[tuple[int, int]] = deque()  # seq ranges the live queue could not hold
+        self._overflow_event = asyncio.Event()
+        self._failing = False
+        self._stopping = False
+        writer.on_outbox.append(self._on_outbox)
+        metrics.gauge_callback("gateway_uplink_connected", lambda: float(self.state.connected), "cloud link up")
+        metrics.gauge_callback("gateway_uplink_backlog_rows", lambda: float(self.state.backlog), "outbox rows")
+
+    # --- from the store writer (synchronous, after each commit) ------------------------------------
+
+    def _on_outbox(self, entries: Sequence[OutboxEntry]) -> None:
+        if not self._accepting:
+            return  # no connection: these rows are the next connection's backlog
+        for entry in entries:
+            try:
+                self._live.put_nowait(entry)
+            except asyncio.QueueFull:
+                if self._overflow and self._overflow[-1][1] == entry.seq - 1:
+                    self._overflow[-1] = (self._overflow[-1][0], entry.seq)
+                else:
+                    self._overflow.append((entry.seq, entry.seq))
+                self._overflow_event.set()
+
+    def stop(self) -> None:
+        """Ask run() to end (the caller also cancels it). A flag, not only a cancellation: Python 3.11's
+        wait_for, inside aiomqtt, can swallow a cancellation, and the loop would reconnect forever."""
+        self._stopping = True
+
+    # --- supervisor ---------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Connect, drain, reconnect with jittered exponential back-off; never gives up, logs once per state."""
+        await self._reader.open()
+        backoff = 1.0
+        try:
+            while not self._stopping:
+                try:
+                    await self._connection()
+                except (Exception, BaseExceptionGroup) as exc:  # the link must survive anything and say why
+                    self.state.last_error = _describe(exc)
+                    if not self._failing:
+                        log.warning("uplink.down", error=self.state.last_error, host=self._s.host, port=self._s.port)
+                        self._failing = True
+                    if not _is_link_error(exc):
+                        log.error("uplink.unexpected_error", exc_info=exc)
+                self._accepting = False
+                if self.state.connected:
+                    self.state.connected = False
+                    backoff = 1.0  # it was up: try again soon
+                self.state.reconnects += 1
+                self._metrics.inc("gateway_uplink_reconnects_total", 1, "cloud connection attempts after a loss")
+                if self._stopping:
+                    break
+                await asyncio.sleep(backoff * random.uniform(0.5, 1.0))  # jitter: no herd of gateways
+                backoff = min(backoff * 2, self._s.reconnect_max_seconds)
+        finally:
+            await self._reader.close()
+
+    async def _connection(self) -> None:
+        will = aiomqtt.Will(self._topics.status, self._status(False), qos=1, retain=True)
+        client = aiomqtt.Client(
+            self._s.host,
+            self._s.port,
+            identifier=self._gateway_id,
+            clean_session=False,
+            keepalive=self._s.keepalive,
+            username=self._s.username,
+            password=self._s.password,
+            tls_context=self._tls_context(),
+            will=will,
+            max_inflight_messages=self._s.inflight,
+            protocol=aiomqtt.ProtocolVersion.V311,
+            socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
+            timeout=10,
+        )
+        async with client:
+            split = self._writer.last_seq
+            self._live = asyncio.Queue(maxsize=LIVE_QUEUE_SIZE)
+            self._overflow.clear()
+            self._accepting = True
+            self.state.connected = True
+            self.state.last_error = None
+            log.info("uplink.recovered" if self._failing else "uplink.up", host=self._s.host, port=self._s.port,
+                     backlog_upto=split)
+            self._failing = False
+            await self._refresh_backlog()
+            await client.publish(self._topics.status, self._status(True), qos=1, retain=True)
+            await client.publish(self._topics.devices, messages.devices_payload(self._devices()), qos=1, retain=True)
+            await client.subscribe(self._topics.rpc_request, qos=1)
+            window = asyncio.Semaphore(self._s.inflight)
+            backlog_slots = asyncio.Semaphore(max(1, int(self._s.inflight * self._s.backlog_share)))
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._live_lane(client, tg, window), name="uplink-live")
+                tg.create_task(self._backlog_lane(client, tg, window, backlog_slots, split), name="uplink-backlog")
+                tg.create_task(self._rpc_lane(client), name="uplink-rpc")
+                tg.create_task(self._status_lane(), name="uplink-status")
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        if not self._s.tls:
+            return None
+        ctx = ssl.create_default_context(cafile=str(self._s.ca_file) if self._s.ca_file else None)
+        if self._s.client_cert is not None and self._s.client_key is not None:
+            ctx.load_cert_chain(str(self._s.client_cert), str(self._s.client_key))
+        return ctx
+
+    def _status(self, online: bool) -> bytes:
+        return messages.status_payload(
+            online=online, version=self._version, started_at=self._started_at, backlog=self.state.backlog
+        )
+
+    # --- sending --------------------------------------------------------------------------------------
+
+    async def _send(
+        self, client: aiomqtt.Client, topic: str, payload: bytes, seqs: tuple[int, ...], slots: list[asyncio.Semaphore]
+    ) -> None:
+        try:
+            await client.publish(topic, payload, qos=1)
+            await self._writer.put(OutboxDone(seqs))
+            await self._writer.flush()  # the slot is free only once the row is gone for good
+            self._metrics.inc("gateway_uplink_sent_total", len(seqs), "outbox rows acknowledged by the cloud")
+        finally:
+            for slot in slots:
+                slot.release()
+
+    async def _dispatch(
+        self,
+        client: aiomqtt.Client,
+        tg: asyncio.TaskGroup,
+        entries: list[OutboxEntry],
+        slots: list[asyncio.Semaphore],
+    ) -> None:
+        """Send entries as messages (batches when configured), each holding the given slots."""
+        for topic, payload, seqs in self._pack(entries):
+            for slot in slots:
+                await slot.acquire()
+            tg.create_task(self._send(client, topic, payload, seqs, slots))
+
+    def _pack(self, entries: list[OutboxEntry]) -> list[tuple[str, bytes, tuple[int, ...]]]:
+        out: list[tuple[str, bytes, tuple[int, ...]]] = []
+        batch: list[OutboxEntry] = []
+        size = 0
+        for entry in entries:
+            if self._s.batch and entry.kind == "telemetry":
+                item = messages.batch_item_size(entry)
+                if batch and (len(batch) >= self._s.batch_max_readings or size + item > self._s.batch_max_bytes):
+                    out.append((*messages.batch_message(self._topics, batch), tuple(e.seq for e in batch)))
+                    batch, size = [], 0
+                batch.append(entry)
+                size += item
+                continue
+            topic, payload = messages.entry_message(self._topics, entry)
+            out.append((topic, payload, (entry.seq,)))
+        if batch:
+            out.append((*messages.batch_message(self._topics, batch), tuple(e.seq for e in batch)))
+        return out
+
+    async def _live_lane(self, client: aiomqtt.Client, tg: asyncio.TaskGroup, window: asyncio.Semaphore) -> None:
+        live = self._live
+        while True:
+            entries = [await live.get()]
+            limit = self._s.batch_max_readings if self._s.batch else 64
+            while len(entries) < limit and not live.empty():
+                entries.append(live.get_nowait())
+            await self._dispatch(client, tg, entries, [window])
+
+    async def _backlog_lane(
+        self,
+        client: aiomqtt.Client,
+        tg: asyncio.TaskGroup,
+        window: asyncio.Semaphore,
+        slots: asyncio.Semaphore,
+        split: int,
+    ) -> None:
+        ranges: deque[tuple[int, int]] = deque([(0, split)])
+        while True:
+            if not ranges:
+                await self._overflow_event.wait()
+                self._overflow_event.clear()
+                while self._overflow:
+                    low, high = self._overflow.popleft()
+                    ranges.append((low - 1, high))
+                continue
+            after, upto = ranges[0]
+            page = await self._reader.fetch(after, upto, BACKLOG_PAGE)
+            if not page:
+                ranges.popleft()
+                await self._refresh_backlog()
+                continue
+            ranges[0] = (page[-1].seq, upto)
+            await self._dispatch(client, tg, page, [slots, window])
+
+    async def _status_lane(self) -> None:
+        while True:
+            await asyncio.sleep(5.0)
+            await self._refresh_backlog()
+
+    async def _refresh_backlog(self) -> None:
+        rows, oldest = await self._reader.backlog()
+        self.state.backlog = rows
+        self.state.oldest_unsent_age = None if oldest is None else max(0.0, self._clock.now() - oldest)
+
+    # --- commands from the cloud ----------------------------------------------------------------------
+
+    async def _rpc_lane(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            if str(message.topic) != self._topics.rpc_request:
+                continue
+            payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
+            response = await self._answer(payload)
+            if response is not None:
+                await client.publish(self._topics.rpc_response, response, qos=1)
+
+    async def _answer(self, payload: bytes) -> bytes | None:
+        try:
+            request = parse_request(payload)
+        except RpcError as err:
+            self._metrics.inc("gateway_rpc_requests_total", 1, "cloud JSON-RPC requests", result="invalid")
+            return encode(error_response(err))
+        if request.id_key is not None:
+            earlier = await self._reader.rpc_answer(request.id_key)
+            if earlier is not None:  # a repeated id: the first answer, not a second execution
+                self._metrics.inc("gateway_rpc_requests_total", 1, result="repeat")
+                return earlier.encode()
+        response = encode(await self._dispatcher.call(request))
+        self._metrics.inc("gateway_rpc_requests_total", 1, result="answered")
+        if request.id_key is None:
+            return None  # a notification gets no answer
+        await self._writer.put(RpcDone(request.id_key, request.method, response.decode(), self._clock.now()))
+        await self._writer.flush()
+        return response
+
+
+def _is_link_error(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_is_link_error(e) for e in exc.exceptions)
+    return isinstance(exc, aiomqtt.MqttError | OSError | ssl.SSLError | TimeoutError)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(_describe(e) for e in exc.exceptions)
+    return f"{type(exc).__name__}: {exc}"
+

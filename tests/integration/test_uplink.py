@@ -1,0 +1,237 @@
+"""Store-and-forward to a real Mosquitto as the cloud broker (CONTRACT section 2)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+import trustme
+
+from tests.fixtures.gateway import GatewayFactory, RunningGateway, device_password, wait_for
+from tests.fixtures.mosquitto import MosquittoBroker, MosquittoFactory, TLSFiles
+
+
+def uplink_config(port: int, **extra: Any) -> str:
+    values: dict[str, Any] = {"enabled": True, "host": "127.0.0.1", "port": port, "tls": False,
+                              "reconnect_max_seconds": 1} | extra
+    lines = ["[uplink]"]
+    for key, value in values.items():
+        lines.append(f"{key} = {json.dumps(value) if not isinstance(value, bool) else str(value).lower()}")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class Cloud:
+    """A cloud-side subscriber with a persistent session: it misses nothing while it reconnects."""
+
+    broker: MosquittoBroker
+    messages: list[tuple[str, dict[str, Any] | list[Any], bool]] = field(default_factory=list)
+    task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                async with aiomqtt.Client(self.broker.host, self.broker.port, identifier="cloud-backend",
+                                          clean_session=False) as client:
+                    await client.subscribe("v1/#", qos=1)
+                    async for m in client.messages:
+                        if str(m.topic).endswith("/request"):
+                            continue  # requests the test itself sends (some deliberately not JSON)
+                        self.messages.append((str(m.topic), json.loads(m.payload), m.retain))  # type: ignore[arg-type]
+            except aiomqtt.MqttError:
+                await asyncio.sleep(0.1)
+
+    def telemetry(self) -> list[dict[str, Any]]:
+        return [p for t, p, _ in self.messages if t.startswith("v1/telemetry/") and isinstance(p, dict)]
+
+    def msg_ids(self) -> list[str]:
+        return [p["msgId"] for p in self.telemetry()]
+
+
+@pytest.fixture
+async def cloud(mosquitto: MosquittoBroker) -> AsyncIterator[Cloud]:
+    c = Cloud(mosquitto)
+    c.task = asyncio.create_task(c._run())
+    yield c
+    c.task.cancel()
+    await asyncio.gather(c.task, return_exceptions=True)
+
+
+async def publish_readings(gw: RunningGateway, device_id: str, count: int, start: int = 0) -> None:
+    async with aiomqtt.Client("127.0.0.1", gw.port, identifier=device_id, username=device_id,
+                              password=device_password(device_id)) as client:
+        for i in range(start, start + count):
+            body = {"timestamp": 1763800000000 + i * 1000, "pm25": float(i), "fanSpeed": 1, "powerOn": True}
+            await client.publish(f"device/{device_id}/data", json.dumps(body), qos=1)
+
+
+def outbox_rows(gw: RunningGateway) -> int:
+    return int(gw.query("SELECT count(*) FROM outbox")[0][0])
+
+
+async def test_steady_flow_arrives_with_msg_ids_in_per_device_order(
+    gateway_factory: GatewayFactory, cloud: Cloud
+) -> None:
+    gw = await gateway_factory(devices=["AP-01", "AP-02"], extra=uplink_config(cloud.broker.port))
+    await asyncio.gather(publish_readings(gw, "AP-01", 60), publish_readings(gw, "AP-02", 60))
+    await wait_for(lambda: len(cloud.telemetry()) == 120, timeout=15)
+    await wait_for(lambda: outbox_rows(gw) == 0 or gw.gateway.uplink is None, timeout=5)
+    telemetry = cloud.telemetry()
+    ids = cloud.msg_ids()
+    assert len(set(ids)) == 120 and all(i.startswith("gw-test:") for i in ids)
+    for device in ("AP-01", "AP-02"):
+        topic = f"v1/telemetry/test-org/{device}"
+        pm = [p["metrics"]["pm25"] for t, p, _ in cloud.messages if t == topic and isinstance(p, dict)]
+        assert pm == [float(i) for i in range(60)]  # each device's readings in their order
+    first = telemetry[0]
+    assert set(first) == {"ts", "metrics", "gatewayId", "msgId"} and first["gatewayId"] == "gw-test"
+    assert first["ts"] == 1763800000.0
+    status = [p for t, p, _ in cloud.messages if t == "v1/gateways/test-org/gw-test/status"]
+    assert status and status[0]["online"] is True and {"version", "startedAt", "backlog"} <= set(status[0])
+    devices = [p for t, p, _ in cloud.messages if t == "v1/gateways/test-org/gw-test/devices"]
+    assert devices and {d["id"] for d in devices[0]} == {"AP-01", "AP-02"}  # type: ignore[index,union-attr]
+    events = [p for t, p, _ in cloud.messages if t.startswith("v1/events/")]
+    assert any(isinstance(e, dict) and e["type"] == "device.online" for e in events)
+
+
+async def test_cloud_broker_stopped_under_load_then_started_loses_nothing(
+    gateway_factory: GatewayFactory, cloud: Cloud
+) -> None:
+    gw = await gateway_factory(devices=["AP-01", "AP-02"], extra=uplink_config(cloud.broker.port))
+    await publish_readings(gw, "AP-01", 100)
+    cloud.broker.stop()
+    await asyncio.gather(publish_readings(gw, "AP-01", 200, start=100), publish_readings(gw, "AP-02", 300))
+    await wait_for(lambda: gw.gateway.uplink is not None and not gw.gateway.uplink.state.connected)
+    assert outbox_rows(gw) >= 400  # waiting on disk, not in memory
+    cloud.broker.start()
+    await publish_readings(gw, "AP-02", 100, start=300)  # live data while the backlog drains
+    await wait_for(lambda: outbox_rows(gw) == 0, timeout=30)
+    await wait_for(lambda: len(set(cloud.msg_ids())) >= 700, timeout=10)
+    readings_sent = gw.query("SELECT count(*) FROM readings")[0][0]
+    assert readings_sent == 700
+    assert len(set(cloud.msg_ids())) == 700  # counted by msgId: nothing lost
+    assert gw.gateway.uplink is not None and gw.gateway.uplink.state.reconnects >= 1
+
+
+async def rpc(cloud: Cloud, request: dict[str, Any] | bytes, timeout: float = 5.0) -> dict[str, Any]:
+    before = len([1 for t, _, _ in cloud.messages if t.endswith("/response")])
+    payload = request if isinstance(request, bytes) else json.dumps(request).encode()
+    async with aiomqtt.Client(cloud.broker.host, cloud.broker.port, identifier="cloud-rpc") as client:
+        await client.publish("v1/commands/test-org/gw-test/request", payload, qos=1)
+    responses: list[Any] = []
+
+    def arrived() -> bool:
+        responses[:] = [p for t, p, _ in cloud.messages if t.endswith("/response")]
+        return len(responses) > before
+
+    await wait_for(arrived, timeout=timeout)
+    result = responses[before]
+    assert isinstance(result, dict)
+    return result
+
+
+async def test_json_rpc_round_trip_and_a_repeated_id_is_answered_not_executed_again(
+    gateway_factory: GatewayFactory, cloud: Cloud
+) -> None:
+    gw = await gateway_factory(devices=["AP-01"], extra=uplink_config(cloud.broker.port))
+    await wait_for(lambda: gw.gateway.uplink is not None and gw.gateway.uplink.state.connected)
+    first = await rpc(cloud, {"jsonrpc": "2.0", "id": "c-1", "method": "gateway.ping"})
+    assert first["id"] == "c-1" and first["result"]["pong"] is True
+    again = await rpc(cloud, {"jsonrpc": "2.0", "id": "c-1", "method": "gateway.ping"})
+    assert again == first  # the stored first answer (same ts), not a second execution
+    assert gw.query("SELECT count(*) FROM rpc_log") == [(1,)]
+
+    unknown = await rpc(cloud, {"jsonrpc": "2.0", "id": 7, "method": "device.explode"})
+    assert unknown["error"]["code"] == -32601 and unknown["id"] == 7
+    missing = await rpc(cloud, {"jsonrpc": "2.0", "id": "c-2", "method": "device.state", "params": {}})
+    assert missing["error"]["code"] == -32602 and "device" in missing["error"]["message"]
+    extra = await rpc(cloud, {"jsonrpc": "2.0", "id": "c-3", "method": "gateway.ping", "params": {"x": 1}})
+    assert extra["error"]["code"] == -32602 and "x" in extra["error"]["message"]
+    bad = await rpc(cloud, b"{not json")
+    assert bad["error"]["code"] == -32700 and bad["id"] is None
+    state = await rpc(cloud, {"jsonrpc": "2.0", "id": "c-4", "method": "device.state", "params": {"device": "AP-01"}})
+    assert state["result"]["device"] == "AP-01" and state["result"]["online"] is False
+    devices = await rpc(cloud, {"jsonrpc": "2.0", "id": "c-5", "method": "gateway.devices"})
+    assert [d["id"] for d in devices["result"]] == ["AP-01"]
+
+
+async def test_budget_drops_oldest_telemetry_first_and_reports_it(
+    gateway_factory: GatewayFactory, tmp_path: Path
+) -> None:
+    from tests.fixtures.gateway import free_port
+
+    dead = free_port()  # no cloud: everything stays in the outbox
+    gw = await gateway_factory(
+        devices=["AP-01"],
+        extra=uplink_config(dead) + "[outbox]\nmax_rows = 150\nprune_interval_seconds = 0.2\n",
+    )
+    await publish_readings(gw, "AP-01", 300)
+    await wait_for(lambda: gw.counter("gateway_outbox_dropped_total", kind="telemetry") >= 150, timeout=10)
+    await gw.flush()
+    rows = gw.query("SELECT kind, min(seq), count(*) FROM outbox GROUP BY kind ORDER BY kind")
+    kinds = {k: (lo, n) for k, lo, n in rows}
+    assert kinds["telemetry"][1] <= 150
+    # the newest readings are the ones kept
+    newest = gw.query("SELECT max(json_extract(body, '$.pm25')) FROM outbox WHERE kind = 'telemetry'")[0][0]
+    assert newest == 299.0
+    # events survive the budget; the drop itself is an event, counted by kind
+    assert "event" in kinds
+    dropped = gw.query("SELECT data FROM events WHERE type = 'outbox.dropped'")
+    assert dropped and json.loads(dropped[0][0])["dropped"]["telemetry"] >= 150
+
+
+async def test_ttl_deletes_rows_older_than_their_time(gateway_factory: GatewayFactory) -> None:
+    from tests.fixtures.gateway import free_port
+
+    gw = await gateway_factory(
+        devices=["AP-01"],
+        extra=uplink_config(free_port()) + "[outbox]\nttl_days = 0.00001\nprune_interval_seconds = 0.2\n",
+    )  # ttl 0.864 s
+    await publish_readings(gw, "AP-01", 20)
+    await wait_for(lambda: outbox_rows(gw) > 0)
+    await wait_for(lambda: gw.query("SELECT count(*) FROM outbox WHERE kind='telemetry'")[0][0] == 0, timeout=10)
+    assert gw.counter("gateway_outbox_dropped_total", kind="telemetry") == 20
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+def tls_files(folder: Path, ca: trustme.CA) -> TLSFiles:
+    folder.mkdir(parents=True, exist_ok=True)
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    ca.cert_pem.write_to_path(str(folder / "ca.pem"))
+    cert.private_key_pem.write_to_path(str(folder / "key.pem"))
+    cert.cert_chain_pems[0].write_to_path(str(folder / "cert.pem"))
+    return TLSFiles(cafile=folder / "ca.pem", certfile=folder / "cert.pem", keyfile=folder / "key.pem")
+
+
+async def test_tls_with_the_right_ca_connects_and_a_wrong_ca_is_refused(
+    gateway_factory: GatewayFactory, make_mosquitto: MosquittoFactory, ca: trustme.CA, tmp_path: Path
+) -> None:
+    files = tls_files(tmp_path / "tls", ca)
+    broker = make_mosquitto(tls=files)
+    good = await gateway_factory(
+        devices=["AP-01"],
+        extra=uplink_config(broker.tls_port or 0, tls=True, ca_file=str(files.cafile)),
+    )
+    await wait_for(lambda: good.gateway.uplink is not None and good.gateway.uplink.state.connected, timeout=10)
+
+    other = trustme.CA()
+    other.cert_pem.write_to_path(str(tmp_path / "other-ca.pem"))
+    bad = await gateway_factory(
+        devices=["AP-01"],
+        extra=uplink_config(broker.tls_port or 0, tls=True, ca_file=str(tmp_path / "other-ca.pem")),
+    )
+    await wait_for(lambda: bad.gateway.uplink is not None and bad.gateway.uplink.state.last_error is not None)
+    assert bad.gateway.uplink is not None
+    assert not bad.gateway.uplink.state.connected
+    assert "CERTIFICATE_VERIFY_FAILED" in (bad.gateway.uplink.state.last_error or "")
+
