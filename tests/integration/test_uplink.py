@@ -33,6 +33,7 @@ class Cloud:
     broker: MosquittoBroker
     messages: list[tuple[str, dict[str, Any] | list[Any], bool]] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
+    subscribed: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def _run(self) -> None:
         while True:
@@ -40,6 +41,7 @@ class Cloud:
                 async with aiomqtt.Client(self.broker.host, self.broker.port, identifier="cloud-backend",
                                           clean_session=False) as client:
                     await client.subscribe("v1/#", qos=1)
+                    self.subscribed.set()  # from now on the broker keeps our messages while we are away
                     async for m in client.messages:
                         if str(m.topic).endswith("/request"):
                             continue  # requests the test itself sends (some deliberately not JSON)
@@ -58,6 +60,7 @@ class Cloud:
 async def cloud(mosquitto: MosquittoBroker) -> AsyncIterator[Cloud]:
     c = Cloud(mosquitto)
     c.task = asyncio.create_task(c._run())
+    await asyncio.wait_for(c.subscribed.wait(), 10)
     yield c
     c.task.cancel()
     await asyncio.gather(c.task, return_exceptions=True)
@@ -235,3 +238,71 @@ async def test_tls_with_the_right_ca_connects_and_a_wrong_ca_is_refused(
     assert not bad.gateway.uplink.state.connected
     assert "CERTIFICATE_VERIFY_FAILED" in (bad.gateway.uplink.state.last_error or "")
 
+
+
+async def _start_daemon(config: Path) -> asyncio.subprocess.Process:
+    import socket as socketlib
+    import sys
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "run", "--config", str(config),
+        stdout=asyncio.subprocess.DEVNULL, stderr=(config.parent / "daemon.log").open("a"),
+    )
+    port = int(next(line.split("=")[1] for line in config.read_text().splitlines() if line.startswith("port = ")))
+
+    def accepting() -> bool:
+        try:
+            with socketlib.create_connection(("127.0.0.1", port), timeout=0.2):
+                return True
+        except OSError:
+            return False
+
+    await wait_for(accepting, timeout=20, interval=0.05)
+    return proc
+
+
+@pytest.mark.slow
+async def test_kill_9_during_a_drain_loses_nothing_and_resends_at_most_the_window(
+    cloud: Cloud, tmp_path: Path
+) -> None:
+    import signal
+    import sqlite3
+
+    from tests.fixtures.gateway import free_port, write_config
+
+    port = free_port()
+    config = write_config(tmp_path, devices=["AP-01", "AP-02"], port=port,
+                          extra=uplink_config(cloud.broker.port, inflight=20))
+    db = tmp_path / "data" / "gateway.db"
+    cloud.broker.stop()
+    proc = await _start_daemon(config)
+    try:
+        class Fake:  # publish_readings needs only .port
+            pass
+
+        target = Fake()
+        target.port = port  # type: ignore[attr-defined]
+        await asyncio.gather(publish_readings(target, "AP-01", 1500),  # type: ignore[arg-type]
+                             publish_readings(target, "AP-02", 1500))  # type: ignore[arg-type]
+        cloud.broker.start()
+        await wait_for(lambda: len(cloud.telemetry()) >= 300, timeout=20, interval=0.005)
+        proc.send_signal(signal.SIGKILL)  # in the middle of the drain
+        await proc.wait()
+        got_before = len(cloud.telemetry())
+        assert got_before < 3000, "the drain finished before the kill: nothing was tested"
+        proc = await _start_daemon(config)
+
+        def drained() -> bool:
+            with sqlite3.connect(db) as conn:
+                return conn.execute("SELECT count(*) FROM outbox WHERE kind = 'telemetry'").fetchone()[0] == 0
+
+        await wait_for(drained, timeout=60)
+        await wait_for(lambda: len(set(cloud.msg_ids())) >= 3000, timeout=10)
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(proc.wait(), 10)
+    ids = cloud.msg_ids()
+    assert len(set(ids)) == 3000  # 0 lost, counted by msgId
+    duplicates = len(ids) - len(set(ids))
+    assert duplicates <= 20, f"{duplicates} duplicates for an in-flight window of 20"
