@@ -240,7 +240,7 @@ async def test_tls_with_the_right_ca_connects_and_a_wrong_ca_is_refused(
 
 
 
-async def _start_daemon(config: Path) -> asyncio.subprocess.Process:
+async def _start_daemon(config: Path, port: int) -> asyncio.subprocess.Process:
     import socket as socketlib
     import sys
 
@@ -248,7 +248,6 @@ async def _start_daemon(config: Path) -> asyncio.subprocess.Process:
         sys.executable, "-m", "gateway", "run", "--config", str(config),
         stdout=asyncio.subprocess.DEVNULL, stderr=(config.parent / "daemon.log").open("a"),
     )
-    port = int(next(line.split("=")[1] for line in config.read_text().splitlines() if line.startswith("port = ")))
 
     def accepting() -> bool:
         try:
@@ -275,7 +274,7 @@ async def test_kill_9_during_a_drain_loses_nothing_and_resends_at_most_the_windo
                           extra=uplink_config(cloud.broker.port, inflight=20))
     db = tmp_path / "data" / "gateway.db"
     cloud.broker.stop()
-    proc = await _start_daemon(config)
+    proc = await _start_daemon(config, port)
     try:
         class Fake:  # publish_readings needs only .port
             pass
@@ -290,7 +289,7 @@ async def test_kill_9_during_a_drain_loses_nothing_and_resends_at_most_the_windo
         await proc.wait()
         got_before = len(cloud.telemetry())
         assert got_before < 3000, "the drain finished before the kill: nothing was tested"
-        proc = await _start_daemon(config)
+        proc = await _start_daemon(config, port)
 
         def drained() -> bool:
             with sqlite3.connect(db) as conn:
