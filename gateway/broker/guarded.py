@@ -29,7 +29,7 @@ from amqtt.session import Session
 
 from gateway.broker.acl import Access, device_may
 from gateway.core.metrics import Metrics
-from gateway.core.passwords import verify_password
+from gateway.core.passwords import verify_password, warm_up
 from gateway.core.ports import BrokerSink
 
 log = structlog.get_logger(__name__)
@@ -58,6 +58,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]
         pending_per_client: int = 64,
     ) -> None:
         super().__init__(config)
+        warm_up()  # before any login is verified in a worker thread
         self.devices = devices  # replaced whole on config reload
         self._sink = sink
         self._metrics = metrics
@@ -140,6 +141,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]
                     del self._sessions[session.client_id]
             device_id = self._identity.pop(key, None)
             if device_id is not None:
+                await self._deliver_leftovers(session, device_id)
                 left = self._live.get(device_id, 1) - 1
                 if left <= 0:
                     self._live.pop(device_id, None)
@@ -304,13 +306,22 @@ class GuardedBroker(Broker):  # type: ignore[misc]
         except TimeoutError:
             log.warning("broker.stop_intake_timeout", open_client_loops=self._client_loops)
         for session, _handler in list(self._sessions.values()):
-            queue = session.delivered_message_queue
-            device_id = session.username or session.client_id
-            while not queue.empty():
-                message = queue.get_nowait()
-                if message is None or not message.topic or not device_may(device_id, Access.PUBLISH, message.topic):
-                    continue
-                await self._sink.message(device_id, message.topic, bytes(message.data or b""))
+            await self._deliver_leftovers(session, session.username or session.client_id)
+
+    async def _deliver_leftovers(self, session: Session, device_id: str) -> None:
+        """Hand over messages amqtt acknowledged but its client loop never delivered.
+
+        amqtt ends a client's loop at DISCONNECT (or a lost connection) and leaves what is still in
+        the delivery queue there: a sensor that publishes and disconnects at once would lose readings
+        it already got PUBACKs for.
+        """
+        queue = session.delivered_message_queue
+        while not queue.empty():
+            message = queue.get_nowait()
+            if message is None or not message.topic or not device_may(device_id, Access.PUBLISH, message.topic):
+                continue
+            self._metrics.inc("gateway_broker_leftovers_delivered_total", 1, "acknowledged messages amqtt left behind")
+            await self._sink.message(device_id, message.topic, bytes(message.data or b""))
 
 def _transport(handler: Any) -> asyncio.Transport | None:
     writer = getattr(handler.writer, "_writer", None)  # amqtt's StreamWriterAdapter around asyncio's

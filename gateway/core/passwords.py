@@ -22,3 +22,13 @@ def verify_password(password_hash: str, password: str) -> bool:
 
 def is_argon2_hash(value: str) -> bool:
     return value.startswith(("$argon2id$", "$argon2i$", "$argon2d$"))
+
+
+# argon2-cffi realizes its C types lazily, and that first realization is not thread-safe: two
+# logins verified at once in worker threads (100 purifiers reconnecting after a restart) aborted the
+# process with a cffi assertion. Verifying once on the main thread before serving avoids it.
+_WARM_UP_HASH = "$argon2id$v=19$m=8,t=1,p=1$/ZEJ1gpjLd/y4sylYUctrw$SHoe+KxoN6xY8xzGGnL+NvJQDqBhxm8NAOADbbE/vw0"
+
+
+def warm_up() -> None:
+    verify_password(_WARM_UP_HASH, "warm-up")

@@ -117,6 +117,7 @@ async def connect_all(target: Target, ids: list[str], qos: int) -> list[Device]:
 
 
 async def close_all(devices: list[Device]) -> None:
+    await asyncio.gather(*(d.settle() for d in devices))
     await asyncio.gather(*(d.close() for d in devices), return_exceptions=True)
 
 

@@ -119,6 +119,16 @@ class Device:
         if self._writer.transport.get_write_buffer_size() > 64 * 1024:
             await self._writer.drain()
 
+    async def settle(self, timeout: float = 10.0) -> None:
+        """Wait for the PUBACKs of everything in flight (a QoS 1 device does before it disconnects)."""
+        if not self.qos:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                for _ in range(self.window):  # every slot back: nothing in flight
+                    await self._inflight.acquire()
+        self._inflight = asyncio.Semaphore(self.window)
+
     async def close(self) -> None:
         if self._writer is not None:
             self._writer.write(b"\xe0\x00")  # DISCONNECT

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -231,3 +232,34 @@ async def test_back_pressure_when_the_writer_queue_is_full_loses_nothing(gateway
         for i in range(300):
             await client.publish("device/AP-01/data", reading(pm25=float(i)), qos=1)
     await wait_for(lambda: gw.query("SELECT count(*) FROM readings")[0][0] == 300, timeout=10)
+
+
+async def test_a_device_that_publishes_and_disconnects_at_once_loses_nothing_acknowledged(
+    gateway: RunningGateway,
+) -> None:
+    """Battery sensors wake, publish, disconnect. amqtt left what it had acknowledged but not delivered."""
+    from tests.bench.mqttload import connect_packet, publish_packet
+
+    total_acks = 0
+    for _round in range(5):
+        before = gateway.query("SELECT count(*) FROM readings")[0][0]
+        reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+        writer.write(connect_packet("AP-01", "AP-01", device_password("AP-01")))
+        assert (await reader.readexactly(4))[3] == 0
+        burst = b"".join(
+            publish_packet("device/AP-01/data", reading(pm25=float(i)), 1, packet_id=i + 1) for i in range(300)
+        )
+        writer.write(burst + b"\xe0\x00")  # 300 QoS 1 readings, then DISCONNECT in the same breath
+        acks = 0
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError, TimeoutError):
+            while True:
+                header = await asyncio.wait_for(reader.readexactly(4), 5)
+                if header[0] == 0x40:
+                    acks += 1
+        writer.close()
+        total_acks += acks
+        await wait_for(lambda: gateway.gateway.broker.amqtt._client_loops == 0)
+        await gateway.flush()
+        stored = gateway.query("SELECT count(*) FROM readings")[0][0] - before
+        assert stored >= acks, f"{acks} readings acknowledged, {stored} stored"
+    assert total_acks > 0  # the device did get acknowledgements, so the check above had teeth
