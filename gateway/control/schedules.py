@@ -258,14 +258,15 @@ def next_transition(schedules: Iterable[Schedule], device: str, after: datetime,
     mine = _device_schedules(schedules, device)
     best: datetime | None = None
     changes: list[tuple[int, Boundary]] = []
-    # every enabled schedule starts at least once a week: 9 days of start dates always hold the answer
-    for w in _windows_between(mine, local_day - timedelta(days=2), local_day + timedelta(days=8), tz):
-        for instant, kind in ((w.start, "start"), (w.end, "end")):
+    # every enabled schedule starts at least once a week; a DST gap can drop one run, hence two weeks
+    for w in _windows_between(mine, local_day - timedelta(days=2), local_day + timedelta(days=15), tz):
+        edges: tuple[tuple[datetime, Boundary], ...] = ((w.start, "start"), (w.end, "end"))
+        for instant, kind in edges:
             if instant <= now or (best is not None and instant > best):
                 continue
             if best is None or instant < best:
                 best, changes = instant, []
-            changes.append((w.schedule.id, kind))  # type: ignore[arg-type]
+            changes.append((w.schedule.id, kind))
     if best is None:
         return None
     return Transition(best, tuple(sorted(changes)))

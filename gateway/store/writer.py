@@ -118,6 +118,11 @@ def _quarantine_row(q: Quarantined) -> str:
     )
 
 
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
 def _transient(exc: sqlite3.Error) -> bool:
     text = str(exc).lower()
     return isinstance(exc, sqlite3.OperationalError) and any(
@@ -162,6 +167,7 @@ class StoreWriter:
         self._enqueued = 0
         self._committed = 0
         self._commit_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._batch_wait: asyncio.Future[None] | None = None
         # Called after each commit with the records it made durable (live feeds, uplink wake-ups).
         self.on_commit: list[Callable[[Sequence[StoreRecord]], None]] = []
         # Called after each commit with the outbox rows it created (the uplink's live lane).
@@ -198,8 +204,14 @@ class StoreWriter:
         self._enqueued += 1
         await self._queue.put(record)
 
-    async def flush(self) -> None:
-        """Wait until everything queued before this call is committed."""
+    async def flush(self, *, urgent: bool = False) -> None:
+        """Wait until everything queued before this call is committed.
+
+        `urgent` cuts the writer's batching wait short: the uplink frees an in-flight slot only once
+        its outbox row is deleted, so its throughput is one commit cycle per window.
+        """
+        if urgent and self._batch_wait is not None and not self._batch_wait.done():
+            self._batch_wait.set_result(None)
         target = self._enqueued
         if self._committed >= target:
             return
@@ -225,7 +237,13 @@ class StoreWriter:
                     # Under steady load, wait a bounded moment so one transaction carries many rows.
                     # After a quiet spell, commit at once: the wait would batch nothing and cost a
                     # timer wake-up (on small boards, wake-ups are what idle CPU is made of).
-                    await asyncio.sleep(self._interval)
+                    wait = self._batch_wait = loop.create_future()
+                    timer = loop.call_later(self._interval, _resolve, wait)
+                    try:
+                        await wait
+                    finally:
+                        timer.cancel()
+                        self._batch_wait = None
                 stop = False
                 while len(batch) < self._max_batch and not queue.empty():
                     item = queue.get_nowait()

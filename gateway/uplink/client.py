@@ -199,7 +199,7 @@ class Uplink:
         try:
             await client.publish(topic, payload, qos=1)
             await self._writer.put(OutboxDone(seqs))
-            await self._writer.flush()  # the slot is free only once the row is gone for good
+            await self._writer.flush(urgent=True)  # the slot is free only once the row is gone for good
             self._metrics.inc("gateway_uplink_sent_total", len(seqs), "outbox rows acknowledged by the cloud")
         finally:
             for slot in slots:

@@ -1,0 +1,430 @@
+"""The command executor's state machine (CONTRACT section 1), with no I/O.
+
+Driven by events — :meth:`CommandExecutor.submit`, :meth:`~CommandExecutor.device_online`,
+:meth:`~CommandExecutor.device_offline`, :meth:`~CommandExecutor.ack`, :meth:`~CommandExecutor.tick`,
+:meth:`~CommandExecutor.cancel` — each returning the effects the caller performs in order:
+:class:`Publish` (to the device's command topic), :class:`Audit` (upsert the audit row by commandId),
+:class:`StateReported` (the ack's state updates the device state), :class:`Finished` (resolve waiters,
+store a ``command.result`` event) and :class:`Ignored` (an ack nobody waits for: log and count it).
+
+Rules:
+
+* statuses ``pending -> sent -> acked | failed | timeout | cancelled`` (``pending -> cancelled`` too);
+* at most one command in flight (``sent``) per device; others wait in a FIFO per device, bounded by
+  ``max_pending`` (overflow: :class:`CommandQueueFull` is raised and nothing changes);
+* a command for an offline device stays ``pending`` (its audit note says so) and is sent when the device
+  comes online;
+* no ack within ``timeout`` (default 30 s) -> resend with the same commandId and payload, ``attempts``
+  in all (default 3), then ``timeout``;
+* a retry that falls due while the device is offline is deferred, not spent: it is sent the moment the
+  device is back online. After the last attempt's deadline the command times out whether online or not;
+* an ack is accepted only from the device the command was sent to; acks for unknown, finished or
+  someone else's commands are ignored and reported. An ``error`` ack marks the command ``failed``.
+
+``now`` is wall-clock epoch seconds from the injected Clock; it stamps the audit and drives deadlines.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any, Literal
+
+from gateway.core.errors import GatewayError, PayloadError
+
+DEFAULT_TIMEOUT_S = 30.0
+DEFAULT_ATTEMPTS = 3
+DEFAULT_MAX_PENDING = 32
+_REMEMBER_FINISHED = 4096
+
+Action = Literal["setFanSpeed", "turnOn", "turnOff"]
+ACTIONS: tuple[Action, ...] = ("setFanSpeed", "turnOn", "turnOff")
+Source = Literal["panel", "api", "cloud", "schedule", "preclean", "rule"]
+SOURCES: tuple[Source, ...] = ("panel", "api", "cloud", "schedule", "preclean", "rule")
+
+
+class CommandStatus(StrEnum):
+    PENDING = "pending"
+    SENT = "sent"
+    ACKED = "acked"
+    FAILED = "failed"
+    TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self not in (CommandStatus.PENDING, CommandStatus.SENT)
+
+
+class CommandError(GatewayError, ValueError):
+    """A command request is invalid (answer 400 / JSON-RPC -32602); ``field`` names the bad field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class CommandQueueFull(GatewayError):
+    """The device already has ``max_pending`` commands waiting."""
+
+
+def command_topic(device: str) -> str:
+    return f"device/{device}/command"
+
+
+# ------------------------------------------------------------------------------------------ requests
+
+
+@dataclass(frozen=True, slots=True)
+class CommandRequest:
+    """A validated command; build it with :meth:`create`."""
+
+    command_id: str
+    device: str
+    action: Action
+    value: int | None
+    source: Source
+
+    @staticmethod
+    def create(
+        device: object, action: object, value: object = None, *, source: object, command_id: str | None = None
+    ) -> CommandRequest:
+        if not isinstance(device, str) or not device.strip():
+            raise CommandError("device", f"expected a non-empty device id, got {device!r}")
+        if action not in ACTIONS:
+            raise CommandError("action", f"expected one of {', '.join(ACTIONS)}, got {action!r}")
+        if source not in SOURCES:
+            raise CommandError("source", f"expected one of {', '.join(SOURCES)}, got {source!r}")
+        if action == "setFanSpeed":
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 5:
+                raise CommandError("value", f"setFanSpeed needs a whole number 0..5, got {value!r}")
+        elif value is not None:
+            raise CommandError("value", f"{action} takes no value (null), got {value!r}")
+        cid = command_id if command_id is not None else str(uuid.uuid4())
+        if not isinstance(cid, str) or not cid:
+            raise CommandError("commandId", f"expected a non-empty string, got {cid!r}")
+        return CommandRequest(cid, device, action, value, source)
+
+
+# ---------------------------------------------------------------------------------------------- acks
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    command_id: str
+    ok: bool
+    error: str | None
+    state: dict[str, Any] | None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_ack(payload: bytes | str | Mapping[str, Any]) -> Ack:
+    """Validate an ack from ``device/{id}/ack``; raises :class:`PayloadError` (quarantine it) with the reason.
+
+    ``{"commandId", "status": "ok"|"error", "error"?: str, "state"?: {"fanSpeed": 0..5, "powerOn": bool}}``.
+    An ``error`` status without a reason is accepted (reason recorded as such); unknown fields are kept.
+    """
+    obj: object = payload
+    if isinstance(payload, bytes | str):
+        try:
+            obj = json.loads(payload)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise PayloadError(f"ack: not JSON ({exc})") from None
+    if not isinstance(obj, Mapping):
+        raise PayloadError(f"ack: expected a JSON object, got {type(obj).__name__}")
+    cid = obj.get("commandId")
+    if not isinstance(cid, str) or not cid:
+        raise PayloadError(f"ack.commandId: expected a non-empty string, got {cid!r}")
+    status = obj.get("status")
+    if status not in ("ok", "error"):
+        raise PayloadError(f"ack.status: expected 'ok' or 'error', got {status!r}")
+    error = obj.get("error")
+    if error is not None and not isinstance(error, str):
+        raise PayloadError(f"ack.error: expected a string, got {type(error).__name__}")
+    if status == "error" and not error:
+        error = "device reported an error without a reason"
+    state = obj.get("state")
+    if state is not None:
+        state = _check_state(state)
+    extra = {k: v for k, v in obj.items() if k not in ("commandId", "status", "error", "state")}
+    return Ack(cid, status == "ok", error if status == "error" else None, state, extra)
+
+
+def _check_state(state: object) -> dict[str, Any]:
+    if not isinstance(state, Mapping):
+        raise PayloadError(f"ack.state: expected an object, got {type(state).__name__}")
+    fan = state.get("fanSpeed")
+    if fan is not None and (
+        isinstance(fan, bool)
+        or not isinstance(fan, int | float)
+        or not math.isfinite(fan)
+        or not float(fan).is_integer()
+        or not 0 <= fan <= 5
+    ):
+        raise PayloadError(f"ack.state.fanSpeed: expected a whole number 0..5, got {fan!r}")
+    power = state.get("powerOn")
+    if power is not None and not isinstance(power, bool):
+        raise PayloadError(f"ack.state.powerOn: expected true/false, got {power!r}")
+    out = dict(state)
+    if fan is not None:
+        out["fanSpeed"] = int(fan)
+    return out
+
+
+# ------------------------------------------------------------------------------------------- effects
+
+
+@dataclass(frozen=True, slots=True)
+class CommandRecord:
+    """The audit row of one command (upserted by ``command_id``)."""
+
+    command_id: str
+    device: str
+    action: Action
+    value: int | None
+    source: Source
+    status: CommandStatus
+    attempts: int
+    created_at: float
+    sent_at: float | None = None  # first send
+    last_sent_at: float | None = None
+    finished_at: float | None = None  # acked / failed / timeout / cancelled
+    error: str | None = None
+    state: dict[str, Any] | None = None  # the device's reported state from the ack
+    note: str | None = None  # e.g. "queued: device offline"
+
+    def payload(self) -> dict[str, Any]:
+        """The CONTRACT command; ``ts`` is the first send time, so every retry is byte-identical."""
+        return {"commandId": self.command_id, "action": self.action, "value": self.value, "ts": self.sent_at}
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    topic: str
+    payload: dict[str, Any]
+    command_id: str
+    attempt: int
+
+    def encode(self) -> bytes:
+        return json.dumps(self.payload, separators=(",", ":")).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Audit:
+    record: CommandRecord
+    change: str  # created | queued | sent | retried | acked | failed | timeout | cancelled
+
+
+@dataclass(frozen=True, slots=True)
+class StateReported:
+    device: str
+    state: dict[str, Any]
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    record: CommandRecord
+
+
+@dataclass(frozen=True, slots=True)
+class Ignored:
+    device: str
+    command_id: str
+    reason: str
+    ack: Ack | None = None
+
+
+Effect = Publish | Audit | StateReported | Finished | Ignored
+
+
+# ------------------------------------------------------------------------------------------ executor
+
+
+@dataclass(slots=True)
+class _InFlight:
+    record: CommandRecord
+    deadline: float
+    retry_due: bool = False  # the deadline passed while the device was offline
+
+
+@dataclass(slots=True)
+class _Device:
+    online: bool = False
+    queue: deque[CommandRecord] = field(default_factory=deque)
+    in_flight: _InFlight | None = None
+
+
+class CommandExecutor:
+    """Per-device command queues with one command in flight each. Owned by one task; no I/O."""
+
+    def __init__(
+        self,
+        *,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        attempts: int = DEFAULT_ATTEMPTS,
+        max_pending: int = DEFAULT_MAX_PENDING,
+    ) -> None:
+        if not timeout > 0 or attempts < 1 or max_pending < 1:
+            raise ValueError("timeout must be > 0, attempts >= 1, max_pending >= 1")
+        self.timeout = timeout
+        self.attempts = attempts
+        self.max_pending = max_pending
+        self._devices: dict[str, _Device] = {}
+        self._owner: dict[str, str] = {}  # command id -> device, for live commands
+        self._finished: OrderedDict[str, CommandStatus] = OrderedDict()  # bounded memory of recent ones
+
+    # ---- queries
+    def get(self, command_id: str) -> CommandRecord | None:
+        device = self._owner.get(command_id)
+        if device is None:
+            return None
+        dev = self._devices[device]
+        if dev.in_flight is not None and dev.in_flight.record.command_id == command_id:
+            return dev.in_flight.record
+        return next((r for r in dev.queue if r.command_id == command_id), None)
+
+    def in_flight(self, device: str) -> CommandRecord | None:
+        dev = self._devices.get(device)
+        return dev.in_flight.record if dev and dev.in_flight else None
+
+    def pending(self, device: str) -> list[CommandRecord]:
+        dev = self._devices.get(device)
+        return list(dev.queue) if dev else []
+
+    def is_online(self, device: str) -> bool:
+        dev = self._devices.get(device)
+        return dev is not None and dev.online
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`tick` has work next (None: nothing is waiting on time)."""
+        times = [d.in_flight.deadline for d in self._devices.values() if d.in_flight and not d.in_flight.retry_due]
+        return min(times, default=None)
+
+    # ---- events
+    def submit(self, request: CommandRequest, now: float) -> list[Effect]:
+        if request.command_id in self._owner or request.command_id in self._finished:
+            raise CommandError("commandId", f"{request.command_id!r} was already submitted")
+        dev = self._devices.setdefault(request.device, _Device())
+        if len(dev.queue) >= self.max_pending:
+            raise CommandQueueFull(f"{request.device}: {self.max_pending} commands already pending")
+        note = None if dev.online else "queued: device offline, sent when it comes back online"
+        record = CommandRecord(
+            request.command_id, request.device, request.action, request.value, request.source,
+            CommandStatus.PENDING, 0, now, note=note,
+        )
+        dev.queue.append(record)
+        self._owner[record.command_id] = record.device
+        effects: list[Effect] = [Audit(record, "created" if dev.online else "queued")]
+        effects += self._dispatch(dev, now)
+        return effects
+
+    def device_online(self, device: str, now: float) -> list[Effect]:
+        dev = self._devices.setdefault(device, _Device())
+        dev.online = True
+        if dev.in_flight is not None and dev.in_flight.retry_due:
+            return self._resend(dev, now)
+        return self._dispatch(dev, now)
+
+    def device_offline(self, device: str, now: float) -> list[Effect]:
+        self._devices.setdefault(device, _Device()).online = False
+        return []
+
+    def ack(self, device: str, ack: Ack, now: float) -> list[Effect]:
+        """An ack arrived on ``device/{device}/ack`` (already validated by :func:`parse_ack`)."""
+        owner = self._owner.get(ack.command_id)
+        if owner is None:
+            status = self._finished.get(ack.command_id)
+            reason = f"command already finished ({status})" if status else "unknown command"
+            return [Ignored(device, ack.command_id, reason, ack)]
+        if owner != device:
+            return [Ignored(device, ack.command_id, f"command belongs to device {owner!r}", ack)]
+        dev = self._devices[device]
+        if dev.in_flight is None or dev.in_flight.record.command_id != ack.command_id:
+            return [Ignored(device, ack.command_id, "command not sent yet (pending)", ack)]
+        status = CommandStatus.ACKED if ack.ok else CommandStatus.FAILED
+        record = replace(dev.in_flight.record, status=status, finished_at=now, error=ack.error, state=ack.state)
+        dev.in_flight = None
+        effects: list[Effect] = []
+        if ack.state:
+            effects.append(StateReported(device, ack.state, now))
+        effects += self._finish(record)
+        effects += self._dispatch(dev, now)
+        return effects
+
+    def tick(self, now: float) -> list[Effect]:
+        """Handle every deadline that has passed: retry, defer (offline) or time out."""
+        effects: list[Effect] = []
+        for device in sorted(self._devices):
+            dev = self._devices[device]
+            flight = dev.in_flight
+            if flight is None or flight.retry_due or now < flight.deadline:
+                continue
+            if flight.record.attempts >= self.attempts:
+                record = replace(flight.record, status=CommandStatus.TIMEOUT, finished_at=now,
+                                 error=f"no ack after {flight.record.attempts} attempts")
+                dev.in_flight = None
+                effects += self._finish(record)
+                effects += self._dispatch(dev, now)
+            elif dev.online:
+                effects += self._resend(dev, now)
+            else:
+                flight.retry_due = True
+        return effects
+
+    def cancel(self, command_id: str, now: float, reason: str = "cancelled") -> list[Effect]:
+        """Cancel a pending or in-flight command; [] if it is unknown or finished."""
+        device = self._owner.get(command_id)
+        if device is None:
+            return []
+        dev = self._devices[device]
+        if dev.in_flight is not None and dev.in_flight.record.command_id == command_id:
+            record = dev.in_flight.record
+            dev.in_flight = None
+        else:
+            record = next(r for r in dev.queue if r.command_id == command_id)
+            dev.queue.remove(record)
+        effects = self._finish(replace(record, status=CommandStatus.CANCELLED, finished_at=now, error=reason))
+        return effects + self._dispatch(dev, now)
+
+    def cancel_pending(self, device: str, now: float, reason: str = "superseded") -> list[Effect]:
+        """Cancel every queued (not yet sent) command of a device, e.g. when desired state changed again."""
+        dev = self._devices.get(device)
+        if dev is None:
+            return []
+        effects: list[Effect] = []
+        while dev.queue:
+            record = dev.queue.popleft()
+            effects += self._finish(replace(record, status=CommandStatus.CANCELLED, finished_at=now, error=reason))
+        return effects
+
+    # ---- internals
+    def _dispatch(self, dev: _Device, now: float) -> list[Effect]:
+        if not dev.online or dev.in_flight is not None or not dev.queue:
+            return []
+        queued = dev.queue.popleft()
+        record = replace(queued, status=CommandStatus.SENT, attempts=1, sent_at=now, last_sent_at=now)
+        dev.in_flight = _InFlight(record, now + self.timeout)
+        return [Publish(command_topic(record.device), record.payload(), record.command_id, 1), Audit(record, "sent")]
+
+    def _resend(self, dev: _Device, now: float) -> list[Effect]:
+        assert dev.in_flight is not None
+        old = dev.in_flight.record
+        record = replace(old, attempts=old.attempts + 1, last_sent_at=now)
+        dev.in_flight = _InFlight(record, now + self.timeout)
+        return [
+            Publish(command_topic(record.device), record.payload(), record.command_id, record.attempts),
+            Audit(record, "retried"),
+        ]
+
+    def _finish(self, record: CommandRecord) -> list[Effect]:
+        del self._owner[record.command_id]
+        self._finished[record.command_id] = record.status
+        while len(self._finished) > _REMEMBER_FINISHED:
+            self._finished.popitem(last=False)
+        return [Audit(record, record.status.value), Finished(record)]
