@@ -188,6 +188,8 @@ class Gateway:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.writer.run(), name="store-writer")
             uplink = tg.create_task(self.uplink.run(), name="uplink") if self.uplink else None
+            if uplink is not None:
+                uplink.add_done_callback(self._uplink_ended)
             pruner = tg.create_task(self._prune_outbox(), name="outbox-budget") if self.uplink else None
             # Whoever was connected before a restart or crash is not connected now.
             now = self.clock.now()
@@ -208,6 +210,7 @@ class Gateway:
             await self.broker.stop_intake()
             # Unacknowledged rows stay in the outbox for the next start; deletions already under way land.
             if self.uplink is not None:
+                await self.uplink.announce_offline()
                 self.uplink.stop()
             stopping = [t for t in (uplink, pruner) if t is not None]
             for task in stopping:
@@ -225,6 +228,12 @@ class Gateway:
             await asyncio.wait_for(self.broker.shutdown(), timeout=SHUTDOWN_BUDGET_S / 3)
         except TimeoutError:
             log.warning("broker.shutdown_slow")
+
+    def _uplink_ended(self, task: asyncio.Task[None]) -> None:
+        if not self._stop.is_set():  # it reconnects forever: ending on its own is a fault worth a loud line
+            error = None if task.cancelled() else task.exception()
+            log.error("uplink.ended_unexpectedly", error=repr(error), cancelled=task.cancelled())
+            self.metrics.inc("gateway_uplink_task_ended_total", 1, "uplink supervisor ended while running")
 
     async def _prune_outbox(self) -> None:
         o = self.settings.outbox

@@ -85,6 +85,7 @@ class Uplink:
         self._overflow_event = asyncio.Event()
         self._failing = False
         self._stopping = False
+        self._client: aiomqtt.Client | None = None
         writer.on_outbox.append(self._on_outbox)
         metrics.gauge_callback("gateway_uplink_connected", lambda: float(self.state.connected), "cloud link up")
         metrics.gauge_callback("gateway_uplink_backlog_rows", lambda: float(self.state.backlog), "outbox rows")
@@ -103,6 +104,18 @@ class Uplink:
                 else:
                     self._overflow.append((entry.seq, entry.seq))
                 self._overflow_event.set()
+
+    async def announce_offline(self, timeout: float = 1.0) -> None:
+        """On an orderly stop the broker will not publish our Will: say "offline" ourselves."""
+        client = self._client
+        if client is None or not self.state.connected:
+            return
+        try:
+            await asyncio.wait_for(
+                client.publish(self._topics.status, self._status(False), qos=1, retain=True), timeout
+            )
+        except (aiomqtt.MqttError, TimeoutError) as exc:
+            log.warning("uplink.offline_not_announced", error=str(exc))
 
     def stop(self) -> None:
         """Ask run() to end (the caller also cancels it). A flag, not only a cancellation: Python 3.11's
@@ -157,6 +170,7 @@ class Uplink:
             timeout=10,
         )
         async with client:
+            self._client = client
             split = self._writer.last_seq
             self._live = asyncio.Queue(maxsize=LIVE_QUEUE_SIZE)
             self._overflow.clear()

@@ -102,6 +102,9 @@ async def test_steady_flow_arrives_with_msg_ids_in_per_device_order(
     events = [p for t, p, _ in cloud.messages if t.startswith("v1/events/")]
     assert any(isinstance(e, dict) and e["type"] == "device.online" for e in events)
 
+    await gw.stop()  # an orderly stop says "offline" itself (the broker publishes the Will only on a loss)
+    await wait_for(lambda: [p for t, p, _ in cloud.messages if t.endswith("/status")][-1]["online"] is False)
+
 
 async def test_cloud_broker_stopped_under_load_then_started_loses_nothing(
     gateway_factory: GatewayFactory, cloud: Cloud
