@@ -7,6 +7,7 @@ import contextlib
 import json
 import threading
 import time
+from pathlib import Path
 
 import aiomqtt
 import paho.mqtt.client as paho
@@ -263,3 +264,32 @@ async def test_a_device_that_publishes_and_disconnects_at_once_loses_nothing_ack
         stored = gateway.query("SELECT count(*) FROM readings")[0][0] - before
         assert stored >= acks, f"{acks} readings acknowledged, {stored} stored"
     assert total_acks > 0  # the device did get acknowledgements, so the check above had teeth
+
+
+async def test_tls_listener_with_configured_certificate(gateway_factory: GatewayFactory, tmp_path: Path) -> None:
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    from tests.fixtures.gateway import free_port
+
+    tls_port = free_port()
+    gw = await gateway_factory(extra_listeners=(
+        f'[[broker.listeners]]\nname = "lan-tls"\nhost = "127.0.0.1"\nport = {tls_port}\n'
+        f'certfile = "{tmp_path / "cert.pem"}"\nkeyfile = "{tmp_path / "key.pem"}"\n'
+    ))
+    ctx = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+    async with aiomqtt.Client("127.0.0.1", tls_port, identifier="AP-01", username="AP-01",
+                              password=device_password("AP-01"), tls_context=ctx) as client:
+        await client.publish("device/AP-01/data", reading(pm25=42.0), qos=1)
+    await wait_for(lambda: gw.query("SELECT count(*) FROM readings")[0][0] == 1)
+    # a client that does not trust the gateway's certificate does not get in
+    with pytest.raises(aiomqtt.MqttError):
+        async with aiomqtt.Client("127.0.0.1", tls_port, identifier="AP-02", username="AP-02",
+                                  password=device_password("AP-02"), tls_context=ssl.create_default_context()):
+            pass
