@@ -86,6 +86,7 @@ class Uplink:
         self._failing = False
         self._stopping = False
         self._client: aiomqtt.Client | None = None
+        self._published_registry: tuple[tuple[Any, Any], ...] = ()
         writer.on_outbox.append(self._on_outbox)
         metrics.gauge_callback("gateway_uplink_connected", lambda: float(self.state.connected), "cloud link up")
         metrics.gauge_callback("gateway_uplink_backlog_rows", lambda: float(self.state.backlog), "outbox rows")
@@ -182,7 +183,7 @@ class Uplink:
             self._failing = False
             await self._refresh_backlog()
             await client.publish(self._topics.status, self._status(True), qos=1, retain=True)
-            await client.publish(self._topics.devices, messages.devices_payload(self._devices()), qos=1, retain=True)
+            await self._publish_devices(client)
             await client.subscribe(self._topics.rpc_request, qos=1)
             window = asyncio.Semaphore(self._s.inflight)
             backlog_slots = asyncio.Semaphore(max(1, int(self._s.inflight * self._s.backlog_share)))
@@ -190,7 +191,7 @@ class Uplink:
                 tg.create_task(self._live_lane(client, tg, window), name="uplink-live")
                 tg.create_task(self._backlog_lane(client, tg, window, backlog_slots, split), name="uplink-backlog")
                 tg.create_task(self._rpc_lane(client), name="uplink-rpc")
-                tg.create_task(self._status_lane(), name="uplink-status")
+                tg.create_task(self._status_lane(client), name="uplink-status")
 
     def _tls_context(self) -> ssl.SSLContext | None:
         if not self._s.tls:
@@ -286,10 +287,20 @@ class Uplink:
             ranges[0] = (page[-1].seq, upto)
             await self._dispatch(client, tg, page, [slots, window])
 
-    async def _status_lane(self) -> None:
+    async def _status_lane(self, client: aiomqtt.Client) -> None:
         while True:
             await asyncio.sleep(5.0)
             await self._refresh_backlog()
+            if self._registry_key() != self._published_registry:
+                await self._publish_devices(client)  # a device came or went: the retained list follows
+
+    def _registry_key(self) -> tuple[tuple[Any, Any], ...]:
+        return tuple((d["id"], d["online"]) for d in self._devices())  # lastSeen alone is no news
+
+    async def _publish_devices(self, client: aiomqtt.Client) -> None:
+        devices = self._devices()
+        await client.publish(self._topics.devices, messages.devices_payload(devices), qos=1, retain=True)
+        self._published_registry = tuple((d["id"], d["online"]) for d in devices)
 
     async def _refresh_backlog(self) -> None:
         rows, oldest = await self._reader.backlog()

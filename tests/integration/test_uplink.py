@@ -102,6 +102,11 @@ async def test_steady_flow_arrives_with_msg_ids_in_per_device_order(
     events = [p for t, p, _ in cloud.messages if t.startswith("v1/events/")]
     assert any(isinstance(e, dict) and e["type"] == "device.online" for e in events)
 
+    # the retained device list follows a device going offline (checked every 5 s)
+    await wait_for(lambda: any(
+        isinstance(p, list) and any(d["id"] == "AP-01" and d["online"] is False for d in p)
+        for t, p, _ in cloud.messages if t.endswith("/devices")), timeout=8)
+
     await gw.stop()  # an orderly stop says "offline" itself (the broker publishes the Will only on a loss)
     await wait_for(lambda: [p for t, p, _ in cloud.messages if t.endswith("/status")][-1]["online"] is False)
 
