@@ -31,6 +31,7 @@ from typing import Any
 
 import psutil
 
+from tests.bench.common import run_and_report
 from tests.bench.mqttload import Device, run_load, subscriber
 from tests.fixtures.gateway import device_password, free_port, write_config
 
@@ -283,11 +284,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     if args.smoke:
         args.devices, args.seconds, args.repeat, args.rates, args.idle_seconds = 5, 1.0, 1, [100.0], 1.0
-    results = asyncio.run(bench(args))
-    print(report(results), flush=True)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
-    return results
+    return run_and_report(args, bench, report)
 
 
 if __name__ == "__main__":

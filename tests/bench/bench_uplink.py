@@ -28,6 +28,7 @@ from typing import Any
 import psutil
 
 from tests.bench.bench_ingest import HOST, close_all, connect_all, flat_out, started, wait_port
+from tests.bench.common import percentile, run_and_report
 from tests.bench.mqttload import _read_packet, connect_packet, run_load, subscribe_packet
 from tests.fixtures.gateway import free_port, write_config
 from tests.fixtures.mosquitto import MosquittoBroker
@@ -91,13 +92,6 @@ class CloudCounter:
         return self.last
 
 
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    values = sorted(values)
-    return values[min(len(values) - 1, round(q / 100 * (len(values) - 1)))]
-
-
 @contextlib.asynccontextmanager
 async def gateway_with_uplink(ids: list[str], folder: Path, cloud_port: int, *, batch: bool) -> AsyncIterator[Any]:
     port = free_port()
@@ -152,8 +146,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                         await run_load(devices, seconds=args.seconds, rate=rate)
                         await asyncio.sleep(0.5)
                         counter.measure = False
-                        rounds.setdefault(f"e2e_{rate:g}_p50_ms", []).append(pct(counter.latencies, 50) * 1000)
-                        rounds.setdefault(f"e2e_{rate:g}_p99_ms", []).append(pct(counter.latencies, 99) * 1000)
+                        rounds.setdefault(f"e2e_{rate:g}_p50_ms", []).append(percentile(counter.latencies, 50) * 1000)
+                        rounds.setdefault(f"e2e_{rate:g}_p99_ms", []).append(percentile(counter.latencies, 99) * 1000)
                     rounds.setdefault("rss_mb", []).append(ps.memory_info().rss / 2**20)
                     await close_all(devices)
 
@@ -220,11 +214,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     if args.smoke:
         args.devices, args.seconds, args.repeat, args.rates, args.backlog = 5, 1.0, 1, [100.0], 500
-    results = asyncio.run(bench(args))
-    print(report(results), flush=True)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
-    return results
+    return run_and_report(args, bench, report)
 
 
 if __name__ == "__main__":

@@ -19,13 +19,7 @@ from gateway.app import Gateway
 from gateway.core.models import Reading, StoreRecord
 from gateway.logs import configure_logging
 from gateway.settings import load_settings
-
-
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    index = min(len(sorted_values) - 1, max(0, round(q / 100 * (len(sorted_values) - 1))))
-    return sorted_values[index]
+from tests.bench.common import percentile
 
 
 async def main(config: str, stats_path: str) -> None:

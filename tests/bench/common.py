@@ -1,0 +1,29 @@
+"""What the benchmarks share: percentiles and the run-print-save tail of their main()."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile of unsorted values (nan for none)."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
+
+
+def run_and_report(
+    args: argparse.Namespace,
+    bench: Callable[[argparse.Namespace], Coroutine[Any, Any, dict[str, Any]]],
+    report: Callable[[dict[str, Any]], str],
+) -> dict[str, Any]:
+    results = asyncio.run(bench(args))
+    print(report(results), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return results
