@@ -94,8 +94,14 @@ _INSERT_QUARANTINE = "INSERT INTO quarantine (received_at, client_id, device_id,
 
 
 def _text(value: str | None) -> str:
-    """An SQL string literal: in SQLite only the quote itself needs escaping (no backslash escapes)."""
-    return "NULL" if value is None else "'" + value.replace("'", "''") + "'"
+    """An SQL string literal: in SQLite only the quote itself needs escaping (no backslash escapes).
+
+    A NUL cannot appear in a script at all (sqlite3 refuses the whole script), and a client id or
+    topic is device-controlled: it becomes U+FFFD instead of stopping the writer.
+    """
+    if value is None:
+        return "NULL"
+    return "'" + value.replace("'", "''").replace("\x00", "\ufffd") + "'"
 
 
 _INSERT_EVENT_ONE = "INSERT INTO events (ts, device_id, type, data) VALUES (?, ?, ?, ?)"
@@ -295,8 +301,8 @@ class StoreWriter:
         while True:
             try:
                 await self._commit(batch)
-            except sqlite3.Error as exc:
-                if not _transient(exc):
+            except (sqlite3.Error, ValueError) as exc:  # ValueError: a script sqlite3 refuses to run
+                if not isinstance(exc, sqlite3.Error) or not _transient(exc):
                     await self._commit_one_by_one(batch)
                     return
                 if not failing:
@@ -364,8 +370,8 @@ class StoreWriter:
         for rec in batch:
             try:
                 await self._commit([rec])
-            except sqlite3.Error as exc:
-                if _transient(exc):
+            except (sqlite3.Error, ValueError) as exc:
+                if isinstance(exc, sqlite3.Error) and _transient(exc):
                     await self._commit_retrying([rec])
                     continue
                 self._committed += 1  # handled: it will not be retried
