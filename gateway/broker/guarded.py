@@ -102,7 +102,8 @@ class GuardedBroker(Broker):  # type: ignore[misc]
         if username is None:
             # Anonymous: only a configured device naming itself by client id, and only if allowed.
             client_id = session.client_id
-            if table.allow_anonymous and client_id in table.hashes:
+            # ...and only one configured without a password: anonymous mode must not bypass a password.
+            if table.allow_anonymous and client_id in table.hashes and table.hashes[client_id] is None:
                 return client_id, ""
             return None, "anonymous"
         if username not in table.hashes:
@@ -237,6 +238,14 @@ class GuardedBroker(Broker):  # type: ignore[misc]
         data: bytes | bytearray | None,
         qos: int | None = None,
     ) -> None:
+        if source_session is not None and topic_name is not None:
+            # amqtt stores a retained Will here without any ACL check: a device could plant a retained
+            # command for another device (or delete someone's retained message with an empty Will).
+            device_id = self._identity.get(id(source_session))
+            if device_id is None or not device_may(device_id, Access.PUBLISH, topic_name):
+                self._metrics.inc("gateway_broker_acl_denied_total", 1, action="retain")
+                log.warning("broker.retain_denied", client_id=source_session.client_id, topic=topic_name)
+                return
         if topic_name is not None and not data:
             self._retained_messages.pop(topic_name, None)  # [MQTT-3.3.1-10]
             return

@@ -18,14 +18,24 @@ def parse_object(payload: bytes) -> dict[str, Any]:
         raise PayloadError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
     try:
         # Decode explicitly: json.loads(bytes) would also guess UTF-16/32, which the contract does not allow.
-        obj = json.loads(payload.decode("utf-8"), parse_constant=_reject_constant)
+        text = payload.decode("utf-8")
+        obj = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except UnicodeDecodeError:
         raise PayloadError("not UTF-8") from None
-    except json.JSONDecodeError as exc:
-        raise PayloadError(f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except (OverflowError, ValueError) as exc:
+        if isinstance(exc, json.JSONDecodeError):
+            raise PayloadError(f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        raise PayloadError(f"not JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise PayloadError(f"not a JSON object (got {_json_type(obj)})")
     return obj
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):  # 1e999 parses to inf: not storable as JSON
+        raise PayloadError(f"not JSON: {text} is out of range for a number")
+    return value
 
 
 def _reject_constant(name: str) -> None:

@@ -36,7 +36,7 @@ from gateway.store.schema import connect, migrate
 
 log = structlog.get_logger(__name__)
 
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 # A batch is committed in ONE round trip to the database thread: a script whose rows travel as JSON
 # text literals unpacked by SQLite's json_each. Per-row executemany would re-acquire the GIL once per

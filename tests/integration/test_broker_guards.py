@@ -161,3 +161,4 @@ async def test_guarded_broker_deletes_retained_on_zero_length_publish(gateway: R
     async with client(gateway.port, "AP-01") as ap01:
         await ap01.subscribe("device/AP-01/command", qos=1)
         assert await received_within(ap01, 0.5) == []
+

@@ -77,6 +77,11 @@ def test_generic_sensor_form() -> None:
         decode_generic_reading("S-1", {"metrics": {}}, 5.0)
 
 
+def test_numbers_json_cannot_store_are_refused() -> None:
+    with pytest.raises(PayloadError, match="out of range"):
+        parse_object(b'{"pm25": 1, "note": 1e999}')
+
+
 def test_payload_limits() -> None:
     with pytest.raises(PayloadError, match="exceeds"):
         parse_object(b" " * (64 * 1024 + 1))
