@@ -176,6 +176,31 @@ class OutboxSection(_Strict):
     prune_interval_seconds: Annotated[float, Field(gt=0)] = 30.0
 
 
+class ControlSection(_Strict):
+    """Commands to devices: how long to wait for an ack, how often to try, how patient to be after failures."""
+
+    command_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    command_attempts: Annotated[int, Field(ge=1, le=20)] = 3
+    max_pending_per_device: Annotated[int, Field(ge=1, le=1000)] = 32
+    # After a command the reconciler sent failed or timed out, it waits this long before trying again
+    # (doubling up to the maximum), unless a layer changes or the device reconnects.
+    retry_backoff_seconds: Annotated[float, Field(gt=0)] = 30.0
+    retry_backoff_max_seconds: Annotated[float, Field(gt=0)] = 900.0
+    # APScheduler fires schedule boundaries; a boundary missed by more than this (e.g. the machine was
+    # suspended) is still applied by the gateway's own timer, never lost.
+    misfire_grace_seconds: Annotated[int, Field(ge=1)] = 300
+
+
+class ApiSection(_Strict):
+    """The local REST API (and, later, the panel). No login yet: loopback only by default."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8080
+    # Longest a POST /api/device/{id}/command waits for the device's ack before answering 202.
+    command_wait_seconds: Annotated[float, Field(gt=0, le=600)] = 100.0
+
+
 class Settings(_Strict):
     gateway: GatewaySection
     broker: BrokerSection = Field(default_factory=BrokerSection)
@@ -184,6 +209,8 @@ class Settings(_Strict):
     logging: LoggingSection = Field(default_factory=LoggingSection)
     uplink: UplinkSection = Field(default_factory=UplinkSection)
     outbox: OutboxSection = Field(default_factory=OutboxSection)
+    control: ControlSection = Field(default_factory=ControlSection)
+    api: ApiSection = Field(default_factory=ApiSection)
 
     def cross_check(self) -> list[tuple[str, str]]:
         """Rules spanning sections, as (field path, message): pydantic cannot place these on a field."""

@@ -19,3 +19,16 @@ class PayloadError(GatewayError):
 
 class StoreClosedError(GatewayError):
     """The store no longer accepts writes (shutdown in progress)."""
+
+
+class NotFoundError(GatewayError):
+    """A device or schedule that does not exist (answer 404 / JSON-RPC -32602)."""
+
+    def __init__(self, kind: str, key: object) -> None:
+        super().__init__(f"unknown {kind} {key!r}")
+        self.kind = kind
+        self.key = key
+
+
+class ConflictError(GatewayError):
+    """The request is valid but does not fit the current state (answer 409), e.g. no pre-clean to cancel."""

@@ -102,4 +102,18 @@ class OutboxEntry:
     body: str
 
 
-StoreRecord = Reading | Quarantined | DeviceEvent | StatusChange | OutboxDone | OutboxPrune | RpcDone
+@dataclass(slots=True, frozen=True)
+class RowWrite:
+    """Upsert (or delete) one row of a control table: command log, schedules, runs, desired layers.
+
+    ``row`` maps column -> value (None, bool, int, float, str, or a dict/list stored as JSON). For an
+    upsert it holds the key columns and the columns to set; for a delete only the key columns.
+    The store knows each table's key; a table it does not know is a programming error.
+    """
+
+    table: str
+    row: dict[str, Any]
+    delete: bool = False
+
+
+StoreRecord = Reading | Quarantined | DeviceEvent | StatusChange | OutboxDone | OutboxPrune | RpcDone | RowWrite

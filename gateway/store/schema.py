@@ -67,6 +67,64 @@ MIGRATIONS: tuple[str, ...] = (
         at REAL NOT NULL
     );
     """,
+    # 3: control. The command audit log (one row per commandId, updated as it moves pending -> sent ->
+    # acked | failed | timeout | cancelled), weekly schedules and their execution history, and the
+    # desired-state layers that must survive a restart (manual setting, running pre-clean).
+    """
+    CREATE TABLE command_log (
+        command_id TEXT PRIMARY KEY,
+        device_id TEXT NOT NULL,
+        action TEXT NOT NULL,
+        value INTEGER,
+        source TEXT NOT NULL,          -- panel | api | cloud | schedule | preclean | rule
+        status TEXT NOT NULL,          -- pending | sent | acked | failed | timeout | cancelled
+        attempts INTEGER NOT NULL,
+        created_at REAL NOT NULL,
+        sent_at REAL,
+        last_sent_at REAL,
+        finished_at REAL,
+        error TEXT,
+        state TEXT,                    -- JSON: the device's reported state from its ack
+        note TEXT
+    );
+    CREATE INDEX command_log_device ON command_log (device_id, created_at);
+
+    CREATE TABLE schedules (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        device_id TEXT NOT NULL,
+        days TEXT NOT NULL,            -- JSON list of day indexes, 0 = Monday
+        start TEXT NOT NULL,           -- HH:MM local time
+        end TEXT NOT NULL,
+        fan_speed INTEGER NOT NULL,
+        enabled INTEGER NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX schedules_device ON schedules (device_id);
+
+    CREATE TABLE schedule_runs (
+        id INTEGER PRIMARY KEY,
+        schedule_id INTEGER NOT NULL,
+        device_id TEXT NOT NULL,
+        phase TEXT NOT NULL,           -- start | end
+        window_start REAL NOT NULL,
+        window_end REAL NOT NULL,
+        fan_speed INTEGER NOT NULL,
+        at REAL NOT NULL
+    );
+    CREATE INDEX schedule_runs_schedule ON schedule_runs (schedule_id, at);
+
+    CREATE TABLE desired_layers (
+        device_id TEXT NOT NULL,
+        layer TEXT NOT NULL,           -- manual | preclean
+        power INTEGER NOT NULL,
+        fan_speed INTEGER NOT NULL,
+        expires_at REAL,
+        started_at REAL NOT NULL,
+        source TEXT NOT NULL,
+        PRIMARY KEY (device_id, layer)
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -28,6 +28,7 @@ from gateway.core.models import (
     OutboxPrune,
     Quarantined,
     Reading,
+    RowWrite,
     RpcDone,
     StatusChange,
     StoreRecord,
@@ -122,6 +123,59 @@ def _quarantine_row(q: Quarantined) -> str:
         f"({float(q.received_at)!r}, {_text(q.client_id)}, {_text(q.device_id)}, {_text(q.topic)}, "
         f"X'{q.payload.hex()}', {_text(q.reason)})"
     )
+
+
+# Control tables written through RowWrite, with their key columns (None: insert only, a history).
+ROW_TABLES: dict[str, tuple[str, ...] | None] = {
+    "command_log": ("command_id",),
+    "schedules": ("id",),
+    "schedule_runs": None,
+    "desired_layers": ("device_id", "layer"),
+    "device_state": ("device_id",),
+}
+
+
+def _literal(value: Any) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(f"{value!r} cannot be stored")
+        return repr(value)
+    if isinstance(value, str):
+        return _text(value)
+    if isinstance(value, dict | list | tuple):
+        return _text(_dumps(value))
+    raise ValueError(f"cannot store {type(value).__name__}")
+
+
+def _row_sql(rec: RowWrite) -> str:
+    """One statement for a RowWrite. Table and column names come from our code, never from input."""
+    if rec.table not in ROW_TABLES:
+        raise ValueError(f"not a control table: {rec.table!r}")
+    key = ROW_TABLES[rec.table]
+    cols = list(rec.row)
+    if not all(c.isidentifier() for c in cols):
+        raise ValueError(f"bad column name in {cols!r}")
+    if rec.delete:
+        if key is None or set(cols) != set(key):
+            raise ValueError(f"delete from {rec.table} needs exactly its key {key}")
+        where = " AND ".join(f"{c} = {_literal(rec.row[c])}" for c in cols)
+        return f"DELETE FROM {rec.table} WHERE {where};"
+    values = ", ".join(_literal(rec.row[c]) for c in cols)
+    sql = f"INSERT INTO {rec.table} ({', '.join(cols)}) VALUES ({values})"
+    if key is not None:
+        updates = [c for c in cols if c not in key]
+        if updates:
+            sets = ", ".join(f"{c} = excluded.{c}" for c in updates)
+            sql += f" ON CONFLICT ({', '.join(key)}) DO UPDATE SET {sets}"
+        else:
+            sql += f" ON CONFLICT ({', '.join(key)}) DO NOTHING"
+    return sql + ";"
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:
@@ -391,6 +445,7 @@ class StoreWriter:
         rpc: list[list[Any]] = []
         prunes: list[OutboxPrune] = []
         outbox: list[OutboxEntry] = []
+        row_writes: list[str] = []
         seq = self._next_seq
         for rec in batch:
             if isinstance(rec, Reading):
@@ -413,6 +468,9 @@ class StoreWriter:
             if isinstance(rec, OutboxPrune):
                 prunes.append(rec)
                 continue
+            if isinstance(rec, RowWrite):
+                row_writes.append(_row_sql(rec))
+                continue
             event: list[Any]
             if isinstance(rec, Quarantined):
                 quarantine.append(_quarantine_row(rec))
@@ -431,6 +489,7 @@ class StoreWriter:
                 outbox.append(OutboxEntry(seq, "event", event[1], event[0], body))
                 seq += 1
         script = ["BEGIN;"]
+        script.extend(row_writes)
         if readings:
             script.append(_INSERT_READINGS.format(rows=_text(_dumps(readings))))
             script.append(_UPSERT_LATEST.format(rows=_text(_dumps(list(latest.values())))))
