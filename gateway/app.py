@@ -11,6 +11,8 @@ import structlog
 
 from gateway import __version__
 from gateway.broker.embedded import EmbeddedBroker
+from gateway.cloud_methods import register_control_methods
+from gateway.control.service import Controller
 from gateway.core.clock import Clock, SystemClock
 from gateway.core.errors import ConfigError, PayloadError
 from gateway.core.metrics import Metrics
@@ -26,6 +28,7 @@ from gateway.uplink.rpc import INVALID_PARAMS, Dispatcher, NoParams, Params, Rpc
 
 if TYPE_CHECKING:
     from gateway.uplink.client import Uplink
+    from gateway.web.api import ApiServer
 
 
 class DeviceParams(Params):
@@ -77,6 +80,21 @@ class Gateway:
             decoders=reading_decoders(),
         )
         self.broker = EmbeddedBroker(s.broker, s.devices, sink=self.ingest, metrics=self.metrics)
+        self.controller = Controller(
+            s.control,
+            devices=[d.id for d in s.devices],
+            timezone=s.gateway.timezone,
+            clock=self.clock,
+            put=self.writer.put,
+            publish=self.broker.publish,
+            reported=self.ingest.reported,
+            state_reported=self.ingest.merge_reported,
+            metrics=self.metrics,
+        )
+        self.ingest.ack_handler = self.controller.on_ack
+        self.ingest.status_listeners.append(self.controller.device_status)
+        self.ingest.command_ready_listeners.append(self.controller.device_ready)
+        self.api: ApiServer | None = None
         self.started_at = self.clock.now()
         self.uplink: Uplink | None = None
         if s.uplink.enabled:
@@ -131,7 +149,43 @@ class Gateway:
         dispatcher.register("gateway.ping", NoParams, ping)
         dispatcher.register("gateway.devices", NoParams, devices)
         dispatcher.register("device.state", DeviceParams, device_state)
+        s = self.settings.control
+        register_control_methods(
+            dispatcher, self.controller, wait_seconds=s.command_timeout_seconds * s.command_attempts + 5.0
+        )
         return dispatcher
+
+    def device_state(self, device_id: str) -> dict[str, Any] | None:
+        """The state page of one device: connection, latest reading (acked state laid over it)."""
+        if self.settings.device(device_id) is None:
+            return None
+        st = self.ingest.states.get(device_id)
+        return {
+            "device": device_id,
+            "online": bool(st and st.online),
+            "lastSeen": st.last_seen if st else None,
+            "ts": st.last_ts if st else None,
+            "metrics": dict(st.last_metrics) if st else {},
+        }
+
+    def health(self) -> dict[str, Any]:
+        """GET /health: is every part running, and how far behind is the store (and the cloud)."""
+        uplink = None
+        if self.uplink is not None:
+            u = self.uplink.state
+            uplink = {"connected": u.connected, "backlog": u.backlog, "lastError": u.last_error,
+                      "reconnects": u.reconnects, "oldestUnsentAge": u.oldest_unsent_age}
+        return {
+            "status": "ok" if self.ready.is_set() and not self._stop.is_set() else "starting-or-stopping",
+            "version": __version__,
+            "gatewayId": self.settings.gateway.id,
+            "uptimeSeconds": round(self.clock.now() - self.started_at, 3),
+            "devices": len(self.settings.devices),
+            "devicesOnline": sum(1 for st in self.ingest.states.values() if st.online),
+            "storeQueue": self.writer.queue_depth,
+            "readingsCommitted": self.metrics.value("gateway_readings_committed_total"),
+            "uplink": uplink,
+        }
 
     @property
     def settings(self) -> Settings:
@@ -154,10 +208,11 @@ class Gateway:
         s = new.settings
         self.broker.update_devices(s.devices, allow_anonymous=s.broker.allow_anonymous)
         self.ingest.set_devices({d.id: d.kind for d in s.devices})
+        self.controller.set_devices([d.id for d in s.devices])
         if s.logging != old.logging:
             configure_logging(s.logging.level, s.logging.format)
         needs_restart = [
-            name for name in ("gateway", "storage")
+            name for name in ("gateway", "storage", "uplink", "outbox", "control", "api")
             if getattr(s, name) != getattr(old, name)
         ]
         if s.broker.listeners != old.broker.listeners or s.broker.keepalive_grace != old.broker.keepalive_grace:
@@ -185,6 +240,7 @@ class Gateway:
         conn = await self.writer.open()
         states = await load_device_states(conn)
         self.ingest.restore_states(states)
+        await self.controller.load(conn)
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.writer.run(), name="store-writer")
             uplink = tg.create_task(self.uplink.run(), name="uplink") if self.uplink else None
@@ -198,7 +254,18 @@ class Gateway:
                     st.online = False
                     st.status_changed_at = now
                     await self.writer.put(StatusChange(st.device_id, False, now, "gateway-restart"))
+            control = tg.create_task(self.controller.run(), name="control")
             await self.broker.start()
+            if self.settings.api.enabled:
+                from gateway.web.api import ApiServer  # aiohttp.web costs RSS: only when the API is on
+
+                self.api = ApiServer(
+                    self.settings.api, controller=self.controller, db_path=self.loaded.db_path,
+                    devices=self.device_registry, device_state=self.device_state, health=self.health,
+                    clock=self.clock,
+                )
+                await self.api.start()
+                log.info("api.listening", host=self.settings.api.host, port=self.api.port)
             watchdog = tg.create_task(self._watchdog(), name="systemd-watchdog")
             self.ready.set()
             self.notifier.ready("running")
@@ -207,7 +274,12 @@ class Gateway:
             await self._stop.wait()
             self.notifier.stopping()
             log.info("gateway.stopping")
+            if self.api is not None:
+                await self.api.stop()
             await self.broker.stop_intake()
+            control.cancel()
+            await asyncio.wait([control], timeout=SHUTDOWN_BUDGET_S / 10)
+            await self.controller.flush_records()  # audit rows and events not yet handed to the store
             # Unacknowledged rows stay in the outbox for the next start; deletions already under way land.
             if self.uplink is not None:
                 await self.uplink.announce_offline()

@@ -92,6 +92,10 @@ class EmbeddedBroker:
         """Config reload: new passwords and device list apply to the next login."""
         self._broker.devices = device_table(devices, allow_anonymous=allow_anonymous)
 
+    async def publish(self, topic: str, payload: bytes) -> None:
+        """Send a message from the gateway itself to the subscribed devices (QoS 1: commands)."""
+        await self._broker.internal_message_broadcast(topic, payload, 1)
+
     async def stop_intake(self) -> None:
         await self._broker.stop_intake()
 

@@ -22,3 +22,8 @@ class BrokerSink(Protocol):
 
     async def connection(self, client_id: str, connected: bool) -> None: ...
 
+    async def subscribed(self, client_id: str, topic_filter: str) -> None:
+        """The client's subscription is in place (also a persistent one, on reconnect): messages
+        published to it from now on reach the client. A device is ready for commands from here."""
+        ...
+

@@ -7,19 +7,22 @@ store writer, awaiting it only when the writer's queue is full. It never raises 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 import structlog
 
 from gateway.core.clock import Clock
 from gateway.core.errors import PayloadError, StoreClosedError
 from gateway.core.metrics import Metrics
-from gateway.core.models import DeviceState, Quarantined, StatusChange, StoreRecord
+from gateway.core.models import DeviceState, MetricValue, Quarantined, StatusChange, StoreRecord
 from gateway.core.ports import ReadingDecoder
 from gateway.ingest.payloads import decode_generic_reading, parse_object
 
 log = structlog.get_logger(__name__)
 
 AckHandler = Callable[[str, bytes, float], Awaitable[None]]
+StatusListener = Callable[[str, bool], None]
+ReadyListener = Callable[[str], None]
 Put = Callable[[StoreRecord], Awaitable[None]]
 
 _STATUS_VALUES = {b"online": True, b'"online"': True, b"offline": False, b'"offline"': False}
@@ -42,6 +45,10 @@ class Ingest:
         self._decoders = dict(decoders)
         self.states: dict[str, DeviceState] = {}
         self.ack_handler: AckHandler | None = None  # the command executor registers itself here
+        # Told of every online/offline transition (the reconciler re-drives a device that comes back).
+        self.status_listeners: list[StatusListener] = []
+        # Told when a device's subscription to its command topic is in place (it can take commands).
+        self.command_ready_listeners: list[ReadyListener] = []
 
     def set_devices(self, device_kinds: Mapping[str, str]) -> None:
         """Swap the device table (config reload): one assignment, so readers never see half of it."""
@@ -49,6 +56,22 @@ class Ingest:
 
     def restore_states(self, states: Mapping[str, DeviceState]) -> None:
         self.states = dict(states)
+
+    def reported(self, device_id: str) -> Mapping[str, MetricValue] | None:
+        """What the device last said about itself (its latest reading's metrics, acked state laid over)."""
+        st = self.states.get(device_id)
+        return st.last_metrics if st is not None else None
+
+    def merge_reported(self, device_id: str, state: Mapping[str, Any], at: float) -> dict[str, Any]:
+        """An ack reported the device's state: it updates the device state (until the next reading)."""
+        st = self.state(device_id)
+        merged: dict[str, MetricValue] = dict(st.last_metrics)
+        for key in ("fanSpeed", "powerOn"):
+            value = state.get(key)
+            if isinstance(value, bool | int):
+                merged[key] = value
+        st.last_metrics = merged
+        return dict(merged)
 
     def state(self, device_id: str) -> DeviceState:
         st = self.states.get(device_id)
@@ -83,6 +106,12 @@ class Ingest:
         except StoreClosedError:
             log.info("ingest.status_after_close", device_id=client_id, online=connected)
 
+    async def subscribed(self, client_id: str, topic_filter: str) -> None:
+        if client_id not in self._kinds or not _matches_filter(f"device/{client_id}/command", topic_filter):
+            return
+        for listener in self.command_ready_listeners:
+            listener(client_id)
+
     # --- routing ----------------------------------------------------------------------------------
 
     async def _route(self, client_id: str, topic: str, payload: bytes, now: float) -> None:
@@ -108,8 +137,13 @@ class Ingest:
                 return
             await self._status(st, online, now, "status")
         elif channel == "ack":
-            if self.ack_handler is not None:
+            if self.ack_handler is None:
+                await self._quarantine(client_id, device_id, topic, payload, "no command service to take acks", now)
+                return
+            try:
                 await self.ack_handler(device_id, payload, now)
+            except PayloadError as exc:
+                await self._quarantine(client_id, device_id, topic, payload, str(exc), now)
         elif channel == "batch":
             # Hub batches (CONTRACT section 3) are reassembled by the demultiplexer, which is not built yet:
             # keep them visible instead of dropping them.
@@ -139,6 +173,8 @@ class Ingest:
         st.status_changed_at = now
         log.info("device.online" if online else "device.offline", device_id=st.device_id, reason=reason)
         await self._put(StatusChange(st.device_id, online, now, reason))
+        for listener in self.status_listeners:
+            listener(st.device_id, online)
 
     async def _quarantine(
         self, client_id: str | None, device_id: str | None, topic: str, payload: bytes, reason: str, now: float
@@ -146,3 +182,14 @@ class Ingest:
         self._metrics.inc("gateway_quarantined_total", 1, "payloads refused and kept with their reason")
         log.warning("ingest.quarantined", client_id=client_id, topic=topic, reason=reason, size=len(payload))
         await self._put(Quarantined(now, client_id, topic, bytes(payload), reason, device_id))
+
+
+def _matches_filter(topic: str, topic_filter: str) -> bool:
+    """MQTT filter matching (+ one level, # the rest), for the few filters a device subscribes to."""
+    parts, pattern = topic.split("/"), topic_filter.split("/")
+    for i, p in enumerate(pattern):
+        if p == "#":
+            return True
+        if i >= len(parts) or (p != "+" and p != parts[i]):
+            return False
+    return len(parts) == len(pattern)

@@ -1,0 +1,148 @@
+"""The cloud's JSON-RPC methods (CONTRACT section 2) on top of the gateway's services.
+
+Errors: -32602 names the bad field (also an unknown device or schedule), -32000 device offline (the
+command is queued as desired state and applied when the device returns; `data` is its audit record),
+-32001 command timeout, -32002 the device refused the command, -32003 too many commands queued.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from pydantic import Field
+
+from gateway.control.commands import CommandError, CommandQueueFull, CommandStatus
+from gateway.control.schedules import ScheduleError
+from gateway.control.service import Controller
+from gateway.core.errors import ConflictError, NotFoundError
+from gateway.uplink.rpc import COMMAND_TIMEOUT, DEVICE_OFFLINE, INVALID_PARAMS, Dispatcher, Params, RpcError
+
+COMMAND_FAILED = -32002
+QUEUE_FULL = -32003
+
+
+class DeviceOnly(Params):
+    device: str
+
+
+class FanSpeedParams(Params):
+    device: str
+    value: int = Field(strict=True)
+
+
+class PrecleanStartParams(Params):
+    device: str
+    fanSpeed: int = Field(strict=True)
+    minutes: int = Field(strict=True)
+
+
+class ScheduleCreateParams(Params):
+    device: str
+    days: list[str]
+    start: str
+    end: str
+    fanSpeed: int = Field(strict=True)
+    enabled: bool = True
+
+
+class ScheduleUpdateParams(Params):
+    id: int = Field(strict=True)
+    device: str | None = None
+    days: list[str] | None = None
+    start: str | None = None
+    end: str | None = None
+    fanSpeed: int | None = Field(default=None, strict=True)
+    enabled: bool | None = None
+
+
+class ScheduleIdParams(Params):
+    id: int = Field(strict=True)
+
+
+def _invalid(field: str, message: str) -> RpcError:
+    return RpcError(INVALID_PARAMS, f"Invalid params: {field}: {message}", [{"field": field, "message": message}])
+
+
+def _guard(handler: Callable[[Any], Awaitable[Any]]) -> Callable[[Any], Awaitable[Any]]:
+    """Map the services' errors to JSON-RPC errors."""
+
+    async def call(params: Any) -> Any:
+        try:
+            return await handler(params)
+        except (CommandError, ScheduleError) as exc:
+            raise _invalid(exc.field, str(exc).split(": ", 1)[-1]) from None
+        except NotFoundError as exc:
+            raise _invalid("id" if exc.kind == "schedule" else "device", str(exc)) from None
+        except CommandQueueFull as exc:
+            raise RpcError(QUEUE_FULL, str(exc)) from None
+
+    return call
+
+
+def register_control_methods(dispatcher: Dispatcher, controller: Controller, *, wait_seconds: float) -> None:
+    async def command(device: str, action: str, value: int | None) -> dict[str, Any]:
+        record = controller.submit_command(device, action, value, "cloud")
+        if not controller.executor.is_online(device):
+            raise RpcError(DEVICE_OFFLINE, "device offline: command queued, applied when it comes back",
+                           controller.command_json(record))
+        record = await controller.wait_finished(record.command_id, wait_seconds)
+        body = controller.command_json(record)
+        if record.status is CommandStatus.ACKED:
+            return body
+        if record.status is CommandStatus.TIMEOUT:
+            raise RpcError(COMMAND_TIMEOUT, f"command timeout: {record.error}", body)
+        if record.status is CommandStatus.FAILED:
+            raise RpcError(COMMAND_FAILED, f"device refused the command: {record.error}", body)
+        if not record.status.finished:  # still waiting (the device went offline meanwhile)
+            raise RpcError(DEVICE_OFFLINE, "no answer yet: command queued, applied when the device is back", body)
+        raise RpcError(COMMAND_FAILED, f"command {record.status.value}: {record.error}", body)
+
+    async def set_fan_speed(p: FanSpeedParams) -> dict[str, Any]:
+        return await command(p.device, "setFanSpeed", p.value)
+
+    async def turn_on(p: DeviceOnly) -> dict[str, Any]:
+        return await command(p.device, "turnOn", None)
+
+    async def turn_off(p: DeviceOnly) -> dict[str, Any]:
+        return await command(p.device, "turnOff", None)
+
+    async def preclean_start(p: PrecleanStartParams) -> dict[str, Any]:
+        return await controller.start_preclean(p.device, p.fanSpeed, p.minutes, "cloud")
+
+    async def preclean_cancel(p: DeviceOnly) -> dict[str, Any]:
+        try:
+            return {**await controller.cancel_preclean(p.device, "cloud"), "cancelled": True}
+        except ConflictError:
+            return {**controller.preclean_status(p.device), "cancelled": False}  # nothing ran: already done
+
+    async def preclean_status(p: DeviceOnly) -> dict[str, Any]:
+        return controller.preclean_status(p.device)
+
+    async def schedule_list(p: DeviceOnly) -> list[dict[str, object]]:
+        return [s.to_json() for s in controller.schedules_for(p.device)]
+
+    async def schedule_create(p: ScheduleCreateParams) -> dict[str, object]:
+        return (await controller.create_schedule(p.model_dump())).to_json()
+
+    async def schedule_update(p: ScheduleUpdateParams) -> dict[str, object]:
+        changes = p.model_dump(exclude_none=True, exclude={"id"})
+        return (await controller.update_schedule(p.id, changes)).to_json()
+
+    async def schedule_delete(p: ScheduleIdParams) -> dict[str, Any]:
+        await controller.delete_schedule(p.id)
+        return {"id": p.id, "deleted": True}
+
+    for name, model, handler in (
+        ("device.setFanSpeed", FanSpeedParams, set_fan_speed),
+        ("device.turnOn", DeviceOnly, turn_on),
+        ("device.turnOff", DeviceOnly, turn_off),
+        ("preclean.start", PrecleanStartParams, preclean_start),
+        ("preclean.cancel", DeviceOnly, preclean_cancel),
+        ("preclean.status", DeviceOnly, preclean_status),
+        ("schedule.list", DeviceOnly, schedule_list),
+        ("schedule.create", ScheduleCreateParams, schedule_create),
+        ("schedule.update", ScheduleUpdateParams, schedule_update),
+        ("schedule.delete", ScheduleIdParams, schedule_delete),
+    ):
+        dispatcher.register(name, model, _guard(handler))
