@@ -284,6 +284,7 @@ class Gateway:
             if self.uplink is not None:
                 await self.uplink.announce_offline()
                 self.uplink.stop()
+                await self.uplink.cancel_requests()
             stopping = [t for t in (uplink, pruner) if t is not None]
             for task in stopping:
                 task.cancel()

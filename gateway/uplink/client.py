@@ -37,6 +37,7 @@ from gateway.uplink.rpc import Dispatcher, RpcError, encode, error_response, par
 log = structlog.get_logger(__name__)
 
 LIVE_QUEUE_SIZE = 10_000
+RPC_CONCURRENCY = 16  # requests served at once (a device command waits for its ack: up to minutes)
 BACKLOG_PAGE = 500
 
 
@@ -87,6 +88,11 @@ class Uplink:
         self._stopping = False
         self._client: aiomqtt.Client | None = None
         self._published_registry: tuple[tuple[Any, Any], ...] = ()
+        # Requests being served, by JSON-RPC id: a redelivery of one (QoS 1 after a reconnect) waits for
+        # the first execution's answer instead of executing again.
+        self._rpc_running: dict[str, asyncio.Future[bytes | None]] = {}
+        self._rpc_tasks: set[asyncio.Task[None]] = set()
+        self._rpc_slots = asyncio.Semaphore(RPC_CONCURRENCY)
         writer.on_outbox.append(self._on_outbox)
         metrics.gauge_callback("gateway_uplink_connected", lambda: float(self.state.connected), "cloud link up")
         metrics.gauge_callback("gateway_uplink_backlog_rows", lambda: float(self.state.backlog), "outbox rows")
@@ -314,9 +320,33 @@ class Uplink:
             if str(message.topic) != self._topics.rpc_request:
                 continue
             payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
+            await self._rpc_slots.acquire()
+            # Served outside the connection's task group: a request keeps running (and is recorded) when the
+            # link drops meanwhile; its answer goes out on whatever connection is up when it is ready.
+            task = asyncio.create_task(self._serve(payload), name="uplink-rpc-request")
+            self._rpc_tasks.add(task)
+            task.add_done_callback(self._rpc_tasks.discard)
+
+    async def _serve(self, payload: bytes) -> None:
+        try:
             response = await self._answer(payload)
-            if response is not None:
+            client = self._client
+            if response is not None and client is not None and self.state.connected:
                 await client.publish(self._topics.rpc_response, response, qos=1)
+        except aiomqtt.MqttError as exc:  # the answer is stored: a repeat of the request gets it
+            log.warning("uplink.rpc_answer_not_sent", error=str(exc))
+        except Exception:
+            self._metrics.inc("gateway_rpc_errors_total", 1, "cloud requests that failed unexpectedly")
+            log.exception("uplink.rpc_failed")
+        finally:
+            self._rpc_slots.release()
+
+    async def cancel_requests(self) -> None:
+        """At shutdown: stop serving requests still running (their commands stay in the audit log)."""
+        for task in list(self._rpc_tasks):
+            task.cancel()
+        if self._rpc_tasks:
+            await asyncio.wait(list(self._rpc_tasks), timeout=1.0)
 
     async def _answer(self, payload: bytes) -> bytes | None:
         try:
@@ -324,18 +354,37 @@ class Uplink:
         except RpcError as err:
             self._metrics.inc("gateway_rpc_requests_total", 1, "cloud JSON-RPC requests", result="invalid")
             return encode(error_response(err))
-        if request.id_key is not None:
-            earlier = await self._reader.rpc_answer(request.id_key)
+        key = request.id_key
+        if key is not None:
+            running = self._rpc_running.get(key)
+            if running is not None:  # the same id while the first is still being served
+                self._metrics.inc("gateway_rpc_requests_total", 1, result="repeat")
+                return await asyncio.shield(running)
+            earlier = await self._reader.rpc_answer(key)
             if earlier is not None:  # a repeated id: the first answer, not a second execution
                 self._metrics.inc("gateway_rpc_requests_total", 1, result="repeat")
                 return earlier.encode()
-        response = encode(await self._dispatcher.call(request))
-        self._metrics.inc("gateway_rpc_requests_total", 1, result="answered")
-        if request.id_key is None:
-            return None  # a notification gets no answer
-        await self._writer.put(RpcDone(request.id_key, request.method, response.decode(), self._clock.now()))
-        await self._writer.flush()
-        return response
+            if key in self._rpc_running:  # arrived while we looked in the log
+                return await asyncio.shield(self._rpc_running[key])
+            fut: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+            self._rpc_running[key] = fut
+        try:
+            response = encode(await self._dispatcher.call(request))
+            self._metrics.inc("gateway_rpc_requests_total", 1, result="answered")
+            if key is None:
+                return None  # a notification gets no answer
+            await self._writer.put(RpcDone(key, request.method, response.decode(), self._clock.now()))
+            await self._writer.flush()
+            fut.set_result(response)
+            return response
+        except BaseException as exc:
+            if key is not None and not fut.done():
+                fut.set_exception(exc if isinstance(exc, Exception) else RuntimeError("request cancelled"))
+                fut.exception()  # retrieved: waiters get it through their shield
+            raise
+        finally:
+            if key is not None:
+                self._rpc_running.pop(key, None)
 
 
 def _is_link_error(exc: BaseException) -> bool:

@@ -45,7 +45,8 @@ async def purifier(gw: RunningGateway, device_id: str, **model: Any) -> AsyncIte
     try:
         await asyncio.wait_for(sim.wait_connected(), 5)
         states = gw.gateway.ingest.states
-        await wait_for(lambda: device_id in states and states[device_id].online and bool(states[device_id].last_metrics))
+        await wait_for(lambda: device_id in states and states[device_id].online
+                       and bool(states[device_id].last_metrics))
         yield sim
     finally:
         sim.stop()

@@ -313,3 +313,71 @@ async def test_kill_9_during_a_drain_loses_nothing_and_resends_at_most_the_windo
     assert len(set(ids)) == 3000  # 0 lost, counted by msgId
     duplicates = len(ids) - len(set(ids))
     assert duplicates <= 20, f"{duplicates} duplicates for an in-flight window of 20"
+
+
+async def test_cloud_commands_preclean_and_schedules_over_json_rpc(
+    gateway_factory: GatewayFactory, cloud: Cloud
+) -> None:
+    from firmware_sim.purifier import SimulatedPurifier
+
+    gw = await gateway_factory(devices=["AP-01", "AP-02"], extra=uplink_config(cloud.broker.port), api="enabled = false")
+    await wait_for(lambda: gw.gateway.uplink is not None and gw.gateway.uplink.state.connected)
+    sim = SimulatedPurifier(device_id="AP-01", password=device_password("AP-01"), port=gw.port, interval=3600, seed=3)
+    sim.model.fan_speed = 1
+    task = asyncio.create_task(sim.run())
+    try:
+        await wait_for(lambda: gw.gateway.controller.executor.is_online("AP-01"))
+        ok = await rpc(cloud, {"jsonrpc": "2.0", "id": "k-1", "method": "device.setFanSpeed",
+                               "params": {"device": "AP-01", "value": 3}})
+        assert ok["result"]["status"] == "acked" and ok["result"]["state"]["fanSpeed"] == 3
+        assert sim.model.fan_speed == 3
+        # the same request id again: the stored answer, the device is not commanded twice
+        executed = sim.model.executed_commands
+        again = await rpc(cloud, {"jsonrpc": "2.0", "id": "k-1", "method": "device.setFanSpeed",
+                                  "params": {"device": "AP-01", "value": 3}})
+        assert again == ok and sim.model.executed_commands == executed
+
+        offline = await rpc(cloud, {"jsonrpc": "2.0", "id": "k-2", "method": "device.turnOff",
+                                    "params": {"device": "AP-02"}})
+        assert offline["error"]["code"] == -32000 and offline["error"]["data"]["status"] == "pending"
+        bad = await rpc(cloud, {"jsonrpc": "2.0", "id": "k-3", "method": "device.setFanSpeed",
+                                "params": {"device": "AP-01", "value": 9}})
+        assert bad["error"]["code"] == -32602 and "value" in bad["error"]["message"]
+        unknown = await rpc(cloud, {"jsonrpc": "2.0", "id": "k-4", "method": "device.turnOn",
+                                    "params": {"device": "nope"}})
+        assert unknown["error"]["code"] == -32602 and "device" in unknown["error"]["message"]
+
+        started = await rpc(cloud, {"jsonrpc": "2.0", "id": "k-5", "method": "preclean.start",
+                                    "params": {"device": "AP-01", "fanSpeed": 5, "minutes": 15}})
+        assert started["result"]["active"] is True and started["result"]["fanSpeed"] == 5
+        await wait_for(lambda: sim.model.fan_speed == 5)
+        status = await rpc(cloud, {"jsonrpc": "2.0", "id": "k-6", "method": "preclean.status",
+                                   "params": {"device": "AP-01"}})
+        assert 0 < status["result"]["remainingSeconds"] <= 900
+        cancelled = await rpc(cloud, {"jsonrpc": "2.0", "id": "k-7", "method": "preclean.cancel",
+                                      "params": {"device": "AP-01"}})
+        assert cancelled["result"]["cancelled"] is True
+        await wait_for(lambda: sim.model.fan_speed == 3)
+
+        created = await rpc(cloud, {"jsonrpc": "2.0", "id": "k-8", "method": "schedule.create", "params": {
+            "device": "AP-01", "days": ["Sat", "Sun"], "start": "22:00", "end": "06:00", "fanSpeed": 2}})
+        sid = created["result"]["id"]
+        bad_schedule = await rpc(cloud, {"jsonrpc": "2.0", "id": "k-9", "method": "schedule.create", "params": {
+            "device": "AP-01", "days": ["Sat"], "start": "25:00", "end": "06:00", "fanSpeed": 2}})
+        assert bad_schedule["error"]["code"] == -32602 and "start" in bad_schedule["error"]["message"]
+        updated = await rpc(cloud, {"jsonrpc": "2.0", "id": "k-10", "method": "schedule.update",
+                                    "params": {"id": sid, "fanSpeed": 4}})
+        assert updated["result"]["fanSpeed"] == 4 and updated["result"]["days"] == ["Sat", "Sun"]
+        listed = await rpc(cloud, {"jsonrpc": "2.0", "id": "k-11", "method": "schedule.list",
+                                   "params": {"device": "AP-01"}})
+        assert [s["id"] for s in listed["result"]] == [sid]
+        deleted = await rpc(cloud, {"jsonrpc": "2.0", "id": "k-12", "method": "schedule.delete", "params": {"id": sid}})
+        assert deleted["result"]["deleted"] is True
+        gone = await rpc(cloud, {"jsonrpc": "2.0", "id": "k-13", "method": "schedule.delete", "params": {"id": sid}})
+        assert gone["error"]["code"] == -32602 and "id" in gone["error"]["message"]
+    finally:
+        sim.stop()
+        await asyncio.wait_for(task, 5)
+    # command results, pre-clean and device events reached the cloud as events
+    await wait_for(lambda: {"command.result", "preclean.started", "preclean.ended"} <= {
+        p.get("type") for t, p, _ in cloud.messages if t.startswith("v1/events/") and isinstance(p, dict)})
