@@ -212,6 +212,11 @@ class GuardedBroker(Broker):  # type: ignore[misc]
         if not own:
             return  # amqtt calls this for every filter in the broker on connect: not this client's
         qos = own[0]  # the granted QoS (amqtt passes QoS 0 when it replays on connect)
+        # The subscription is registered (new, or a persistent one on reconnect): from now on a message
+        # published to it reaches the client, so this is when a device can take commands.
+        device_id = self.device_of(session)
+        if device_id is not None:
+            await self._sink.subscribed(device_id, topic_filter)
         handler = self._get_handler(session)
         if handler is None:
             return

@@ -320,7 +320,8 @@ async def test_cloud_commands_preclean_and_schedules_over_json_rpc(
 ) -> None:
     from firmware_sim.purifier import SimulatedPurifier
 
-    gw = await gateway_factory(devices=["AP-01", "AP-02"], extra=uplink_config(cloud.broker.port), api="enabled = false")
+    gw = await gateway_factory(devices=["AP-01", "AP-02"], extra=uplink_config(cloud.broker.port),
+                               api="enabled = false")
     await wait_for(lambda: gw.gateway.uplink is not None and gw.gateway.uplink.state.connected)
     sim = SimulatedPurifier(device_id="AP-01", password=device_password("AP-01"), port=gw.port, interval=3600, seed=3)
     sim.model.fan_speed = 1
