@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 from gateway.core.errors import PayloadError
@@ -11,6 +12,9 @@ from gateway.core.models import MetricValue, Reading
 from gateway.core.timestamps import normalise_ts
 
 MAX_PAYLOAD_BYTES = 64 * 1024
+_INT_LIMIT = 2**63 - 1  # SQLite's integers; a larger one would overflow on the way to the database
+# A \uD800-\uDFFF escape: JSON allows a lone surrogate, UTF-8 (and so SQLite) cannot store one.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 def parse_object(payload: bytes) -> dict[str, Any]:
@@ -19,7 +23,11 @@ def parse_object(payload: bytes) -> dict[str, Any]:
     try:
         # Decode explicitly: json.loads(bytes) would also guess UTF-16/32, which the contract does not allow.
         text = payload.decode("utf-8")
-        obj = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        obj = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float, parse_int=_bounded_int)
+        if _SURROGATE_ESCAPE.search(payload):  # rare: only then pay for a second look
+            json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise PayloadError("not storable: a string holds a lone UTF-16 surrogate (\\uD800-\\uDFFF)") from None
     except UnicodeDecodeError:
         raise PayloadError("not UTF-8") from None
     except (OverflowError, ValueError) as exc:
@@ -35,6 +43,13 @@ def _finite_float(text: str) -> float:
     value = float(text)
     if value in (float("inf"), float("-inf")):  # 1e999 parses to inf: not storable as JSON
         raise PayloadError(f"not JSON: {text} is out of range for a number")
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    value = int(text)
+    if not -_INT_LIMIT <= value <= _INT_LIMIT:
+        raise PayloadError(f"not JSON: {text[:24]}{'...' if len(text) > 24 else ''} is out of range for a number")
     return value
 
 

@@ -150,6 +150,10 @@ BAD_PAYLOADS = [
     (json.dumps({"ts": 1, "metrics": {"co2": "lots"}}).encode(), "metrics.co2: expected a number or boolean"),
     (json.dumps({"metrics": []}).encode(), "metrics: expected an object"),
     (json.dumps({"firmware": "1.2"}).encode(), "no known purifier metric"),
+    # Lone surrogate (JSON allows it, UTF-8 cannot hold it): was accepted, then refused by the store and lost.
+    (b'{"ts": 1763800000, "metrics": {"co2": 600}, "note": "\\ud800"}', "lone UTF-16 surrogate"),
+    # A number past SQLite's integers: was an OverflowError in the decoder, logged as an ingest bug and lost.
+    (b'{"timestamp": 1' + b"0" * 400 + b', "pm25": 1}', "out of range for a number"),
 ]
 
 

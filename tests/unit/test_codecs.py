@@ -82,6 +82,24 @@ def test_numbers_json_cannot_store_are_refused() -> None:
         parse_object(b'{"pm25": 1, "note": 1e999}')
 
 
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b'{"ts": 1763800000, "metrics": {"t": 1}, "note": "\\ud800"}', "lone UTF-16 surrogate"),
+        (b'{"\\udfff": 1}', "lone UTF-16 surrogate"),
+        (b'{"timestamp": 1' + b"0" * 300 + b"}", "out of range for a number"),
+        (b'{"metrics": {"t": -9223372036854775808}}', "out of range for a number"),
+    ],
+)
+def test_values_the_store_cannot_hold_are_refused(payload: bytes, reason: str) -> None:
+    with pytest.raises(PayloadError, match=reason):
+        parse_object(payload)
+
+
+def test_surrogate_pairs_and_large_but_storable_numbers_pass() -> None:
+    assert parse_object(b'{"a": "\\ud83d\\ude00", "n": 9223372036854775807}') == {"a": "\U0001f600", "n": 2**63 - 1}
+
+
 def test_payload_limits() -> None:
     with pytest.raises(PayloadError, match="exceeds"):
         parse_object(b" " * (64 * 1024 + 1))
