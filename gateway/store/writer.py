@@ -432,6 +432,13 @@ class StoreWriter:
                 self._metrics.inc("gateway_store_rows_refused_total", 1, "records the database refused")
                 log.error("store.record_refused", error=str(exc), record=repr(rec)[:500])
 
+    def _notify(self, callback: Callable[[Any], None], records: Sequence[Any]) -> None:
+        try:
+            callback(records)
+        except Exception:
+            self._metrics.inc("gateway_store_listener_errors_total", 1, "commit listeners that raised")
+            log.exception("store.listener_failed", listener=getattr(callback, "__qualname__", repr(callback)))
+
     async def _commit(self, batch: list[StoreRecord]) -> None:
         conn = self._conn
         if conn is None:
@@ -523,15 +530,17 @@ class StoreWriter:
                     await conn.execute("ROLLBACK")
                 self._metrics.inc("gateway_outbox_prune_errors_total", 1, "failed budget/TTL passes")
                 log.error("outbox.prune_failed", error=str(exc))
+        # The batch is durable from here on: nothing below may make the caller think it failed (a retry
+        # would store every row a second time), so listeners' errors are contained and counted.
         if outbox:
             for outbox_callback in self.on_outbox:
-                outbox_callback(outbox)
+                self._notify(outbox_callback, outbox)
         self._committed += len(batch)
         if readings:
             self._metrics.inc("gateway_readings_committed_total", len(readings), "readings made durable")
         self._metrics.inc("gateway_store_commits_total", 1, "transactions committed")
         for callback in self.on_commit:
-            callback(batch)
+            self._notify(callback, batch)
         if self._commit_waiters:
             still: list[tuple[int, asyncio.Future[None]]] = []
             for target, fut in self._commit_waiters:

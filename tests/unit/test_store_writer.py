@@ -31,3 +31,52 @@ async def test_hostile_strings_are_stored_verbatim_and_the_writer_keeps_running(
         assert [r[2] for r in rows] == [t.encode() for t in HOSTILE]  # payloads byte for byte
         assert [r[1] for r in rows] == [t.replace("\x00", "\ufffd") for t in HOSTILE]
         assert conn.execute("SELECT count(*) FROM outbox").fetchone()[0] == 2 * len(HOSTILE)
+
+
+async def test_a_failing_commit_listener_neither_replays_the_batch_nor_stops_the_writer(tmp_path: Path) -> None:
+    metrics = Metrics()
+    writer = StoreWriter(tmp_path / "g.db", metrics=metrics, outbox=True)
+    await writer.open()
+
+    def broken(_: object) -> None:
+        raise RuntimeError("listener bug")
+
+    writer.on_commit.append(broken)
+    writer.on_outbox.append(broken)
+    task = asyncio.create_task(writer.run())
+    for i in range(3):
+        await writer.put(Reading("AP-01", 1763800000.0 + i, 1763800000.5, {"pm25": 1.0}))
+        await asyncio.wait_for(writer.flush(), 10)
+    await writer.close()
+    await task
+    with sqlite3.connect(tmp_path / "g.db") as conn:
+        # before the fix the exception after COMMIT made the writer retry: every reading stored again
+        assert conn.execute("SELECT count(*) FROM readings").fetchone()[0] == 3
+        assert [s for (s,) in conn.execute("SELECT seq FROM outbox ORDER BY seq")] == [1, 2, 3]
+    assert metrics.value("gateway_store_listener_errors_total") == 6
+
+
+async def test_row_writes_upsert_and_delete_control_rows(tmp_path: Path) -> None:
+    from gateway.core.models import RowWrite
+
+    writer = StoreWriter(tmp_path / "g.db", metrics=Metrics())
+    await writer.open()
+    task = asyncio.create_task(writer.run())
+    row = {"command_id": "c'1", "device_id": "AP-01", "action": "setFanSpeed", "value": 3, "source": "api",
+           "status": "pending", "attempts": 0, "created_at": 1.5, "state": None, "note": "it's queued"}
+    await writer.put(RowWrite("command_log", row))
+    await writer.put(RowWrite("command_log", {**row, "status": "acked", "attempts": 1, "state": {"fanSpeed": 3}}))
+    await writer.put(RowWrite("desired_layers", {"device_id": "AP-01", "layer": "manual", "power": True,
+                                                 "fan_speed": 2, "expires_at": None, "started_at": 1.0,
+                                                 "source": "api"}))
+    await writer.put(RowWrite("desired_layers", {"device_id": "AP-01", "layer": "manual"}, delete=True))
+    await writer.put(RowWrite("no_such_table", {"x": 1}))  # a bug: refused and counted, nothing else lost
+    await writer.put(Reading("AP-01", 1763800000.0, 1763800000.5, {"pm25": 1.0}))
+    await asyncio.wait_for(writer.flush(), 10)
+    await writer.close()
+    await task
+    with sqlite3.connect(tmp_path / "g.db") as conn:
+        assert conn.execute("SELECT command_id, status, attempts, state, note FROM command_log").fetchall() == [
+            ("c'1", "acked", 1, '{"fanSpeed":3}', "it's queued")]
+        assert conn.execute("SELECT count(*) FROM desired_layers").fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM readings").fetchone()[0] == 1
