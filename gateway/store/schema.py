@@ -114,6 +114,11 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX schedule_runs_schedule ON schedule_runs (schedule_id, at);
 
+    -- A quarantined payload is kept up to QUARANTINE_KEEP_BYTES: a device flooding oversized garbage must
+    -- not fill the disk; its full size and digest still tell what it sent.
+    ALTER TABLE quarantine ADD COLUMN size INTEGER;
+    ALTER TABLE quarantine ADD COLUMN sha256 TEXT;
+
     CREATE TABLE desired_layers (
         device_id TEXT NOT NULL,
         layer TEXT NOT NULL,           -- manual | preclean

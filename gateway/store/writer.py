@@ -9,6 +9,7 @@ row arrived, and commits it in one transaction.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -91,7 +92,10 @@ SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(va
        json_extract(value, '$[3]')
 FROM json_each({rows});
 """
-_INSERT_QUARANTINE = "INSERT INTO quarantine (received_at, client_id, device_id, topic, payload, reason) VALUES {rows};"
+_INSERT_QUARANTINE = (
+    "INSERT INTO quarantine (received_at, client_id, device_id, topic, payload, reason, size, sha256) VALUES {rows};"
+)
+QUARANTINE_KEEP_BYTES = 4096
 
 
 def _text(value: str | None) -> str:
@@ -121,7 +125,8 @@ def _quarantine_event(q: Quarantined) -> dict[str, Any]:
 def _quarantine_row(q: Quarantined) -> str:
     return (
         f"({float(q.received_at)!r}, {_text(q.client_id)}, {_text(q.device_id)}, {_text(q.topic)}, "
-        f"X'{q.payload.hex()}', {_text(q.reason)})"
+        f"X'{q.payload[:QUARANTINE_KEEP_BYTES].hex()}', {_text(q.reason)}, {len(q.payload)}, "
+        f"'{hashlib.sha256(q.payload).hexdigest()}')"
     )
 
 

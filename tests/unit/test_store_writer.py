@@ -80,3 +80,21 @@ async def test_row_writes_upsert_and_delete_control_rows(tmp_path: Path) -> None
             ("c'1", "acked", 1, '{"fanSpeed":3}', "it's queued")]
         assert conn.execute("SELECT count(*) FROM desired_layers").fetchone()[0] == 0
         assert conn.execute("SELECT count(*) FROM readings").fetchone()[0] == 1
+
+
+async def test_quarantine_keeps_the_head_of_a_huge_payload_with_its_size_and_digest(tmp_path: Path) -> None:
+    import hashlib
+
+    writer = StoreWriter(tmp_path / "g.db", metrics=Metrics())
+    await writer.open()
+    task = asyncio.create_task(writer.run())
+    huge = bytes(range(256)) * 400  # 100 KiB of garbage
+    await writer.put(Quarantined(1763800000.0, "AP-01", "device/AP-01/data", huge, "too big", "AP-01"))
+    await writer.put(Quarantined(1763800000.0, "AP-01", "device/AP-01/data", b"small", "bad", "AP-01"))
+    await asyncio.wait_for(writer.flush(), 10)
+    await writer.close()
+    await task
+    with sqlite3.connect(tmp_path / "g.db") as conn:
+        rows = conn.execute("SELECT payload, size, sha256 FROM quarantine ORDER BY id").fetchall()
+    assert rows[0] == (huge[:4096], len(huge), hashlib.sha256(huge).hexdigest())
+    assert rows[1] == (b"small", 5, hashlib.sha256(b"small").hexdigest())
