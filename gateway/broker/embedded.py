@@ -21,8 +21,9 @@ def device_table(devices: list[DeviceSettings], *, allow_anonymous: bool) -> Dev
 def amqtt_config(broker: BrokerSection) -> dict[str, Any]:
     listeners: dict[str, Any] = {}
     for index, lst in enumerate(broker.listeners):
-        # amqtt requires a listener called "default"; the first one is it.
-        name = "default" if index == 0 else lst.name
+        # amqtt requires a listener called "default"; the first one is it. Another one the installer
+        # happened to call "default" must not replace it (a dict key: one port would silently stay shut).
+        name = "default" if index == 0 else lst.name if lst.name != "default" else f"default-{index}"
         entry: dict[str, Any] = {
             "type": "tcp",
             "bind": _bind(lst.host, lst.port),

@@ -297,3 +297,18 @@ async def test_tls_listener_with_configured_certificate(gateway_factory: Gateway
         async with aiomqtt.Client("127.0.0.1", tls_port, identifier="AP-02", username="AP-02",
                                   password=device_password("AP-02"), tls_context=ssl.create_default_context()):
             pass
+
+
+async def test_a_second_listener_named_default_does_not_replace_the_first(gateway_factory: GatewayFactory) -> None:
+    from tests.fixtures.gateway import free_port
+
+    second = free_port()
+    gw = await gateway_factory(extra_listeners=f'[[broker.listeners]]\nname = "default"\nhost = "127.0.0.1"\n'
+                                               f"port = {second}\n")
+    # amqtt calls its first listener "default": before the fix this one overwrote it and one port stayed shut
+    assert sorted(gw.gateway.broker.bound_ports()) == sorted([gw.port, second])
+    for port in (gw.port, second):
+        async with aiomqtt.Client("127.0.0.1", port, identifier="AP-01", username="AP-01",
+                                  password=device_password("AP-01")) as client:
+            await client.publish("device/AP-01/data", reading(pm25=1.0), qos=1)
+    await wait_for(lambda: gw.query("SELECT count(*) FROM readings")[0][0] == 2)
