@@ -258,6 +258,8 @@ async def test_window_in_effect_at_startup_applies_at_once(tmp_path: Path) -> No
         await gw.stop()
     gw = await start_gateway(config, clock=clock)
     try:
+        # APScheduler's jobs were rebuilt from our own table at start (nothing pickled)
+        assert set(gw.gateway.controller.scheduler_jobs()) == {"schedule:1:start", "schedule:1:end"}
         async with purifier(gw, "AP-01", fan_speed=1) as sim:
             await until(sim, lambda: sim.model.fan_speed == 3)
         await settle(gw)
@@ -323,3 +325,48 @@ async def test_dst_nights_run_each_window_once(
     assert [phase for phase, _ in runs] == ["start", "end"]
     started = datetime.fromtimestamp(runs[0][1], BERLIN)
     assert started.strftime("%H:%M") == expect_local_start
+
+
+async def test_reconciler_backs_off_after_failures_instead_of_storming(gateway_factory: GatewayFactory) -> None:
+    clock = ManualClock()
+    gw = await gateway_factory(api=NO_API, clock=clock, control="retry_backoff_seconds = 60")
+    ctl = gw.gateway.controller
+    received: list[dict[str, Any]] = []
+    async with aiomqtt.Client("127.0.0.1", gw.port, identifier="AP-01", username="AP-01",
+                              password=device_password("AP-01")) as dev:
+        await dev.publish("device/AP-01/data", json.dumps({"fanSpeed": 1, "powerOn": True}), qos=1)
+        await dev.subscribe("device/AP-01/command", qos=1)
+
+        async def refuse_everything() -> None:  # a purifier whose fan is jammed
+            async for message in dev.messages:
+                assert isinstance(message.payload, bytes)
+                cmd = json.loads(message.payload)
+                received.append(cmd)
+                await dev.publish("device/AP-01/ack", json.dumps(
+                    {"commandId": cmd["commandId"], "status": "error", "error": "fan jammed"}), qos=1)
+
+        task = asyncio.create_task(refuse_everything())
+        await wait_for(lambda: ctl.executor.is_online("AP-01") and "AP-01" in gw.gateway.ingest.states
+                       and bool(gw.gateway.ingest.states["AP-01"].last_metrics))
+        def failed(n: int) -> Callable[[], bool]:
+            return lambda: gw.counter("gateway_commands_finished_total", status="failed") == n
+
+        await ctl.start_preclean("AP-01", 5, 60, "api")
+        await wait_for(failed(1))
+        for _ in range(5):  # time passes inside the back-off: nothing is sent
+            await step(gw, clock, 10)
+        await asyncio.sleep(0.2)
+        assert len(received) == 1
+        await step(gw, clock, 15)  # 65 s after the failure: one more try
+        await wait_for(failed(2))
+        await step(gw, clock, 65)  # the back-off doubled to 120 s: still nothing
+        await asyncio.sleep(0.2)
+        assert len(received) == 2
+        await step(gw, clock, 60)
+        await wait_for(failed(3))
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert {c["action"] for c in received} == {"setFanSpeed"}
+    assert len({c["commandId"] for c in received}) == 3  # each try is a new command, each in the audit log
+    await settle(gw)
+    assert [row[3] for row in commands(gw, "AP-01")] == ["failed", "failed", "failed"]
