@@ -176,6 +176,9 @@ class Uplink:
             socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
             timeout=10,
         )
+        # Our window allows `inflight` publishes waiting for PUBACK by design; aiomqtt warns from 10 on,
+        # which would log a line per reading under load.
+        client.pending_calls_threshold = self._s.inflight + RPC_CONCURRENCY + 10
         async with client:
             self._client = client
             split = self._writer.last_seq

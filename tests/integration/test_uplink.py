@@ -382,3 +382,15 @@ async def test_cloud_commands_preclean_and_schedules_over_json_rpc(
     # command results, pre-clean and device events reached the cloud as events
     await wait_for(lambda: {"command.result", "preclean.started", "preclean.ended"} <= {
         p.get("type") for t, p, _ in cloud.messages if t.startswith("v1/events/") and isinstance(p, dict)})
+
+
+async def test_a_full_in_flight_window_is_not_a_warning_per_reading(
+    gateway_factory: GatewayFactory, cloud: Cloud, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("WARNING", logger="mqtt")
+    gw = await gateway_factory(devices=["AP-01"], extra=uplink_config(cloud.broker.port))
+    await wait_for(lambda: gw.gateway.uplink is not None and gw.gateway.uplink.state.connected)
+    await publish_readings(gw, "AP-01", 400)
+    await wait_for(lambda: len(cloud.telemetry()) >= 400, timeout=20)
+    # before the fix aiomqtt logged "There are N pending publish calls." for each publish past 10 in flight
+    assert not [r for r in caplog.records if "pending publish calls" in r.getMessage()]
