@@ -126,6 +126,10 @@ async def _demo_async(loaded: LoadedSettings, count: int, interval: float, durat
     )
     print(f"demo: gateway on port {port}, {count} simulated purifiers every {interval:g} s; "
           f"readings go to {loaded.db_path}. Ctrl-C stops.", flush=True)
+    if gateway.api is not None:
+        api = loaded.settings.api
+        print(f"demo: REST API on http://{api.host}:{gateway.api.port} (try /api/device/list/all, "
+              f"/api/openapi.json)", flush=True)
     loop = asyncio.get_running_loop()
     started = loop.time()
     try:
