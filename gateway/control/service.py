@@ -138,7 +138,8 @@ def _audit_row(record: CommandRecord) -> RowWrite:
     })
 
 
-def _schedule_row(schedule: Schedule, now: float, *, created_at: float | None = None) -> RowWrite:
+def _schedule_row(schedule: Schedule, now: float, *, created_at: float) -> RowWrite:
+    # Every column, also on update: SQLite checks NOT NULL on the row to insert before it sees the conflict.
     row: dict[str, Any] = {
         "id": schedule.id,
         "device_id": schedule.device,
@@ -148,9 +149,8 @@ def _schedule_row(schedule: Schedule, now: float, *, created_at: float | None = 
         "fan_speed": schedule.fan_speed,
         "enabled": schedule.enabled,
         "updated_at": now,
+        "created_at": created_at,
     }
-    if created_at is not None:
-        row["created_at"] = created_at
     return RowWrite("schedules", row)
 
 
@@ -483,7 +483,7 @@ class Controller:
         self._require(schedule.device)
         now = self._clock.now()
         self.schedules[schedule_id] = schedule
-        self._queue(_schedule_row(schedule, now))
+        self._queue(_schedule_row(schedule, now, created_at=self._schedule_created.get(schedule_id, now)))
         for device in {old.device, schedule.device}:
             self._schedules_changed(device, now)
         await self._drained()

@@ -436,6 +436,7 @@ class StoreWriter:
                 self._committed += 1  # handled: it will not be retried
                 self._metrics.inc("gateway_store_rows_refused_total", 1, "records the database refused")
                 log.error("store.record_refused", error=str(exc), record=repr(rec)[:500])
+                self._wake_waiters()  # a flush() waiting for this record must not wait for the next commit
 
     def _notify(self, callback: Callable[[Any], None], records: Sequence[Any]) -> None:
         try:
@@ -546,6 +547,9 @@ class StoreWriter:
         self._metrics.inc("gateway_store_commits_total", 1, "transactions committed")
         for callback in self.on_commit:
             self._notify(callback, batch)
+        self._wake_waiters()
+
+    def _wake_waiters(self) -> None:
         if self._commit_waiters:
             still: list[tuple[int, asyncio.Future[None]]] = []
             for target, fut in self._commit_waiters:

@@ -93,10 +93,13 @@ class CloudCounter:
 
 
 @contextlib.asynccontextmanager
-async def gateway_with_uplink(ids: list[str], folder: Path, cloud_port: int, *, batch: bool) -> AsyncIterator[Any]:
+async def gateway_with_uplink(
+    ids: list[str], folder: Path, cloud_port: int, *, batch: bool, extra_uplink: str = ""
+) -> AsyncIterator[Any]:
     port = free_port()
     extra = (f"[uplink]\nenabled = true\nhost = \"127.0.0.1\"\nport = {cloud_port}\ntls = false\n"
-             f"reconnect_max_seconds = 1\nbatch = {'true' if batch else 'false'}\nbacklog_share = 1.0\n")
+             f"reconnect_max_seconds = 1\nbatch = {'true' if batch else 'false'}\nbacklog_share = 1.0\n"
+             + extra_uplink)
     config = write_config(folder, devices=ids, port=port, extra=extra)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateway", "run", "--config", str(config), stdout=asyncio.subprocess.DEVNULL

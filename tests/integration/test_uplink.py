@@ -194,7 +194,8 @@ async def test_budget_drops_oldest_telemetry_first_and_reports_it(
     # events survive the budget; the drop itself is an event, counted by kind
     assert "event" in kinds
     dropped = gw.query("SELECT data FROM events WHERE type = 'outbox.dropped'")
-    assert dropped and json.loads(dropped[0][0])["dropped"]["telemetry"] >= 150
+    # one event per budget pass that dropped something (the readings may span several passes)
+    assert dropped and sum(json.loads(d)["dropped"].get("telemetry", 0) for (d,) in dropped) >= 150
 
 
 async def test_ttl_deletes_rows_older_than_their_time(gateway_factory: GatewayFactory) -> None:

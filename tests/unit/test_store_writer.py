@@ -98,3 +98,16 @@ async def test_quarantine_keeps_the_head_of_a_huge_payload_with_its_size_and_dig
         rows = conn.execute("SELECT payload, size, sha256 FROM quarantine ORDER BY id").fetchall()
     assert rows[0] == (huge[:4096], len(huge), hashlib.sha256(huge).hexdigest())
     assert rows[1] == (b"small", 5, hashlib.sha256(b"small").hexdigest())
+
+
+async def test_flush_returns_when_the_last_record_was_refused(tmp_path: Path) -> None:
+    from gateway.core.models import RowWrite
+
+    writer = StoreWriter(tmp_path / "g.db", metrics=Metrics())
+    await writer.open()
+    task = asyncio.create_task(writer.run())
+    await writer.put(RowWrite("schedules", {"id": 1}))  # NOT NULL columns missing: refused by SQLite
+    # before the fix the waiter was only woken by a later successful commit: this hung
+    await asyncio.wait_for(writer.flush(), 5)
+    await writer.close()
+    await task

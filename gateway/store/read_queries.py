@@ -1,0 +1,141 @@
+"""Read queries behind the local REST API: readings, statistics, the command audit log, schedule runs.
+
+Each takes an open connection (the API's own read-only one: WAL lets it read beside the writer) and
+returns plain JSON-ready dicts in the API's camelCase form. Ranges are inclusive at both ends and use
+the reading's own time ``ts`` (epoch seconds); ``None`` leaves that end open. Newest first everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+SCHEDULE_RUNS_LIMIT = 50
+
+_OPEN_START = float("-inf")
+_OPEN_END = float("inf")
+
+
+def _range(start: float | None, end: float | None) -> tuple[float, float]:
+    # SQLite compares REAL with +-inf correctly, so one statement serves open and closed ranges.
+    return (_OPEN_START if start is None else start, _OPEN_END if end is None else end)
+
+
+def _json(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+async def readings(
+    conn: aiosqlite.Connection, device: str, *, start: float | None = None, end: float | None = None, limit: int
+) -> list[dict[str, Any]]:
+    """``[{ts, receivedAt, metrics}]`` of one device within the range, newest first, at most ``limit``."""
+    sql = (
+        "SELECT ts, received_at, metrics FROM readings WHERE device_id = ? AND ts >= ? AND ts <= ?"
+        " ORDER BY ts DESC, id DESC LIMIT ?"
+    )
+    async with conn.execute(sql, (device, *_range(start, end), limit)) as cur:
+        rows = await cur.fetchall()
+    return [{"ts": ts, "receivedAt": received, "metrics": json.loads(metrics)} for ts, received, metrics in rows]
+
+
+async def latest_reading(conn: aiosqlite.Connection, device: str) -> dict[str, Any] | None:
+    """The device's newest reading by its own time, or None when it never sent one."""
+    rows = await readings(conn, device, limit=1)
+    return rows[0] if rows else None
+
+
+async def metric_statistics(
+    conn: aiosqlite.Connection, device: str, *, start: float | None = None, end: float | None = None
+) -> dict[str, Any]:
+    """``{readings, metrics: {name: {min, max, avg, count}}}`` over the range.
+
+    Numeric metrics only: json_each reports JSON true/false as types 'true'/'false', so booleans (powerOn)
+    drop out, as do strings. ``count`` is per metric: a metric missing from some readings counts fewer.
+    """
+    lo, hi = _range(start, end)
+    async with conn.execute(
+        "SELECT count(*) FROM readings WHERE device_id = ? AND ts >= ? AND ts <= ?", (device, lo, hi)
+    ) as cur:
+        row = await cur.fetchone()
+    total = int(row[0]) if row else 0
+    sql = (
+        "SELECT m.key, min(m.value), max(m.value), avg(m.value), count(*)"
+        " FROM readings AS r, json_each(r.metrics) AS m"
+        " WHERE r.device_id = ? AND r.ts >= ? AND r.ts <= ? AND m.type IN ('integer', 'real')"
+        " GROUP BY m.key ORDER BY m.key"
+    )
+    metrics: dict[str, dict[str, Any]] = {}
+    async with conn.execute(sql, (device, lo, hi)) as cur:
+        async for key, low, high, mean, count in cur:
+            metrics[str(key)] = {"min": low, "max": high, "avg": mean, "count": int(count)}
+    return {"readings": total, "metrics": metrics}
+
+
+_COMMAND_COLUMNS = (
+    "command_id, device_id, action, value, source, status, attempts, created_at, sent_at, last_sent_at,"
+    " finished_at, error, state, note"
+)
+
+
+async def command_log(conn: aiosqlite.Connection, device: str, *, limit: int) -> list[dict[str, Any]]:
+    """The device's audit log, newest first, in the form of ``Controller.command_json``."""
+    sql = (
+        f"SELECT {_COMMAND_COLUMNS} FROM command_log WHERE device_id = ?"
+        " ORDER BY created_at DESC, rowid DESC LIMIT ?"
+    )
+    async with conn.execute(sql, (device, limit)) as cur:
+        rows = await cur.fetchall()
+    return [
+        {
+            "commandId": cid, "device": dev, "action": action, "value": value, "source": source,
+            "status": status, "attempts": attempts, "createdAt": created, "sentAt": sent,
+            "lastSentAt": last_sent, "finishedAt": finished, "error": error, "state": _json(state), "note": note,
+        }
+        for (cid, dev, action, value, source, status, attempts, created, sent, last_sent, finished, error, state,
+             note) in rows
+    ]
+
+
+async def schedule_runs(
+    conn: aiosqlite.Connection, schedule_id: int, *, limit: int = SCHEDULE_RUNS_LIMIT
+) -> list[dict[str, Any]]:
+    """Execution history of one schedule (start and end of each window), newest first."""
+    sql = (
+        "SELECT id, schedule_id, device_id, phase, window_start, window_end, fan_speed, at FROM schedule_runs"
+        " WHERE schedule_id = ? ORDER BY at DESC, id DESC LIMIT ?"
+    )
+    async with conn.execute(sql, (schedule_id, limit)) as cur:
+        rows = await cur.fetchall()
+    return [
+        {"id": rid, "scheduleId": sid, "device": dev, "phase": phase, "windowStart": w_start,
+         "windowEnd": w_end, "fanSpeed": fan, "at": at}
+        for rid, sid, dev, phase, w_start, w_end, fan, at in rows
+    ]
+
+
+async def open_reader(path: Path) -> aiosqlite.Connection:
+    """A read-only connection to an existing database (``mode=rw`` so a wrong path fails, not creates).
+
+    Not ``mode=ro``: a read-only opener of a WAL database cannot create the shared-memory index when it is
+    the first, so it would fail whenever the writer is briefly closed. ``query_only`` guards writes instead.
+    """
+    if not path.is_absolute():
+        raise ValueError(f"{path}: an absolute path is required (a URI cannot carry a relative one)")
+    uri = path.as_uri() + "?mode=rw"  # as_uri() percent-encodes '?', '#' and '%' in the path
+    conn = await aiosqlite.connect(uri, uri=True, isolation_level=None)
+    try:
+        await conn.execute("PRAGMA busy_timeout=5000")
+        # query_only: this connection can never write, whatever a future query does by mistake.
+        await conn.execute("PRAGMA query_only=ON")
+        async with conn.execute("PRAGMA journal_mode") as cur:
+            row = await cur.fetchone()
+        if row is None or str(row[0]).lower() != "wal":
+            # Without WAL our reads would block the writer; the writer sets WAL when it opens the file.
+            raise RuntimeError(f"{path}: database is not in WAL mode (open the store writer first)")
+    except BaseException:
+        await conn.close()
+        raise
+    return conn

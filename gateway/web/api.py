@@ -1,0 +1,521 @@
+"""The local REST API (aiohttp): the air-purifier backend's routes, served by the gateway itself.
+
+One route table (:data:`ROUTES`) builds both the router and the OpenAPI document. Each route's body and
+query are validated by its pydantic models before the handler runs, so a handler sees only valid input
+and a 400 names the field at fault. Domain errors map to statuses in one place (:func:`_errors`), and
+nothing unexpected ever reaches a client as a traceback.
+
+Reads of stored data (readings, audit log, schedule runs) go through the API's own read-only SQLite
+connection (WAL: they never wait for the writer); everything live comes from the control service.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiosqlite
+import structlog
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from gateway import __version__
+from gateway.control.commands import CommandError, CommandQueueFull, CommandRecord, CommandStatus
+from gateway.control.schedules import Schedule, ScheduleError
+from gateway.control.service import Controller
+from gateway.core.clock import Clock
+from gateway.core.errors import ConflictError, NotFoundError
+from gateway.settings import ApiSection
+from gateway.store import read_queries
+from gateway.web.bodies import (
+    CommandsQuery,
+    DataQuery,
+    DeviceCommand,
+    FieldError,
+    PrecleanCancel,
+    PrecleanStart,
+    ScheduleCreate,
+    ScheduleUpdate,
+    StatisticsQuery,
+)
+from gateway.web.openapi import Reply, Route, openapi_document, ref
+
+log = structlog.get_logger(__name__)
+
+SOURCE = "api"  # the audit log's `source` for everything done through this API
+STATISTICS_DEFAULT_SPAN_S = 24 * 3600.0
+# On stop, requests still running (a command waiting for its ack) get this long before they are cancelled;
+# the gateway's whole shutdown budget is a few seconds.
+SHUTDOWN_GRACE_S = 1.0
+
+M = TypeVar("M", bound=BaseModel)
+
+
+# ----------------------------------------------------------------------------------------- context
+
+
+@dataclass(slots=True)
+class ApiContext:
+    """What handlers use, reached through the app's typed key (no globals, one per ApiServer)."""
+
+    settings: ApiSection
+    controller: Controller
+    devices: Callable[[], list[dict[str, Any]]]
+    device_state: Callable[[str], dict[str, Any] | None]
+    health: Callable[[], dict[str, Any]]
+    clock: Clock
+    openapi: dict[str, Any]
+    db: aiosqlite.Connection | None = None
+
+    def reader(self) -> aiosqlite.Connection:
+        if self.db is None:
+            raise RuntimeError("the API's database connection is not open (ApiServer.start() not run)")
+        return self.db
+
+
+CONTEXT = web.AppKey("edge_gateway_api", ApiContext)
+
+
+class ApiError(Exception):
+    """An answer other than success, raised by handlers and the input parsers."""
+
+    def __init__(self, status: int, message: str, field: str | None = None,
+                 problems: list[dict[str, str | None]] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.field = field
+        self.problems = problems
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One request, with its body and query already validated against the route's models."""
+
+    request: web.Request
+    route: Route
+    ctx: ApiContext
+    parsed_body: BaseModel | None
+    parsed_query: BaseModel | None
+
+    @property
+    def controller(self) -> Controller:
+        return self.ctx.controller
+
+    def body(self, model: type[M]) -> M:
+        if not isinstance(self.parsed_body, model):  # the route table and its handler disagree: our bug
+            raise TypeError(f"route body is {type(self.parsed_body).__name__}, handler expects {model.__name__}")
+        return self.parsed_body
+
+    def query(self, model: type[M]) -> M:
+        if not isinstance(self.parsed_query, model):
+            raise TypeError(f"route query is {type(self.parsed_query).__name__}, handler expects {model.__name__}")
+        return self.parsed_query
+
+    def device(self) -> str:
+        """The path's deviceId, which must be a configured device (else 404)."""
+        device = self.request.match_info[self.route.placeholder("deviceId")]
+        if not self.controller.known(device):
+            raise NotFoundError("device", device)
+        return device
+
+    def schedule_id(self) -> int:
+        text = self.request.match_info[self.route.placeholder("scheduleId")]
+        if not text.isascii() or not text.isdigit() or int(text) < 1:
+            raise ApiError(400, f"expected a schedule id (a whole number >= 1), got {text!r}", "scheduleId")
+        return int(text)
+
+
+Handler = Callable[[Call], Awaitable[web.StreamResponse]]
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status)
+
+
+# ---------------------------------------------------------------------------------------- handlers
+
+
+def schedule_json(schedule: Schedule) -> dict[str, object]:
+    # The backend's clients read deviceId; the cloud RPC's form (to_json) says device. Give both.
+    return {**schedule.to_json(), "deviceId": schedule.device}
+
+
+async def create_schedule(call: Call) -> web.StreamResponse:
+    body = call.body(ScheduleCreate)
+    schedule = await call.controller.create_schedule(body.control_body())
+    return _json(schedule_json(schedule), 201)
+
+
+async def list_schedules(call: Call) -> web.StreamResponse:
+    schedules = call.controller.schedules_for(call.device())
+    return _json([schedule_json(s) for s in sorted(schedules, key=lambda s: s.id)])
+
+
+async def schedule_detail(call: Call) -> web.StreamResponse:
+    schedule_id = call.schedule_id()
+    schedule = call.controller.get_schedule(schedule_id)
+    runs = await read_queries.schedule_runs(call.ctx.reader(), schedule_id)
+    return _json({**schedule_json(schedule), "runs": runs})
+
+
+async def update_schedule(call: Call) -> web.StreamResponse:
+    schedule_id = call.schedule_id()
+    body = call.body(ScheduleUpdate)
+    schedule = await call.controller.update_schedule(schedule_id, body.control_body())
+    return _json(schedule_json(schedule))
+
+
+async def delete_schedule(call: Call) -> web.StreamResponse:
+    await call.controller.delete_schedule(call.schedule_id())
+    return web.Response(status=204)
+
+
+async def start_preclean(call: Call) -> web.StreamResponse:
+    body = call.body(PrecleanStart)
+    _known(call, body.deviceId)
+    status = await call.controller.start_preclean(body.deviceId, body.fanSpeed, body.minutes, SOURCE)
+    return _json(status, 201)
+
+
+async def cancel_preclean(call: Call) -> web.StreamResponse:
+    body = call.body(PrecleanCancel)
+    _known(call, body.deviceId)
+    return _json(await call.controller.cancel_preclean(body.deviceId, SOURCE))
+
+
+async def preclean_status(call: Call) -> web.StreamResponse:
+    return _json(call.controller.preclean_status(call.device()))
+
+
+def _known(call: Call, device: str) -> None:
+    # A device named in a body is checked here too, so its 404 does not depend on the controller's order.
+    if not call.controller.known(device):
+        raise NotFoundError("device", device)
+
+
+async def device_data(call: Call) -> web.StreamResponse:
+    device = call.device()
+    q = call.query(DataQuery)
+    rows = await read_queries.readings(call.ctx.reader(), device, start=q.from_, end=q.to, limit=q.limit)
+    return _json({"device": device, "from": q.from_, "to": q.to, "limit": q.limit, "count": len(rows),
+                  "data": rows})
+
+
+async def device_latest(call: Call) -> web.StreamResponse:
+    device = call.device()
+    return _json({"device": device, "data": await read_queries.latest_reading(call.ctx.reader(), device)})
+
+
+async def device_state(call: Call) -> web.StreamResponse:
+    device = call.device()
+    state = call.ctx.device_state(device)
+    if state is None:
+        raise NotFoundError("device", device)
+    return _json({**state, **call.controller.device_control(device)})
+
+
+async def device_commands(call: Call) -> web.StreamResponse:
+    device = call.device()
+    q = call.query(CommandsQuery)
+    rows = await read_queries.command_log(call.ctx.reader(), device, limit=q.limit)
+    return _json({"device": device, "count": len(rows), "data": rows})
+
+
+async def device_statistics(call: Call) -> web.StreamResponse:
+    device = call.device()
+    q = call.query(StatisticsQuery)
+    end = q.to if q.to is not None else call.ctx.clock.now()
+    start = q.from_ if q.from_ is not None else end - STATISTICS_DEFAULT_SPAN_S
+    if start > end:  # only possible with a `from` in the future and no `to`
+        raise ApiError(400, "must not be after to (default: now)", "from")
+    stats = await read_queries.metric_statistics(call.ctx.reader(), device, start=start, end=end)
+    return _json({"device": device, "from": start, "to": end, **stats})
+
+
+async def list_devices(call: Call) -> web.StreamResponse:
+    return _json(call.ctx.devices())
+
+
+async def device_command(call: Call) -> web.StreamResponse:
+    device = call.device()
+    body = call.body(DeviceCommand)
+    controller = call.controller
+    record: CommandRecord = controller.submit_command(device, body.action, body.value, SOURCE)
+    online = bool((call.ctx.device_state(device) or {}).get("online"))
+    # Waiting on an offline device would only hold the client for the full wait: its command is queued
+    # (the record's note says so) and is sent when it comes back. A note on a fresh record means exactly
+    # that the executor found the device not (yet) listening, even if its status just said online.
+    queued = record.status is CommandStatus.PENDING and record.note is not None
+    if body.wait and online and not queued and not record.status.finished:
+        record = await controller.wait_finished(record.command_id, call.ctx.settings.command_wait_seconds)
+    return _json(controller.command_json(record), 200 if record.status.finished else 202)
+
+
+async def health(call: Call) -> web.StreamResponse:
+    return _json(call.ctx.health())
+
+
+async def openapi(call: Call) -> web.StreamResponse:
+    return _json(call.ctx.openapi)
+
+
+# ------------------------------------------------------------------------------------- route table
+
+_SCHEDULES = "schedules"
+_PRECLEAN = "pre-clean"
+_DEVICES = "devices"
+_GATEWAY = "gateway"
+
+
+def _list_of(name: str) -> dict[str, Any]:
+    return {"type": "array", "items": ref(name)}
+
+
+def _page_of(name: str) -> dict[str, Any]:
+    return {"type": "object", "properties": {"device": {"type": "string"}, "count": {"type": "integer"},
+                                             "data": _list_of(name)}}
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("POST", "/api/schedule", create_schedule, "Create a weekly schedule", _SCHEDULES,
+          {201: Reply("The schedule as stored", "Schedule")}, body=ScheduleCreate, errors=(404,)),
+    Route("GET", "/api/schedule/detail/{scheduleId}", schedule_detail, "A schedule and its execution history",
+          _SCHEDULES, {200: Reply("The schedule, with `runs`: its last 50 starts/ends, newest first", {
+              "allOf": [ref("Schedule"), {"type": "object", "properties": {"runs": _list_of("ScheduleRun")}}]})}),
+    # One path, two meanings of its last segment (see Route.aliases): a device for GET, a schedule otherwise.
+    Route("GET", "/api/schedule/{id}", list_schedules, "Schedules of a device (id: a device id)", _SCHEDULES,
+          {200: Reply("The device's schedules by id", _list_of("Schedule"))}, aliases={"id": "deviceId"}),
+    Route("PUT", "/api/schedule/{id}", update_schedule, "Change a schedule (id: a schedule id)", _SCHEDULES,
+          {200: Reply("The schedule as stored", "Schedule")}, body=ScheduleUpdate, aliases={"id": "scheduleId"},
+          description="The fields given replace the stored ones; the others stay."),
+    Route("DELETE", "/api/schedule/{id}", delete_schedule, "Delete a schedule (id: a schedule id)", _SCHEDULES,
+          {204: Reply("Deleted; a window in effect ends now")}, aliases={"id": "scheduleId"}),
+    Route("POST", "/api/preclean", start_preclean, "Start (or replace) a pre-clean", _PRECLEAN,
+          {201: Reply("The pre-clean's status", "PrecleanStatus")}, body=PrecleanStart, errors=(404,)),
+    Route("POST", "/api/preclean/cancel", cancel_preclean, "Cancel the running pre-clean", _PRECLEAN,
+          {200: Reply("The status after the cancel (inactive); lower layers take over", "PrecleanStatus")},
+          body=PrecleanCancel, errors=(404, 409)),
+    Route("GET", "/api/preclean/status/{deviceId}", preclean_status, "Pre-clean status of a device", _PRECLEAN,
+          {200: Reply("Active or not, speed, end and time remaining", "PrecleanStatus")}),
+    Route("GET", "/api/device/list/all", list_devices, "Configured devices", _DEVICES,
+          {200: Reply("Every configured device with its connection state", _list_of("Device"))}),
+    Route("GET", "/api/device/{deviceId}/data", device_data, "Stored readings of a device", _DEVICES,
+          {200: Reply("Readings in the range by their own time, newest first", _page_of("Reading"))},
+          query=DataQuery),
+    Route("GET", "/api/device/{deviceId}/latest", device_latest, "The newest stored reading", _DEVICES,
+          {200: Reply("`data` is the newest reading, or null when the device never sent one", {
+              "type": "object", "properties": {"device": {"type": "string"},
+                                               "data": {"oneOf": [ref("Reading"), {"type": "null"}]}}})}),
+    Route("GET", "/api/device/{deviceId}/state", device_state, "Live state and control state of a device",
+          _DEVICES, {200: Reply("Connection, last metrics, desired state, its layers and commands under way", {
+              "type": "object", "properties": {
+                  "device": {"type": "string"}, "online": {"type": "boolean"}, "lastSeen": {"type": ["number", "null"]},
+                  "ts": {"type": ["number", "null"]}, "metrics": {"type": "object"},
+                  "desired": {"type": ["object", "null"]}, "layers": {"type": "object"},
+                  "inFlight": {"oneOf": [ref("Command"), {"type": "null"}]}, "pending": _list_of("Command")}})}),
+    Route("GET", "/api/device/{deviceId}/commands", device_commands, "Command audit log of a device", _DEVICES,
+          {200: Reply("Commands, newest first", _page_of("Command"))}, query=CommandsQuery),
+    Route("GET", "/api/device/{deviceId}/statistics", device_statistics, "Min/max/avg per metric over a range",
+          _DEVICES, {200: Reply("Per numeric metric: min, max, avg and count (booleans are left out)", {
+              "type": "object", "properties": {
+                  "device": {"type": "string"}, "from": {"type": "number"}, "to": {"type": "number"},
+                  "readings": {"type": "integer"},
+                  "metrics": {"type": "object", "additionalProperties": {"type": "object", "properties": {
+                      "min": {"type": "number"}, "max": {"type": "number"}, "avg": {"type": "number"},
+                      "count": {"type": "integer"}}}}}})},
+          query=StatisticsQuery),
+    Route("POST", "/api/device/{deviceId}/command", device_command, "Send a command to a device", _DEVICES,
+          {200: Reply("Finished (acked, failed or timeout): the audit record with the device's state", "Command"),
+           202: Reply("Accepted, not finished: pending (queued while the device is offline) or sent", "Command")},
+          body=DeviceCommand, errors=(429,),
+          description="With `wait` (default) and an online device, the answer waits for the device's ack "
+                      "(at most api.command_wait_seconds). A command also sets the manual layer."),
+    Route("GET", "/health", health, "Gateway health", _GATEWAY, {200: Reply("Health of the gateway's parts")}),
+    Route("GET", "/api/openapi.json", openapi, "This document", _GATEWAY,
+          {200: Reply("OpenAPI 3.1", {"type": "object"})}),
+)
+
+
+# ------------------------------------------------------------------------------ input and errors
+
+
+def _endpoint(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    handler: Handler = route.handler
+
+    async def endpoint(request: web.Request) -> web.StreamResponse:
+        body = await _read_body(request, route.body) if route.body is not None else None
+        query = _read_query(request, route.query) if route.query is not None else None
+        return await handler(Call(request, route, request.app[CONTEXT], body, query))
+
+    endpoint.__name__ = route.handler.__name__
+    return endpoint
+
+
+async def _read_body(request: web.Request, model: type[BaseModel]) -> BaseModel:
+    raw = await request.read()
+    if not raw.strip():
+        raise ApiError(400, "a JSON object is required as the request body")
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ApiError(400, f"invalid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, f"the body must be a JSON object, got {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise _invalid(exc) from None
+
+
+def _read_query(request: web.Request, model: type[BaseModel]) -> BaseModel:
+    values: dict[str, str] = {}
+    for key, value in request.query.items():
+        if key in values:
+            raise ApiError(400, "given more than once", key)
+        values[key] = value
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        raise _invalid(exc) from None
+
+
+def _invalid(exc: ValidationError) -> ApiError:
+    problems: list[dict[str, str | None]] = []
+    for err in exc.errors():
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, FieldError):
+            field: str | None = cause.field
+            message = cause.message
+        else:
+            field = _field_name(err["loc"])
+            message = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
+            message = message.removeprefix("Value error, ")
+        problems.append({"field": field, "message": message})
+    fields = {p["field"] for p in problems}
+    one_field = next(iter(fields)) if len(fields) == 1 else None
+    text = "; ".join(f"{p['field']}: {p['message']}" if p["field"] else str(p["message"]) for p in problems)
+    return ApiError(400, text, one_field, problems if len(problems) > 1 else None)
+
+
+def _field_name(loc: tuple[int | str, ...]) -> str | None:
+    """``("days", 0)`` -> ``days[0]`` (the control service names list items the same way)."""
+    name = ""
+    for part in loc:
+        name += f"[{part}]" if isinstance(part, int) else (f".{part}" if name else part)
+    return name or None
+
+
+def _error(status: int, message: str, field: str | None = None,
+           problems: list[dict[str, str | None]] | None = None, headers: dict[str, str] | None = None) -> web.Response:
+    error: dict[str, Any] = {"status": status, "message": message}
+    if field:
+        error["field"] = field
+    if problems:
+        error["problems"] = problems
+    return web.json_response({"error": error}, status=status, headers=headers)
+
+
+def _without_field_prefix(message: str, field: str) -> str:
+    return message.removeprefix(f"{field}: ")
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                  ) -> web.StreamResponse:
+    """Every failure becomes `{"error": {status, message, field?}}`; the unexpected ones are logged."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return _error(exc.status, exc.message, exc.field, exc.problems)
+    except (CommandError, ScheduleError) as exc:
+        return _error(400, _without_field_prefix(str(exc), exc.field), exc.field)
+    except NotFoundError as exc:
+        return _error(404, str(exc))
+    except ConflictError as exc:
+        return _error(409, str(exc))
+    except CommandQueueFull as exc:
+        return _error(429, str(exc))
+    except web.HTTPException as exc:
+        # aiohttp's own answers: no such route (404), wrong method (405 keeps its Allow header), body too big
+        if exc.status < 400:
+            raise
+        allow = exc.headers.get("Allow")
+        return _error(exc.status, exc.reason, headers={"Allow": allow} if allow else None)
+    except Exception:
+        log.exception("api.unhandled_error", method=request.method, path=request.path)
+        return _error(500, "internal error (logged by the gateway)")
+
+
+# ------------------------------------------------------------------------------------------ server
+
+
+def build_app(ctx: ApiContext) -> web.Application:
+    app = web.Application(middlewares=[_errors])
+    app[CONTEXT] = ctx
+    for route in ROUTES:
+        app.router.add_route(route.method, route.path, _endpoint(route), name=route.handler.__name__)
+    return app
+
+
+class ApiServer:
+    """The REST API on ``settings.host:settings.port`` (port 0: a free one; see :attr:`port`)."""
+
+    def __init__(
+        self,
+        settings: ApiSection,
+        *,
+        controller: Controller,
+        db_path: Path,
+        devices: Callable[[], list[dict[str, Any]]],
+        device_state: Callable[[str], dict[str, Any] | None],
+        health: Callable[[], dict[str, Any]],
+        clock: Clock,
+    ) -> None:
+        self._settings = settings
+        self._db_path = db_path.absolute()
+        self._ctx = ApiContext(
+            settings=settings, controller=controller, devices=devices, device_state=device_state, health=health,
+            clock=clock, openapi=openapi_document(ROUTES, title="edge-gateway local API", version=__version__),
+        )
+        self.app = build_app(self._ctx)
+        self._runner: web.AppRunner | None = None
+        self._port: int | None = None
+
+    async def start(self) -> None:
+        if self._runner is not None:
+            raise RuntimeError("ApiServer already started")
+        self._ctx.db = await read_queries.open_reader(self._db_path)
+        # access_log=None: requests are not worth a log line each; failures are logged by the middleware.
+        runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S)
+        try:
+            await runner.setup()
+            site = web.TCPSite(runner, self._settings.host, self._settings.port)
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            await self._close_db()
+            raise
+        self._runner = runner
+        self._port = int(runner.addresses[0][1])  # the composition root logs where we listen
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise RuntimeError("ApiServer is not started")
+        return self._port
+
+    async def stop(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+        await self._close_db()
+        self._port = None
+
+    async def _close_db(self) -> None:
+        db, self._ctx.db = self._ctx.db, None
+        if db is not None:
+            await db.close()
