@@ -185,7 +185,6 @@ class Uplink:
             self._live = asyncio.Queue(maxsize=LIVE_QUEUE_SIZE)
             self._overflow.clear()
             self._accepting = True
-            self.state.connected = True
             self.state.last_error = None
             log.info("uplink.recovered" if self._failing else "uplink.up", host=self._s.host, port=self._s.port,
                      backlog_upto=split)
@@ -194,6 +193,9 @@ class Uplink:
             await client.publish(self._topics.status, self._status(True), qos=1, retain=True)
             await self._publish_devices(client)
             await client.subscribe(self._topics.rpc_request, qos=1)
+            # Connected = usable: status announced and the request topic subscribed (a request sent before
+            # the first subscription of a new session would have nowhere to go).
+            self.state.connected = True
             window = asyncio.Semaphore(self._s.inflight)
             backlog_slots = asyncio.Semaphore(max(1, int(self._s.inflight * self._s.backlog_share)))
             async with asyncio.TaskGroup() as tg:
