@@ -1,7 +1,7 @@
-"""amqtt's Broker with our authentication, ACL and ingest hook, and fixes for three of its faults.
+"""amqtt's Broker with our authentication, ACL and ingest hook, and fixes for five of its faults.
 
-amqtt 0.12 (pinned: these override private methods, and tests/integration/test_broker_guards.py
-fails if a fault comes back):
+amqtt 0.12 (pinned: these override private methods, and tests/integration/test_broker_guards.py and
+test_broker_sessions.py fail if a fault comes back):
 
 1. Retained leak: on connect it replays retained messages for *every* subscription filter in the
    broker, not only the client's, and skips the RECEIVE check. We replay only the session's own
@@ -10,6 +10,13 @@ fails if a fault comes back):
    dropped after 1.5 x keepalive, so its Will never fires. We close it and publish its Will.
 3. A zero-length retained publish does not remove the retained message in every path. We delete it
    ourselves and never replay an empty one.
+4. Session takeover before authentication: amqtt looks up the session of the CONNECT's client id
+   (wiping it with clean_session=1, reusing it and overwriting its Will and credentials with
+   clean_session=0, kicking the client connected with it) *before* it checks the password. We check
+   credentials, and that the client id is the device's own id, before any session is touched.
+5. One Session object serves every connection of a persistent session, so bookkeeping keyed by the
+   session let an old connection's cleanup remove the new one's identity and throttle. Ours is kept
+   per connection (`_Connection`).
 
 Authentication and the ACL are plain method overrides instead of amqtt plugins: plugins are
 configured by import path (no way to hand them our device table) and each call costs a task.
@@ -20,11 +27,15 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
 
 import structlog
 from amqtt.broker import Broker
 from amqtt.contexts import Action, ListenerConfig
+from amqtt.errors import AMQTTError, MQTTError, NoDataError
+from amqtt.mqtt.connack import NOT_AUTHORIZED, ConnackPacket
+from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.session import Session
 
 from gateway.broker.acl import Access, device_may
@@ -36,6 +47,17 @@ log = structlog.get_logger(__name__)
 
 _ACCESS = {Action.PUBLISH: Access.PUBLISH, Action.SUBSCRIBE: Access.SUBSCRIBE, Action.RECEIVE: Access.RECEIVE}
 
+# How long a new login waits for the connection it replaces to end (Will published, acknowledged messages
+# handed over) before it goes on regardless; that connection's socket is already aborted by then.
+_TAKEOVER_WAIT = 5.0
+
+# Session fields a CONNECT brings along when it resumes a persistent session. amqtt copies all but
+# will_retain and the peer's address/TLS object, so a resumed session kept the first connection's values.
+_RESUMED_FIELDS = (
+    "will_flag", "will_message", "will_topic", "will_qos", "will_retain", "keep_alive",
+    "username", "password", "remote_address", "remote_port", "ssl_object",
+)
+
 
 class DeviceTable:
     """Device id -> argon2 hash (None: may log in without a password when anonymous access is on)."""
@@ -43,6 +65,22 @@ class DeviceTable:
     def __init__(self, hashes: dict[str, str | None], *, allow_anonymous: bool) -> None:
         self.hashes = hashes
         self.allow_anonymous = allow_anonymous
+
+
+@dataclass(eq=False)
+class _Connection:
+    """One accepted network connection, from its verified login until its client loop ended.
+
+    Not keyed by the Session: amqtt hands the same Session to every connection of a persistent session.
+    """
+
+    device_id: str
+    handler: Any  # amqtt's BrokerProtocolHandler
+    reader: Any  # amqtt's ReaderAdapter/WriterAdapter: held here because amqtt attaches them to the
+    writer: Any  # handler only after our checks, and a takeover or shutdown may need to abort before that
+    session: Session
+    throttle: _PublishThrottle | None = None
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class GuardedBroker(Broker):  # type: ignore[misc]
@@ -65,9 +103,8 @@ class GuardedBroker(Broker):  # type: ignore[misc]
         self._grace = keepalive_grace
         self._require_client_cert = require_client_cert
         self._pending_per_client = pending_per_client
-        self._throttles: dict[int, _PublishThrottle] = {}  # id(session) -> its reader's throttle
-        self._identity: dict[int, str] = {}  # id(session) -> device id, for accepted sessions
-        self._refused: set[int] = set()
+        self._connections: dict[int, _Connection] = {}  # id(handler) -> accepted connection, until its loop ended
+        self._current: dict[int, _Connection] = {}  # id(session) -> the (newest) connection using that session
         self._live: dict[str, int] = {}  # device id -> open connections (a takeover briefly has two)
         self._closing = False
         self._client_loops = 0  # _handle_client_session calls still running
@@ -75,42 +112,65 @@ class GuardedBroker(Broker):  # type: ignore[misc]
         self._no_client_loops.set()
         self._silence_tasks: set[asyncio.Future[None]] = set()
 
-    # --- authentication -------------------------------------------------------------------------
+    # --- authentication: before amqtt touches any session -------------------------------------------
 
-    async def _authenticate(self, session: Session, listener: ListenerConfig) -> bool:
-        device_id, reason = (None, "shutting-down") if self._closing else await self._check_credentials(session)
+    async def _initialize_client_session(
+        self, reader: Any, writer: Any, remote_address: str, remote_port: int
+    ) -> tuple[Any, Session]:
+        """Read the CONNECT, verify it, end the device's previous connection, then find its session.
+
+        Replaces amqtt's version, which looks up (and wipes, reuses or takes over) the session of the
+        client id before `_authenticate` runs: a wrong password could disconnect a device, delete its
+        subscriptions, or overwrite its Will. A refusal raises, so amqtt never gets to the session.
+        """
+        try:
+            handler, incoming = await BrokerProtocolHandler.init_from_connect(reader, writer, self.plugins_manager)
+        except MQTTError:
+            await writer.close()  # a malformed CONNECT (amqtt already sent the CONNACK where one applies)
+            raise
+        except NoDataError as exc:
+            raise AMQTTError(exc) from exc
+        device_id, reason = (None, "shutting-down") if self._closing else await self._check_credentials(incoming)
         if device_id is None:
-            self._refused.add(id(session))
-            self._metrics.inc("gateway_broker_logins_refused_total", 1, "refused MQTT logins", reason=reason)
-            log.warning(
-                "broker.login_refused",
-                client_id=session.client_id,
-                username=session.username,
-                reason=reason,
-                remote=session.remote_address,
-            )
-            return False
-        self._identity[id(session)] = device_id
+            await self._refuse(incoming, writer, reason)
+        # Counted as live before the connection it replaces ends, so a takeover does not flap offline/online.
         self._live[device_id] = self._live.get(device_id, 0) + 1
-        self._metrics.inc("gateway_broker_logins_total", 1, "accepted MQTT logins")
-        await self._sink.connection(device_id, True)
-        return True
+        try:
+            await self._end_connections_of(device_id, keep=None)
+            session = await self._find_session(incoming)
+            if self._closing:  # began while we waited: stop_intake will not see this connection
+                await self._refuse(incoming, writer, "shutting-down")
+        except BaseException:
+            await self._release(device_id)
+            raise
+        # No await from here on: stop_intake must find the connection registered, or _closing set above.
+        conn = _Connection(device_id, handler, reader, writer, session)
+        self._connections[id(handler)] = conn
+        self._current[id(session)] = conn
+        conn.throttle = _PublishThrottle(handler, writer, session, high=self._pending_per_client)
+        handler.handle_publish = conn.throttle
+        if session.keep_alive > 0:
+            # The handler's reader waits this long for the next packet, then calls handle_read_timeout(),
+            # which amqtt leaves empty. Ours closes the connection as abnormal, so the Will is published.
+            session.keep_alive = session.keep_alive * self._grace
+            handler.handle_read_timeout = self._silence_closer(handler, session)
+        return handler, session
 
     async def _check_credentials(self, session: Session) -> tuple[str | None, str]:
         table = self.devices
         username: str | None = session.username
+        client_id: str | None = session.client_id
         if username is None:
-            # Anonymous: only a configured device naming itself by client id, and only if allowed.
-            client_id = session.client_id
+            # Anonymous: only a configured device naming itself by client id, and only if allowed...
             # ...and only one configured without a password: anonymous mode must not bypass a password.
             if table.allow_anonymous and client_id in table.hashes and table.hashes[client_id] is None:
                 return client_id, ""
             return None, "anonymous"
         if username not in table.hashes:
             return None, "unknown-device"
-        other = session.client_id
-        if other and other != username and other in table.hashes:
-            return None, "client-id-of-another-device"  # would take over that device's session
+        if client_id != username:
+            # The client id names the session a CONNECT resumes or takes over: only the device's own.
+            return None, "client-id-of-another-device" if client_id in table.hashes else "client-id-not-username"
         password_hash = table.hashes[username]
         if password_hash is None:
             return (username, "") if table.allow_anonymous else (None, "no-password-configured")
@@ -122,41 +182,138 @@ class GuardedBroker(Broker):  # type: ignore[misc]
             return username, ""
         return None, "bad-password"
 
-    async def _handle_client_session(self, *args: Any, **kwargs: Any) -> None:
-        session: Session = args[2] if len(args) > 2 else kwargs["client_session"]
+    async def _refuse(self, session: Session, writer: Any, reason: str) -> NoReturn:
+        """Count and log a refused login, answer it with a CONNACK code, close, and end amqtt's handling."""
+        self._metrics.inc("gateway_broker_logins_refused_total", 1, "refused MQTT logins", reason=reason)
+        log.warning(
+            "broker.login_refused",
+            client_id=session.client_id,
+            username=session.username,
+            reason=reason,
+            remote=session.remote_address,
+        )
+        # One code, 5 "not authorized", for every refusal (as Mosquitto does): with 4 "bad user name or
+        # password" for some reasons and 5 for others, the answer would tell which device ids exist.
+        # session_parent 0: nothing of a session is revealed to a refused client [MQTT-3.2.2-4].
+        connack = ConnackPacket.build(0, NOT_AUTHORIZED)
+        try:
+            await asyncio.wait_for(connack.to_stream(writer), 5)
+            await asyncio.wait_for(writer.close(), 5)
+        except (OSError, TimeoutError):
+            transport = _transport(writer)
+            if transport is not None:
+                transport.abort()
+        # amqtt's _client_connected catches this, releases the listener slot and forgets the connection.
+        raise MQTTError(f"login refused: {reason}")
+
+    async def _end_connections_of(self, device_id: str, *, keep: _Connection | None) -> None:
+        """Take over: end the device's other connections and wait until each has wound down.
+
+        Done before the session lookup, so the old connection publishes its own Will and hands over
+        what it acknowledged first. amqtt kicks the old client only when the session is resumed
+        (clean_session=0), and its teardown then ran after the new connection was up and marked the
+        shared session disconnected: commands no longer reached the new connection. With clean_session=1
+        amqtt deleted the session and its queue (acknowledged readings included) and left the old
+        connection open beside the new one.
+        """
+        old = [c for c in self._connections.values() if c.device_id == device_id and c is not keep]
+        for conn in old:
+            log.info("broker.takeover", device_id=device_id, remote=conn.session.remote_address)
+            transport = _transport(conn.writer)
+            if transport is not None and not transport.is_closing():
+                transport.abort()  # nothing more is read from a replaced connection, and no close waits on it
+            await conn.handler.handle_connection_closed()
+        if old:
+            try:
+                await asyncio.wait_for(asyncio.gather(*(c.ended.wait() for c in old)), _TAKEOVER_WAIT)
+            except TimeoutError:
+                log.warning("broker.takeover_slow", device_id=device_id, waited=_TAKEOVER_WAIT)
+
+    async def _find_session(self, incoming: Session) -> Session:
+        """amqtt's session lookup (from its _initialize_client_session), run only after the checks above."""
+        client_id = incoming.client_id  # a configured device id: never empty, so never generated here
+        if incoming.clean_session:
+            await self._delete_session(client_id)
+            incoming.parent = 0
+            session = incoming
+        elif client_id in self._sessions:
+            session = self._sessions[client_id][0]
+            for name in _RESUMED_FIELDS:
+                setattr(session, name, getattr(incoming, name))
+            session.parent = 1
+        else:
+            incoming.parent = 0
+            session = incoming
+        delay = self.config.get("timeout-disconnect-delay", 0)
+        if session.keep_alive > 0 and isinstance(delay, int):
+            session.keep_alive += delay
+        return session
+
+    async def _authenticate(self, session: Session, listener: ListenerConfig) -> bool:
+        # amqtt asks this after its session lookup; the credentials were checked before it, in
+        # _initialize_client_session. Here we only confirm this session came through that check.
+        if self._current.get(id(session)) is not None:
+            return True
+        self._metrics.inc("gateway_broker_logins_refused_total", 1, "refused MQTT logins", reason="unverified")
+        log.error("broker.login_unverified", client_id=session.client_id)
+        return False
+
+    async def _handle_client_session(
+        self, reader: Any, writer: Any, client_session: Session, handler: Any, server: Any, listener_name: str
+    ) -> None:
+        conn = self._connections.get(id(handler))
         self._client_loops += 1
         self._no_client_loops.clear()
         try:
-            await super()._handle_client_session(*args, **kwargs)
+            if conn is not None:
+                # A login that raced this one for the same device may have registered meanwhile.
+                await self._end_connections_of(conn.device_id, keep=conn)
+                self._metrics.inc("gateway_broker_logins_total", 1, "accepted MQTT logins")
+                await self._sink.connection(conn.device_id, True)
+            await super()._handle_client_session(reader, writer, client_session, handler, server, listener_name)
         finally:
-            self._client_loops -= 1
-            if self._client_loops == 0:
-                self._no_client_loops.set()
-            key = id(session)
-            self._throttles.pop(key, None)
-            if key in self._refused:
-                self._refused.discard(key)
-                # amqtt registers the session before it refuses it; do not leave a zombie behind.
-                current = self._sessions.get(session.client_id)
-                if current is not None and current[0] is session:
-                    del self._sessions[session.client_id]
-            device_id = self._identity.pop(key, None)
-            if device_id is not None:
-                await self._deliver_leftovers(session, device_id)
-                left = self._live.get(device_id, 1) - 1
-                if left <= 0:
-                    self._live.pop(device_id, None)
-                    await self._sink.connection(device_id, False)
+            try:
+                if conn is not None:
+                    await self._connection_ended(conn)
                 else:
-                    self._live[device_id] = left
+                    # Refused by _authenticate: amqtt registers the session before it refuses it; no zombie.
+                    current = self._sessions.get(client_session.client_id)
+                    if current is not None and current[1] is handler:
+                        del self._sessions[client_session.client_id]
+            finally:
+                # Only now: stop_intake waits for this, and the store closes after it, so the leftovers
+                # handed over above must have reached the sink by then.
+                self._client_loops -= 1
+                if self._client_loops == 0:
+                    self._no_client_loops.set()
+
+    async def _connection_ended(self, conn: _Connection) -> None:
+        try:
+            self._connections.pop(id(conn.handler), None)
+            if self._current.get(id(conn.session)) is conn:  # not if a newer connection resumed the session
+                del self._current[id(conn.session)]
+            await self._deliver_leftovers(conn.session, conn.device_id)
+            await self._release(conn.device_id)
+        finally:
+            conn.ended.set()
+
+    async def _release(self, device_id: str) -> None:
+        left = self._live.get(device_id, 1) - 1
+        if left > 0:
+            self._live[device_id] = left
+            return
+        self._live.pop(device_id, None)
+        await self._sink.connection(device_id, False)
 
     def device_of(self, session: Session | None) -> str | None:
-        return None if session is None else self._identity.get(id(session))
+        """The device a session's current connection logged in as (None: not connected, or never verified)."""
+        conn = None if session is None else self._current.get(id(session))
+        return None if conn is None else conn.device_id
 
     # --- ACL ------------------------------------------------------------------------------------
 
     async def _topic_filtering(self, session: Session, topic: str, action: Action) -> bool:
-        device_id = self._identity.get(id(session))
+        device_id = self.device_of(session)
         if device_id is not None and device_may(device_id, _ACCESS[action], topic):
             return True
         self._metrics.inc(
@@ -169,13 +326,13 @@ class GuardedBroker(Broker):  # type: ignore[misc]
 
     # --- ingest hook ----------------------------------------------------------------------------
 
-    async def _handle_message_delivery(self, client_session: Session, *args: Any, **kwargs: Any) -> bool:
+    async def _handle_message_delivery(self, client_session: Session, handler: Any, wait_deliver: Any) -> bool:
         try:
-            return bool(await super()._handle_message_delivery(client_session, *args, **kwargs))
+            return bool(await super()._handle_message_delivery(client_session, handler, wait_deliver))
         finally:
-            throttle = self._throttles.get(id(client_session))
-            if throttle is not None:
-                throttle.delivered()
+            conn = self._connections.get(id(handler))
+            if conn is not None and conn.throttle is not None:
+                conn.throttle.delivered()
 
     async def _broadcast_message(
         self,
@@ -185,7 +342,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]
         force_qos: int | None = None,
     ) -> None:
         if session is not None and topic is not None:
-            device_id = self._identity.get(id(session))
+            device_id = self.device_of(session)
             # Publishes arrive here after the ACL passed; a Will does not pass amqtt's ACL, so check again.
             if device_id is None or not device_may(device_id, Access.PUBLISH, topic):
                 self._metrics.inc("gateway_broker_acl_denied_total", 1, action="will")
@@ -246,7 +403,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]
         if source_session is not None and topic_name is not None:
             # amqtt stores a retained Will here without any ACL check: a device could plant a retained
             # command for another device (or delete someone's retained message with an empty Will).
-            device_id = self._identity.get(id(source_session))
+            device_id = self.device_of(source_session)
             if device_id is None or not device_may(device_id, Access.PUBLISH, topic_name):
                 self._metrics.inc("gateway_broker_acl_denied_total", 1, action="retain")
                 log.warning("broker.retain_denied", client_id=source_session.client_id, topic=topic_name)
@@ -256,19 +413,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]
             return
         await super().retain_message(source_session, topic_name, data, qos)
 
-    # --- fix 2: drop clients silent for longer than keepalive x grace -------------------------------
-
-    async def _initialize_client_session(self, *args: Any, **kwargs: Any) -> Any:
-        handler, session = await super()._initialize_client_session(*args, **kwargs)
-        throttle = _PublishThrottle(handler, session, high=self._pending_per_client)
-        handler.handle_publish = throttle
-        self._throttles[id(session)] = throttle
-        if session.keep_alive > 0:
-            # The handler's reader waits this long for the next packet, then calls handle_read_timeout(),
-            # which amqtt leaves empty. Ours closes the connection as abnormal, so the Will is published.
-            session.keep_alive = session.keep_alive * self._grace
-            handler.handle_read_timeout = self._silence_closer(handler, session)
-        return handler, session
+    # --- fix 2: drop clients silent for longer than keepalive x grace (armed in _initialize_client_session) --
 
     def _silence_closer(self, handler: Any, session: Session) -> Callable[[], None]:
         def close_silent_client() -> None:
@@ -304,13 +449,14 @@ class GuardedBroker(Broker):  # type: ignore[misc]
             instance = getattr(server, "instance", None)
             if instance is not None:
                 instance.close()
-        for _session, handler in list(self._sessions.values()):
-            transport = _transport(handler)
+        # Every accepted connection, also one amqtt has not attached to its handler yet.
+        for conn in list(self._connections.values()):
+            transport = _transport(conn.writer)
             if transport is not None and not transport.is_closing():
                 transport.abort()
             # Bytes received but not yet parsed were never acknowledged (QoS 1 devices will resend
             # them; QoS 0 promised nothing): drop them instead of parsing a flood on the way out.
-            stream = getattr(handler.reader, "_reader", None)  # amqtt's adapter around asyncio's reader
+            stream = getattr(conn.reader, "_reader", None)  # amqtt's adapter around asyncio's reader
             buffer = getattr(stream, "_buffer", None)
             if isinstance(buffer, bytearray):
                 buffer.clear()
@@ -319,8 +465,10 @@ class GuardedBroker(Broker):  # type: ignore[misc]
             await asyncio.wait_for(self._no_client_loops.wait(), timeout)
         except TimeoutError:
             log.warning("broker.stop_intake_timeout", open_client_loops=self._client_loops)
-        for session, _handler in list(self._sessions.values()):
-            await self._deliver_leftovers(session, session.username or session.client_id)
+        # Loops still running past the timeout: deliver for them, under the identity each connection
+        # logged in with (a session amqtt holds without a verified connection delivers nothing).
+        for conn in list(self._connections.values()):
+            await self._deliver_leftovers(conn.session, conn.device_id)
 
     async def _deliver_leftovers(self, session: Session, device_id: str) -> None:
         """Hand over messages amqtt acknowledged but its client loop never delivered.
@@ -337,9 +485,10 @@ class GuardedBroker(Broker):  # type: ignore[misc]
             self._metrics.inc("gateway_broker_leftovers_delivered_total", 1, "acknowledged messages amqtt left behind")
             await self._sink.message(device_id, message.topic, bytes(message.data or b""))
 
-def _transport(handler: Any) -> asyncio.Transport | None:
-    writer = getattr(handler.writer, "_writer", None)  # amqtt's StreamWriterAdapter around asyncio's
-    return getattr(writer, "transport", None)
+
+def _transport(writer: Any) -> asyncio.Transport | None:
+    stream = getattr(writer, "_writer", None)  # amqtt's StreamWriterAdapter around asyncio's StreamWriter
+    return getattr(stream, "transport", None)
 
 
 class _PublishThrottle:
@@ -351,8 +500,8 @@ class _PublishThrottle:
     then also stops getting PUBACKs, so its in-flight window holds it back.
     """
 
-    def __init__(self, handler: Any, session: Session, *, high: int) -> None:
-        self._handler = handler
+    def __init__(self, handler: Any, writer: Any, session: Session, *, high: int) -> None:
+        self._writer = writer
         self._original = handler.handle_publish
         self._queue = session.delivered_message_queue
         self._high = max(high, 2)
@@ -362,7 +511,7 @@ class _PublishThrottle:
     async def __call__(self, packet: Any) -> None:
         await self._original(packet)
         if not self._paused and self._queue.qsize() >= self._high:
-            transport = _transport(self._handler)
+            transport = _transport(self._writer)
             if transport is not None and transport.is_reading():
                 transport.pause_reading()
                 self._paused = True
@@ -371,6 +520,6 @@ class _PublishThrottle:
         """Called after each delivery: resume reading once the backlog is low again."""
         if self._paused and self._queue.qsize() <= self._low:
             self._paused = False
-            transport = _transport(self._handler)
+            transport = _transport(self._writer)
             if transport is not None and not transport.is_closing():
                 transport.resume_reading()

@@ -1,0 +1,374 @@
+"""Client ids, sessions and connections on the embedded broker (real TCP, real MQTT clients).
+
+amqtt 0.12 looks up the session of a CONNECT's client id (and reuses it, wipes it, or kicks the client
+connected with it) before it checks the password, and reuses one Session object for every connection
+of a persistent session. These tests pin what GuardedBroker makes of that: nobody touches a session
+without the credentials of the device it belongs to, and each connection keeps its own bookkeeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import struct
+import time
+
+import aiomqtt
+import pytest
+from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
+from amqtt.session import IncomingApplicationMessage, Session
+
+from tests.fixtures.gateway import GatewayFactory, RunningGateway, device_password, wait_for
+
+COMMAND = b'{"commandId": "c-1", "action": "turnOff", "value": null}'
+
+
+def reading(**metrics: object) -> bytes:
+    body = {"timestamp": int(time.time() * 1000), "pm25": 7.9, "fanSpeed": 2, "powerOn": True}
+    body.update(metrics)
+    return json.dumps(body).encode()
+
+
+def aio_client(
+    gw: RunningGateway, client_id: str, *, username: str | None = None, password: str | None = None, **kw: object
+) -> aiomqtt.Client:
+    username = client_id if username is None else username
+    return aiomqtt.Client(
+        "127.0.0.1", gw.port, identifier=client_id, username=username,
+        password=device_password(username) if password is None else password,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+async def received_within(c: aiomqtt.Client, seconds: float) -> list[tuple[str, bytes]]:
+    got: list[tuple[str, bytes]] = []
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            async for message in c.messages:
+                got.append((str(message.topic), bytes(message.payload)))  # type: ignore[arg-type]
+    return got
+
+
+def readings(gw: RunningGateway, device_id: str) -> int:
+    return int(gw.query("SELECT count(*) FROM readings WHERE device_id = ?", (device_id,))[0][0])
+
+
+def online(gw: RunningGateway, device_id: str) -> bool:
+    state = gw.gateway.ingest.states.get(device_id)
+    return state is not None and bool(state.online)
+
+
+# --- raw MQTT 3.1.1, for connections the tests must control byte by byte (or drop without a goodbye) ----
+
+def _str(text: str) -> bytes:
+    data = text.encode()
+    return len(data).to_bytes(2, "big") + data
+
+
+def _frame(first: int, body: bytes) -> bytes:
+    length, n = bytearray(), len(body)
+    while True:
+        n, byte = divmod(n, 128)
+        length.append(byte | 0x80 if n else byte)
+        if not n:
+            return bytes([first]) + bytes(length) + body
+
+
+def connect_packet(
+    client_id: str,
+    username: str | None,
+    password: str | None,
+    *,
+    clean: bool,
+    will: tuple[str, bytes, int, bool] | None = None,
+    keepalive: int = 60,
+) -> bytes:
+    flags, payload = (0x02 if clean else 0), _str(client_id)
+    if will is not None:
+        topic, message, qos, retain = will
+        flags |= 0x04 | (qos << 3) | (0x20 if retain else 0)
+        payload += _str(topic) + len(message).to_bytes(2, "big") + message
+    if username is not None:
+        flags |= 0x80
+        payload += _str(username)
+    if password is not None:
+        flags |= 0x40
+        payload += _str(password)
+    return _frame(0x10, _str("MQTT") + bytes([4, flags]) + keepalive.to_bytes(2, "big") + payload)
+
+
+def publish_packet(topic: str, payload: bytes, packet_id: int) -> bytes:
+    return _frame(0x32, _str(topic) + packet_id.to_bytes(2, "big") + payload)  # QoS 1
+
+
+class RawClient:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, connack: bytes) -> None:
+        self.reader, self.writer, self.connack = reader, writer, connack
+
+    @property
+    def return_code(self) -> int:
+        return self.connack[3]
+
+    async def publish_qos1(self, topic: str, payload: bytes, packet_id: int) -> None:
+        self.writer.write(publish_packet(topic, payload, packet_id))
+        puback = await asyncio.wait_for(self.reader.readexactly(4), 5)
+        assert puback == b"\x40\x02" + packet_id.to_bytes(2, "big"), puback
+
+    def reset(self) -> None:
+        """Drop the connection as a device losing power mid-session would: RST, no DISCONNECT."""
+        sock = self.writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.writer.transport.abort()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def raw_connect(port: int, client_id: str, username: str | None, password: str | None, **kw: object) -> RawClient:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(connect_packet(client_id, username, password, **kw))  # type: ignore[arg-type]
+    connack = await asyncio.wait_for(reader.readexactly(4), 5)
+    assert connack[:2] == b"\x20\x02", connack
+    return RawClient(reader, writer, connack)
+
+
+async def closed_by_broker(raw: RawClient, timeout: float = 5) -> bool:
+    try:
+        return await asyncio.wait_for(raw.reader.read(1), timeout) == b""
+    except ConnectionError:
+        return True
+
+
+# --- 1. nobody takes over a session without the credentials of its device ---------------------------------
+
+@pytest.mark.parametrize("clean_session", [False, True], ids=["persistent", "clean"])
+async def test_wrong_password_with_a_connected_devices_client_id_leaves_that_device_alone(
+    gateway: RunningGateway, clean_session: bool
+) -> None:
+    broker = gateway.gateway.broker.amqtt
+    async with asyncio.timeout(20), aio_client(gateway, "AP-01", clean_session=clean_session) as victim:
+        await victim.subscribe("device/AP-01/command", qos=1)
+        await victim.publish("device/AP-01/data", reading(pm25=1.0), qos=1)
+        await wait_for(lambda: readings(gateway, "AP-01") == 1)
+
+        with pytest.raises(aiomqtt.MqttCodeError) as refused:
+            async with aio_client(gateway, "AP-01", password="wrong", clean_session=clean_session):
+                pass
+        assert refused.value.rc in (5, 135)  # not authorized (paho reports the MQTT 5 equivalent)
+
+        # The victim is still connected, still subscribed, and still publishes under its identity.
+        await broker.internal_message_broadcast("device/AP-01/command", COMMAND, 1)
+        assert await received_within(victim, 1.0) == [("device/AP-01/command", COMMAND)]
+        await victim.publish("device/AP-01/data", reading(pm25=2.0), qos=1)
+        await wait_for(lambda: readings(gateway, "AP-01") == 2)
+        assert online(gateway, "AP-01")
+    assert gateway.counter("gateway_broker_logins_refused_total", reason="bad-password") == 1  # once, not twice
+
+
+@pytest.mark.parametrize("clean_session", [False, True], ids=["persistent", "clean"])
+async def test_valid_credentials_of_one_device_cannot_take_over_another_devices_client_id(
+    gateway: RunningGateway, clean_session: bool
+) -> None:
+    broker = gateway.gateway.broker.amqtt
+    will = aiomqtt.Will("device/AP-02/status", b"online", qos=1, retain=True)
+    async with asyncio.timeout(20), aio_client(gateway, "AP-01", clean_session=clean_session) as victim:
+        await victim.subscribe("device/AP-01/command", qos=1)
+        with pytest.raises(aiomqtt.MqttCodeError) as refused:
+            async with aio_client(gateway, "AP-01", username="AP-02", clean_session=clean_session, will=will):
+                pass
+        assert refused.value.rc in (5, 135)
+        await broker.internal_message_broadcast("device/AP-01/command", COMMAND, 1)
+        assert await received_within(victim, 1.0) == [("device/AP-01/command", COMMAND)]
+        session, _ = broker.sessions["AP-01"]
+        assert (session.username, session.will_flag) == ("AP-01", False)  # nothing of AP-02's CONNECT got in
+    assert gateway.counter("gateway_broker_logins_refused_total", reason="client-id-of-another-device") == 1
+    assert not online(gateway, "AP-02")
+
+
+@pytest.mark.parametrize(
+    ("client_id", "username", "password", "reason"),
+    [
+        ("AP-01", "AP-01", "wrong", "bad-password"),
+        ("AP-01", "intruder", "whatever", "unknown-device"),
+        ("AP-01", "AP-01", None, "no-password"),
+        ("AP-01", "AP-02", "pw-AP-02", "client-id-of-another-device"),
+        ("AP-02-backup", "AP-02", "pw-AP-02", "client-id-not-username"),
+        ("AP-01", None, None, "anonymous"),
+    ],
+)
+async def test_refused_connack_codes_and_nothing_left_behind(
+    gateway: RunningGateway, client_id: str, username: str | None, password: str | None, reason: str
+) -> None:
+    """Every refusal is CONNACK 5 "not authorized", whatever the reason: the code tells no device ids apart."""
+    broker = gateway.gateway.broker.amqtt
+    raw = await raw_connect(gateway.port, client_id, username, password, clean=False)
+    try:
+        assert raw.connack == b"\x20\x02\x00\x05"  # session present 0, not authorized
+        assert await closed_by_broker(raw)
+    finally:
+        raw.close()
+    assert gateway.counter("gateway_broker_logins_refused_total", reason=reason) == 1
+    assert client_id not in broker.sessions
+    await wait_for(lambda: broker._client_loops == 0)
+    assert broker._live == {}
+
+
+# --- 2. a reconnection keeps its own identity, throttle and count (amqtt reuses a persistent Session) ---------
+
+@pytest.mark.parametrize(
+    ("clean_session", "old_connection"),
+    [(False, "still-open"), (False, "reset"), (True, "still-open")],
+    ids=["persistent-takeover", "persistent-after-reset", "clean-takeover"],
+)
+async def test_reconnect_keeps_the_new_connection_working(
+    gateway: RunningGateway, clean_session: bool, old_connection: str
+) -> None:
+    """A "still-open" old connection: the device lost power without a TCP close, and is back first."""
+    broker = gateway.gateway.broker.amqtt
+    old = await raw_connect(gateway.port, "AP-01", "AP-01", device_password("AP-01"), clean=clean_session)
+    try:
+        assert old.return_code == 0
+        await old.publish_qos1("device/AP-01/data", reading(pm25=0.0), packet_id=1)
+        await wait_for(lambda: readings(gateway, "AP-01") == 1 and online(gateway, "AP-01"))
+        if old_connection == "reset":
+            old.reset()  # the device lost power and comes straight back
+
+        async with asyncio.timeout(20), aio_client(gateway, "AP-01", clean_session=clean_session) as new:
+            if old_connection == "still-open":
+                assert await closed_by_broker(old)  # taken over: the broker ends the old connection
+            await wait_for(lambda: broker._client_loops == 1)  # the old connection's cleanup has run
+            for i in range(1, 6):
+                await new.publish("device/AP-01/data", reading(pm25=float(i)), qos=1)
+            await wait_for(lambda: readings(gateway, "AP-01") == 6)
+            assert gateway.counter("gateway_broker_acl_denied_total", action="publish") == 0
+            assert online(gateway, "AP-01")
+            await gateway.flush()
+            assert gateway.query("SELECT online FROM device_state WHERE device_id = 'AP-01'") == [(1,)]
+            # ...and it still receives its commands (amqtt's takeover left the session marked disconnected).
+            await new.subscribe("device/AP-01/command", qos=1)
+            await broker.internal_message_broadcast("device/AP-01/command", COMMAND, 1)
+            assert await received_within(new, 1.0) == [("device/AP-01/command", COMMAND)]
+    finally:
+        old.close()
+    # The connection count was right: with the last connection gone, the device is offline.
+    await wait_for(lambda: not online(gateway, "AP-01"))
+    assert broker._live == {}
+    await gateway.flush()
+    events = [e for (e,) in gateway.query("SELECT type FROM events WHERE device_id = 'AP-01' ORDER BY id")]
+    if old_connection == "still-open":
+        assert events == ["device.online", "device.offline"]  # a takeover is no offline moment
+    else:  # the broker may have seen the reset before the new login: then the device was offline meanwhile
+        assert events in (["device.online", "device.offline"] * 2, ["device.online", "device.offline"])
+
+
+async def test_reconnect_after_an_orderly_close_with_a_persistent_session(gateway: RunningGateway) -> None:
+    for round_ in range(3):
+        async with asyncio.timeout(20), aio_client(gateway, "AP-01", clean_session=False) as client:
+            await client.publish("device/AP-01/data", reading(pm25=float(round_)), qos=1)
+            await wait_for(lambda: readings(gateway, "AP-01") == round_ + 1)  # noqa: B023 - awaited here
+            assert online(gateway, "AP-01")
+        await wait_for(lambda: not online(gateway, "AP-01"))
+    assert gateway.gateway.broker.amqtt._live == {}
+
+
+# --- 3. at shutdown, leftovers are delivered only under an identity that logged in --------------------------------
+
+async def test_shutdown_delivers_nothing_from_a_session_that_never_logged_in(gateway: RunningGateway) -> None:
+    """A session amqtt holds without a verified login (here planted directly) claims a device in its username."""
+    broker = gateway.gateway.broker.amqtt
+    session = Session()
+    session.client_id = session.username = "AP-01"
+    session.delivered_message_queue.put_nowait(
+        IncomingApplicationMessage(1, "device/AP-01/data", 1, reading(pm25=66.0), False)
+    )
+    broker._sessions["AP-01"] = (session, BrokerProtocolHandler(broker.plugins_manager))
+    await gateway.stop()
+    assert gateway.counter("gateway_broker_leftovers_delivered_total") == 0
+    assert readings(gateway, "AP-01") == 0
+
+
+async def test_shutdown_under_load_stores_everything_acknowledged(gateway_factory: GatewayFactory) -> None:
+    gw = await gateway_factory(storage="queue_size = 10\nmax_batch = 5")  # a slow store: amqtt's queue fills up
+    dev = await raw_connect(gw.port, "AP-01", "AP-01", device_password("AP-01"), clean=False)
+    assert dev.return_code == 0
+    dev.writer.write(b"".join(
+        publish_packet("device/AP-01/data", reading(pm25=float(i)), packet_id=i + 1) for i in range(400)
+    ))
+    acks = 0
+
+    async def count_acks() -> None:
+        nonlocal acks
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                if (await dev.reader.readexactly(4))[0] == 0x40:
+                    acks += 1
+
+    counter = asyncio.create_task(count_acks())
+    await wait_for(lambda: acks >= 50)
+    await gw.stop()
+    await asyncio.wait_for(counter, 5)
+    dev.close()
+    assert acks > 0
+    assert readings(gw, "AP-01") >= acks, f"{acks} acknowledged, {readings(gw, 'AP-01')} stored"
+
+
+# --- 4. a Will cannot plant a retained message outside the device's topics; anonymous is not a bypass ----------
+
+async def test_retained_will_on_another_devices_command_topic_is_dropped(gateway: RunningGateway) -> None:
+    broker = gateway.gateway.broker.amqtt
+    forged = b'{"commandId": "evil", "action": "turnOff", "value": null}'
+    planter = await raw_connect(
+        gateway.port, "AP-01", "AP-01", device_password("AP-01"), clean=True,
+        will=("device/AP-02/command", forged, 1, True),
+    )
+    assert planter.return_code == 0
+    # and, for contrast, a Will on its own status topic, which must still work
+    honest = await raw_connect(
+        gateway.port, "AP-02", "AP-02", device_password("AP-02"), clean=True,
+        will=("device/AP-02/status", b"offline", 1, True),
+    )
+    assert honest.return_code == 0
+    await wait_for(lambda: online(gateway, "AP-01") and online(gateway, "AP-02"))
+    planter.reset()
+    honest.reset()
+    await wait_for(lambda: not online(gateway, "AP-01") and not online(gateway, "AP-02"))
+    await wait_for(lambda: broker._client_loops == 0)
+
+    assert "device/AP-02/command" not in broker.retained_messages
+    assert broker.retained_messages["device/AP-02/status"].data == b"offline"
+    assert gateway.counter("gateway_broker_acl_denied_total", action="retain") == 1
+    async with asyncio.timeout(20), aio_client(gateway, "AP-02") as victim:
+        await victim.subscribe("device/AP-02/command", qos=1)
+        assert await received_within(victim, 1.0) == []
+
+
+async def test_anonymous_mode_does_not_bypass_a_configured_password(gateway_factory: GatewayFactory) -> None:
+    # AP-01 and AP-02 have a password hash; SENSOR-9 has none, so only it may log in anonymously.
+    gw = await gateway_factory(allow_anonymous=True, extra='[[devices]]\nid = "SENSOR-9"\nkind = "purifier"\n')
+    sensor = await raw_connect(gw.port, "SENSOR-9", None, None, clean=True)
+    try:
+        assert sensor.return_code == 0
+        await sensor.publish_qos1("device/SENSOR-9/data", reading(pm25=9.0), packet_id=1)
+        await wait_for(lambda: readings(gw, "SENSOR-9") == 1)
+    finally:
+        sensor.close()
+    for client_id in ("AP-01", "AP-02"):
+        raw = await raw_connect(gw.port, client_id, None, None, clean=True)
+        try:
+            assert raw.return_code == 5
+        finally:
+            raw.close()
+    with pytest.raises(aiomqtt.MqttCodeError):
+        async with aiomqtt.Client("127.0.0.1", gw.port, identifier="AP-01"):
+            pass
+    # a username with no password is no way around it either
+    raw = await raw_connect(gw.port, "AP-01", "AP-01", None, clean=True)
+    raw.close()
+    assert raw.return_code == 5
+    assert gw.counter("gateway_broker_logins_refused_total", reason="anonymous") == 3
+    assert gw.counter("gateway_broker_logins_refused_total", reason="no-password") == 1
+    assert not online(gw, "AP-01")
+    assert readings(gw, "AP-01") == 0
+    await wait_for(lambda: gw.gateway.broker.amqtt._live == {})
