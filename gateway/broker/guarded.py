@@ -38,6 +38,7 @@ from amqtt.mqtt.connack import NOT_AUTHORIZED, ConnackPacket
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.session import Session
 
+from gateway.broker import reader_loop
 from gateway.broker.acl import Access, device_may
 from gateway.core.metrics import Metrics
 from gateway.core.passwords import verify_password, warm_up
@@ -154,6 +155,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]
             # which amqtt leaves empty. Ours closes the connection as abnormal, so the Will is published.
             session.keep_alive = session.keep_alive * self._grace
             handler.handle_read_timeout = self._silence_closer(handler, session)
+        reader_loop.install(handler)  # amqtt's loop costs a task and a timer per packet (see the module)
         return handler, session
 
     async def _check_credentials(self, session: Session) -> tuple[str | None, str]:

@@ -13,6 +13,8 @@ the bounded live queue are not lost: their seq ranges join the backlog.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import math
 import random
 import socket
 import ssl
@@ -84,6 +86,9 @@ class Uplink:
         self._accepting = False  # the live lane takes rows only while a connection is up
         self._overflow: deque[tuple[int, int]] = deque()  # seq ranges the live queue could not hold
         self._overflow_event = asyncio.Event()
+        # Messages the cloud acknowledged, waiting for their rows' deletion (and then their slots' release).
+        self._acked: list[tuple[tuple[int, ...], list[asyncio.Semaphore]]] = []
+        self._acked_event = asyncio.Event()
         self._failing = False
         self._stopping = False
         self._client: aiomqtt.Client | None = None
@@ -198,11 +203,17 @@ class Uplink:
             self.state.connected = True
             window = asyncio.Semaphore(self._s.inflight)
             backlog_slots = asyncio.Semaphore(max(1, int(self._s.inflight * self._s.backlog_share)))
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._live_lane(client, tg, window), name="uplink-live")
-                tg.create_task(self._backlog_lane(client, tg, window, backlog_slots, split), name="uplink-backlog")
-                tg.create_task(self._rpc_lane(client), name="uplink-rpc")
-                tg.create_task(self._status_lane(client), name="uplink-status")
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(self._live_lane(client, tg, window), name="uplink-live")
+                    tg.create_task(self._backlog_lane(client, tg, window, backlog_slots, split), name="uplink-backlog")
+                    tg.create_task(self._rpc_lane(client), name="uplink-rpc")
+                    tg.create_task(self._status_lane(client), name="uplink-status")
+                    tg.create_task(self._delete_lane(), name="uplink-delete")
+            finally:
+                if self._acked:  # acknowledged before the link went: delete them, or they go again (same msgId)
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(self._delete_acked(), 1.0)
 
     def _tls_context(self) -> ssl.SSLContext | None:
         if not self._s.tls:
@@ -223,13 +234,38 @@ class Uplink:
         self, client: aiomqtt.Client, topic: str, payload: bytes, seqs: tuple[int, ...], slots: list[asyncio.Semaphore]
     ) -> None:
         try:
-            await client.publish(topic, payload, qos=1)
-            await self._writer.put(OutboxDone(seqs))
-            await self._writer.flush(urgent=True)  # the slot is free only once the row is gone for good
-            self._metrics.inc("gateway_uplink_sent_total", len(seqs), "outbox rows acknowledged by the cloud")
-        finally:
+            # No timeout: aiomqtt would wrap each wait in asyncio.wait_for (a task and a timer per message).
+            # A lost link still ends it: the connection's task group is cancelled when the client fails.
+            await client.publish(topic, payload, qos=1, timeout=math.inf)
+        except BaseException:
             for slot in slots:
                 slot.release()
+            raise
+        # PUBACK seen: the rows go, then the slots are free (a slot covers a message until its rows are
+        # deleted for good, so a crash resends at most the in-flight window).
+        self._acked.append((seqs, slots))
+        self._acked_event.set()
+
+    async def _delete_lane(self) -> None:
+        """Deletes acknowledged rows in groups: one store round trip per commit, not one per message."""
+        while True:
+            await self._acked_event.wait()
+            self._acked_event.clear()
+            await self._delete_acked()
+
+    async def _delete_acked(self) -> None:
+        acked, self._acked = self._acked, []
+        if not acked:
+            return
+        seqs = tuple(seq for group, _ in acked for seq in group)
+        try:
+            await self._writer.put(OutboxDone(seqs))
+            await self._writer.flush(urgent=True)
+            self._metrics.inc("gateway_uplink_sent_total", len(seqs), "outbox rows acknowledged by the cloud")
+        finally:
+            for _, slots in acked:
+                for slot in slots:
+                    slot.release()
 
     async def _dispatch(
         self,
