@@ -69,6 +69,7 @@ class Gateway:
             max_batch=s.storage.max_batch,
             queue_size=s.storage.queue_size,
             synchronous=s.storage.synchronous,
+            idle_linger=s.storage.idle_linger_ms / 1000.0,
             outbox=s.uplink.enabled,
             clock=self.clock,
         )

@@ -101,4 +101,7 @@ class EmbeddedBroker:
         await self._broker.stop_intake()
 
     async def shutdown(self) -> None:
-        await self._broker.shutdown()
+        try:
+            await self._broker.shutdown()
+        finally:
+            self._broker.close_password_pool()

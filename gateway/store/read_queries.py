@@ -130,6 +130,7 @@ async def open_reader(path: Path) -> aiosqlite.Connection:
         await conn.execute("PRAGMA busy_timeout=5000")
         # query_only: this connection can never write, whatever a future query does by mistake.
         await conn.execute("PRAGMA query_only=ON")
+        await conn.execute("PRAGMA cache_size=-512")  # 512 KiB (default 2 MB): RSS matters on a Pi
         async with conn.execute("PRAGMA journal_mode") as cur:
             row = await cur.fetchone()
         if row is None or str(row[0]).lower() != "wal":

@@ -216,6 +216,7 @@ class StoreWriter:
         synchronous: str = "NORMAL",
         outbox: bool = False,
         clock: Clock | None = None,
+        idle_linger: float = 0.0,
     ) -> None:
         self._db_path = db_path
         self._outbox = outbox  # also queue readings and events for the cloud (uplink enabled)
@@ -223,6 +224,7 @@ class StoreWriter:
         self._next_seq = 1
         self._metrics = metrics
         self._interval = commit_interval
+        self._linger = idle_linger
         self._max_batch = max_batch
         self._queue: asyncio.Queue[StoreRecord | _Stop] = asyncio.Queue(maxsize=queue_size)
         self._synchronous = synchronous
@@ -298,12 +300,13 @@ class StoreWriter:
                     return
                 batch: list[StoreRecord] = [first]
                 busy = loop.time() - last_commit < 4 * self._interval
-                if busy and queue.qsize() < self._max_batch and not self._closed:
-                    # Under steady load, wait a bounded moment so one transaction carries many rows.
-                    # After a quiet spell, commit at once: the wait would batch nothing and cost a
-                    # timer wake-up (on small boards, wake-ups are what idle CPU is made of).
+                # Under steady load, wait a bounded moment so one transaction carries many rows. After a
+                # quiet spell, commit at once (the wait would batch nothing and cost a timer wake-up; on
+                # small boards wake-ups are what idle CPU is made of), unless told to linger.
+                pause = self._interval if busy else self._linger
+                if pause > 0 and queue.qsize() < self._max_batch and not self._closed:
                     wait = self._batch_wait = loop.create_future()
-                    timer = loop.call_later(self._interval, _resolve, wait)
+                    timer = loop.call_later(pause, _resolve, wait)
                     try:
                         await wait
                     finally:
@@ -328,6 +331,8 @@ class StoreWriter:
         if self._closed:
             return
         self._closed = True
+        if self._batch_wait is not None and not self._batch_wait.done():
+            self._batch_wait.set_result(None)  # no lingering on the way out
         await self._queue.put(_STOP)
         await self._stopped.wait()
         # A record put after _STOP (a producer that was waiting on a full queue) is committed too.

@@ -111,3 +111,23 @@ async def test_flush_returns_when_the_last_record_was_refused(tmp_path: Path) ->
     await asyncio.wait_for(writer.flush(), 5)
     await writer.close()
     await task
+
+
+async def test_idle_linger_groups_a_trickle_into_one_commit_and_close_does_not_wait(tmp_path: Path) -> None:
+    metrics = Metrics()
+    writer = StoreWriter(tmp_path / "g.db", metrics=metrics, idle_linger=0.5)
+    await writer.open()
+    task = asyncio.create_task(writer.run())
+    loop = asyncio.get_running_loop()
+    for i in range(3):  # a trickle: 3 readings 50 ms apart after a quiet spell
+        await writer.put(Reading("AP-01", 1763800000.0 + i, 1763800000.5, {"pm25": 1.0}))
+        await asyncio.sleep(0.05)
+    await asyncio.wait_for(writer.flush(), 5)
+    assert metrics.value("gateway_store_commits_total") == 1
+    await writer.put(Reading("AP-01", 1763800009.0, 1763800009.5, {"pm25": 1.0}))
+    started = loop.time()
+    await writer.close()  # a lingering record is committed at once, not after the linger
+    await task
+    assert loop.time() - started < 0.4
+    with sqlite3.connect(tmp_path / "g.db") as conn:
+        assert conn.execute("SELECT count(*) FROM readings").fetchone()[0] == 4
