@@ -7,6 +7,7 @@ amqtt. If one starts failing after an upgrade, upstream fixed it and our overrid
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 
 import aiomqtt
@@ -139,8 +140,14 @@ async def test_guarded_broker_drops_a_silent_client_within_1_5_keepalive_and_pub
         assert elapsed < 2 * 1.5 + 0.5, elapsed  # 1.5 x keepalive, plus scheduling slack
         assert elapsed >= 2 * 1.5 - 0.1, elapsed  # and not before: a device may be quiet that long
         assert gateway.counter("gateway_broker_silent_clients_total") == 1
-        # the Will went through ingest: the status says so, and the socket is closed
+        # the Will was published (not only the connection dropped): it is the retained status now, and
+        # ingest took the device offline from it (reason "status", before the disconnect could)
+        retained = gateway.gateway.broker.amqtt._retained_messages.get("device/AP-01/status")
+        assert retained is not None and bytes(retained.data) == b"offline"
         await gateway.flush()
+        reasons = [json.loads(d)["reason"] for (d,) in gateway.query(
+            "SELECT data FROM events WHERE type = 'device.offline' AND device_id = 'AP-01'")]
+        assert reasons == ["status"]
         assert await asyncio.wait_for(reader.read(1), 2) == b""
     finally:
         sock.close()
