@@ -37,6 +37,7 @@ from zoneinfo import ZoneInfo
 import structlog
 
 from gateway.control.commands import (
+    SOURCES,
     Ack,
     Audit,
     CommandError,
@@ -196,6 +197,7 @@ class Controller:
         self._started_runs: set[tuple[int, float]] = set()  # window keys whose start is in the history
         self._next_transition: float | None = None
         self._backoff: dict[str, _Backoff] = {}
+        self._restored_by: dict[str, Source] = {}  # device -> the override whose end returns it to manual
         self._dirty: set[str] = set()  # a layer changed while the device was busy: reconcile when it is free
         self._reconciling: dict[str, set[str]] = {}  # device -> ids of commands the reconciler submitted
         self._effects: deque[Effect | StoreRecord] = deque()
@@ -393,7 +395,7 @@ class Controller:
         if isinstance(minutes, bool) or not isinstance(minutes, int) or not 1 <= minutes <= PRECLEAN_MINUTES_MAX:
             raise CommandError("minutes", f"expected a whole number 1..{PRECLEAN_MINUTES_MAX}, got {minutes!r}")
         now = self._clock.now()
-        self._seed_manual(device, now)
+        self._seed_manual(device, now, by="preclean")
         ends_at = now + minutes * 60.0
         value = FanState(True, fan_speed)
         replaced = device in self._preclean
@@ -418,7 +420,7 @@ class Controller:
             raise ConflictError(f"no pre-clean is running on {device}")
         self.desired.clear_layer(device, Layer.PRECLEAN)
         self._emit_preclean_ended(device, run, "cancelled", now, source=source)
-        self._layer_changed(device, now)
+        self._layer_changed(device, now, cause="preclean")
         await self._drained()
         return self.preclean_status(device)
 
@@ -435,8 +437,11 @@ class Controller:
         )
         log.info("preclean.ended", device_id=device, reason=reason)
 
-    def _seed_manual(self, device: str, now: float) -> None:
-        """Before an override, remember what the device does now, so its end can restore it."""
+    def _seed_manual(self, device: str, now: float, *, by: Source) -> None:
+        """Before an override, remember what the device does now, so its end can restore it.
+
+        The restoring commands are then the override's doing, and the audit log says so (`by`).
+        """
         if self.desired.get_layer(device, Layer.MANUAL) is not None:
             return
         reported = self._reported(device) or {}
@@ -444,8 +449,8 @@ class Controller:
         if isinstance(power, bool) and isinstance(speed, int) and not isinstance(speed, bool) and 0 <= speed <= 5:
             value = FanState(power, speed)
             self.desired.set_layer(device, Layer.MANUAL, value)
-            self._manual_source[device] = "device"
-            self._queue(self._layer_row(device, Layer.MANUAL, value, None, now, "device"))
+            self._manual_source[device] = by
+            self._queue(self._layer_row(device, Layer.MANUAL, value, None, now, by))
 
     def _layer_row(self, device: str, layer: Layer, value: FanState, expires_at: float | None, now: float,
                    source: str) -> RowWrite:
@@ -514,7 +519,7 @@ class Controller:
         if window is None or decision.value is None:
             self._applied.pop(device, None)
             if self.desired.clear_layer(device, Layer.SCHEDULE):
-                self._layer_changed(device, now)
+                self._layer_changed(device, now, cause="schedule")
             return
         self._applied[device] = window
         if window.key not in self._started_runs:
@@ -523,7 +528,7 @@ class Controller:
         entry = self.desired.get_layer(device, Layer.SCHEDULE)
         expires_at = decision.expires_at
         if entry is None or entry.value != decision.value or entry.expires_at != expires_at:
-            self._seed_manual(device, now)
+            self._seed_manual(device, now, by="schedule")
             self.desired.set_layer(device, Layer.SCHEDULE, decision.value, expires_at)
             self._layer_changed(device, now)
 
@@ -589,8 +594,11 @@ class Controller:
 
     # ----------------------------------------------------------------------------------- reconciler
 
-    def _layer_changed(self, device: str, now: float) -> None:
+    def _layer_changed(self, device: str, now: float, cause: Source | None = None) -> None:
+        """A layer was set, changed or ended (`cause`: the layer that ended, when the device returns to manual)."""
         self._backoff.pop(device, None)  # new intent: try at once
+        if cause is not None:
+            self._restored_by[device] = cause
         self._reconcile(device, now)
 
     def _reconcile(self, device: str, now: float) -> None:
@@ -620,9 +628,10 @@ class Controller:
                 actions.append(("setFanSpeed", target.fan_speed))
         if not actions:
             return
-        source: str = _LAYER_SOURCE.get(eff.layer) or self._manual_source.get(device, "rule")
-        if source not in ("panel", "api", "cloud", "schedule", "preclean", "rule"):
-            source = "rule"  # a manual layer seeded from the device's own state
+        restored_by = self._restored_by.pop(device, None)
+        source: str = _LAYER_SOURCE.get(eff.layer) or restored_by or self._manual_source.get(device, "rule")
+        if source not in SOURCES:
+            source = "rule"  # a stored source this version does not know
         mine = self._reconciling.setdefault(device, set())
         for action, value in actions:
             request = CommandRequest.create(device, action, value, source=source)
@@ -712,7 +721,7 @@ class Controller:
                     self._emit_preclean_ended(ended.device, run, "expired", now)
             elif ended.layer is Layer.SCHEDULE:
                 self._evaluate_schedule(ended.device, now)  # another overlapping window may take over
-            self._layer_changed(ended.device, now)
+            self._layer_changed(ended.device, now, cause=_LAYER_SOURCE.get(ended.layer))
         for device, backoff in list(self._backoff.items()):
             if now >= backoff.until and device in self._dirty:
                 self._reconcile(device, now)

@@ -181,21 +181,26 @@ async def test_preclean_boosts_then_restores_manual_speed(gateway_factory: Gatew
     ended = events(gw, "preclean.ended")
     assert [e["reason"] for e in ended] == ["expired"]
     assert [e["fanSpeed"] for e in events(gw, "preclean.started")] == [5]
-    sources = [row[2] for row in commands(gw, "AP-01")]
-    assert set(sources) == {"preclean", "rule"} or set(sources) == {"preclean"} or "preclean" in sources
+    # the boost and the restore are both the pre-clean's doing in the audit log
+    assert [(row[0], row[1], row[2], row[3]) for row in commands(gw, "AP-01")] == [
+        ("setFanSpeed", 5, "preclean", "acked"), ("setFanSpeed", 2, "preclean", "acked")]
 
 
 async def test_preclean_cancel_restores_at_once(gateway_factory: GatewayFactory) -> None:
     gw = await gateway_factory(api=NO_API)
     ctl = gw.gateway.controller
-    async with purifier(gw, "AP-01", fan_speed=3) as sim:
+    async with purifier(gw, "AP-01", fan_speed=1) as sim:
+        manual = ctl.submit_command("AP-01", "setFanSpeed", 3, "panel")
+        assert (await ctl.wait_finished(manual.command_id, 5)).status.value == "acked"
         await ctl.start_preclean("AP-01", 5, 30, "api")
         await until(sim, lambda: sim.model.fan_speed == 5)
         status = await ctl.cancel_preclean("AP-01", "api")
         assert not status["active"]
-        await until(sim, lambda: sim.model.fan_speed == 3)
+        await until(sim, lambda: sim.model.fan_speed == 3)  # the manual speed set from the panel
+        await wait_for(lambda: gw.counter("gateway_commands_finished_total", status="acked") == 3)
     await settle(gw)
     assert [e["reason"] for e in events(gw, "preclean.ended")] == ["cancelled"]
+    assert [(row[1], row[2]) for row in commands(gw, "AP-01")] == [(3, "panel"), (5, "preclean"), (3, "preclean")]
 
 
 async def test_restart_in_the_middle_of_a_preclean_resumes_with_the_time_left(tmp_path: Path) -> None:
