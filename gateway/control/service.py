@@ -44,6 +44,7 @@ from gateway.control.commands import (
     CommandExecutor,
     CommandRecord,
     CommandRequest,
+    CommandStatus,
     Effect,
     Finished,
     Ignored,
@@ -248,10 +249,32 @@ class Controller:
                 else:  # it ended while the gateway was down: say so, and the reconciler restores
                     self._emit_preclean_ended(device, _Preclean(int(fan), started_at, expires_at, source),
                                               "expired", now)
+        await self._close_interrupted_commands(conn, now)
         for device in sorted({s.device for s in self.schedules.values()}):
             self._evaluate_schedule(device, now)
         self._refresh_next_transition(now)
         self._sync_scheduler_jobs()
+
+    async def _close_interrupted_commands(self, conn: aiosqlite.Connection, now: float) -> None:
+        """Commands still pending or sent when the gateway stopped: their queue was in memory.
+
+        What they asked for lives on as desired state (the manual layer is stored), so the reconciler
+        applies it when the device is back; their own audit rows must not say "pending" forever.
+        """
+        async with conn.execute(
+            "SELECT command_id, device_id, action, value, source, attempts, created_at, sent_at, last_sent_at, note "
+            "FROM command_log WHERE status IN ('pending', 'sent')"
+        ) as cur:
+            rows = list(await cur.fetchall())
+        for cid, device, action, value, source, attempts, created_at, sent_at, last_sent_at, note in rows:
+            record = CommandRecord(
+                cid, device, action, value, source, CommandStatus.CANCELLED, attempts, created_at, sent_at,
+                last_sent_at, now, "gateway restarted; the desired state is applied when the device is back", None,
+                note,
+            )
+            self._queue(Audit(record, "cancelled"), Finished(record))
+        if rows:
+            log.info("control.commands_interrupted", count=len(rows))
 
     # ------------------------------------------------------------------------------------- queries
 

@@ -375,3 +375,28 @@ async def test_reconciler_backs_off_after_failures_instead_of_storming(gateway_f
     assert len({c["commandId"] for c in received}) == 3  # each try is a new command, each in the audit log
     await settle(gw)
     assert [row[3] for row in commands(gw, "AP-01")] == ["failed", "failed", "failed"]
+
+
+async def test_commands_interrupted_by_a_restart_are_closed_and_their_intent_still_applied(tmp_path: Path) -> None:
+    config = write_config(tmp_path, api=NO_API)
+    gw = await start_gateway(config)
+    try:
+        record = gw.gateway.controller.submit_command("AP-01", "setFanSpeed", 5, "cloud")  # AP-01 is offline
+        await settle(gw)
+    finally:
+        await gw.stop()
+    gw = await start_gateway(config)
+    try:
+        await settle(gw)
+        rows = gw.query("SELECT status, error FROM command_log WHERE command_id = ?", (record.command_id,))
+        assert rows[0][0] == "cancelled" and "restarted" in rows[0][1]  # not "pending" forever
+        assert [e["status"] for e in events(gw, "command.result")] == ["cancelled"]
+        async with purifier(gw, "AP-01", fan_speed=1) as sim:
+            await until(sim, lambda: sim.model.fan_speed == 5)  # the stored manual layer is applied
+        await settle(gw)
+        rows = [(r[0], r[1], r[2], r[3]) for r in commands(gw, "AP-01")]
+        assert rows[0] == ("setFanSpeed", 5, "cloud", "cancelled")
+        # the device had never reported its state: the reconciler sets power and speed, in the cloud's name
+        assert rows[1:] == [("turnOn", None, "cloud", "acked"), ("setFanSpeed", 5, "cloud", "acked")]
+    finally:
+        await gw.stop()
