@@ -86,10 +86,10 @@ async def wait_port(port: int, proc: asyncio.subprocess.Process, timeout: float 
 
 
 @contextlib.asynccontextmanager
-async def started(name: str, devices: list[str], workdir: Path) -> AsyncIterator[Target]:
+async def started(name: str, devices: list[str], workdir: Path, storage: str = "") -> AsyncIterator[Target]:
     port = free_port()
     if name == "gateway":
-        config = write_config(workdir, devices=devices, port=port)
+        config = write_config(workdir, devices=devices, port=port, storage=storage)
         stats = workdir / "probe-stats.jsonl"
         argv = [sys.executable, "-m", "tests.bench.gateway_probe", str(config), str(stats)]
     else:
@@ -235,12 +235,23 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             sampler = asyncio.create_task(sample_rss(target, stop))
             devices = await connect_all(target, ids, 1)
             results["gateway_rss_mb_connected"] = target.rss() / 2**20
+            await run_load(devices, seconds=min(5.0, args.idle_seconds), rate=args.devices / 10)  # warm-up
             cpu0 = target.cpu_seconds()
             elapsed = await run_load(devices, seconds=args.idle_seconds, rate=args.devices / 10)
             results["gateway_idle_cpu_pct"] = 100 * (target.cpu_seconds() - cpu0) / elapsed
             stop.set()
             await sampler
             results["gateway_rss_mb_peak_idle_run"] = target.peak_rss / 2**20
+            await close_all(devices)
+        # The same trickle with storage.idle_linger_ms = 1000 (one transaction per second, not per reading).
+        folder = workdir / "idle-linger"
+        folder.mkdir()
+        async with started("gateway", ids, folder, storage="idle_linger_ms = 1000") as target:
+            devices = await connect_all(target, ids, 1)
+            await run_load(devices, seconds=min(5.0, args.idle_seconds), rate=args.devices / 10)
+            cpu0 = target.cpu_seconds()
+            elapsed = await run_load(devices, seconds=args.idle_seconds, rate=args.devices / 10)
+            results["gateway_idle_cpu_pct_linger_1s"] = 100 * (target.cpu_seconds() - cpu0) / elapsed
             await close_all(devices)
     return results
 
@@ -267,7 +278,8 @@ def report(results: dict[str, Any]) -> str:
     lines.append(
         f"  RSS: {results['gateway_rss_mb_started']:.1f} MB started, {results['gateway_rss_mb_connected']:.1f} MB "
         f"with {results['devices']} devices, peak {results['gateway_rss_mb_peak_idle_run']:.1f} MB; "
-        f"CPU at 1 reading/10 s per device: {results['gateway_idle_cpu_pct']:.2f} %"
+        f"CPU at 1 reading/10 s per device: {results['gateway_idle_cpu_pct']:.2f} % "
+        f"({results['gateway_idle_cpu_pct_linger_1s']:.2f} % with storage.idle_linger_ms = 1000)"
     )
     return "\n".join(lines)
 

@@ -24,7 +24,7 @@ def test_ingest_benchmark_smoke_run_prints_every_figure(tmp_path: Path) -> None:
     figures = json.loads(out.read_text())
     for key in ("gateway_qos1_rate", "bare_qos1_rate", "gateway_qos0_rate", "bare_qos0_rate", "ratio_qos1",
                 "gateway_100_per_s_p50_ms", "gateway_100_per_s_p99_ms", "gateway_rss_mb_connected",
-                "gateway_idle_cpu_pct"):
+                "gateway_idle_cpu_pct", "gateway_idle_cpu_pct_linger_1s"):
         assert isinstance(figures[key], float) and math.isfinite(figures[key]), key
     # every reading published in the latency phase was committed and measured
     assert figures["gateway_qos1_rate"] > 0 and figures["bare_qos1_rate"] > 0
