@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import random
 import socket
 import ssl
@@ -33,6 +32,7 @@ from gateway.core.models import OutboxDone, OutboxEntry, RpcDone
 from gateway.settings import UplinkSection
 from gateway.store.writer import StoreWriter
 from gateway.uplink import messages
+from gateway.uplink.acks import AckTracker
 from gateway.uplink.outbox_reader import OutboxReader
 from gateway.uplink.rpc import Dispatcher, RpcError, encode, error_response, parse_request
 
@@ -203,10 +203,13 @@ class Uplink:
             self.state.connected = True
             window = asyncio.Semaphore(self._s.inflight)
             backlog_slots = asyncio.Semaphore(max(1, int(self._s.inflight * self._s.backlog_share)))
+            tracker: AckTracker[tuple[tuple[int, ...], list[asyncio.Semaphore]]] = AckTracker(
+                client, self._acknowledged
+            )
             try:
                 async with asyncio.TaskGroup() as tg:
-                    tg.create_task(self._live_lane(client, tg, window), name="uplink-live")
-                    tg.create_task(self._backlog_lane(client, tg, window, backlog_slots, split), name="uplink-backlog")
+                    tg.create_task(self._live_lane(tracker, window), name="uplink-live")
+                    tg.create_task(self._backlog_lane(tracker, window, backlog_slots, split), name="uplink-backlog")
                     tg.create_task(self._rpc_lane(client), name="uplink-rpc")
                     tg.create_task(self._status_lane(client), name="uplink-status")
                     tg.create_task(self._delete_lane(), name="uplink-delete")
@@ -230,20 +233,10 @@ class Uplink:
 
     # --- sending --------------------------------------------------------------------------------------
 
-    async def _send(
-        self, client: aiomqtt.Client, topic: str, payload: bytes, seqs: tuple[int, ...], slots: list[asyncio.Semaphore]
-    ) -> None:
-        try:
-            # No timeout: aiomqtt would wrap each wait in asyncio.wait_for (a task and a timer per message).
-            # A lost link still ends it: the connection's task group is cancelled when the client fails.
-            await client.publish(topic, payload, qos=1, timeout=math.inf)
-        except BaseException:
-            for slot in slots:
-                slot.release()
-            raise
+    def _acknowledged(self, token: tuple[tuple[int, ...], list[asyncio.Semaphore]]) -> None:
         # PUBACK seen: the rows go, then the slots are free (a slot covers a message until its rows are
         # deleted for good, so a crash resends at most the in-flight window).
-        self._acked.append((seqs, slots))
+        self._acked.append(token)
         self._acked_event.set()
 
     async def _delete_lane(self) -> None:
@@ -269,16 +262,20 @@ class Uplink:
 
     async def _dispatch(
         self,
-        client: aiomqtt.Client,
-        tg: asyncio.TaskGroup,
+        tracker: AckTracker[tuple[tuple[int, ...], list[asyncio.Semaphore]]],
         entries: list[OutboxEntry],
         slots: list[asyncio.Semaphore],
     ) -> None:
-        """Send entries as messages (batches when configured), each holding the given slots."""
+        """Send entries as messages (batches when configured), each holding the given slots until deleted."""
         for topic, payload, seqs in self._pack(entries):
             for slot in slots:
                 await slot.acquire()
-            tg.create_task(self._send(client, topic, payload, seqs, slots))
+            try:
+                tracker.publish(topic, payload, (seqs, slots))
+            except BaseException:
+                for slot in slots:
+                    slot.release()
+                raise  # the link is down: the connection's task group ends and the supervisor reconnects
 
     def _pack(self, entries: list[OutboxEntry]) -> list[tuple[str, bytes, tuple[int, ...]]]:
         out: list[tuple[str, bytes, tuple[int, ...]]] = []
@@ -299,19 +296,18 @@ class Uplink:
             out.append((*messages.batch_message(self._topics, batch), tuple(e.seq for e in batch)))
         return out
 
-    async def _live_lane(self, client: aiomqtt.Client, tg: asyncio.TaskGroup, window: asyncio.Semaphore) -> None:
+    async def _live_lane(self, tracker: AckTracker[Any], window: asyncio.Semaphore) -> None:
         live = self._live
         while True:
             entries = [await live.get()]
             limit = self._s.batch_max_readings if self._s.batch else 64
             while len(entries) < limit and not live.empty():
                 entries.append(live.get_nowait())
-            await self._dispatch(client, tg, entries, [window])
+            await self._dispatch(tracker, entries, [window])
 
     async def _backlog_lane(
         self,
-        client: aiomqtt.Client,
-        tg: asyncio.TaskGroup,
+        tracker: AckTracker[Any],
         window: asyncio.Semaphore,
         slots: asyncio.Semaphore,
         split: int,
@@ -332,7 +328,7 @@ class Uplink:
                 await self._refresh_backlog()
                 continue
             ranges[0] = (page[-1].seq, upto)
-            await self._dispatch(client, tg, page, [slots, window])
+            await self._dispatch(tracker, page, [slots, window])
 
     async def _status_lane(self, client: aiomqtt.Client) -> None:
         while True:
