@@ -91,6 +91,7 @@ class Gateway:
             reported=self.ingest.reported,
             state_reported=self.ingest.merge_reported,
             metrics=self.metrics,
+            command_ready=self.broker.has_command_subscription,
         )
         self.ingest.ack_handler = self.controller.on_ack
         self.ingest.status_listeners.append(self.controller.device_status)

@@ -93,6 +93,18 @@ class EmbeddedBroker:
         """Config reload: new passwords and device list apply to the next login."""
         self._broker.devices = device_table(devices, allow_anonymous=allow_anonymous)
 
+    def has_command_subscription(self, device_id: str) -> bool:
+        """Is the device connected with a subscription that receives `device/{id}/command`?"""
+        topic = f"device/{device_id}/command"
+        broker = self._broker
+        for topic_filter, subscribers in broker._subscriptions.items():
+            if not broker._matches(topic, topic_filter):
+                continue
+            for session, _qos in subscribers:
+                if session.client_id == device_id and session.transitions.is_connected():
+                    return True
+        return False
+
     async def publish(self, topic: str, payload: bytes) -> None:
         """Send a message from the gateway itself to the subscribed devices (QoS 1: commands)."""
         await self._broker.internal_message_broadcast(topic, payload, 1)

@@ -56,14 +56,15 @@ from gateway.control.commands import (
 from gateway.control.desired import DesiredState, FanState, Layer
 from gateway.control.schedules import (
     Schedule,
+    ScheduleDecision,
     ScheduleError,
     Window,
+    active_windows,
     cron_jobs,
     next_transition,
     parse_hhmm,
     parse_schedule,
 )
-from gateway.control.schedules import schedule_decision as decide_schedule
 from gateway.core.clock import Clock
 from gateway.core.errors import ConflictError, NotFoundError
 from gateway.core.metrics import Metrics
@@ -83,6 +84,7 @@ Reported = Callable[[str], Mapping[str, Any] | None]
 StateSink = Callable[[str, Mapping[str, Any], float], dict[str, Any]]
 
 PRECLEAN_MINUTES_MAX = 24 * 60
+MAX_SLEEP_S = 60.0
 _REMEMBER_RECORDS = 2048
 _LAYER_NAMES = {Layer.MANUAL: "manual", Layer.SCHEDULE: "schedule", Layer.PRECLEAN: "preclean", Layer.RULE: "rule"}
 _LAYER_SOURCE: dict[Layer, Source] = {Layer.SCHEDULE: "schedule", Layer.PRECLEAN: "preclean", Layer.RULE: "rule"}
@@ -156,6 +158,22 @@ def _schedule_row(schedule: Schedule, now: float, *, created_at: float) -> RowWr
     return RowWrite("schedules", row)
 
 
+def _reached(record: CommandRecord, reported: Mapping[str, Any]) -> bool:
+    """Does the device's reported state show what this command asked for?"""
+    if record.action == "turnOn":
+        return reported.get("powerOn") is True
+    if record.action == "turnOff":
+        return reported.get("powerOn") is False
+    return bool(reported.get("fanSpeed") == record.value)
+
+
+def _acked_state(record: CommandRecord) -> dict[str, Any]:
+    """What an "ok" ack without a state tells us: the command's own effect."""
+    if record.action == "setFanSpeed":
+        return {"fanSpeed": record.value}
+    return {"powerOn": record.action == "turnOn"}
+
+
 def _utc(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, UTC)
 
@@ -173,6 +191,7 @@ class Controller:
         reported: Reported,
         state_reported: StateSink,
         metrics: Metrics,
+        command_ready: Callable[[str], bool] = lambda device: False,
     ) -> None:
         self._settings = settings
         self._devices = frozenset(devices)
@@ -182,6 +201,7 @@ class Controller:
         self._publish = publish
         self._reported = reported
         self._state_reported = state_reported
+        self._command_ready = command_ready  # is the device connected and subscribed to its commands?
         self._metrics = metrics
         self.executor = CommandExecutor(
             timeout=settings.command_timeout_seconds,
@@ -194,8 +214,10 @@ class Controller:
         self.schedules: dict[int, Schedule] = {}
         self._schedule_created: dict[int, float] = {}
         self._next_schedule_id = 1
-        self._applied: dict[str, Window] = {}  # device -> schedule window whose start was applied
-        self._started_runs: set[tuple[int, float]] = set()  # window keys whose start is in the history
+        # device -> windows whose start is in the history and whose end is not yet (an overlapped window
+        # keeps running under a faster one: it ends when it ends, not when it is outranked)
+        self._open_runs: dict[str, dict[tuple[int, float], Window]] = {}
+        self._started_before: set[tuple[int, float]] = set()  # starts recorded before a restart
         self._next_transition: float | None = None
         self._backoff: dict[str, _Backoff] = {}
         self._restored_by: dict[str, Source] = {}  # device -> the override whose end returns it to manual
@@ -231,7 +253,8 @@ class Controller:
             "SELECT schedule_id, window_start FROM schedule_runs WHERE phase = 'start' AND window_end > ?", (now,)
         ) as cur:
             async for sid, window_start in cur:
-                self._started_runs.add((sid, window_start))
+                self._started_before.add((sid, window_start))
+        await self._end_runs_missed_while_down(conn, now)
         async with conn.execute(
             "SELECT device_id, layer, power, fan_speed, expires_at, started_at, source FROM desired_layers"
         ) as cur:
@@ -267,10 +290,12 @@ class Controller:
         ) as cur:
             rows = list(await cur.fetchall())
         for cid, device, action, value, source, attempts, created_at, sent_at, last_sent_at, note in rows:
+            carried = self.desired.get_layer(device, Layer.MANUAL) is not None
+            error = ("gateway restarted; the desired state is applied when the device is back" if carried else
+                     "gateway restarted before the device was back; not carried out (its state was never known)")
             record = CommandRecord(
                 cid, device, action, value, source, CommandStatus.CANCELLED, attempts, created_at, sent_at,
-                last_sent_at, now, "gateway restarted; the desired state is applied when the device is back", None,
-                note,
+                last_sent_at, now, error, None, note,
             )
             self._queue(Audit(record, "cancelled"), Finished(record))
         if rows:
@@ -393,12 +418,33 @@ class Controller:
     async def on_ack(self, device: str, payload: bytes, now: float) -> None:
         """Ingest's ack handler: raises PayloadError (ingest quarantines it) for a malformed ack."""
         ack: Ack = parse_ack(payload)
-        self._queue(*self.executor.ack(device, ack, now))
+        effects = self.executor.ack(device, ack, now)
+        finished = next((e.record for e in effects if isinstance(e, Finished)
+                         and e.record.command_id == ack.command_id), None)
+        out: list[Effect | StoreRecord] = []
+        states = [e for e in effects if isinstance(e, StateReported)]
+        if finished is not None and ack.ok and not states:
+            states = [StateReported(device, _acked_state(finished), now)]
+        for reported in states:
+            # Now, not in the effects task: the reconciler (run by the Finished effect, or by a layer change
+            # in between) must compare against what the device just said.
+            merged = self._state_reported(reported.device, reported.state, reported.at)
+            out.append(RowWrite("device_state", {"device_id": reported.device, "last_metrics": merged}))
+        out.extend(e for e in effects if not isinstance(e, StateReported))
+        self._queue(*out)
 
     def device_status(self, device: str, online: bool) -> None:
-        """Ingest saw a device go offline (coming online is `device_ready`: connected is not enough)."""
-        if device in self._devices and not online:
+        """Ingest saw a device go offline or come back (connection, Will, or its status message).
+
+        Coming online counts only with its command subscription in place (`device_ready` says when it is
+        made): a device that said "offline" then "online" on one connection is ready again at once.
+        """
+        if device not in self._devices:
+            return
+        if not online:
             self._queue(*self.executor.device_offline(device, self._clock.now()))
+        elif self._command_ready(device) and not self.executor.is_online(device):
+            self.device_ready(device)
 
     def device_ready(self, device: str) -> None:
         """The device is connected and subscribed to its command topic: send what waits, re-drive it."""
@@ -534,26 +580,51 @@ class Controller:
 
     def _evaluate_schedule(self, device: str, now: float) -> None:
         """Set or clear the schedule layer from the windows in effect now (idempotent)."""
-        decision = decide_schedule(self.schedules.values(), device, _utc(now), tz=self._tz)
-        previous = self._applied.get(device)
+        windows = active_windows(self.schedules.values(), device, _utc(now), tz=self._tz)
+        decision = ScheduleDecision.of(windows)
+        running = self._open_runs.setdefault(device, {})
+        in_effect = {w.key for w in windows}
+        for key, ended in list(running.items()):
+            if key not in in_effect:  # over (or its schedule was changed or deleted)
+                del running[key]
+                self._record_run(ended, "end", now)
         window = decision.window
-        if previous is not None and (window is None or window.key != previous.key):
-            self._record_run(previous, "end", now)
         if window is None or decision.value is None:
-            self._applied.pop(device, None)
+            if not running:
+                self._open_runs.pop(device, None)
             if self.desired.clear_layer(device, Layer.SCHEDULE):
                 self._layer_changed(device, now, cause="schedule")
             return
-        self._applied[device] = window
-        if window.key not in self._started_runs:
-            self._started_runs.add(window.key)
-            self._record_run(window, "start", now)
+        if window.key not in running:
+            running[window.key] = window
+            if window.key in self._started_before:
+                self._started_before.discard(window.key)  # began before a restart: one run, not two
+            else:
+                self._record_run(window, "start", now)
         entry = self.desired.get_layer(device, Layer.SCHEDULE)
         expires_at = decision.expires_at
         if entry is None or entry.value != decision.value or entry.expires_at != expires_at:
             self._seed_manual(device, now, by="schedule")
             self.desired.set_layer(device, Layer.SCHEDULE, decision.value, expires_at)
             self._layer_changed(device, now)
+
+    async def _end_runs_missed_while_down(self, conn: aiosqlite.Connection, now: float) -> None:
+        """Windows that started, then ended while the gateway was down: their history gets its end row."""
+        async with conn.execute(
+            "SELECT s.schedule_id, s.device_id, s.window_start, s.window_end, s.fan_speed FROM schedule_runs s "
+            "WHERE s.phase = 'start' AND s.window_end <= ? AND NOT EXISTS (SELECT 1 FROM schedule_runs e "
+            "WHERE e.phase = 'end' AND e.schedule_id = s.schedule_id AND e.window_start = s.window_start)",
+            (now,),
+        ) as cur:
+            rows = list(await cur.fetchall())
+        for sid, device, start, end, fan in rows:
+            self._queue(
+                RowWrite("schedule_runs", {"schedule_id": sid, "device_id": device, "phase": "end",
+                                           "window_start": start, "window_end": end, "fan_speed": fan, "at": now}),
+                DeviceEvent(now, device, "schedule.run", {"scheduleId": sid, "phase": "end", "fanSpeed": fan,
+                                                          "windowStart": start, "windowEnd": end,
+                                                          "endedWhileDown": True}),
+            )
 
     def _record_run(self, window: Window, phase: str, now: float) -> None:
         s = window.schedule
@@ -567,8 +638,6 @@ class Controller:
                 "scheduleId": s.id, "phase": phase, "fanSpeed": s.fan_speed, "windowStart": start, "windowEnd": end,
             }),
         )
-        if phase == "end":
-            self._started_runs.discard(window.key)
         log.info("schedule.run", schedule_id=s.id, device_id=s.device, phase=phase, fan_speed=s.fan_speed)
 
     def _refresh_next_transition(self, now: float) -> None:
@@ -650,19 +719,22 @@ class Controller:
             if reported.get("fanSpeed") != target.fan_speed:
                 actions.append(("setFanSpeed", target.fan_speed))
         if not actions:
+            self._restored_by.pop(device, None)  # the restore is complete (or was not needed)
             return
-        restored_by = self._restored_by.pop(device, None)
+        restored_by = self._restored_by.get(device)
         source: str = _LAYER_SOURCE.get(eff.layer) or restored_by or self._manual_source.get(device, "rule")
         if source not in SOURCES:
             source = "rule"  # a stored source this version does not know
-        mine = self._reconciling.setdefault(device, set())
-        for action, value in actions:
-            request = CommandRequest.create(device, action, value, source=source)
-            mine.add(request.command_id)
-            self._queue(*self.executor.submit(request, now))
-        self._metrics.inc("gateway_reconciler_commands_total", len(actions), "commands the reconciler sent")
+        # One step at a time: the next one is planned from the state the device reports after this one
+        # (a failed step must not be followed by the rest of a stale plan).
+        action, value = actions[0]
+        request = CommandRequest.create(device, action, value, source=source)
+        self._reconciling.setdefault(device, set()).add(request.command_id)
+        self._dirty.add(device)
+        self._queue(*self.executor.submit(request, now))
+        self._metrics.inc("gateway_reconciler_commands_total", 1, "commands the reconciler sent")
         log.info("reconciler.drive", device_id=device, layer=_LAYER_NAMES[eff.layer], power=target.power,
-                 fan_speed=target.fan_speed, actions=[a for a, _ in actions])
+                 fan_speed=target.fan_speed, action=action, remaining_steps=len(actions) - 1)
 
     # ----------------------------------------------------------------------------------- the task
 
@@ -725,16 +797,18 @@ class Controller:
             self._next_transition,
             min((b.until for b in self._backoff.values() if b.until > now), default=None),
         ) if t is not None]
+        # Capped: the sleep runs on the monotonic clock, the deadlines on the wall clock; when the wall clock
+        # is stepped (NTP at boot on a board without an RTC, resume from suspend) we notice within a minute.
         if not times:
-            return None
-        return max(0.0, min(times) - now)
+            return MAX_SLEEP_S
+        return min(MAX_SLEEP_S, max(0.0, min(times) - now))
 
     def _tick(self) -> None:
         now = self._clock.now()
         self._queue(*self.executor.tick(now))
         if self._schedules_due or (self._next_transition is not None and now >= self._next_transition):
             self._schedules_due = False
-            for device in sorted({s.device for s in self.schedules.values()} | set(self._applied)):
+            for device in sorted({s.device for s in self.schedules.values()} | set(self._open_runs)):
                 self._evaluate_schedule(device, now)
             self._refresh_next_transition(now)
         for ended in self.desired.purge_expired(now):
@@ -801,20 +875,19 @@ class Controller:
         mine = self._reconciling.get(device)
         if mine is not None and record.command_id in mine:
             mine.discard(record.command_id)
-            if record.status.value == "acked":
+            reached = record.status.value == "acked" and _reached(record, self._reported(device) or {})
+            if reached:
                 self._backoff.pop(device, None)
-            elif record.status.value in ("failed", "timeout"):
-                # The reconciler's own command failed: back off before driving this device again.
+            else:
+                # Failed, timed out, or acked without the device getting there: wait before driving it
+                # again, doubling each time (a device that says "ok" and stays put must not be stormed).
                 old = self._backoff.get(device)
                 delay = min(old.delay * 2, self._settings.retry_backoff_max_seconds) if old else \
                     self._settings.retry_backoff_seconds
                 self._backoff[device] = _Backoff(now + delay, delay)
                 self._dirty.add(device)
-                log.warning("reconciler.backoff", device_id=device, seconds=delay)
-                # Its other queued commands were part of the same plan: drop them rather than half-apply.
-                for pending in self.executor.pending(device):
-                    if pending.command_id in mine:
-                        self._queue(*self.executor.cancel(pending.command_id, now, "plan step failed"))
+                log.warning("reconciler.backoff", device_id=device, seconds=delay, status=record.status.value,
+                            action=record.action)
         if device in self._dirty and self.executor.in_flight(device) is None and not self.executor.pending(device):
             self._reconcile(device, now)
 
