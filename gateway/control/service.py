@@ -828,6 +828,9 @@ class Controller:
             item = self._effects.popleft()
             try:
                 await self._apply(item)
+            except asyncio.CancelledError:
+                self._effects.appendleft(item)  # shutdown: flush_records() still stores it
+                raise
             except Exception:
                 # One failed effect (a full disk is retried by the writer itself) must not stop control.
                 self._metrics.inc("gateway_control_errors_total", 1, "control effects that failed")
