@@ -150,8 +150,10 @@ async def migrate(conn: aiosqlite.Connection) -> int:
     return found
 
 
-async def connect(path: str, *, synchronous: str = "NORMAL") -> aiosqlite.Connection:
-    conn = await aiosqlite.connect(path, isolation_level=None)  # we issue BEGIN/COMMIT ourselves
+async def connect(path: str, *, synchronous: str = "NORMAL", any_thread: bool = False) -> aiosqlite.Connection:
+    # isolation_level=None: we issue BEGIN/COMMIT ourselves. any_thread: the store writer also commits
+    # small batches on the event loop's thread (never at the same time as aiosqlite's worker).
+    conn = await aiosqlite.connect(path, isolation_level=None, check_same_thread=not any_thread)
     await conn.execute("PRAGMA journal_mode=WAL")
     await conn.execute(f"PRAGMA synchronous={synchronous}")
     await conn.execute("PRAGMA busy_timeout=5000")
