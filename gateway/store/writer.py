@@ -201,7 +201,6 @@ class _Stop:
 
 _STOP = _Stop()
 INLINE_COMMIT_MAX = 16  # batches up to this many records commit on the loop's thread
-CHECKPOINT_EVERY_ROWS = 4000  # WAL pages are copied back to the database after about this many rows
 
 
 class StoreWriter:
@@ -227,7 +226,7 @@ class StoreWriter:
         self._metrics = metrics
         self._interval = commit_interval
         self._linger = idle_linger
-        self._since_checkpoint = 0
+        self._quiet = False
         self._max_batch = max_batch
         self._queue: asyncio.Queue[StoreRecord | _Stop] = asyncio.Queue(maxsize=queue_size)
         self._synchronous = synchronous
@@ -260,9 +259,7 @@ class StoreWriter:
     async def open(self) -> aiosqlite.Connection:
         self._db_path.parent.mkdir(parents=True, exist_ok=True)
         self._conn = await connect(str(self._db_path), synchronous=self._synchronous, any_thread=True)
-        # We checkpoint ourselves, in the worker thread: an automatic checkpoint inside a commit made on the
-        # loop's thread would stall the loop while it copies and syncs pages.
-        await self._conn.execute("PRAGMA wal_autocheckpoint=0")
+
         found = await migrate(self._conn)
         async with self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'") as cur:
             row = await cur.fetchone()
@@ -309,6 +306,7 @@ class StoreWriter:
                 # Under steady load, wait a bounded moment so one transaction carries many rows. After a
                 # quiet spell, commit at once (the wait would batch nothing and cost a timer wake-up; on
                 # small boards wake-ups are what idle CPU is made of), unless told to linger.
+                self._quiet = not busy  # only a trickle commits on the loop's thread (see _commit)
                 pause = self._interval if busy else self._linger
                 if pause > 0 and queue.qsize() < self._max_batch and not self._closed:
                     wait = self._batch_wait = loop.create_future()
@@ -534,9 +532,10 @@ class StoreWriter:
         try:
             if len(script) > 2:
                 text = "\n".join(script)
-                if len(batch) <= INLINE_COMMIT_MAX:
-                    # A trickle: ~0.1 ms of SQLite here beats ~0.5 ms of CPU handing it to the worker thread
-                    # and back (two thread wake-ups per reading are most of a quiet gateway's CPU).
+                if self._quiet and len(batch) <= INLINE_COMMIT_MAX:
+                    # A trickle: SQLite here beats ~0.5 ms of CPU handing it to the worker thread and back
+                    # (two thread wake-ups per reading were most of a quiet gateway's CPU). Never under
+                    # load: commits on the loop's thread would shrink the batches and starve the broker.
                     conn._conn.executescript(text)
                 else:
                     await conn.executescript(text)
@@ -545,13 +544,6 @@ class StoreWriter:
                 await conn.execute("ROLLBACK")
             raise
         self._next_seq = seq
-        self._since_checkpoint += len(batch)
-        if self._since_checkpoint >= CHECKPOINT_EVERY_ROWS:
-            self._since_checkpoint = 0
-            try:
-                await conn.execute("PRAGMA wal_checkpoint(PASSIVE)")  # never waits for readers
-            except sqlite3.Error as exc:
-                log.warning("store.checkpoint_failed", error=str(exc))
         for prune in prunes:  # their own transactions: a failure here must not replay the batch above
             try:
                 await self._prune(conn, prune)
