@@ -115,6 +115,16 @@ async def gateway_with_uplink(
             await asyncio.wait_for(proc.wait(), 20)
 
 
+async def sustained(devices: list[Any], counter: CloudCounter, seconds: float) -> tuple[float, float]:
+    """Devices publish flat out for `seconds`: readings/s that reached the cloud, and how many did not."""
+    counter.count = 0
+    t0 = time.time()
+    await run_load(devices, seconds=seconds, rate=None)
+    sent = sum(d.sent for d in devices)
+    last = await counter.wait_for(sent)
+    return counter.count / max(last - t0, 1e-9), float(sent - counter.count)
+
+
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
     ids = [f"AP-{i:03d}" for i in range(1, args.devices + 1)]
     results: dict[str, Any] = {"devices": args.devices, "seconds": args.seconds, "backlog": args.backlog}
@@ -137,13 +147,9 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 async with gateway_with_uplink(ids, folder, cloud.port, batch=False) as gw:
                     ps = psutil.Process(gw.pid)
                     devices = await connect_all(gw, ids, 1)  # type: ignore[arg-type]
-                    counter.count = 0
-                    t0 = time.time()
-                    await run_load(devices, seconds=args.seconds, rate=None)
-                    sent = sum(d.sent for d in devices)
-                    last = await counter.wait_for(sent)
-                    rounds.setdefault("sustained_rate", []).append(counter.count / max(last - t0, 1e-9))
-                    rounds.setdefault("sustained_lost", []).append(sent - counter.count)
+                    rate_, lost = await sustained(devices, counter, args.seconds)
+                    rounds.setdefault("sustained_rate", []).append(rate_)
+                    rounds.setdefault("sustained_lost", []).append(lost)
                     for rate in args.rates:
                         counter.latencies, counter.measure = [], True
                         await run_load(devices, seconds=args.seconds, rate=rate)
@@ -159,13 +165,9 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 folder.mkdir()
                 async with gateway_with_uplink(ids, folder, cloud.port, batch=True) as gw:
                     devices = await connect_all(gw, ids, 1)  # type: ignore[arg-type]
-                    counter.count = 0
-                    t0 = time.time()
-                    await run_load(devices, seconds=args.seconds, rate=None)
-                    sent = sum(d.sent for d in devices)
-                    last = await counter.wait_for(sent)
-                    rounds.setdefault("sustained_batched_rate", []).append(counter.count / max(last - t0, 1e-9))
-                    rounds.setdefault("sustained_batched_lost", []).append(sent - counter.count)
+                    rate_, lost = await sustained(devices, counter, args.seconds)
+                    rounds.setdefault("sustained_batched_rate", []).append(rate_)
+                    rounds.setdefault("sustained_batched_lost", []).append(lost)
                     await close_all(devices)
 
                 for batch in (False, True):

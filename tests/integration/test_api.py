@@ -16,12 +16,12 @@ import aiohttp
 import aiomqtt
 import pytest
 import structlog
-from firmware_sim.purifier import SimulatedPurifier
 
 from gateway.core.clock import ManualClock
 from gateway.settings import ApiSection
 from gateway.web.api import ROUTES
 from tests.fixtures.gateway import GatewayFactory, RunningGateway, device_password, wait_for
+from tests.fixtures.purifiers import purifier, until
 
 MONDAY_0830 = datetime(2026, 11, 23, 8, 30, tzinfo=UTC).timestamp()
 SCHEDULE = {"deviceId": "AP-01", "days": ["Mon", "Wed"], "start": "08:00", "end": "09:00", "fanSpeed": 3}
@@ -66,28 +66,6 @@ async def api(gateway_factory: GatewayFactory) -> AsyncIterator[Api]:
         yield client
 
 
-@contextlib.asynccontextmanager
-async def purifier(gw: RunningGateway, device_id: str, *, interval: float = 3600.0, fan_speed: int = 2
-                   ) -> AsyncIterator[SimulatedPurifier]:
-    """A simulated purifier on the gateway's broker; yields once the gateway has its first reading."""
-    sim = SimulatedPurifier(device_id=device_id, password=device_password(device_id), port=gw.port,
-                            interval=interval, seed=11, backoff_initial=0.05, backoff_max=0.2)
-    sim.model.fan_speed = fan_speed
-    task = asyncio.create_task(sim.run(), name=f"sim-{device_id}")
-    try:
-        await asyncio.wait_for(sim.wait_connected(), 5)
-        states = gw.gateway.ingest.states
-        await wait_for(lambda: device_id in states and states[device_id].online
-                       and bool(states[device_id].last_metrics))
-        yield sim
-    finally:
-        sim.stop()
-        await asyncio.wait_for(task, 5)
-
-
-async def until(sim: SimulatedPurifier, predicate: Any, timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        await sim.wait_for(predicate)
 
 
 async def settle(gw: RunningGateway) -> None:

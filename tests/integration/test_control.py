@@ -4,9 +4,8 @@ the real store on disk, and a clock the test moves (ManualClock) for timeouts, s
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,6 @@ from zoneinfo import ZoneInfo
 
 import aiomqtt
 import pytest
-from firmware_sim.purifier import SimulatedPurifier
 
 from gateway.core.clock import ManualClock
 from tests.fixtures.gateway import (
@@ -25,6 +23,7 @@ from tests.fixtures.gateway import (
     wait_for,
     write_config,
 )
+from tests.fixtures.purifiers import purifier, until
 
 BERLIN = ZoneInfo("Europe/Berlin")
 NO_API = "enabled = false"
@@ -32,30 +31,6 @@ NO_API = "enabled = false"
 
 def berlin(*args: int) -> float:
     return datetime(*args, tzinfo=BERLIN).timestamp()  # type: ignore[misc]
-
-
-@contextlib.asynccontextmanager
-async def purifier(gw: RunningGateway, device_id: str, **model: Any) -> AsyncIterator[SimulatedPurifier]:
-    """A simulated purifier connected to the gateway; the gateway has seen its first reading."""
-    sim = SimulatedPurifier(device_id=device_id, password=device_password(device_id), port=gw.port,
-                            interval=3600, seed=7, backoff_initial=0.05, backoff_max=0.2)
-    for key, value in model.items():
-        setattr(sim.model, key, value)
-    task = asyncio.create_task(sim.run())
-    try:
-        await asyncio.wait_for(sim.wait_connected(), 5)
-        states = gw.gateway.ingest.states
-        await wait_for(lambda: device_id in states and states[device_id].online
-                       and bool(states[device_id].last_metrics))
-        yield sim
-    finally:
-        sim.stop()
-        await asyncio.wait_for(task, 5)
-
-
-async def until(sim: SimulatedPurifier, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        await sim.wait_for(predicate)
 
 
 def commands(gw: RunningGateway, device: str) -> list[tuple[Any, ...]]:
