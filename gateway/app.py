@@ -137,16 +137,10 @@ class Gateway:
             return self.device_registry()
 
         async def device_state(params: DeviceParams) -> dict[str, Any]:
-            if self.settings.device(params.device) is None:
+            state = self.device_state(params.device)
+            if state is None:
                 raise RpcError(INVALID_PARAMS, f"Invalid params: device: unknown device {params.device!r}")
-            st = self.ingest.states.get(params.device)
-            return {
-                "device": params.device,
-                "online": bool(st and st.online),
-                "lastSeen": st.last_seen if st else None,
-                "ts": st.last_ts if st else None,
-                "metrics": st.last_metrics if st else {},
-            }
+            return state
 
         dispatcher.register("gateway.ping", NoParams, ping)
         dispatcher.register("gateway.devices", NoParams, devices)

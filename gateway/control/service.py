@@ -61,6 +61,7 @@ from gateway.control.schedules import (
     Window,
     active_windows,
     cron_jobs,
+    format_hhmm,
     next_transition,
     parse_hhmm,
     parse_schedule,
@@ -148,8 +149,8 @@ def _schedule_row(schedule: Schedule, now: float, *, created_at: float) -> RowWr
         "id": schedule.id,
         "device_id": schedule.device,
         "days": sorted(schedule.days),
-        "start": schedule.to_json()["start"],
-        "end": schedule.to_json()["end"],
+        "start": format_hhmm(schedule.start),
+        "end": format_hhmm(schedule.end),
         "fan_speed": schedule.fan_speed,
         "enabled": schedule.enabled,
         "updated_at": now,
@@ -478,7 +479,7 @@ class Controller:
         )
         log.info("preclean.started", device_id=device, fan_speed=fan_speed, minutes=minutes, source=source)
         self._layer_changed(device, now)
-        await self._drained()
+        await self.drained()
         return self.preclean_status(device)
 
     async def cancel_preclean(self, device: str, source: str) -> dict[str, Any]:
@@ -490,7 +491,7 @@ class Controller:
         self.desired.clear_layer(device, Layer.PRECLEAN)
         self._emit_preclean_ended(device, run, "cancelled", now, source=source)
         self._layer_changed(device, now, cause="preclean")
-        await self._drained()
+        await self.drained()
         return self.preclean_status(device)
 
     def _emit_preclean_ended(self, device: str, run: _Preclean, reason: str, now: float, *, source: str | None = None
@@ -542,7 +543,7 @@ class Controller:
         self._schedule_created[schedule.id] = now
         self._queue(_schedule_row(schedule, now, created_at=now))
         self._schedules_changed(schedule.device, now)
-        await self._drained()
+        await self.drained()
         return schedule
 
     async def update_schedule(self, schedule_id: int, body: Mapping[str, object]) -> Schedule:
@@ -560,7 +561,7 @@ class Controller:
         self._queue(_schedule_row(schedule, now, created_at=self._schedule_created.get(schedule_id, now)))
         for device in {old.device, schedule.device}:
             self._schedules_changed(device, now)
-        await self._drained()
+        await self.drained()
         return schedule
 
     async def delete_schedule(self, schedule_id: int) -> None:
@@ -570,7 +571,7 @@ class Controller:
         now = self._clock.now()
         self._queue(RowWrite("schedules", {"id": schedule_id}, delete=True))
         self._schedules_changed(old.device, now)
-        await self._drained()
+        await self.drained()
 
     def _schedules_changed(self, device: str, now: float) -> None:
         self._evaluate_schedule(device, now)
@@ -744,7 +745,7 @@ class Controller:
             self._idle.clear()
             self._wake.set()
 
-    async def _drained(self) -> None:
+    async def drained(self) -> None:
         """Wait until what was queued so far has been handed to the store (API answers after that)."""
         if self._effects:
             await self._idle.wait()

@@ -69,7 +69,7 @@ async def api(gateway_factory: GatewayFactory) -> AsyncIterator[Api]:
 
 
 async def settle(gw: RunningGateway) -> None:
-    await gw.gateway.controller._drained()
+    await gw.gateway.controller.drained()
     await gw.flush()
 
 

@@ -44,7 +44,7 @@ def events(gw: RunningGateway, kind: str) -> list[dict[str, Any]]:
 
 async def settle(gw: RunningGateway) -> None:
     """Let the control task apply what it queued, then wait for the store."""
-    await gw.gateway.controller._drained()
+    await gw.gateway.controller.drained()
     await gw.flush()
 
 
