@@ -237,6 +237,7 @@ class StoreWriter:
         self._committed = 0
         self._commit_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._batch_wait: asyncio.Future[None] | None = None
+        self._urgent = False  # a flush(urgent=True) is waiting: the next batch commits without pausing
         # Called after each commit with the records it made durable (live feeds, uplink wake-ups).
         self.on_commit: list[Callable[[Sequence[StoreRecord]], None]] = []
         # Called after each commit with the outbox rows it created (the uplink's live lane).
@@ -280,11 +281,15 @@ class StoreWriter:
         `urgent` cuts the writer's batching wait short: the uplink frees an in-flight slot only once
         its outbox row is deleted, so its throughput is one commit cycle per window.
         """
-        if urgent and self._batch_wait is not None and not self._batch_wait.done():
-            self._batch_wait.set_result(None)
         target = self._enqueued
         if self._committed >= target:
             return
+        if urgent:
+            # Sticky until the writer takes its next batch: the caller usually flushes right after its
+            # put(), before the writer has even woken up, so cutting only a wait already begun missed most.
+            self._urgent = True
+            if self._batch_wait is not None and not self._batch_wait.done():
+                self._batch_wait.set_result(None)
         if self._closed and self._stopped.is_set():
             raise StoreClosedError("store is closed")
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -308,7 +313,7 @@ class StoreWriter:
                 # small boards wake-ups are what idle CPU is made of), unless told to linger.
                 self._quiet = not busy  # only a trickle commits on the loop's thread (see _commit)
                 pause = self._interval if busy else self._linger
-                if pause > 0 and queue.qsize() < self._max_batch and not self._closed:
+                if pause > 0 and queue.qsize() < self._max_batch and not self._closed and not self._urgent:
                     wait = self._batch_wait = loop.create_future()
                     timer = loop.call_later(pause, _resolve, wait)
                     try:
@@ -317,6 +322,7 @@ class StoreWriter:
                         timer.cancel()
                         self._batch_wait = None
                 stop = False
+                self._urgent = False  # what an urgent flush waits for is queued: it is in this batch
                 while len(batch) < self._max_batch and not queue.empty():
                     item = queue.get_nowait()
                     if isinstance(item, _Stop):

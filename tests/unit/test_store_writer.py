@@ -131,3 +131,30 @@ async def test_idle_linger_groups_a_trickle_into_one_commit_and_close_does_not_w
     assert loop.time() - started < 0.4
     with sqlite3.connect(tmp_path / "g.db") as conn:
         assert conn.execute("SELECT count(*) FROM readings").fetchone()[0] == 4
+
+
+async def test_an_urgent_flush_right_after_a_put_skips_the_batching_wait(tmp_path: Path) -> None:
+    from gateway.core.models import OutboxDone
+
+    # The uplink deletes acknowledged rows with put() then flush(urgent=True), usually before the writer
+    # has woken up. Before the fix the writer then began its batching wait anyway, and every in-flight
+    # window of the uplink paid it (drain capped near window / interval).
+    writer = StoreWriter(tmp_path / "g.db", metrics=Metrics(), outbox=True, commit_interval=2.0)
+    await writer.open()
+    task = asyncio.create_task(writer.run())
+    loop = asyncio.get_running_loop()
+    try:
+        await writer.put(Reading("AP-01", 1763800000.0, 1763800000.5, {"pm25": 1.0}))
+        await writer.flush()  # after a quiet spell: at once
+        for seq in (1, 1):  # the writer is "busy" now: a plain flush would wait its 2 s interval
+            t0 = loop.time()
+            await writer.put(OutboxDone((seq,)))
+            await writer.flush(urgent=True)  # awaited directly, as the uplink does (wait_for's task hid the bug)
+            assert loop.time() - t0 < 1.0
+        t0 = loop.time()
+        await writer.put(Reading("AP-01", 1763800001.0, 1763800001.5, {"pm25": 1.0}))
+        await writer.flush()
+        assert loop.time() - t0 >= 1.5  # without urgency the batching wait still applies
+    finally:
+        await writer.close()
+        await task
