@@ -96,7 +96,9 @@ def _run(config: str) -> int:
         return EXIT_CONFIG
     from gateway.app import run_gateway
     from gateway.logs import configure_logging
+    from gateway.malloc_tuning import limit_arenas
 
+    limit_arenas(1)  # before any thread exists: see gateway/malloc_tuning.py
     configure_logging(loaded.settings.logging.level, loaded.settings.logging.format)
     asyncio.run(run_gateway(loaded))
     return 0

@@ -20,6 +20,7 @@ from gateway.core.models import OutboxPrune, Reading, StatusChange
 from gateway.core.ports import ReadingDecoder
 from gateway.ingest.service import Ingest
 from gateway.logs import configure_logging
+from gateway.malloc_tuning import trim_periodically
 from gateway.settings import LoadedSettings, Settings, load_settings
 from gateway.store.queries import load_device_states
 from gateway.store.writer import StoreWriter
@@ -263,6 +264,7 @@ class Gateway:
                 await self.api.start()
                 log.info("api.listening", host=self.settings.api.host, port=self.api.port)
             watchdog = tg.create_task(self._watchdog(), name="systemd-watchdog")
+            trimmer = tg.create_task(trim_periodically(), name="malloc-trim")
             self.ready.set()
             self.notifier.ready("running")
             log.info("gateway.started", version=__version__, gateway_id=self.settings.gateway.id,
@@ -288,6 +290,7 @@ class Gateway:
                 await asyncio.wait(stopping, timeout=SHUTDOWN_BUDGET_S / 5)
             await self._shutdown()
             watchdog.cancel()
+            trimmer.cancel()
         log.info("gateway.stopped", readings_committed=self.metrics.value("gateway_readings_committed_total"))
 
     async def _shutdown(self) -> None:

@@ -122,7 +122,7 @@ class StorageSection(_Strict):
     commit_interval_ms: Annotated[float, Field(gt=0, le=1000)] = 5.0
     max_batch: Annotated[int, Field(ge=1, le=100_000)] = 1000
     # Rows waiting for the writer; when full, producers wait (back-pressure), nothing is dropped.
-    queue_size: Annotated[int, Field(ge=10)] = 10_000
+    queue_size: Annotated[int, Field(ge=10)] = 2_000
     synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
     # When readings trickle in (a quiet spell before the first one), hold it this long so later ones share
     # its transaction. 0: commit at once. 1000 cuts idle CPU (~1.6 % -> ~0.9 % of a core with 100

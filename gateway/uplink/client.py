@@ -38,7 +38,7 @@ from gateway.uplink.rpc import Dispatcher, RpcError, encode, error_response, par
 
 log = structlog.get_logger(__name__)
 
-LIVE_QUEUE_SIZE = 10_000
+LIVE_QUEUE_SIZE = 1_000
 RPC_CONCURRENCY = 16  # requests served at once (a device command waits for its ack: up to minutes)
 BACKLOG_PAGE = 500
 

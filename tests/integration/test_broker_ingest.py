@@ -239,6 +239,41 @@ async def test_back_pressure_when_the_writer_queue_is_full_loses_nothing(gateway
     await wait_for(lambda: gw.query("SELECT count(*) FROM readings")[0][0] == 300, timeout=10)
 
 
+async def test_a_flooding_device_is_not_parsed_ahead_of_delivery_and_loses_nothing(
+    gateway_factory: GatewayFactory,
+) -> None:
+    """A burst waits as bytes in the socket, not as thousands of parsed messages in amqtt's queue.
+
+    Before the fix only the transport was paused: everything already buffered (64 KB and more) was
+    parsed into message objects, ~1.5 KB each, and 100 purifiers flat out left +15 MB of RSS behind.
+    """
+    from tests.bench.mqttload import connect_packet, publish_packet
+
+    gw = await gateway_factory(storage="queue_size = 10\nmax_batch = 5")  # a slow store: delivery lags
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    writer.write(connect_packet("AP-01", "AP-01", device_password("AP-01")))
+    assert (await reader.readexactly(4))[3] == 0
+    session = gw.gateway.broker.amqtt._sessions["AP-01"][0]
+    deepest = 0
+
+    async def watch() -> None:
+        nonlocal deepest
+        while True:
+            deepest = max(deepest, session.delivered_message_queue.qsize())
+            await asyncio.sleep(0)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        burst = b"".join(publish_packet("device/AP-01/data", reading(pm25=float(i)), 0) for i in range(2000))
+        writer.write(burst)  # QoS 0 flat out: only TCP can hold this device back
+        await writer.drain()
+        await wait_for(lambda: gw.query("SELECT count(*) FROM readings")[0][0] == 2000, timeout=30)
+    finally:
+        watcher.cancel()
+        writer.close()
+    assert 0 < deepest <= 16, f"{deepest} parsed messages waited for delivery"
+
+
 async def test_a_device_that_publishes_and_disconnects_at_once_loses_nothing_acknowledged(
     gateway: RunningGateway,
 ) -> None:
