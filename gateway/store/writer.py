@@ -52,17 +52,27 @@ SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(va
 FROM json_each({rows});
 """
 # Latest reading by the reading's own time (a late, older reading must not replace it); last_seen by arrival.
-_UPSERT_LATEST = """
-INSERT INTO device_state (device_id, last_seen, last_ts, last_metrics)
-SELECT json_extract(value, '$[0]'), json_extract(value, '$[2]'), json_extract(value, '$[1]'),
-       json_extract(value, '$[3]')
-FROM json_each({rows}) WHERE true
-ON CONFLICT (device_id) DO UPDATE SET
+_LATEST_ON_CONFLICT = """ON CONFLICT (device_id) DO UPDATE SET
     last_seen = max(coalesce(device_state.last_seen, 0), excluded.last_seen),
     last_metrics = CASE WHEN device_state.last_ts IS NULL OR excluded.last_ts >= device_state.last_ts
                         THEN excluded.last_metrics ELSE device_state.last_metrics END,
     last_ts = max(coalesce(device_state.last_ts, 0), excluded.last_ts);
 """
+_UPSERT_LATEST = """
+INSERT INTO device_state (device_id, last_seen, last_ts, last_metrics)
+SELECT json_extract(value, '$[0]'), json_extract(value, '$[2]'), json_extract(value, '$[1]'),
+       json_extract(value, '$[3]')
+FROM json_each({rows}) WHERE true
+""" + _LATEST_ON_CONFLICT
+# The same writes as prepared statements, for a trickle committed on the loop's thread (see _commit_trickle).
+_INSERT_READING_ROW = "INSERT INTO readings (device_id, ts, received_at, metrics, extra) VALUES (?, ?, ?, ?, ?)"
+_UPSERT_LATEST_ROW = (
+    "INSERT INTO device_state (device_id, last_seen, last_ts, last_metrics) VALUES (?, ?, ?, ?)\n"
+    + _LATEST_ON_CONFLICT
+)
+_INSERT_OUTBOX_ROW = (
+    "INSERT INTO outbox (seq, kind, device_id, ts, body, size, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
 _UPSERT_STATUS = """
 INSERT INTO device_state (device_id, online, status_changed_at, last_seen)
 SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'),
@@ -193,6 +203,25 @@ def _transient(exc: sqlite3.Error) -> bool:
     return isinstance(exc, sqlite3.OperationalError) and any(
         word in text for word in ("locked", "busy", "full", "disk i/o", "unable to open")
     )
+
+
+def _commit_readings_prepared(
+    db: sqlite3.Connection,
+    readings: list[list[Any]],
+    latest: list[list[Any]],
+    outbox: list[OutboxEntry],
+    now: float,
+) -> None:
+    """A trickle of readings as prepared statements: the same rows as the script path, without parsing
+    a new script and its JSON per reading (~200 us of CPU per reading, measured, against ~55 us)."""
+    db.execute("BEGIN")
+    db.executemany(_INSERT_READING_ROW, [(r[0], r[1], r[2], r[3], _dumps(r[4]) if r[4] else None) for r in readings])
+    db.executemany(_UPSERT_LATEST_ROW, [(r[0], r[2], r[1], r[3]) for r in latest])
+    if outbox:
+        db.executemany(
+            _INSERT_OUTBOX_ROW, [(e.seq, e.kind, e.device_id, e.ts, e.body, len(e.body), now) for e in outbox]
+        )
+    db.execute("COMMIT")
 
 
 class _Stop:
@@ -480,9 +509,15 @@ class StoreWriter:
                 metrics = _dumps(rec.metrics)
                 row = [rec.device_id, rec.ts, rec.received_at, metrics, rec.extra or None]
                 readings.append(row)
+                # The device's newest reading by its own time; last_seen is its latest arrival even when
+                # that was a late, older reading (a copy: `row` also goes to the readings table).
                 prev = latest.get(rec.device_id)
-                if prev is None or rec.ts >= prev[1]:
-                    latest[rec.device_id] = row
+                if prev is None:
+                    latest[rec.device_id] = row[:4]
+                elif rec.ts >= prev[1]:
+                    latest[rec.device_id] = [rec.device_id, rec.ts, max(prev[2], rec.received_at), metrics]
+                else:
+                    prev[2] = max(prev[2], rec.received_at)
                 if self._outbox:
                     outbox.append(OutboxEntry(seq, "telemetry", rec.device_id, rec.ts, metrics))
                     seq += 1
@@ -516,35 +551,40 @@ class StoreWriter:
                 body = _dumps({"type": event[2], "data": event[3]})
                 outbox.append(OutboxEntry(seq, "event", event[1], event[0], body))
                 seq += 1
-        script = ["BEGIN;"]
-        script.extend(row_writes)
-        if readings:
-            script.append(_INSERT_READINGS.format(rows=_text(_dumps(readings))))
-            script.append(_UPSERT_LATEST.format(rows=_text(_dumps(list(latest.values())))))
-        if statuses:
-            script.append(_UPSERT_STATUS.format(rows=_text(_dumps(list(statuses.values())))))
-        if events:
-            script.append(_INSERT_EVENTS.format(rows=_text(_dumps(events))))
-        if quarantine:
-            script.append(_INSERT_QUARANTINE.format(rows=", ".join(quarantine)))
-        if outbox:
-            rows = [[e.seq, e.kind, e.device_id, e.ts, e.body] for e in outbox]
-            script.append(_INSERT_OUTBOX.format(rows=_text(_dumps(rows)), now=float(self._clock.now())))
-        if done:
-            script.append(_DELETE_OUTBOX.format(seqs=_text(_dumps(done))))
-        if rpc:
-            script.append(_INSERT_RPC.format(rows=_text(_dumps(rpc))))
-        script.append("COMMIT;")
+        # A trickle (after a quiet spell, a few records) commits on the loop's thread: SQLite here beats
+        # ~0.5 ms of CPU handing it to the worker thread and back (two thread wake-ups per reading were
+        # most of a quiet gateway's CPU). Never under load: commits on the loop's thread would shrink the
+        # batches and starve the broker.
+        trickle = self._quiet and len(batch) <= INLINE_COMMIT_MAX
         try:
-            if len(script) > 2:
-                text = "\n".join(script)
-                if self._quiet and len(batch) <= INLINE_COMMIT_MAX:
-                    # A trickle: SQLite here beats ~0.5 ms of CPU handing it to the worker thread and back
-                    # (two thread wake-ups per reading were most of a quiet gateway's CPU). Never under
-                    # load: commits on the loop's thread would shrink the batches and starve the broker.
-                    conn._conn.executescript(text)
-                else:
-                    await conn.executescript(text)
+            if trickle and readings and not (row_writes or statuses or events or quarantine or done or rpc):
+                _commit_readings_prepared(conn._conn, readings, list(latest.values()), outbox, self._clock.now())
+            else:
+                script = ["BEGIN;"]
+                script.extend(row_writes)
+                if readings:
+                    script.append(_INSERT_READINGS.format(rows=_text(_dumps(readings))))
+                    script.append(_UPSERT_LATEST.format(rows=_text(_dumps(list(latest.values())))))
+                if statuses:
+                    script.append(_UPSERT_STATUS.format(rows=_text(_dumps(list(statuses.values())))))
+                if events:
+                    script.append(_INSERT_EVENTS.format(rows=_text(_dumps(events))))
+                if quarantine:
+                    script.append(_INSERT_QUARANTINE.format(rows=", ".join(quarantine)))
+                if outbox:
+                    rows = [[e.seq, e.kind, e.device_id, e.ts, e.body] for e in outbox]
+                    script.append(_INSERT_OUTBOX.format(rows=_text(_dumps(rows)), now=float(self._clock.now())))
+                if done:
+                    script.append(_DELETE_OUTBOX.format(seqs=_text(_dumps(done))))
+                if rpc:
+                    script.append(_INSERT_RPC.format(rows=_text(_dumps(rpc))))
+                script.append("COMMIT;")
+                if len(script) > 2:
+                    text = "\n".join(script)
+                    if trickle:
+                        conn._conn.executescript(text)
+                    else:
+                        await conn.executescript(text)
         except BaseException:
             if conn.in_transaction:
                 await conn.execute("ROLLBACK")

@@ -15,9 +15,11 @@ from array import array
 from collections.abc import Sequence
 from pathlib import Path
 
+import gateway.__main__  # noqa: F401  first, as in `edge-gateway run`: it keeps rich out of the process
 from gateway.app import Gateway
 from gateway.core.models import Reading, StoreRecord
 from gateway.logs import configure_logging
+from gateway.malloc_tuning import limit_arenas
 from gateway.settings import load_settings
 from tests.bench.common import percentile
 
@@ -61,4 +63,5 @@ async def main(config: str, stats_path: str) -> None:
 
 
 if __name__ == "__main__":
+    limit_arenas(1)  # as `edge-gateway run` does
     asyncio.run(main(sys.argv[1], sys.argv[2]))

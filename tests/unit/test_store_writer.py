@@ -19,7 +19,7 @@ async def test_hostile_strings_are_stored_verbatim_and_the_writer_keeps_running(
     await writer.open()
     task = asyncio.create_task(writer.run())
     for i, text in enumerate(HOSTILE):
-        await writer.put(Reading("AP-01", 1763800000.0 + i, 1763800000.5, {"pm25": 1.0}, {"note": text}))
+        await writer.put(Reading("AP-01", 1763800000.0 + i, {"pm25": 1.0}, 1763800000.5, {"note": text}))
         await writer.put(Quarantined(1763800000.0, text, "device/AP-01/data", text.encode(), text, "AP-01"))
     await asyncio.wait_for(writer.flush(), 10)  # before the fix the writer died on the NUL and this hung
     await writer.close()
@@ -45,7 +45,7 @@ async def test_a_failing_commit_listener_neither_replays_the_batch_nor_stops_the
     writer.on_outbox.append(broken)
     task = asyncio.create_task(writer.run())
     for i in range(3):
-        await writer.put(Reading("AP-01", 1763800000.0 + i, 1763800000.5, {"pm25": 1.0}))
+        await writer.put(Reading("AP-01", 1763800000.0 + i, {"pm25": 1.0}, 1763800000.5))
         await asyncio.wait_for(writer.flush(), 10)
     await writer.close()
     await task
@@ -71,7 +71,7 @@ async def test_row_writes_upsert_and_delete_control_rows(tmp_path: Path) -> None
                                                  "source": "api"}))
     await writer.put(RowWrite("desired_layers", {"device_id": "AP-01", "layer": "manual"}, delete=True))
     await writer.put(RowWrite("no_such_table", {"x": 1}))  # a bug: refused and counted, nothing else lost
-    await writer.put(Reading("AP-01", 1763800000.0, 1763800000.5, {"pm25": 1.0}))
+    await writer.put(Reading("AP-01", 1763800000.0, {"pm25": 1.0}, 1763800000.5))
     await asyncio.wait_for(writer.flush(), 10)
     await writer.close()
     await task
@@ -120,11 +120,11 @@ async def test_idle_linger_groups_a_trickle_into_one_commit_and_close_does_not_w
     task = asyncio.create_task(writer.run())
     loop = asyncio.get_running_loop()
     for i in range(3):  # a trickle: 3 readings 50 ms apart after a quiet spell
-        await writer.put(Reading("AP-01", 1763800000.0 + i, 1763800000.5, {"pm25": 1.0}))
+        await writer.put(Reading("AP-01", 1763800000.0 + i, {"pm25": 1.0}, 1763800000.5))
         await asyncio.sleep(0.05)
     await asyncio.wait_for(writer.flush(), 5)
     assert metrics.value("gateway_store_commits_total") == 1
-    await writer.put(Reading("AP-01", 1763800009.0, 1763800009.5, {"pm25": 1.0}))
+    await writer.put(Reading("AP-01", 1763800009.0, {"pm25": 1.0}, 1763800009.5))
     started = loop.time()
     await writer.close()  # a lingering record is committed at once, not after the linger
     await task
@@ -144,7 +144,7 @@ async def test_an_urgent_flush_right_after_a_put_skips_the_batching_wait(tmp_pat
     task = asyncio.create_task(writer.run())
     loop = asyncio.get_running_loop()
     try:
-        await writer.put(Reading("AP-01", 1763800000.0, 1763800000.5, {"pm25": 1.0}))
+        await writer.put(Reading("AP-01", 1763800000.0, {"pm25": 1.0}, 1763800000.5))
         await writer.flush()  # after a quiet spell: at once
         for seq in (1, 1):  # the writer is "busy" now: a plain flush would wait its 2 s interval
             t0 = loop.time()
@@ -152,9 +152,45 @@ async def test_an_urgent_flush_right_after_a_put_skips_the_batching_wait(tmp_pat
             await writer.flush(urgent=True)  # awaited directly, as the uplink does (wait_for's task hid the bug)
             assert loop.time() - t0 < 1.0
         t0 = loop.time()
-        await writer.put(Reading("AP-01", 1763800001.0, 1763800001.5, {"pm25": 1.0}))
+        await writer.put(Reading("AP-01", 1763800001.0, {"pm25": 1.0}, 1763800001.5))
         await writer.flush()
         assert loop.time() - t0 >= 1.5  # without urgency the batching wait still applies
     finally:
         await writer.close()
         await task
+
+
+async def test_a_trickle_and_a_batch_store_identical_rows(tmp_path: Path) -> None:
+    # A quiet gateway commits each reading with prepared statements; under load a batch goes as one script
+    # with JSON literals. Both must store the same thing, hostile strings and late readings included.
+    readings = [
+        Reading(f"AP-0{i % 2}", 1763800000.0 + (5 - i if i == 4 else i), {"pm25": 1.5 * i, "power": i % 2 == 0},
+                1763800000.5 + i, {"note": text} if i % 3 else {})
+        for i, text in enumerate(HOSTILE)
+    ]
+
+    async def store(name: str, *, one_by_one: bool) -> dict[str, list[tuple[object, ...]]]:
+        writer = StoreWriter(tmp_path / name, metrics=Metrics(), outbox=True, commit_interval=0.05)
+        await writer.open()
+        task = asyncio.create_task(writer.run())
+        try:
+            for rec in readings:
+                await writer.put(rec)
+                if one_by_one:
+                    await writer.flush()
+                    await asyncio.sleep(0.25)  # quiet again: the next one is a trickle too
+            await writer.flush()
+        finally:
+            await writer.close()
+            await task
+        with sqlite3.connect(tmp_path / name) as conn:
+            return {
+                "readings": conn.execute("SELECT device_id, ts, received_at, metrics, extra FROM readings").fetchall(),
+                "state": conn.execute("SELECT * FROM device_state ORDER BY device_id").fetchall(),
+                "outbox": conn.execute("SELECT seq, kind, device_id, ts, body, size FROM outbox").fetchall(),
+            }
+
+    trickle = await store("trickle.db", one_by_one=True)
+    batch = await store("batch.db", one_by_one=False)
+    assert trickle == batch
+    assert len(trickle["readings"]) == len(HOSTILE)
