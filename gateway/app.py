@@ -76,6 +76,7 @@ class Gateway:
         )
         self.ingest = Ingest(
             put=self.writer.put,
+            receipt=self.writer.receipt,
             metrics=self.metrics,
             clock=self.clock,
             device_kinds={d.id: d.kind for d in s.devices},

@@ -36,8 +36,12 @@ class SystemdNotifier:
         if self._address is None:
             return
         message = "\n".join(lines).encode()
-        # systemd gone (shutdown, or run by hand with a stale variable): nothing to tell
+        # Never blocking: this runs on the event loop, and a notify socket whose reader is slow or stuck
+        # (its queue holds 10 datagrams) blocked the whole gateway until it was read. A message that
+        # does not fit is dropped, as is one to a systemd that is gone (a stale variable): both are
+        # told again on the next watchdog ping or state change.
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock, contextlib.suppress(OSError):
+            sock.setblocking(False)
             sock.sendto(message, self._address)
 
     def ready(self, status: str = "") -> None:

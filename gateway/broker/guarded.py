@@ -41,6 +41,7 @@ from amqtt.session import Session
 
 from gateway.broker import reader_loop, session_states
 from gateway.broker.acl import Access, device_may
+from gateway.broker.publish_flow import PublishThrottle, StoredAckMessage, StoredAcks
 from gateway.core.metrics import Metrics
 from gateway.core.passwords import verify_password, warm_up
 from gateway.core.ports import BrokerSink
@@ -81,7 +82,8 @@ class _Connection:
     reader: Any  # amqtt's ReaderAdapter/WriterAdapter: held here because amqtt attaches them to the
     writer: Any  # handler only after our checks, and a takeover or shutdown may need to abort before that
     session: Session
-    throttle: _PublishThrottle | None = None
+    throttle: PublishThrottle | None = None
+    acks: StoredAcks | None = None
     ended: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -118,6 +120,8 @@ class GuardedBroker(Broker):  # type: ignore[misc]
         self._no_client_loops = asyncio.Event()
         self._no_client_loops.set()
         self._silence_tasks: set[asyncio.Future[None]] = set()
+        # id(session) -> the store receipt of the message being delivered (see _handle_message_delivery)
+        self._receipts: dict[int, asyncio.Future[None] | None] = {}
 
     def close_password_pool(self) -> None:
         self._password_pool.shutdown(wait=False, cancel_futures=True)
@@ -157,7 +161,8 @@ class GuardedBroker(Broker):  # type: ignore[misc]
         conn = _Connection(device_id, handler, reader, writer, session)
         self._connections[id(handler)] = conn
         self._current[id(session)] = conn
-        conn.throttle = _PublishThrottle(handler, session, high=self._pending_per_client)
+        conn.acks = StoredAcks(_transport(writer))
+        conn.throttle = PublishThrottle(handler, session, conn.acks, high=self._pending_per_client)
         handler.handle_publish = conn.throttle
         if session.keep_alive > 0:
             # The handler's reader waits this long for the next packet, then calls handle_read_timeout(),
@@ -339,10 +344,17 @@ class GuardedBroker(Broker):  # type: ignore[misc]
     # --- ingest hook ----------------------------------------------------------------------------
 
     async def _handle_message_delivery(self, client_session: Session, handler: Any, wait_deliver: Any) -> bool:
+        key = id(client_session)
+        self._receipts.pop(key, None)  # a Will's, say: not this message's
+        conn = self._connections.get(id(handler))
         try:
-            return bool(await super()._handle_message_delivery(client_session, handler, wait_deliver))
+            keep = bool(await super()._handle_message_delivery(client_session, handler, wait_deliver))
+            message = wait_deliver.result()
+            if isinstance(message, StoredAckMessage) and conn is not None and conn.acks is not None:
+                # Its PUBACK once the store has it (None: nothing stored, e.g. an ACL refusal: at once).
+                conn.acks.settle(message.ack, self._receipts.pop(key, None))
+            return keep
         finally:
-            conn = self._connections.get(id(handler))
             if conn is not None and conn.throttle is not None:
                 conn.throttle.delivered()
 
@@ -360,7 +372,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]
                 self._metrics.inc("gateway_broker_acl_denied_total", 1, action="will")
                 log.warning("broker.will_denied", client_id=session.client_id, topic=topic)
                 return
-            await self._sink.message(device_id, topic, bytes(data or b""))
+            self._receipts[id(session)] = await self._sink.message(device_id, topic, bytes(data or b""))
             if not self._has_subscriber(topic):
                 return  # device data usually has no MQTT subscriber: skip amqtt's (unbounded) broadcast queue
         await super()._broadcast_message(session, topic, data, force_qos)
@@ -449,12 +461,12 @@ class GuardedBroker(Broker):  # type: ignore[misc]
     # --- orderly shutdown ----------------------------------------------------------------------------
 
     async def stop_intake(self, timeout: float = 3.0) -> None:
-        """Accept no new connections or packets, and hand everything amqtt acknowledged to the sink.
+        """Accept no new connections or packets, and hand everything already parsed to the sink.
 
-        amqtt sends PUBACK as soon as a message is in the session's delivery queue, before our hook
-        sees it. So: abort every connection (nothing more is read or acknowledged; the readers end
-        normally on the closed socket), let each client loop finish what it holds, then deliver what
-        is still queued ourselves.
+        QoS 1 messages are acknowledged only once stored (publish_flow.py), but QoS 0 messages and
+        what a device sent just before it went are in the delivery queues: abort every connection
+        (nothing more is read or acknowledged; the readers end normally on the closed socket), let
+        each client loop finish what it holds, then deliver what is still queued ourselves.
         """
         self._closing = True
         for server in self._servers.values():
@@ -483,59 +495,21 @@ class GuardedBroker(Broker):  # type: ignore[misc]
             await self._deliver_leftovers(conn.session, conn.device_id)
 
     async def _deliver_leftovers(self, session: Session, device_id: str) -> None:
-        """Hand over messages amqtt acknowledged but its client loop never delivered.
+        """Hand over messages parsed but never delivered by amqtt's client loop.
 
         amqtt ends a client's loop at DISCONNECT (or a lost connection) and leaves what is still in
-        the delivery queue there: a sensor that publishes and disconnects at once would lose readings
-        it already got PUBACKs for.
+        the delivery queue there: a sensor that publishes and disconnects at once would lose them
+        (its QoS 0 messages, and QoS 1 ones it may not send again). Stored at least once, never lost.
         """
         queue = session.delivered_message_queue
         while not queue.empty():
             message = queue.get_nowait()
             if message is None or not message.topic or not device_may(device_id, Access.PUBLISH, message.topic):
                 continue
-            self._metrics.inc("gateway_broker_leftovers_delivered_total", 1, "acknowledged messages amqtt left behind")
+            self._metrics.inc("gateway_broker_leftovers_delivered_total", 1, "parsed messages amqtt left behind")
             await self._sink.message(device_id, message.topic, bytes(message.data or b""))
 
 
 def _transport(writer: Any) -> asyncio.Transport | None:
     stream = getattr(writer, "_writer", None)  # amqtt's StreamWriterAdapter around asyncio's StreamWriter
     return getattr(stream, "transport", None)
-
-
-class _PublishThrottle:
-    """Stops reading a client's packets while too many of its messages wait for delivery.
-
-    amqtt reads on without waiting for delivery: its per-session queue is unbounded (a QoS 0 flood
-    grows it without limit; bounding the queue itself would make amqtt drop QoS 0 messages). Our reader
-    loop calls handle_publish inline, so waiting here stops the parsing of this client's packets: what
-    it sent meanwhile stays as bytes in its stream buffer, and once that is full asyncio stops reading
-    its socket, which pushes back-pressure into TCP onto the one device that floods. A QoS 1 device
-    also stops getting PUBACKs, so its in-flight window holds it back.
-
-    Pausing only the transport (as before) let the reader parse everything already buffered into
-    message objects (~1.5 KB each): with 100 purifiers flat out ~7,000 waited in the queues, and the
-    memory they took stayed with the process after the burst (+15 MB RSS, measured).
-    """
-
-    def __init__(self, handler: Any, session: Session, *, high: int) -> None:
-        self._original = handler.handle_publish
-        self._queue = session.delivered_message_queue
-        self._high = max(high, 2)
-        self._low = self._high // 4
-        self._room: asyncio.Future[None] | None = None
-
-    async def __call__(self, packet: Any) -> None:
-        await self._original(packet)
-        if self._queue.qsize() >= self._high:
-            room = self._room = asyncio.get_running_loop().create_future()
-            try:
-                await room
-            finally:
-                self._room = None
-
-    def delivered(self) -> None:
-        """Called after each delivery: read on once the backlog is low again."""
-        room = self._room
-        if room is not None and not room.done() and self._queue.qsize() <= self._low:
-            room.set_result(None)

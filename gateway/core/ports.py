@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -18,7 +19,12 @@ class BrokerSink(Protocol):
     on that client) but must never raise.
     """
 
-    async def message(self, client_id: str, topic: str, payload: bytes) -> None: ...
+    async def message(self, client_id: str, topic: str, payload: bytes) -> asyncio.Future[None] | None:
+        """Take a message; returns its receipt: a future done once what the message produced is stored
+        (None: nothing left to wait for). The broker sends a QoS 1 PUBACK only then, so a crash never
+        loses a reading its device was told is safe. A receipt that fails means "not stored": no PUBACK,
+        and the device sends the message again on its next connection."""
+        ...
 
     async def connection(self, client_id: str, connected: bool) -> None: ...
 

@@ -6,6 +6,7 @@ store writer, awaiting it only when the writer's queue is full. It never raises 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -24,6 +25,7 @@ AckHandler = Callable[[str, bytes, float], Awaitable[None]]
 StatusListener = Callable[[str, bool], None]
 ReadyListener = Callable[[str], None]
 Put = Callable[[StoreRecord], Awaitable[None]]
+Receipt = Callable[[], "asyncio.Future[None] | None"]  # done once everything put so far is stored
 
 _STATUS_VALUES = {b"online": True, b'"online"': True, b"offline": False, b'"offline"': False}
 
@@ -33,12 +35,14 @@ class Ingest:
         self,
         *,
         put: Put,
+        receipt: Receipt,
         metrics: Metrics,
         clock: Clock,
         device_kinds: Mapping[str, str],
         decoders: Mapping[str, ReadingDecoder],
     ) -> None:
         self._put = put
+        self._receipt = receipt
         self._metrics = metrics
         self._clock = clock
         self._kinds = dict(device_kinds)
@@ -81,18 +85,26 @@ class Ingest:
 
     # --- BrokerSink -------------------------------------------------------------------------------
 
-    async def message(self, client_id: str, topic: str, payload: bytes) -> None:
+    async def message(self, client_id: str, topic: str, payload: bytes) -> asyncio.Future[None] | None:
         now = self._clock.now()
         try:
             await self._route(client_id, topic, payload, now)
-        except StoreClosedError:
+        except StoreClosedError as exc:
             self._metrics.inc("gateway_ingest_rejected_closed_total", 1, "messages refused during shutdown")
             if self._metrics.value("gateway_ingest_rejected_closed_total") == 1:  # once, not per message
                 log.warning("ingest.store_closed", client_id=client_id, topic=topic)
+            refused: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            refused.set_exception(exc)  # not stored: the device must keep it and send it again
+            return refused
         except Exception:
             # A bug here must not kill the client's broker loop; it is logged with its traceback and counted.
+            # The message is still acknowledged (once what came before it is stored): sent again, it would
+            # meet the same bug and hold up the device for good.
             self._metrics.inc("gateway_ingest_errors_total", 1, "unexpected errors in ingest")
             log.exception("ingest.error", client_id=client_id, topic=topic)
+        # Whatever this message produced is queued now; the receipt also covers what came before it, which
+        # keeps acknowledgements in arrival order.
+        return self._receipt()
 
     async def connection(self, client_id: str, connected: bool) -> None:
         if client_id not in self._kinds:

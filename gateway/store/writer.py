@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import json
 import sqlite3
+from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -264,7 +265,8 @@ class StoreWriter:
         self._stopped = asyncio.Event()
         self._enqueued = 0
         self._committed = 0
-        self._commit_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        # (records enqueued when asked, future): in order of their targets, which only grow.
+        self._commit_waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
         self._batch_wait: asyncio.Future[None] | None = None
         self._urgent = False  # a flush(urgent=True) is waiting: the next batch commits without pausing
         # Called after each commit with the records it made durable (live feeds, uplink wake-ups).
@@ -324,6 +326,23 @@ class StoreWriter:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._commit_waiters.append((target, fut))
         await fut
+
+    def receipt(self) -> asyncio.Future[None] | None:
+        """A future done once everything queued so far is committed; None if it already is.
+
+        The broker acknowledges a device's QoS 1 message only when this is done, so a crash or power cut
+        never loses a reading the device was told is safe. It fails with StoreClosedError if the store
+        closes first.
+        """
+        target = self._enqueued
+        if self._committed >= target:
+            return None
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._closed and self._stopped.is_set():
+            fut.set_exception(StoreClosedError("store is closed"))
+        else:
+            self._commit_waiters.append((target, fut))
+        return fut
 
     async def run(self) -> None:
         """The writer loop; returns after close() once the queue is drained."""
@@ -388,7 +407,7 @@ class StoreWriter:
         for _, fut in self._commit_waiters:  # nothing more will be committed: do not leave anyone waiting
             if not fut.done():
                 fut.set_exception(StoreClosedError("store closed before this was committed"))
-        self._commit_waiters = []
+        self._commit_waiters.clear()
         log.info("store.closed", committed=self._committed)
 
     async def _commit_retrying(self, batch: list[StoreRecord]) -> None:
@@ -612,12 +631,9 @@ class StoreWriter:
         self._wake_waiters()
 
     def _wake_waiters(self) -> None:
-        if self._commit_waiters:
-            still: list[tuple[int, asyncio.Future[None]]] = []
-            for target, fut in self._commit_waiters:
-                if self._committed >= target:
-                    if not fut.done():
-                        fut.set_result(None)
-                else:
-                    still.append((target, fut))
-            self._commit_waiters = still
+        waiters = self._commit_waiters
+        committed = self._committed
+        while waiters and waiters[0][0] <= committed:
+            fut = waiters.popleft()[1]
+            if not fut.done():
+                fut.set_result(None)

@@ -55,9 +55,11 @@ class ScriptedDevice:
                 await self.client.publish("device/AP-01/ack", json.dumps(ack), qos=1)
 
     async def __aexit__(self, *exc: object) -> None:
-        if self.task is not None:
+        # Cancel until it ends: Python 3.11's wait_for inside aiomqtt's publish swallows a cancellation
+        # that lands as the PUBACK arrives (the simulator's _cancel does the same).
+        while self.task is not None and not self.task.done():
             self.task.cancel()
-            await asyncio.gather(self.task, return_exceptions=True)
+            await asyncio.wait([self.task], timeout=0.5)
         await self.client.__aexit__(None, None, None)
 
 

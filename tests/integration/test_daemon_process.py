@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import json
 import os
 import signal
@@ -42,10 +44,10 @@ class DaemonProcess:
             self.messages.append(data.decode())
 
 
-@pytest.fixture
-async def daemon(tmp_path: Path) -> AsyncIterator[DaemonProcess]:
+@contextlib.asynccontextmanager
+async def _start_daemon(tmp_path: Path, storage: str = "") -> AsyncIterator[DaemonProcess]:
     port = free_port()
-    config = write_config(tmp_path, devices=["AP-01", "AP-02", "AP-03", "AP-04"], port=port)
+    config = write_config(tmp_path, devices=["AP-01", "AP-02", "AP-03", "AP-04"], port=port, storage=storage)
     notify_path = tmp_path / "notify.sock"
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(notify_path))
@@ -65,6 +67,12 @@ async def daemon(tmp_path: Path) -> AsyncIterator[DaemonProcess]:
             proc.kill()
             await proc.wait()
         notify.close()
+
+
+@pytest.fixture
+async def daemon(tmp_path: Path) -> AsyncIterator[DaemonProcess]:
+    async with _start_daemon(tmp_path) as d:
+        yield d
 
 
 async def test_notifies_systemd_ready_and_watchdog(daemon: DaemonProcess) -> None:
@@ -117,6 +125,62 @@ async def test_sigterm_during_a_burst_loses_no_accepted_reading(daemon: DaemonPr
         assert not missing, f"{device_id}: {len(missing)} acknowledged readings lost, e.g. {sorted(missing)[:5]}"
     total_stored = sum(len(s) for s in stored.values())
     print(f"acked {sum(len(v) for v in acked.values())}, stored {total_stored}, shutdown {took:.2f} s")
+
+
+def _stored_seqs(db: Path, devices: list[str]) -> dict[str, set[int]]:
+    with sqlite3.connect(db) as conn:
+        stored: dict[str, set[int]] = {d: set() for d in devices}
+        for device_id, extra in conn.execute("SELECT device_id, extra FROM readings"):
+            stored[device_id].add(json.loads(extra)["seq"])
+    return stored
+
+
+async def _raw_publisher(port: int, device_id: str, acked: list[int], going: asyncio.Event) -> None:
+    """QoS 1 flat out with 50 in flight; a sequence number counts as acked when its PUBACK came (in order)."""
+    from tests.bench.mqttload import connect_packet, publish_packet
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(connect_packet(device_id, device_id, device_password(device_id)))
+    assert (await reader.readexactly(4))[3] == 0
+    in_flight: collections.deque[tuple[int, int]] = collections.deque()  # (packet id, seq)
+    seq = 0
+    with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+        while True:
+            while len(in_flight) < 50:
+                seq += 1
+                body = json.dumps({"timestamp": 1763800000000 + seq, "pm25": 1.0, "seq": seq}).encode()
+                packet_id = seq % 65535 + 1
+                writer.write(publish_packet(f"device/{device_id}/data", body, 1, packet_id=packet_id))
+                in_flight.append((packet_id, seq))
+            header = await reader.readexactly(4)
+            expected_id, acked_seq = in_flight.popleft()
+            assert header == b"\x40\x02" + expected_id.to_bytes(2, "big"), "PUBACKs out of order"
+            acked.append(acked_seq)
+            if len(acked) >= 1000:
+                going.set()
+    writer.close()
+
+
+async def test_kill_9_during_a_burst_loses_no_acknowledged_reading(tmp_path: Path) -> None:
+    """A crash (OOM, watchdog, power) must not lose what a device was told is safe.
+
+    amqtt sent the PUBACK once it had queued a message in memory: with commits 200 ms apart, a kill -9
+    lost the readings acknowledged since the last commit. Now the PUBACK waits for the commit.
+    """
+    devices = ["AP-01", "AP-02", "AP-03", "AP-04"]
+    async with _start_daemon(tmp_path, storage="commit_interval_ms = 200") as daemon:
+        acked: dict[str, list[int]] = {d: [] for d in devices}
+        going = asyncio.Event()
+        publishers = [asyncio.create_task(_raw_publisher(daemon.port, d, acked[d], going)) for d in devices]
+        await asyncio.wait_for(going.wait(), 30)
+        await asyncio.sleep(0.1)  # in the middle of a commit interval
+        daemon.proc.kill()
+        await daemon.proc.wait()
+        await asyncio.wait_for(asyncio.gather(*publishers), 15)
+    stored = _stored_seqs(daemon.db, devices)
+    for device_id in devices:
+        missing = set(acked[device_id]) - stored[device_id]
+        assert not missing, f"{device_id}: {len(missing)} acknowledged readings lost, e.g. {sorted(missing)[:5]}"
 
 
 async def test_sighup_reloads_devices_and_keeps_running(daemon: DaemonProcess) -> None:
