@@ -39,6 +39,7 @@ from amqtt.mqtt.connack import NOT_AUTHORIZED, ConnackPacket
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.session import Session
 
+from gateway import malloc_tuning
 from gateway.broker import reader_loop, session_states
 from gateway.broker.acl import Access, device_may
 from gateway.broker.publish_flow import PublishThrottle, StoredAckMessage, StoredAcks
@@ -120,6 +121,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]
         self._no_client_loops = asyncio.Event()
         self._no_client_loops.set()
         self._silence_tasks: set[asyncio.Future[None]] = set()
+        self._verifying = 0  # password checks in flight
         # id(session) -> the store receipt of the message being delivered (see _handle_message_delivery)
         self._receipts: dict[int, asyncio.Future[None] | None] = {}
 
@@ -195,7 +197,17 @@ class GuardedBroker(Broker):  # type: ignore[misc]
             return None, "no-password"
         # argon2 costs tens of ms on a Pi: keep it off the event loop.
         loop = asyncio.get_running_loop()
-        if await loop.run_in_executor(self._password_pool, verify_password, password_hash, password):
+        self._verifying += 1
+        try:
+            ok = await loop.run_in_executor(self._password_pool, verify_password, password_hash, password)
+        finally:
+            self._verifying -= 1
+            if self._verifying == 0:
+                # Each check allocates argon2's memory cost; after a login storm (a power cut brings back
+                # every purifier at once) hand the freed heap back now, not at the next periodic trim
+                # (a trim costs well under a millisecond).
+                malloc_tuning.trim()
+        if ok:
             return username, ""
         return None, "bad-password"
 
