@@ -18,10 +18,6 @@ import ctypes.util
 import functools
 from typing import Any
 
-import structlog
-
-log = structlog.get_logger(__name__)
-
 _M_ARENA_MAX = -8  # from glibc's malloc.h
 TRIM_INTERVAL_S = 10.0
 
@@ -56,9 +52,8 @@ def trim() -> bool:
 
 async def trim_periodically(interval: float = TRIM_INTERVAL_S) -> None:
     """A task: trim every few seconds (a trim of a ~20 MB heap takes well under a millisecond here)."""
-    libc = _libc()
-    if libc is None:
+    if _libc() is None:
         return
     while True:
         await asyncio.sleep(interval)
-        libc.malloc_trim(0)
+        trim()

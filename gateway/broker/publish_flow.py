@@ -64,10 +64,6 @@ class StoredAcks:
         else:
             receipt.add_done_callback(functools.partial(self._stored, entry))
 
-    @property
-    def waiting(self) -> int:
-        return len(self._order)
-
     def _stored(self, entry: list[Any], receipt: asyncio.Future[None]) -> None:
         entry[1] = not receipt.cancelled() and receipt.exception() is None
         self._send_ready()

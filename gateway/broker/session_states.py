@@ -25,14 +25,8 @@ class SessionStates:
         self.state = "new"
         self._session = session
 
-    def is_new(self) -> bool:
-        return self.state == "new"
-
     def is_connected(self) -> bool:
         return self.state == "connected"
-
-    def is_disconnected(self) -> bool:
-        return self.state == "disconnected"
 
     def connect(self) -> bool:
         if self.state == "connected":

@@ -312,8 +312,8 @@ class StoreWriter:
         `urgent` cuts the writer's batching wait short: the uplink frees an in-flight slot only once
         its outbox row is deleted, so its throughput is one commit cycle per window.
         """
-        target = self._enqueued
-        if self._committed >= target:
+        fut = self.receipt()
+        if fut is None:
             return
         if urgent:
             # Sticky until the writer takes its next batch: the caller usually flushes right after its
@@ -321,10 +321,6 @@ class StoreWriter:
             self._urgent = True
             if self._batch_wait is not None and not self._batch_wait.done():
                 self._batch_wait.set_result(None)
-        if self._closed and self._stopped.is_set():
-            raise StoreClosedError("store is closed")
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._commit_waiters.append((target, fut))
         await fut
 
     def receipt(self) -> asyncio.Future[None] | None:
@@ -579,31 +575,25 @@ class StoreWriter:
             if trickle and readings and not (row_writes or statuses or events or quarantine or done or rpc):
                 _commit_readings_prepared(conn._conn, readings, list(latest.values()), outbox, self._clock.now())
             else:
-                script = ["BEGIN;"]
-                script.extend(row_writes)
+                statements = list(row_writes)
                 if readings:
-                    script.append(_INSERT_READINGS.format(rows=_text(_dumps(readings))))
-                    script.append(_UPSERT_LATEST.format(rows=_text(_dumps(list(latest.values())))))
+                    statements.append(_INSERT_READINGS.format(rows=_text(_dumps(readings))))
+                    statements.append(_UPSERT_LATEST.format(rows=_text(_dumps(list(latest.values())))))
                 if statuses:
-                    script.append(_UPSERT_STATUS.format(rows=_text(_dumps(list(statuses.values())))))
+                    statements.append(_UPSERT_STATUS.format(rows=_text(_dumps(list(statuses.values())))))
                 if events:
-                    script.append(_INSERT_EVENTS.format(rows=_text(_dumps(events))))
+                    statements.append(_INSERT_EVENTS.format(rows=_text(_dumps(events))))
                 if quarantine:
-                    script.append(_INSERT_QUARANTINE.format(rows=", ".join(quarantine)))
+                    statements.append(_INSERT_QUARANTINE.format(rows=", ".join(quarantine)))
                 if outbox:
                     rows = [[e.seq, e.kind, e.device_id, e.ts, e.body] for e in outbox]
-                    script.append(_INSERT_OUTBOX.format(rows=_text(_dumps(rows)), now=float(self._clock.now())))
+                    statements.append(_INSERT_OUTBOX.format(rows=_text(_dumps(rows)), now=float(self._clock.now())))
                 if done:
-                    script.append(_DELETE_OUTBOX.format(seqs=_text(_dumps(done))))
+                    statements.append(_DELETE_OUTBOX.format(seqs=_text(_dumps(done))))
                 if rpc:
-                    script.append(_INSERT_RPC.format(rows=_text(_dumps(rpc))))
-                script.append("COMMIT;")
-                if len(script) > 2:
-                    text = "\n".join(script)
-                    if trickle:
-                        conn._conn.executescript(text)
-                    else:
-                        await conn.executescript(text)
+                    statements.append(_INSERT_RPC.format(rows=_text(_dumps(rpc))))
+                if statements:
+                    await self._run_script("BEGIN;\n" + "\n".join(statements) + "\nCOMMIT;", inline=trickle)
         except BaseException:
             if conn.in_transaction:
                 await conn.execute("ROLLBACK")
@@ -629,6 +619,15 @@ class StoreWriter:
         for callback in self.on_commit:
             self._notify(callback, batch)
         self._wake_waiters()
+
+    async def _run_script(self, text: str, *, inline: bool) -> None:
+        conn = self._conn
+        if conn is None:
+            raise StoreClosedError("store is not open")
+        if inline:
+            conn._conn.executescript(text)  # on the loop's thread: a trickle (see _commit)
+        else:
+            await conn.executescript(text)
 
     def _wake_waiters(self) -> None:
         waiters = self._commit_waiters

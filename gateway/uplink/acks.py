@@ -38,10 +38,6 @@ class AckTracker(Generic[T]):
 
         self._paho.on_publish = on_publish
 
-    @property
-    def in_flight(self) -> int:
-        return len(self._pending)
-
     def publish(self, topic: str, payload: bytes, token: T) -> None:
         """Hand the message to paho (it writes when the socket can take it); raises if the link is down."""
         info = self._paho.publish(topic, payload, 1)

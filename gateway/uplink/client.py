@@ -41,6 +41,8 @@ log = structlog.get_logger(__name__)
 LIVE_QUEUE_SIZE = 1_000
 RPC_CONCURRENCY = 16  # requests served at once (a device command waits for its ack: up to minutes)
 BACKLOG_PAGE = 500
+# What a published message holds until its PUBACK and its rows' deletion: the outbox seqs, the slots.
+Sent = tuple[tuple[int, ...], list[asyncio.Semaphore]]
 
 
 @dataclass
@@ -87,7 +89,7 @@ class Uplink:
         self._overflow: deque[tuple[int, int]] = deque()  # seq ranges the live queue could not hold
         self._overflow_event = asyncio.Event()
         # Messages the cloud acknowledged, waiting for their rows' deletion (and then their slots' release).
-        self._acked: list[tuple[tuple[int, ...], list[asyncio.Semaphore]]] = []
+        self._acked: list[Sent] = []
         self._acked_event = asyncio.Event()
         self._failing = False
         self._stopping = False
@@ -203,9 +205,7 @@ class Uplink:
             self.state.connected = True
             window = asyncio.Semaphore(self._s.inflight)
             backlog_slots = asyncio.Semaphore(max(1, int(self._s.inflight * self._s.backlog_share)))
-            tracker: AckTracker[tuple[tuple[int, ...], list[asyncio.Semaphore]]] = AckTracker(
-                client, self._acknowledged
-            )
+            tracker: AckTracker[Sent] = AckTracker(client, self._acknowledged)
             try:
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(self._live_lane(tracker, window), name="uplink-live")
@@ -233,7 +233,7 @@ class Uplink:
 
     # --- sending --------------------------------------------------------------------------------------
 
-    def _acknowledged(self, token: tuple[tuple[int, ...], list[asyncio.Semaphore]]) -> None:
+    def _acknowledged(self, token: Sent) -> None:
         # PUBACK seen: the rows go, then the slots are free (a slot covers a message until its rows are
         # deleted for good, so a crash resends at most the in-flight window).
         self._acked.append(token)
@@ -262,7 +262,7 @@ class Uplink:
 
     async def _dispatch(
         self,
-        tracker: AckTracker[tuple[tuple[int, ...], list[asyncio.Semaphore]]],
+        tracker: AckTracker[Sent],
         entries: list[OutboxEntry],
         slots: list[asyncio.Semaphore],
     ) -> None:
@@ -296,7 +296,7 @@ class Uplink:
             out.append((*messages.batch_message(self._topics, batch), tuple(e.seq for e in batch)))
         return out
 
-    async def _live_lane(self, tracker: AckTracker[Any], window: asyncio.Semaphore) -> None:
+    async def _live_lane(self, tracker: AckTracker[Sent], window: asyncio.Semaphore) -> None:
         live = self._live
         while True:
             entries = [await live.get()]
@@ -307,7 +307,7 @@ class Uplink:
 
     async def _backlog_lane(
         self,
-        tracker: AckTracker[Any],
+        tracker: AckTracker[Sent],
         window: asyncio.Semaphore,
         slots: asyncio.Semaphore,
         split: int,

@@ -19,7 +19,7 @@ from tests.fixtures.gateway import (
     GatewayFactory,
     RunningGateway,
     device_password,
-    start_gateway,
+    running,
     wait_for,
     write_config,
 )
@@ -181,17 +181,12 @@ async def test_preclean_cancel_restores_at_once(gateway_factory: GatewayFactory)
 async def test_restart_in_the_middle_of_a_preclean_resumes_with_the_time_left(tmp_path: Path) -> None:
     clock = ManualClock()
     config = write_config(tmp_path, api=NO_API)
-    gw = await start_gateway(config, clock=clock)
-    try:
-        async with purifier(gw, "AP-01", fan_speed=1) as sim:
-            await gw.gateway.controller.start_preclean("AP-01", 4, 20, "api")
-            await until(sim, lambda: sim.model.fan_speed == 4)
-            await step(gw, clock, 5 * 60)
-    finally:
-        await gw.stop()
+    async with running(config, clock=clock) as gw, purifier(gw, "AP-01", fan_speed=1) as sim:
+        await gw.gateway.controller.start_preclean("AP-01", 4, 20, "api")
+        await until(sim, lambda: sim.model.fan_speed == 4)
+        await step(gw, clock, 5 * 60)
     clock.advance(60)  # down for a minute
-    gw = await start_gateway(config, clock=clock)
-    try:
+    async with running(config, clock=clock) as gw:
         ctl = gw.gateway.controller
         status = ctl.preclean_status("AP-01")
         assert status["active"] and status["fanSpeed"] == 4
@@ -201,8 +196,6 @@ async def test_restart_in_the_middle_of_a_preclean_resumes_with_the_time_left(tm
             await until(sim, lambda: sim.model.fan_speed == 1)  # the manual speed from before the boost
         await settle(gw)
         assert [e["reason"] for e in events(gw, "preclean.ended")] == ["expired"]
-    finally:
-        await gw.stop()
 
 
 # ------------------------------------------------------------------------------------------ schedules
@@ -230,14 +223,10 @@ async def test_schedule_start_and_end_drive_the_device(gateway_factory: GatewayF
 async def test_window_in_effect_at_startup_applies_at_once(tmp_path: Path) -> None:
     clock = ManualClock(berlin(2026, 11, 23, 7, 0))
     config = write_config(tmp_path, api=NO_API, timezone="Europe/Berlin")
-    gw = await start_gateway(config, clock=clock)
-    try:
+    async with running(config, clock=clock) as gw:
         await gw.gateway.controller.create_schedule(
             {"device": "AP-01", "days": ["Mon"], "start": "06:00", "end": "10:00", "fanSpeed": 3})
-    finally:
-        await gw.stop()
-    gw = await start_gateway(config, clock=clock)
-    try:
+    async with running(config, clock=clock) as gw:
         # APScheduler's jobs were rebuilt from our own table at start (nothing pickled)
         assert set(gw.gateway.controller.scheduler_jobs()) == {"schedule:1:start", "schedule:1:end"}
         async with purifier(gw, "AP-01", fan_speed=1) as sim:
@@ -245,8 +234,6 @@ async def test_window_in_effect_at_startup_applies_at_once(tmp_path: Path) -> No
         await settle(gw)
         # the run that began before the restart is one run, not two
         assert gw.query("SELECT count(*) FROM schedule_runs WHERE phase = 'start'") == [(1,)]
-    finally:
-        await gw.stop()
 
 
 async def test_preclean_ending_inside_a_schedule_restores_the_schedule_speed(gateway_factory: GatewayFactory) -> None:
@@ -354,14 +341,10 @@ async def test_reconciler_backs_off_after_failures_instead_of_storming(gateway_f
 
 async def test_commands_interrupted_by_a_restart_are_closed_and_their_intent_still_applied(tmp_path: Path) -> None:
     config = write_config(tmp_path, api=NO_API)
-    gw = await start_gateway(config)
-    try:
+    async with running(config) as gw:
         record = gw.gateway.controller.submit_command("AP-01", "setFanSpeed", 5, "cloud")  # AP-01 is offline
         await settle(gw)
-    finally:
-        await gw.stop()
-    gw = await start_gateway(config)
-    try:
+    async with running(config) as gw:
         await settle(gw)
         rows = gw.query("SELECT status, error FROM command_log WHERE command_id = ?", (record.command_id,))
         assert rows[0][0] == "cancelled" and "restarted" in rows[0][1]  # not "pending" forever
@@ -373,5 +356,3 @@ async def test_commands_interrupted_by_a_restart_are_closed_and_their_intent_sti
         assert rows[0] == ("setFanSpeed", 5, "cloud", "cancelled")
         # the device had never reported its state: the reconciler sets power and speed, in the cloud's name
         assert rows[1:] == [("turnOn", None, "cloud", "acked"), ("setFanSpeed", 5, "cloud", "acked")]
-    finally:
-        await gw.stop()

@@ -17,7 +17,7 @@ from tests.fixtures.gateway import (
     GatewayFactory,
     RunningGateway,
     device_password,
-    start_gateway,
+    running,
     wait_for,
     write_config,
 )
@@ -135,21 +135,15 @@ async def test_status_offline_then_online_on_one_connection_takes_commands_again
 async def test_a_window_that_ended_while_the_gateway_was_down_gets_its_end(tmp_path: Path) -> None:
     clock = ManualClock(berlin(2026, 11, 23, 7, 59))
     config = write_config(tmp_path, api=NO_API, timezone="Europe/Berlin")
-    gw = await start_gateway(config, clock=clock)
-    try:
+    async with running(config, clock=clock) as gw:
         await gw.gateway.controller.create_schedule(
             {"device": "AP-01", "days": ["Mon"], "start": "08:00", "end": "09:00", "fanSpeed": 4})
         await step(gw, clock, 60 * 31)  # 08:30
-    finally:
-        await gw.stop()
     clock.advance(60 * 60)  # down until 09:30
-    gw = await start_gateway(config, clock=clock)
-    try:
+    async with running(config, clock=clock) as gw:
         await settle(gw)
         assert gw.query("SELECT phase FROM schedule_runs ORDER BY id") == [("start",), ("end",)]
         assert [e["phase"] for e in events(gw, "schedule.run")] == ["start", "end"]
-    finally:
-        await gw.stop()
 
 
 async def test_an_outranked_window_is_one_run_not_two(gateway_factory: GatewayFactory) -> None:
@@ -193,16 +187,10 @@ async def test_a_restore_that_sent_nothing_does_not_claim_later_commands(gateway
 
 async def test_an_interrupted_command_that_cannot_be_carried_says_so(tmp_path: Path) -> None:
     config = write_config(tmp_path, api=NO_API)
-    gw = await start_gateway(config)
-    try:
+    async with running(config) as gw:
         gw.gateway.controller.submit_command("AP-01", "turnOff", None, "cloud")  # never seen: speed unknown
         await settle(gw)
-    finally:
-        await gw.stop()
-    gw = await start_gateway(config)
-    try:
+    async with running(config) as gw:
         await settle(gw)
         (error,) = gw.query("SELECT error FROM command_log")[0]
         assert "not carried out" in error  # before: it promised to apply a state nobody had stored
-    finally:
-        await gw.stop()

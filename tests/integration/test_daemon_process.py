@@ -101,6 +101,14 @@ async def _publisher(port: int, device_id: str, acked: list[int], going: asyncio
         return  # the gateway went away mid-burst: expected
 
 
+def _stored_seqs(db: Path, devices: list[str]) -> dict[str, set[int]]:
+    with sqlite3.connect(db) as conn:
+        stored: dict[str, set[int]] = {d: set() for d in devices}
+        for device_id, extra in conn.execute("SELECT device_id, extra FROM readings"):
+            stored[device_id].add(json.loads(extra)["seq"])
+    return stored
+
+
 async def test_sigterm_during_a_burst_loses_no_accepted_reading(daemon: DaemonProcess) -> None:
     devices = ["AP-01", "AP-02", "AP-03", "AP-04"]
     acked: dict[str, list[int]] = {d: [] for d in devices}
@@ -116,23 +124,12 @@ async def test_sigterm_during_a_burst_loses_no_accepted_reading(daemon: DaemonPr
     assert code == 0
     assert took < 5.0, f"shutdown took {took:.2f} s"
 
-    with sqlite3.connect(daemon.db) as conn:
-        stored: dict[str, set[int]] = {d: set() for d in devices}
-        for device_id, extra in conn.execute("SELECT device_id, extra FROM readings"):
-            stored[device_id].add(json.loads(extra)["seq"])
+    stored = _stored_seqs(daemon.db, devices)
     for device_id in devices:
         missing = set(acked[device_id]) - stored[device_id]
         assert not missing, f"{device_id}: {len(missing)} acknowledged readings lost, e.g. {sorted(missing)[:5]}"
     total_stored = sum(len(s) for s in stored.values())
     print(f"acked {sum(len(v) for v in acked.values())}, stored {total_stored}, shutdown {took:.2f} s")
-
-
-def _stored_seqs(db: Path, devices: list[str]) -> dict[str, set[int]]:
-    with sqlite3.connect(db) as conn:
-        stored: dict[str, set[int]] = {d: set() for d in devices}
-        for device_id, extra in conn.execute("SELECT device_id, extra FROM readings"):
-            stored[device_id].add(json.loads(extra)["seq"])
-    return stored
 
 
 async def _raw_publisher(port: int, device_id: str, acked: list[int], going: asyncio.Event) -> None:
