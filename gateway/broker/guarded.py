@@ -15,7 +15,7 @@ test_broker_sessions.py fail if a fault comes back):
    clean_session=0, kicking the client connected with it) *before* it checks the password. We check
    credentials, and that the client id is the device's own id, before any session is touched.
 5. One Session object serves every connection of a persistent session, so bookkeeping keyed by the
-   session let an old connection's cleanup remove the new one's identity and throttle. Ours is kept
+   session let an old connection's cleanup remove the new one's identity and publish intake. Ours is kept
    per connection (`_Connection`).
 
 Authentication and the ACL are plain method overrides instead of amqtt plugins: plugins are
@@ -25,6 +25,7 @@ configured by import path (no way to hand them our device table) and each call c
 from __future__ import annotations
 
 import asyncio
+import functools
 import ssl
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -35,14 +36,15 @@ import structlog
 from amqtt.broker import Broker
 from amqtt.contexts import Action, ListenerConfig
 from amqtt.errors import AMQTTError, MQTTError, NoDataError
+from amqtt.events import BrokerEvents
 from amqtt.mqtt.connack import NOT_AUTHORIZED, ConnackPacket
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
-from amqtt.session import Session
+from amqtt.session import IncomingApplicationMessage, Session
 
 from gateway import malloc_tuning
 from gateway.broker import reader_loop, session_states
 from gateway.broker.acl import Access, device_may
-from gateway.broker.publish_flow import PublishThrottle, StoredAckMessage, StoredAcks
+from gateway.broker.publish_flow import PublishIntake, StoredAckMessage, StoredAcks
 from gateway.core.metrics import Metrics
 from gateway.core.passwords import verify_password, warm_up
 from gateway.core.ports import BrokerSink
@@ -83,7 +85,7 @@ class _Connection:
     reader: Any  # amqtt's ReaderAdapter/WriterAdapter: held here because amqtt attaches them to the
     writer: Any  # handler only after our checks, and a takeover or shutdown may need to abort before that
     session: Session
-    throttle: PublishThrottle | None = None
+    intake: PublishIntake | None = None
     acks: StoredAcks | None = None
     ended: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -164,14 +166,17 @@ class GuardedBroker(Broker):  # type: ignore[misc]
         self._connections[id(handler)] = conn
         self._current[id(session)] = conn
         conn.acks = StoredAcks(_transport(writer))
-        conn.throttle = PublishThrottle(handler, session, conn.acks, high=self._pending_per_client)
-        handler.handle_publish = conn.throttle
+        conn.intake = PublishIntake(
+            handler, session, conn.acks, functools.partial(self._deliver_read, conn), high=self._pending_per_client
+        )
+        handler.handle_publish = conn.intake
         if session.keep_alive > 0:
             # The handler's reader waits this long for the next packet, then calls handle_read_timeout(),
             # which amqtt leaves empty. Ours closes the connection as abnormal, so the Will is published.
             session.keep_alive = session.keep_alive * self._grace
             handler.handle_read_timeout = self._silence_closer(handler, session)
-        reader_loop.install(handler)  # amqtt's loop costs a task and a timer per packet (see the module)
+        # amqtt's loop costs a task and a timer per packet, and reads on after a protocol violation (see the module)
+        reader_loop.install(handler, functools.partial(self._protocol_error, device_id))
         return handler, session
 
     async def _check_credentials(self, session: Session) -> tuple[str | None, str]:
@@ -321,7 +326,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]
             self._connections.pop(id(conn.handler), None)
             if self._current.get(id(conn.session)) is conn:  # not if a newer connection resumed the session
                 del self._current[id(conn.session)]
-            await self._deliver_leftovers(conn.session, conn.device_id)
+            await self._deliver_leftovers(conn)
             await self._release(conn.device_id)
         finally:
             conn.ended.set()
@@ -353,22 +358,69 @@ class GuardedBroker(Broker):  # type: ignore[misc]
                         topic=topic)
         return False
 
+    def _protocol_error(self, device_id: str, error: MQTTError) -> None:
+        self._metrics.inc("gateway_broker_protocol_errors_total", 1, "connections closed for a protocol violation")
+        log.warning("broker.protocol_error", device_id=device_id, error=str(error))
+
     # --- ingest hook ----------------------------------------------------------------------------
 
+    async def _deliver_read(self, conn: _Connection, message: IncomingApplicationMessage) -> None:
+        """A QoS 0/1 message, delivered by the connection's reader as it is read (see publish_flow.py).
+
+        amqtt's `_handle_message_delivery` (events, topic checks, ACL, broadcast, retain) without its
+        queue and client loop; its PUBACK is settled here, once the store has the message.
+        """
+        session = conn.session
+        plugins = self.plugins_manager
+        await plugins.fire_event(BrokerEvents.MESSAGE_RECEIVED, client_id=session.client_id, message=message)
+        topic = message.topic
+        if not topic or topic.startswith("$"):  # (a wildcard topic already failed to parse)
+            # [MQTT-4.7.3-1], [MQTT-4.7.2-1]: the reader ends the connection on this.
+            raise MQTTError(f"PUBLISH to the topic {topic!r}, which no client may publish to")
+        receipt = None
+        if await self._topic_filtering(session, topic, Action.PUBLISH):
+            await plugins.fire_event(BrokerEvents.MESSAGE_BROADCAST, client_id=session.client_id, message=message)
+            receipt, forward = await self._ingest(conn.device_id, topic, message.data)
+            if forward:
+                await super()._broadcast_message(session, topic, message.data)
+            if message.publish_packet is not None and message.publish_packet.retain_flag:
+                await self.retain_message(session, topic, message.data, message.qos)
+        if isinstance(message, StoredAckMessage) and conn.acks is not None:
+            # Its PUBACK once the store has it (None: nothing stored, e.g. an ACL refusal: at once).
+            conn.acks.settle(message.ack, receipt)
+
+    async def _ingest(
+        self, device_id: str | None, topic: str, data: bytes | bytearray | None
+    ) -> tuple[asyncio.Future[None] | None, bool]:
+        """Hand a permitted publish to the sink: (its store receipt, whether an MQTT client subscribes to it)."""
+        if device_id is None or not device_may(device_id, Access.PUBLISH, topic):
+            # A Will does not pass amqtt's ACL, so every publish is checked here again.
+            self._metrics.inc("gateway_broker_acl_denied_total", 1, action="will")
+            log.warning("broker.will_denied", device_id=device_id, topic=topic)
+            return None, False
+        receipt = await self._sink.message(device_id, topic, bytes(data or b""))
+        # Device data usually has no MQTT subscriber: skip amqtt's (unbounded) broadcast queue then.
+        return receipt, self._has_subscriber(topic)
+
     async def _handle_message_delivery(self, client_session: Session, handler: Any, wait_deliver: Any) -> bool:
+        """amqtt's client loop now delivers only QoS 2 messages (the reader delivers QoS 0 and 1)."""
         key = id(client_session)
         self._receipts.pop(key, None)  # a Will's, say: not this message's
         conn = self._connections.get(id(handler))
         try:
             keep = bool(await super()._handle_message_delivery(client_session, handler, wait_deliver))
             message = wait_deliver.result()
-            if isinstance(message, StoredAckMessage) and conn is not None and conn.acks is not None:
-                # Its PUBACK once the store has it (None: nothing stored, e.g. an ACL refusal: at once).
+            if not keep and conn is not None:  # a forbidden topic: amqtt stops delivering but leaves it connected
+                self._protocol_error(conn.device_id, MQTTError(f"PUBLISH to the topic {message.topic!r}"))
+                transport = _transport(conn.writer)
+                if transport is not None:
+                    transport.abort()
+            elif isinstance(message, StoredAckMessage) and conn is not None and conn.acks is not None:
                 conn.acks.settle(message.ack, self._receipts.pop(key, None))
             return keep
         finally:
-            if conn is not None and conn.throttle is not None:
-                conn.throttle.delivered()
+            if conn is not None and conn.intake is not None:
+                conn.intake.delivered()
 
     async def _broadcast_message(
         self,
@@ -378,15 +430,11 @@ class GuardedBroker(Broker):  # type: ignore[misc]
         force_qos: int | None = None,
     ) -> None:
         if session is not None and topic is not None:
-            device_id = self.device_of(session)
-            # Publishes arrive here after the ACL passed; a Will does not pass amqtt's ACL, so check again.
-            if device_id is None or not device_may(device_id, Access.PUBLISH, topic):
-                self._metrics.inc("gateway_broker_acl_denied_total", 1, action="will")
-                log.warning("broker.will_denied", client_id=session.client_id, topic=topic)
+            # From amqtt's client loop (after its ACL check) or a Will (which amqtt never checks).
+            receipt, forward = await self._ingest(self.device_of(session), topic, data)
+            self._receipts[id(session)] = receipt
+            if not forward:
                 return
-            self._receipts[id(session)] = await self._sink.message(device_id, topic, bytes(data or b""))
-            if not self._has_subscriber(topic):
-                return  # device data usually has no MQTT subscriber: skip amqtt's (unbounded) broadcast queue
         await super()._broadcast_message(session, topic, data, force_qos)
 
     def _has_subscriber(self, topic: str) -> bool:
@@ -504,18 +552,20 @@ class GuardedBroker(Broker):  # type: ignore[misc]
         # Loops still running past the timeout: deliver for them, under the identity each connection
         # logged in with (a session amqtt holds without a verified connection delivers nothing).
         for conn in list(self._connections.values()):
-            await self._deliver_leftovers(conn.session, conn.device_id)
+            await self._deliver_leftovers(conn)
 
-    async def _deliver_leftovers(self, session: Session, device_id: str) -> None:
+    async def _deliver_leftovers(self, conn: _Connection) -> None:
         """Hand over messages parsed but never delivered by amqtt's client loop.
 
         amqtt ends a client's loop at DISCONNECT (or a lost connection) and leaves what is still in
         the delivery queue there: a sensor that publishes and disconnects at once would lose them
         (its QoS 0 messages, and QoS 1 ones it may not send again). Stored at least once, never lost.
         """
-        queue = session.delivered_message_queue
-        while not queue.empty():
-            message = queue.get_nowait()
+        device_id = conn.device_id
+        queue = conn.session.delivered_message_queue
+        held = [] if conn.intake is None else conn.intake.undelivered
+        while held or not queue.empty():
+            message = held.pop(0) if held else queue.get_nowait()
             if message is None or not message.topic or not device_may(device_id, Access.PUBLISH, message.topic):
                 continue
             self._metrics.inc("gateway_broker_leftovers_delivered_total", 1, "parsed messages amqtt left behind")

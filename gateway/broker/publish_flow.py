@@ -1,4 +1,4 @@
-"""How a device's PUBLISH packets enter the broker: acknowledged only once stored, and throttled.
+"""How a device's PUBLISH packets enter the broker: delivered as they are read, acknowledged once stored.
 
 **PUBACK after storage.** amqtt 0.12 sends a QoS 1 PUBACK as soon as it has queued the message in
 memory. The device then forgets the reading, so a crash, a watchdog restart or a power cut before our
@@ -9,14 +9,20 @@ is done (`BrokerSink.message` returns it). PUBACKs go in the order the PUBLISH p
 stored (the store closed first) gets no PUBACK, and neither does anything after it: the device keeps
 them and sends them again on its next connection (at least once, never lost).
 
-**Throttle.** amqtt reads on without waiting for delivery: its per-session queue is unbounded (a QoS 0
-flood grows it without limit; bounding the queue itself would make amqtt drop QoS 0 messages). Our
-reader loop calls the publish handler inline, so waiting here stops the parsing of this client's
-packets: what it sent meanwhile stays as bytes in its stream buffer, and once that is full asyncio stops
-reading its socket, which pushes back-pressure into TCP onto the one device that floods. A QoS 1 device
-also stops getting PUBACKs, so its in-flight window holds it back. (Pausing only the transport, as
-before, let the reader parse everything already buffered into message objects, ~1.5 KB each: with 100
-purifiers flat out ~7,000 waited in the queues, and the memory they took stayed with the process.)
+**Delivered by the reader.** amqtt queues each message for a second task per connection, which
+wakes for it through `asyncio.wait` on four futures and a new task per message: two event-loop turns,
+a task and a dozen futures per reading, most of the broker's cost at a purifier's trickle (idle CPU is
+what a small board pays for all day). QoS 0 and 1 messages are delivered by the reader loop itself, in
+arrival order: ingest only parses and queues the record for the store writer, so the one wait in a
+delivery is a full writer queue. That wait stops the parsing of this client's packets: what it sent
+meanwhile stays as bytes in its stream buffer, and once that is full asyncio stops reading its socket,
+which pushes back-pressure into TCP onto the one device that floods. A QoS 1 device also stops getting
+PUBACKs, so its in-flight window holds it back. Nothing is parsed ahead of delivery (before, amqtt's
+per-session queue was unbounded: 100 purifiers flat out left ~7,000 parsed messages, ~1.5 KB each,
+waiting, and the memory stayed with the process).
+
+QoS 2, which waits for the device's PUBREL, keeps amqtt's queue and client loop; the reader stops
+parsing while that queue is long.
 
 Pinned to amqtt 0.12 like the rest of the broker layer (message classes, handler and session fields).
 """
@@ -26,9 +32,10 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from amqtt.mqtt.constants import QOS_1
+from amqtt.mqtt.constants import QOS_1, QOS_2
 from amqtt.session import IncomingApplicationMessage, Session
 
 
@@ -78,29 +85,66 @@ class StoredAcks:
             transport.write(bytes(acks))  # one write for all that became ready together
 
 
-class PublishThrottle:
+class PublishIntake:
     """Replaces the handler's `handle_publish` for one connection (see the module)."""
 
-    def __init__(self, handler: Any, session: Session, acks: StoredAcks, *, high: int) -> None:
+    def __init__(
+        self,
+        handler: Any,
+        session: Session,
+        acks: StoredAcks,
+        deliver: Callable[[IncomingApplicationMessage], Awaitable[None]],
+        *,
+        high: int,
+    ) -> None:
         self._original = handler.handle_publish
         self._session = session
         self._acks = acks
+        self._deliver = deliver
         self._high = max(high, 2)
         self._low = self._high // 4
         self._room: asyncio.Future[None] | None = None
+        self._run = 0  # messages delivered since this reader last let other tasks run
+        self.undelivered: list[IncomingApplicationMessage] = []  # held by the reader when it was cancelled
 
     async def __call__(self, packet: Any) -> None:
-        queue = self._session.delivered_message_queue
-        if packet.qos == QOS_1:
+        qos = packet.qos
+        if qos == QOS_2:
+            await self._queue_for_client_loop(packet)
+            return
+        topic, data = packet.topic_name, packet.data
+        if topic is None or data is None:
+            return  # amqtt ignores these too
+        message: IncomingApplicationMessage
+        if qos == QOS_1:
             header = packet.variable_header
-            if packet.topic_name is None or packet.data is None or header is None:
-                return  # amqtt ignores these too
+            if header is None:
+                return
             entry = self._acks.expect(header.packet_id)
-            message = StoredAckMessage(header.packet_id, packet.topic_name, packet.data, packet.retain_flag, entry)
-            message.publish_packet = packet
-            await queue.put(message)
+            message = StoredAckMessage(header.packet_id, topic, data, packet.retain_flag, entry)
         else:
-            await self._original(packet)
+            message = IncomingApplicationMessage(None, topic, qos, data, packet.retain_flag)
+        message.publish_packet = packet
+        try:
+            await self._deliver(message)
+        except asyncio.CancelledError:
+            # The connection is being torn down while the store was full (the only wait in a delivery).
+            # The broker hands this to the store once the connection has ended. (Not into amqtt's queue:
+            # its client loop's pending get() would take it and drop it.) Stored at least once: had the
+            # cancellation come after the store took it, it is stored twice, never lost.
+            self.undelivered.append(message)
+            raise
+        self._run += 1
+        if self._run >= self._high:
+            # A burst already in the stream buffer is read without a wait: let the store writer (and
+            # the other devices) run, so one flooding device cannot hold the loop for a whole buffer.
+            self._run = 0
+            await asyncio.sleep(0)
+
+    async def _queue_for_client_loop(self, packet: Any) -> None:
+        """QoS 2 (rare from devices): amqtt's own flow, which waits for PUBREL and queues the message."""
+        queue = self._session.delivered_message_queue
+        await self._original(packet)
         if queue.qsize() >= self._high:
             room = self._room = asyncio.get_running_loop().create_future()
             try:
@@ -109,7 +153,7 @@ class PublishThrottle:
                 self._room = None
 
     def delivered(self) -> None:
-        """Called after each delivery: read on once the backlog is low again."""
+        """Called after each delivery by amqtt's client loop: read on once the backlog is low again."""
         room = self._room
         if room is not None and not room.done() and self._session.delivered_message_queue.qsize() <= self._low:
             room.set_result(None)

@@ -7,6 +7,8 @@ thread under a flat-out QoS 1 load). This loop keeps amqtt's behaviour and diffe
 
 * **Silence** is detected by one timer per connection that checks the time of the last packet, instead
   of a timeout around every read; it calls ``handle_read_timeout`` as amqtt does (our silence closer).
+* **A protocol violation** (a malformed packet, a PUBLISH to a wildcard or ``$`` topic) closes the
+  connection, as MQTT requires; amqtt discarded the packet and read on.
 * **PUBLISH at QoS 0/1, PUBACK and PINGREQ** are handled inline, in arrival order: none of them waits
   for another packet from the same client (QoS 1: queue the message, send PUBACK). A client whose
   socket stops taking our PUBACKs then stops being read, which is the back-pressure we want. Every
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from collections.abc import Callable
 from typing import Any
 
 from amqtt.errors import MQTTError, NoDataError
@@ -84,16 +87,16 @@ class _SilenceWatch:
             self._timer = None
 
 
-def install(handler: Any) -> None:
+def install(handler: Any, on_protocol_error: Callable[[MQTTError], None]) -> None:
     """Make `handler.start()` run our loop instead of amqtt's (call before start())."""
 
     async def reader_loop() -> None:
-        await _reader_loop(handler)
+        await _reader_loop(handler, on_protocol_error)
 
     handler._reader_loop = reader_loop
 
 
-async def _reader_loop(handler: Any) -> None:
+async def _reader_loop(handler: Any, on_protocol_error: Callable[[MQTTError], None]) -> None:
     session = handler.session
     loop = asyncio.get_running_loop()
     running: collections.deque[asyncio.Task[None]] = collections.deque()
@@ -133,8 +136,12 @@ async def _reader_loop(handler: Any) -> None:
                     name = _TASK_HANDLERS.get(kind)
                     if name is not None:
                         running.append(asyncio.create_task(getattr(handler, name)(packet)))
-            except MQTTError:
-                continue  # amqtt: "Message discarded"
+            except MQTTError as exc:
+                # A malformed packet or a forbidden topic. amqtt read on ("Message discarded"), from the
+                # middle of the packet when parsing failed (a PUBLISH to a wildcard topic left its payload
+                # to be parsed as packets). MQTT says: close the connection [MQTT-4.8.0-1].
+                on_protocol_error(exc)
+                break
             except asyncio.CancelledError:
                 break
             except NoDataError:

@@ -215,7 +215,7 @@ async def test_refused_connack_codes_and_nothing_left_behind(
     assert broker._live == {}
 
 
-# --- 2. a reconnection keeps its own identity, throttle and count (amqtt reuses a persistent Session) ---------
+# --- 2. a reconnection keeps its own identity, publish intake and count (amqtt reuses a persistent Session) ---------
 
 @pytest.mark.parametrize(
     ("clean_session", "old_connection"),
@@ -372,3 +372,43 @@ async def test_anonymous_mode_does_not_bypass_a_configured_password(gateway_fact
     assert not online(gw, "AP-01")
     assert readings(gw, "AP-01") == 0
     await wait_for(lambda: gw.gateway.broker.amqtt._live == {})
+
+
+# --- 5. a PUBLISH to a topic no client may publish to ends the connection ----------------------------------
+
+@pytest.mark.parametrize("topic", ["device/AP-01/+", "device/AP-01/#", "$SYS/broker/uptime", ""])
+async def test_publish_to_an_invalid_topic_closes_the_connection(gateway: RunningGateway, topic: str) -> None:
+    """[MQTT-3.3.2-2], [MQTT-4.7.2-1], [MQTT-4.7.3-1]. amqtt only stopped delivering: the connection stayed up,
+    its messages were read, acknowledged and never stored, and the device was shown offline while connected."""
+    will = ("device/AP-01/status", b'{"online": false}', 1, False)
+    raw = await raw_connect(gateway.port, "AP-01", "AP-01", device_password("AP-01"), clean=True, will=will)
+    try:
+        assert raw.return_code == 0
+        await raw.publish_qos1("device/AP-01/data", reading(pm25=1.0), packet_id=1)
+        raw.writer.write(publish_packet(topic, reading(pm25=2.0), 2) + publish_packet("device/AP-01/data",
+                                                                                      reading(pm25=3.0), 3))
+        assert await closed_by_broker(raw)
+    finally:
+        raw.close()
+    assert gateway.counter("gateway_broker_protocol_errors_total") == 1
+    await wait_for(lambda: not online(gateway, "AP-01"))
+    await gateway.flush()
+    assert readings(gateway, "AP-01") == 1  # nothing after the violation was taken
+    assert gateway.gateway.broker.amqtt._live == {}
+
+
+async def test_qos2_publish_to_a_dollar_topic_closes_the_connection(gateway: RunningGateway) -> None:
+    """QoS 2 keeps amqtt's queue and client loop: the same rule holds there."""
+    raw = await raw_connect(gateway.port, "AP-01", "AP-01", device_password("AP-01"), clean=True)
+    try:
+        assert raw.return_code == 0
+        raw.writer.write(_frame(0x34, _str("$SYS/x") + (7).to_bytes(2, "big") + reading(pm25=2.0)))  # QoS 2
+        assert await asyncio.wait_for(raw.reader.readexactly(4), 5) == b"\x50\x02\x00\x07"  # PUBREC
+        raw.writer.write(b"\x62\x02\x00\x07")  # PUBREL: amqtt delivers the message now
+        rest = await asyncio.wait_for(raw.reader.read(), 5)  # to EOF: the broker closed the connection
+        assert rest in (b"", b"\x70\x02\x00\x07")  # (its PUBCOMP may come first)
+    finally:
+        raw.close()
+    assert gateway.counter("gateway_broker_protocol_errors_total") == 1
+    await wait_for(lambda: gateway.gateway.broker.amqtt._live == {})
+    assert readings(gateway, "AP-01") == 0
