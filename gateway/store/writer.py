@@ -35,7 +35,7 @@ from gateway.core.models import (
     StatusChange,
     StoreRecord,
 )
-from gateway.store.schema import connect, migrate
+from gateway.store.schema import BUSY_TIMEOUT_MS, connect, migrate
 
 log = structlog.get_logger(__name__)
 
@@ -572,9 +572,12 @@ class StoreWriter:
         # batches and starve the broker.
         trickle = self._quiet and len(batch) <= INLINE_COMMIT_MAX
         try:
-            if trickle and readings and not (row_writes or statuses or events or quarantine or done or rpc):
-                _commit_readings_prepared(conn._conn, readings, list(latest.values()), outbox, self._clock.now())
-            else:
+            only_readings = readings and not (row_writes or statuses or events or quarantine or done or rpc)
+            prepared = bool(trickle and only_readings)
+            committed = prepared and self._inline(
+                lambda db: _commit_readings_prepared(db, readings, list(latest.values()), outbox, self._clock.now())
+            )
+            if not committed:
                 statements = list(row_writes)
                 if readings:
                     statements.append(_INSERT_READINGS.format(rows=_text(_dumps(readings))))
@@ -593,7 +596,8 @@ class StoreWriter:
                 if rpc:
                     statements.append(_INSERT_RPC.format(rows=_text(_dumps(rpc))))
                 if statements:
-                    await self._run_script("BEGIN;\n" + "\n".join(statements) + "\nCOMMIT;", inline=trickle)
+                    script = "BEGIN;\n" + "\n".join(statements) + "\nCOMMIT;"
+                    await self._run_script(script, inline=trickle and not prepared)  # (not: it found a lock)
         except BaseException:
             if conn.in_transaction:
                 await conn.execute("ROLLBACK")
@@ -624,10 +628,33 @@ class StoreWriter:
         conn = self._conn
         if conn is None:
             raise StoreClosedError("store is not open")
-        if inline:
-            conn._conn.executescript(text)  # on the loop's thread: a trickle (see _commit)
-        else:
-            await conn.executescript(text)
+        if inline and self._inline(lambda db: db.executescript(text)):  # a trickle (see _commit)
+            return
+        await conn.executescript(text)
+
+    def _inline(self, work: Callable[[sqlite3.Connection], object]) -> bool:
+        """Run `work` on the loop's thread without ever waiting for a lock; False: locked, nothing done.
+
+        Another process holding the write lock would otherwise make SQLite wait out its busy timeout
+        here, freezing the whole daemon (broker, panel, watchdog) for seconds. Locked, the caller
+        commits through the worker thread instead, which may wait.
+        """
+        assert self._conn is not None
+        db = self._conn._conn
+        db.execute("PRAGMA busy_timeout=0")
+        try:
+            work(db)
+        except sqlite3.OperationalError as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            if "locked" not in str(exc).lower() and "busy" not in str(exc).lower():
+                raise
+            self._metrics.inc("gateway_store_inline_commits_locked_total", 1, "trickle commits sent to the worker "
+                              "thread because another connection held the lock")
+            return False
+        finally:
+            db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        return True
 
     def _wake_waiters(self) -> None:
         waiters = self._commit_waiters

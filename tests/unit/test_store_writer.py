@@ -194,3 +194,41 @@ async def test_a_trickle_and_a_batch_store_identical_rows(tmp_path: Path) -> Non
     batch = await store("batch.db", one_by_one=False)
     assert trickle == batch
     assert len(trickle["readings"]) == len(HOSTILE)
+
+
+async def test_a_database_locked_by_another_process_never_freezes_the_event_loop(tmp_path: Path) -> None:
+    """A trickle commits on the loop's thread. With the lock held elsewhere (an installer's sqlite3 shell, a
+    backup tool), waiting out SQLite's busy timeout there froze the whole daemon for 5 s per attempt."""
+    metrics = Metrics()
+    writer = StoreWriter(tmp_path / "g.db", metrics=metrics)
+    await writer.open()
+    task = asyncio.create_task(writer.run())
+    await writer.put(Reading("AP-01", 1763800000.0, {"pm25": 1.0}, 1763800000.5))
+    await asyncio.wait_for(writer.flush(), 10)
+    other = sqlite3.connect(tmp_path / "g.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # holds the write lock
+    try:
+        loop = asyncio.get_running_loop()
+        longest, last = 0.0, loop.time()
+
+        async def ticker() -> None:
+            nonlocal longest, last
+            while True:
+                await asyncio.sleep(0.01)
+                now = loop.time()
+                longest, last = max(longest, now - last), now
+
+        ticking = asyncio.create_task(ticker())
+        await asyncio.sleep(0.3)  # a quiet spell: the next reading is a trickle, committed inline
+        await writer.put(Reading("AP-01", 1763800001.0, {"pm25": 2.0}, 1763800001.5))
+        await asyncio.sleep(1.0)
+        ticking.cancel()
+        assert longest < 0.5, f"the event loop stood still for {longest:.1f} s"
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    await asyncio.wait_for(writer.flush(), 10)  # committed once the lock is gone
+    await writer.close()
+    await task
+    with sqlite3.connect(tmp_path / "g.db") as conn:
+        assert conn.execute("SELECT count(*) FROM readings").fetchone()[0] == 2
