@@ -273,6 +273,7 @@ class Gateway:
             await self._stop.wait()
             self.notifier.stopping()
             log.info("gateway.stopping")
+            deadline = asyncio.get_running_loop().time() + SHUTDOWN_BUDGET_S
             if self.api is not None:
                 await self.api.stop()
             await self.broker.stop_intake()
@@ -289,14 +290,15 @@ class Gateway:
                 task.cancel()
             if stopping:
                 await asyncio.wait(stopping, timeout=SHUTDOWN_BUDGET_S / 5)
-            await self._shutdown()
+            await self._shutdown(deadline)
             watchdog.cancel()
             trimmer.cancel()
         log.info("gateway.stopped", readings_committed=self.metrics.value("gateway_readings_committed_total"))
 
-    async def _shutdown(self) -> None:
+    async def _shutdown(self, deadline: float) -> None:
         """Flush the store, close the broker (intake already stopped): nothing acknowledged is lost."""
-        await self.writer.close()
+        # The store gets what is left of the budget but a second for the broker; never less than a second.
+        await self.writer.close(timeout=max(1.0, deadline - asyncio.get_running_loop().time() - 1.0))
         try:
             await asyncio.wait_for(self.broker.shutdown(), timeout=SHUTDOWN_BUDGET_S / 3)
         except TimeoutError:

@@ -150,18 +150,13 @@ async def migrate(conn: aiosqlite.Connection) -> int:
     return found
 
 
-# How long a statement waits for a lock another connection holds (an installer's sqlite3 shell, a backup)
-# before it fails as "database is locked". Never waited out on the event loop's thread (see StoreWriter).
-BUSY_TIMEOUT_MS = 5000
-
-
 async def connect(path: str, *, synchronous: str = "NORMAL", any_thread: bool = False) -> aiosqlite.Connection:
     # isolation_level=None: we issue BEGIN/COMMIT ourselves. any_thread: the store writer also commits
     # small batches on the event loop's thread (never at the same time as aiosqlite's worker).
     conn = await aiosqlite.connect(path, isolation_level=None, check_same_thread=not any_thread)
     await conn.execute("PRAGMA journal_mode=WAL")
     await conn.execute(f"PRAGMA synchronous={synchronous}")
-    await conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    await conn.execute("PRAGMA busy_timeout=5000")
     # 512 KiB of page cache (default 2 MB): writes are appends, reads are the API's; RSS matters on a Pi.
     await conn.execute("PRAGMA cache_size=-512")
     await conn.execute("PRAGMA foreign_keys=ON")

@@ -35,7 +35,7 @@ from gateway.core.models import (
     StatusChange,
     StoreRecord,
 )
-from gateway.store.schema import BUSY_TIMEOUT_MS, connect, migrate
+from gateway.store.schema import connect, migrate
 
 log = structlog.get_logger(__name__)
 
@@ -199,6 +199,11 @@ def _resolve(fut: asyncio.Future[None]) -> None:
         fut.set_result(None)
 
 
+def _locked(exc: sqlite3.Error) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
 def _transient(exc: sqlite3.Error) -> bool:
     text = str(exc).lower()
     return isinstance(exc, sqlite3.OperationalError) and any(
@@ -227,6 +232,10 @@ def _commit_readings_prepared(
 
 class _Stop:
     pass
+
+
+class _Abandoned(Exception):
+    """close() ran out of time while the disk kept refusing: the writer loop ends, uncommitted."""
 
 
 _STOP = _Stop()
@@ -269,6 +278,8 @@ class StoreWriter:
         self._commit_waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
         self._batch_wait: asyncio.Future[None] | None = None
         self._urgent = False  # a flush(urgent=True) is waiting: the next batch commits without pausing
+        self._retry_wait: asyncio.Future[None] | None = None  # a back-off pause after a refused commit
+        self._abandoned = False  # close() ran out of time
         # Called after each commit with the records it made durable (live feeds, uplink wake-ups).
         self.on_commit: list[Callable[[Sequence[StoreRecord]], None]] = []
         # Called after each commit with the outbox rows it created (the uplink's live lane).
@@ -346,6 +357,7 @@ class StoreWriter:
         loop = asyncio.get_running_loop()
         last_commit = -1e9
         try:
+            await self._no_lock_waits()
             while True:
                 first = await queue.get()
                 if isinstance(first, _Stop):
@@ -377,26 +389,47 @@ class StoreWriter:
                 last_commit = loop.time()
                 if stop:
                     return
+        except _Abandoned:
+            return  # close() ran out of time and counted what is left
         finally:
             self._stopped.set()
 
-    async def close(self) -> None:
-        """Stop accepting, commit what is queued, close the connection."""
+    async def _no_lock_waits(self) -> None:
+        """From here on (start-up reads may still wait) the writer never waits inside SQLite for a lock
+        another process holds (an installer's sqlite3 shell, a backup tool): a trickle commits on the event
+        loop's thread, where waiting out the busy timeout froze the whole daemon for 5 s per attempt, and
+        close() must be able to stop at its deadline. A refused commit is retried with a back-off instead
+        (_commit_retrying)."""
+        if self._conn is not None:
+            await self._conn.execute("PRAGMA busy_timeout=0")
+
+    async def close(self, timeout: float | None = None) -> None:
+        """Stop accepting, commit what is queued, close the connection.
+
+        `timeout` bounds the whole close (the daemon has a shutdown budget): if the disk keeps refusing
+        (full, locked by another process), the writer gives up then, and the records not committed are
+        counted and logged. QoS 1 readings among them were never acknowledged, so their devices send
+        them again; a close that waited forever would lose them all the same at systemd's SIGKILL.
+        """
         if self._closed:
             return
         self._closed = True
         if self._batch_wait is not None and not self._batch_wait.done():
             self._batch_wait.set_result(None)  # no lingering on the way out
-        await self._queue.put(_STOP)
-        await self._stopped.wait()
-        # A record put after _STOP (a producer that was waiting on a full queue) is committed too.
-        rest: list[StoreRecord] = []
-        while not self._queue.empty():
-            item = self._queue.get_nowait()
-            if not isinstance(item, _Stop):
-                rest.append(item)
-        if rest:
-            await self._commit_retrying(rest)
+        try:
+            async with asyncio.timeout(timeout):
+                await self._queue.put(_STOP)
+                await self._stopped.wait()
+                # A record put after _STOP (a producer that was waiting on a full queue) is committed too.
+                rest: list[StoreRecord] = []
+                while not self._queue.empty():
+                    item = self._queue.get_nowait()
+                    if not isinstance(item, _Stop):
+                        rest.append(item)
+                if rest:
+                    await self._commit_retrying(rest)
+        except (TimeoutError, _Abandoned):
+            await self._abandon(timeout)
         if self._conn is not None:
             await self._conn.close()
             self._conn = None
@@ -405,6 +438,19 @@ class StoreWriter:
                 fut.set_exception(StoreClosedError("store closed before this was committed"))
         self._commit_waiters.clear()
         log.info("store.closed", committed=self._committed)
+
+    async def _abandon(self, timeout: float | None) -> None:
+        """Close ran out of time: stop the writer loop where it is (a statement, a back-off pause)."""
+        self._abandoned = True
+        lost = self._enqueued - self._committed
+        self._metrics.inc("gateway_store_rows_lost_at_close_total", lost, "records not committed by the shutdown "
+                          "deadline (the disk kept refusing)")
+        log.error("store.close_gave_up", uncommitted=lost, timeout_s=timeout)
+        if self._retry_wait is not None and not self._retry_wait.done():
+            self._retry_wait.set_result(None)
+        if self._conn is not None:
+            self._conn._conn.interrupt()  # thread-safe: ends a statement still running (a slow disk)
+        await self._stopped.wait()
 
     async def _commit_retrying(self, batch: list[StoreRecord]) -> None:
         """Commit a batch; never drop accepted rows because the disk said no for a while.
@@ -420,6 +466,8 @@ class StoreWriter:
             try:
                 await self._commit(batch)
             except (sqlite3.Error, ValueError) as exc:  # ValueError: a script sqlite3 refuses to run
+                if self._abandoned:  # close() gave up (an interrupted statement lands here too)
+                    raise _Abandoned from exc
                 if not isinstance(exc, sqlite3.Error) or not _transient(exc):
                     await self._commit_one_by_one(batch)
                     return
@@ -427,8 +475,17 @@ class StoreWriter:
                     log.error("store.commit_failed", error=str(exc), rows=len(batch))
                     failing = True
                 self._metrics.inc("gateway_store_commit_errors_total", 1, "failed transactions (retried)")
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                pause = self._retry_wait = asyncio.get_running_loop().create_future()
+                timer = asyncio.get_running_loop().call_later(delay, _resolve, pause)
+                try:
+                    await pause  # cut short by close() when it gives up
+                finally:
+                    timer.cancel()
+                    self._retry_wait = None
+                if self._abandoned:
+                    raise _Abandoned from exc
+                # A lock is usually someone's short transaction: retry it soon. A full or failing disk: slower.
+                delay = min(delay * 2, 1.0 if _locked(exc) else 5.0)
                 continue
             if failing:
                 log.info("store.commit_recovered", rows=len(batch))
@@ -572,12 +629,9 @@ class StoreWriter:
         # batches and starve the broker.
         trickle = self._quiet and len(batch) <= INLINE_COMMIT_MAX
         try:
-            only_readings = readings and not (row_writes or statuses or events or quarantine or done or rpc)
-            prepared = bool(trickle and only_readings)
-            committed = prepared and self._inline(
-                lambda db: _commit_readings_prepared(db, readings, list(latest.values()), outbox, self._clock.now())
-            )
-            if not committed:
+            if trickle and readings and not (row_writes or statuses or events or quarantine or done or rpc):
+                _commit_readings_prepared(conn._conn, readings, list(latest.values()), outbox, self._clock.now())
+            else:
                 statements = list(row_writes)
                 if readings:
                     statements.append(_INSERT_READINGS.format(rows=_text(_dumps(readings))))
@@ -596,8 +650,7 @@ class StoreWriter:
                 if rpc:
                     statements.append(_INSERT_RPC.format(rows=_text(_dumps(rpc))))
                 if statements:
-                    script = "BEGIN;\n" + "\n".join(statements) + "\nCOMMIT;"
-                    await self._run_script(script, inline=trickle and not prepared)  # (not: it found a lock)
+                    await self._run_script("BEGIN;\n" + "\n".join(statements) + "\nCOMMIT;", inline=trickle)
         except BaseException:
             if conn.in_transaction:
                 await conn.execute("ROLLBACK")
@@ -628,33 +681,10 @@ class StoreWriter:
         conn = self._conn
         if conn is None:
             raise StoreClosedError("store is not open")
-        if inline and self._inline(lambda db: db.executescript(text)):  # a trickle (see _commit)
-            return
-        await conn.executescript(text)
-
-    def _inline(self, work: Callable[[sqlite3.Connection], object]) -> bool:
-        """Run `work` on the loop's thread without ever waiting for a lock; False: locked, nothing done.
-
-        Another process holding the write lock would otherwise make SQLite wait out its busy timeout
-        here, freezing the whole daemon (broker, panel, watchdog) for seconds. Locked, the caller
-        commits through the worker thread instead, which may wait.
-        """
-        assert self._conn is not None
-        db = self._conn._conn
-        db.execute("PRAGMA busy_timeout=0")
-        try:
-            work(db)
-        except sqlite3.OperationalError as exc:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            if "locked" not in str(exc).lower() and "busy" not in str(exc).lower():
-                raise
-            self._metrics.inc("gateway_store_inline_commits_locked_total", 1, "trickle commits sent to the worker "
-                              "thread because another connection held the lock")
-            return False
-        finally:
-            db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        return True
+        if inline:
+            conn._conn.executescript(text)  # on the loop's thread: a trickle (see _commit)
+        else:
+            await conn.executescript(text)
 
     def _wake_waiters(self) -> None:
         waiters = self._commit_waiters

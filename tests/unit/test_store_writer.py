@@ -7,6 +7,7 @@ import json
 import sqlite3
 from pathlib import Path
 
+from gateway.core.errors import StoreClosedError
 from gateway.core.metrics import Metrics
 from gateway.core.models import Quarantined, Reading
 from gateway.store.writer import StoreWriter
@@ -232,3 +233,29 @@ async def test_a_database_locked_by_another_process_never_freezes_the_event_loop
     await task
     with sqlite3.connect(tmp_path / "g.db") as conn:
         assert conn.execute("SELECT count(*) FROM readings").fetchone()[0] == 2
+
+
+async def test_close_gives_up_at_its_deadline_when_the_disk_keeps_refusing(tmp_path: Path) -> None:
+    """SIGTERM has a 5 s budget. A store that cannot commit (disk full, locked elsewhere) kept close() retrying
+    until systemd's SIGKILL; now it stops at its deadline and says how much it could not store."""
+    metrics = Metrics()
+    writer = StoreWriter(tmp_path / "g.db", metrics=metrics)
+    await writer.open()
+    task = asyncio.create_task(writer.run())
+    other = sqlite3.connect(tmp_path / "g.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # the lock stays held for the whole test
+    try:
+        await writer.put(Reading("AP-01", 1763800000.0, {"pm25": 1.0}, 1763800000.5))
+        waiter = writer.receipt()
+        assert waiter is not None
+        await asyncio.sleep(0.3)  # the writer is in a statement (waiting out the busy timeout) or its back-off
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await asyncio.wait_for(writer.close(timeout=1.0), 5)
+        assert loop.time() - started < 2.0
+        await asyncio.wait_for(task, 1)  # the writer loop ended too, without an error
+        assert metrics.value("gateway_store_rows_lost_at_close_total") == 1
+        assert isinstance(waiter.exception(), StoreClosedError)  # nobody is left waiting
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
