@@ -308,7 +308,13 @@ class Controller:
         return device in self._devices
 
     def set_devices(self, devices: Collection[str]) -> None:
-        self._devices = frozenset(devices)
+        new = frozenset(devices)
+        changed = new ^ self._devices
+        self._devices = new
+        if any(s.device in changed for s in self.schedules.values()):
+            # A device that left the config ends its open runs; one that came back starts the window it is in.
+            self._schedules_due = True
+            self._wake.set()
 
     def _require(self, device: str) -> None:
         if device not in self._devices:
@@ -581,7 +587,9 @@ class Controller:
 
     def _evaluate_schedule(self, device: str, now: float) -> None:
         """Set or clear the schedule layer from the windows in effect now (idempotent)."""
-        windows = active_windows(self.schedules.values(), device, _utc(now), tz=self._tz)
+        # A device no longer in the config keeps its schedules (it may come back) but runs none of them.
+        configured = device in self._devices
+        windows = active_windows(self.schedules.values(), device, _utc(now), tz=self._tz) if configured else []
         decision = ScheduleDecision.of(windows)
         running = self._open_runs.setdefault(device, {})
         in_effect = {w.key for w in windows}
@@ -644,7 +652,7 @@ class Controller:
     def _refresh_next_transition(self, now: float) -> None:
         after = _utc(now)
         times = []
-        for device in {s.device for s in self.schedules.values() if s.enabled}:
+        for device in {s.device for s in self.schedules.values() if s.enabled and s.device in self._devices}:
             t = next_transition(self.schedules.values(), device, after, tz=self._tz)
             if t is not None:
                 times.append(t.at.timestamp())

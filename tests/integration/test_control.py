@@ -220,6 +220,27 @@ async def test_schedule_start_and_end_drive_the_device(gateway_factory: GatewayF
     assert [e["phase"] for e in events(gw, "schedule.run")] == ["start", "end"]
 
 
+async def test_schedules_of_a_device_removed_from_the_config_do_not_run(gateway_factory: GatewayFactory) -> None:
+    """They stay stored (the device may come back) but record no runs and events for a device that is gone."""
+    clock = ManualClock(berlin(2026, 11, 23, 7, 59))  # a Monday
+    gw = await gateway_factory(api=NO_API, clock=clock, timezone="Europe/Berlin")
+    await gw.gateway.controller.create_schedule(
+        {"device": "AP-02", "days": ["Mon"], "start": "08:00", "end": "09:00", "fanSpeed": 4})
+    text = gw.config_path.read_text()
+    gw.config_path.write_text(text.split('[[devices]]\nid = "AP-02"')[0])  # AP-02 leaves the building
+    assert gw.gateway.reload()
+    await step(gw, clock, 60)  # 08:00: its window opens
+    await step(gw, clock, 30 * 60)
+    await settle(gw)
+    assert gw.query("SELECT count(*) FROM schedule_runs") == [(0,)]
+    assert events(gw, "schedule.run") == []
+    gw.config_path.write_text(text)  # back, inside the window: its run starts now
+    assert gw.gateway.reload()
+    await step(gw, clock, 60)
+    await settle(gw)
+    assert gw.query("SELECT device_id, phase FROM schedule_runs") == [("AP-02", "start")]
+
+
 async def test_window_in_effect_at_startup_applies_at_once(tmp_path: Path) -> None:
     clock = ManualClock(berlin(2026, 11, 23, 7, 0))
     config = write_config(tmp_path, api=NO_API, timezone="Europe/Berlin")
