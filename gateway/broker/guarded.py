@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -56,6 +56,9 @@ _ACCESS = {Action.PUBLISH: Access.PUBLISH, Action.SUBSCRIBE: Access.SUBSCRIBE, A
 # How long a new login waits for the connection it replaces to end (Will published, acknowledged messages
 # handed over) before it goes on regardless; that connection's socket is already aborted by then.
 _TAKEOVER_WAIT = 5.0
+# How long a closing connection's reader may take to end the delivery it is in (only a full store makes
+# it wait at all) before it is cancelled regardless.
+_DELIVERY_FINISH_WAIT = 2.0
 
 # Session fields a CONNECT brings along when it resumes a persistent session. amqtt copies all but
 # will_retain and the peer's address/TLS object, so a resumed session kept the first connection's values.
@@ -170,6 +173,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]
             handler, session, conn.acks, functools.partial(self._deliver_read, conn), high=self._pending_per_client
         )
         handler.handle_publish = conn.intake
+        handler.stop = functools.partial(self._stop_handler_after_delivery, conn, handler.stop)
         if session.keep_alive > 0:
             # The handler's reader waits this long for the next packet, then calls handle_read_timeout(),
             # which amqtt leaves empty. Ours closes the connection as abnormal, so the Will is published.
@@ -326,6 +330,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]
             self._connections.pop(id(conn.handler), None)
             if self._current.get(id(conn.session)) is conn:  # not if a newer connection resumed the session
                 del self._current[id(conn.session)]
+                self._receipts.pop(id(conn.session), None)  # a Will's: nobody reads it now
             await self._deliver_leftovers(conn)
             await self._release(conn.device_id)
         finally:
@@ -357,6 +362,13 @@ class GuardedBroker(Broker):  # type: ignore[misc]
             log.warning("broker.acl_denied", device_id=device_id, client_id=session.client_id, action=action.value,
                         topic=topic)
         return False
+
+    @staticmethod
+    async def _stop_handler_after_delivery(conn: _Connection, stop: Callable[[], Awaitable[None]]) -> None:
+        """amqtt's handler.stop() cancels the reader: first let it end the delivery it is in (bounded)."""
+        if conn.intake is not None:
+            await conn.intake.finish(_DELIVERY_FINISH_WAIT)
+        await stop()
 
     def _protocol_error(self, device_id: str, error: MQTTError) -> None:
         self._metrics.inc("gateway_broker_protocol_errors_total", 1, "connections closed for a protocol violation")
@@ -410,11 +422,16 @@ class GuardedBroker(Broker):  # type: ignore[misc]
         try:
             keep = bool(await super()._handle_message_delivery(client_session, handler, wait_deliver))
             message = wait_deliver.result()
-            if not keep and conn is not None:  # a forbidden topic: amqtt stops delivering but leaves it connected
+            if not keep and conn is not None:
+                # A forbidden topic. amqtt would leave its loop here and the connection open, its Will
+                # unsent and a persistent session marked connected. End it as an abnormal disconnect: the
+                # loop goes on to see it (Will, handler stopped, session disconnected).
                 self._protocol_error(conn.device_id, MQTTError(f"PUBLISH to the topic {message.topic!r}"))
                 transport = _transport(conn.writer)
                 if transport is not None:
                     transport.abort()
+                await handler.handle_connection_closed()
+                keep = True
             elif isinstance(message, StoredAckMessage) and conn is not None and conn.acks is not None:
                 conn.acks.settle(message.ack, self._receipts.pop(key, None))
             return keep

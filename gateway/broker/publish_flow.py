@@ -21,8 +21,10 @@ PUBACKs, so its in-flight window holds it back. Nothing is parsed ahead of deliv
 per-session queue was unbounded: 100 purifiers flat out left ~7,000 parsed messages, ~1.5 KB each,
 waiting, and the memory stayed with the process).
 
-QoS 2, which waits for the device's PUBREL, keeps amqtt's queue and client loop; the reader stops
-parsing while that queue is long.
+QoS 2, which waits for the device's PUBREL, keeps amqtt's queue, client loop and task per packet.
+
+When the connection closes (DISCONNECT, takeover, silence, shutdown), a delivery in progress is let
+finish before the reader is cancelled (`finish`), and nothing read after that is taken.
 
 Pinned to amqtt 0.12 like the rest of the broker layer (message classes, handler and session fields).
 """
@@ -106,8 +108,13 @@ class PublishIntake:
         self._room: asyncio.Future[None] | None = None
         self._run = 0  # messages delivered since this reader last let other tasks run
         self.undelivered: list[IncomingApplicationMessage] = []  # held by the reader when it was cancelled
+        self._delivering = False
+        self._closing = False  # the connection is being torn down: take nothing more
+        self._idle: asyncio.Future[None] | None = None  # finish() waits on it for the delivery in progress
 
     async def __call__(self, packet: Any) -> None:
+        if self._closing:
+            return  # read after the connection began to close: not taken, not acknowledged
         qos = packet.qos
         if qos == QOS_2:
             await self._queue_for_client_loop(packet)
@@ -125,21 +132,43 @@ class PublishIntake:
         else:
             message = IncomingApplicationMessage(None, topic, qos, data, packet.retain_flag)
         message.publish_packet = packet
+        self._delivering = True
         try:
             await self._deliver(message)
         except asyncio.CancelledError:
-            # The connection is being torn down while the store was full (the only wait in a delivery).
-            # The broker hands this to the store once the connection has ended. (Not into amqtt's queue:
-            # its client loop's pending get() would take it and drop it.) Stored at least once: had the
-            # cancellation come after the store took it, it is stored twice, never lost.
+            # Cancelled in the middle of a delivery although finish() waited for it (the store stayed
+            # full past its wait): the broker hands this to the store once the connection has ended. (Not
+            # into amqtt's queue: its client loop's pending get() would take it and drop it.) At least
+            # once: ingest may have done part of it already (a reading queued, a status noted).
             self.undelivered.append(message)
             raise
+        finally:
+            self._delivering = False
+            if self._idle is not None and not self._idle.done():
+                self._idle.set_result(None)
         self._run += 1
         if self._run >= self._high:
             # A burst already in the stream buffer is read without a wait: let the store writer (and
             # the other devices) run, so one flooding device cannot hold the loop for a whole buffer.
             self._run = 0
             await asyncio.sleep(0)
+
+    async def finish(self, timeout: float) -> None:
+        """The connection is closing: take nothing more, and let a delivery in progress end (bounded).
+
+        Its reader is cancelled next. A delivery cut in half (ingest waits only for room in the store's
+        queue) would be redone from the start by the leftovers, with part of it already done: a reading
+        stored twice, or a status change (offline, say) already noted, so never recorded.
+        """
+        self._closing = True
+        if not self._delivering:
+            return
+        idle = self._idle = asyncio.get_running_loop().create_future()
+        try:
+            async with asyncio.timeout(timeout):
+                await idle
+        except TimeoutError:
+            pass
 
     async def _queue_for_client_loop(self, packet: Any) -> None:
         """QoS 2 (rare from devices): amqtt's own flow, which waits for PUBREL and queues the message."""

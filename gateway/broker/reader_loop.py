@@ -26,6 +26,7 @@ import collections
 from collections.abc import Callable
 from typing import Any
 
+import structlog
 from amqtt.errors import MQTTError, NoDataError
 from amqtt.events import MQTTEvents
 from amqtt.mqtt import packet_class
@@ -47,6 +48,8 @@ from amqtt.mqtt.packet import (
     UNSUBSCRIBE,
     MQTTFixedHeader,
 )
+
+log = structlog.get_logger(__name__)
 
 _TASK_HANDLERS = {
     SUBSCRIBE: "handle_subscribe",
@@ -146,7 +149,8 @@ async def _reader_loop(handler: Any, on_protocol_error: Callable[[MQTTError], No
                 break
             except NoDataError:
                 continue
-            except Exception:  # amqtt ends the connection on anything else; so do we
+            except Exception:  # amqtt ends the connection on anything else (silently); so do we, loudly
+                log.exception("broker.reader_failed", client_id=session.client_id)
                 break
     finally:
         if watch is not None:

@@ -314,8 +314,10 @@ class StoreWriter:
         """Queue a record for the next commit; waits while the queue is full."""
         if self._closed:
             raise StoreClosedError("store is closed")
-        self._enqueued += 1
         await self._queue.put(record)
+        # Counted once queued (in the same step: the writer cannot have taken it yet). Counted before the
+        # wait, a put cancelled while the queue was full left a record every receipt waited for in vain.
+        self._enqueued += 1
 
     async def flush(self, *, urgent: bool = False) -> None:
         """Wait until everything queued before this call is committed.

@@ -7,6 +7,7 @@ import contextlib
 import json
 import threading
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -357,14 +358,15 @@ async def test_a_second_listener_named_default_does_not_replace_the_first(gatewa
     await wait_for(lambda: gw.query("SELECT count(*) FROM readings")[0][0] == 2)
 
 
-async def test_a_takeover_while_the_store_is_full_keeps_the_message_in_delivery(
-    gateway_factory: GatewayFactory, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The reader delivers as it reads; torn down while it waits for room in the store's queue, the message
-    it holds goes where the broker's leftovers are delivered from. A QoS 0 reading must not vanish there."""
-    from tests.bench.mqttload import connect_packet, publish_packet
+@contextlib.asynccontextmanager
+async def taken_over_while_the_store_is_full(
+    gw: RunningGateway, monkeypatch: pytest.MonkeyPatch, burst: bytes
+) -> AsyncIterator[None]:
+    """AP-01 sends `burst` while the store writer holds its first batch (its online event) and its queue of 10
+    fills; the reader waits with the message after those. Then AP-01 logs in again (a takeover), the store
+    is released, and the body runs with the new connection up."""
+    from tests.bench.mqttload import connect_packet
 
-    gw = await gateway_factory(storage="queue_size = 10\nmax_batch = 1")
     writer_ = gw.gateway.writer
     release = asyncio.Event()
     commit = writer_._commit_retrying
@@ -377,8 +379,7 @@ async def test_a_takeover_while_the_store_is_full_keeps_the_message_in_delivery(
     reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
     writer.write(connect_packet("AP-01", "AP-01", device_password("AP-01")))
     assert (await reader.readexactly(4))[3] == 0
-    # The writer holds the device's online event; 10 readings fill its queue; the reader waits with the 11th.
-    writer.write(b"".join(publish_packet("device/AP-01/data", reading(pm25=float(i)), 0) for i in range(11)))
+    writer.write(burst)
     await writer.drain()
     await wait_for(lambda: writer_.queue_depth == 10)
     await asyncio.sleep(0.2)
@@ -387,8 +388,42 @@ async def test_a_takeover_while_the_store_is_full_keeps_the_message_in_delivery(
     release.set()
     client = await asyncio.wait_for(takeover, 10)
     try:
-        await wait_for(lambda: gw.query("SELECT count(*) FROM readings")[0][0] == 11, timeout=10)
-        assert gw.counter("gateway_broker_leftovers_delivered_total") == 1
+        yield
     finally:
         await client.__aexit__(None, None, None)
         writer.close()
+
+
+async def test_a_takeover_while_the_store_is_full_keeps_the_message_in_delivery(
+    gateway_factory: GatewayFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reader delivers as it reads. Torn down while it waits for room in the store's queue (longer than
+    a closing connection waits for its delivery to end), the message it holds goes where the broker's
+    leftovers are delivered from. A QoS 0 reading must not vanish there."""
+    from gateway.broker import guarded
+    from tests.bench.mqttload import publish_packet
+
+    monkeypatch.setattr(guarded, "_DELIVERY_FINISH_WAIT", 0.1)  # the store stays full longer than this
+    gw = await gateway_factory(storage="queue_size = 10\nmax_batch = 1")
+    burst = b"".join(publish_packet("device/AP-01/data", reading(pm25=float(i)), 0) for i in range(11))
+    async with taken_over_while_the_store_is_full(gw, monkeypatch, burst):
+        await wait_for(lambda: gw.query("SELECT count(*) FROM readings")[0][0] == 11, timeout=10)
+        assert gw.counter("gateway_broker_leftovers_delivered_total") == 1
+
+
+async def test_a_takeover_lets_the_delivery_in_progress_finish(
+    gateway_factory: GatewayFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reader waits for room in a full store with the device's `offline` status half delivered (noted,
+    not yet queued). Cancelled there, the leftovers redid it from the start: no change left to record."""
+    from tests.bench.mqttload import publish_packet
+
+    gw = await gateway_factory(storage="queue_size = 10\nmax_batch = 1")
+    burst = b"".join(publish_packet("device/AP-01/data", reading(pm25=float(i)), 0) for i in range(10))
+    async with taken_over_while_the_store_is_full(gw, monkeypatch, burst + publish_packet(
+            "device/AP-01/status", b"offline", 0)):
+        await wait_for(lambda: gw.query("SELECT count(*) FROM readings")[0][0] == 10, timeout=10)
+        await gw.flush()
+        events = [e for (e,) in gw.query("SELECT type FROM events WHERE device_id = 'AP-01' ORDER BY id")]
+        assert events == ["device.online", "device.offline", "device.online"]
+        assert gw.counter("gateway_broker_leftovers_delivered_total") == 0  # nothing was cut in half

@@ -398,8 +398,10 @@ async def test_publish_to_an_invalid_topic_closes_the_connection(gateway: Runnin
 
 
 async def test_qos2_publish_to_a_dollar_topic_closes_the_connection(gateway: RunningGateway) -> None:
-    """QoS 2 keeps amqtt's queue and client loop: the same rule holds there."""
-    raw = await raw_connect(gateway.port, "AP-01", "AP-01", device_password("AP-01"), clean=True)
+    """QoS 2 keeps amqtt's queue and client loop: the same rule holds there, and the connection ends as any
+    abnormal one does (a first fix only aborted it: no Will, and a persistent session left "connected")."""
+    will = ("device/AP-01/data", reading(pm25=42.0), 1, False)  # a Will we can count as a stored reading
+    raw = await raw_connect(gateway.port, "AP-01", "AP-01", device_password("AP-01"), clean=False, will=will)
     try:
         assert raw.return_code == 0
         raw.writer.write(_frame(0x34, _str("$SYS/x") + (7).to_bytes(2, "big") + reading(pm25=2.0)))  # QoS 2
@@ -410,5 +412,8 @@ async def test_qos2_publish_to_a_dollar_topic_closes_the_connection(gateway: Run
     finally:
         raw.close()
     assert gateway.counter("gateway_broker_protocol_errors_total") == 1
-    await wait_for(lambda: gateway.gateway.broker.amqtt._live == {})
-    assert readings(gateway, "AP-01") == 0
+    broker = gateway.gateway.broker.amqtt
+    await wait_for(lambda: broker._live == {})
+    await wait_for(lambda: not broker._sessions["AP-01"][0].transitions.is_connected())
+    await gateway.flush()
+    assert readings(gateway, "AP-01") == 1  # the Will: nothing of the forbidden publish

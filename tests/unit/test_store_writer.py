@@ -259,3 +259,23 @@ async def test_close_gives_up_at_its_deadline_when_the_disk_keeps_refusing(tmp_p
     finally:
         other.execute("ROLLBACK")
         other.close()
+
+
+async def test_a_put_cancelled_while_the_queue_is_full_leaves_no_phantom_record(tmp_path: Path) -> None:
+    """The broker's reader is cancelled in put() when its device is taken over while the store is full. The
+    record was counted before it was queued: every later receipt (so every QoS 1 PUBACK) waited for it."""
+    writer = StoreWriter(tmp_path / "g.db", metrics=Metrics(), queue_size=10)
+    await writer.open()
+    for i in range(10):
+        await writer.put(Reading("AP-01", 1763800000.0 + i, {"pm25": 1.0}, 1763800000.5))
+    blocked = asyncio.create_task(writer.put(Reading("AP-01", 1763800099.0, {"pm25": 1.0}, 1763800000.5)))
+    await asyncio.sleep(0.05)
+    assert not blocked.done()  # waiting for room
+    blocked.cancel()
+    await asyncio.gather(blocked, return_exceptions=True)
+    task = asyncio.create_task(writer.run())
+    await asyncio.wait_for(writer.flush(), 5)  # hung before the fix: it waited for the cancelled record
+    await writer.close()
+    await task
+    with sqlite3.connect(tmp_path / "g.db") as conn:
+        assert conn.execute("SELECT count(*) FROM readings").fetchone()[0] == 10
