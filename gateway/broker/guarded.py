@@ -103,7 +103,6 @@ class GuardedBroker(Broker):  # type: ignore[misc]
         metrics: Metrics,
         keepalive_grace: float = 1.5,
         require_client_cert: frozenset[str] = frozenset(),
-        pending_per_client: int = 16,
     ) -> None:
         super().__init__(config)
         session_states.install()  # a transitions.Machine per session was 2/3 of its memory (see module)
@@ -117,7 +116,6 @@ class GuardedBroker(Broker):  # type: ignore[misc]
         self._metrics = metrics
         self._grace = keepalive_grace
         self._require_client_cert = require_client_cert
-        self._pending_per_client = pending_per_client
         self._connections: dict[int, _Connection] = {}  # id(handler) -> accepted connection, until its loop ended
         self._current: dict[int, _Connection] = {}  # id(session) -> the (newest) connection using that session
         self._live: dict[str, int] = {}  # device id -> open connections (a takeover briefly has two)
@@ -127,8 +125,6 @@ class GuardedBroker(Broker):  # type: ignore[misc]
         self._no_client_loops.set()
         self._silence_tasks: set[asyncio.Future[None]] = set()
         self._verifying = 0  # password checks in flight
-        # id(session) -> the store receipt of the message being delivered (see _handle_message_delivery)
-        self._receipts: dict[int, asyncio.Future[None] | None] = {}
 
     def close_password_pool(self) -> None:
         self._password_pool.shutdown(wait=False, cancel_futures=True)
@@ -169,9 +165,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]
         self._connections[id(handler)] = conn
         self._current[id(session)] = conn
         conn.acks = StoredAcks(_transport(writer))
-        conn.intake = PublishIntake(
-            handler, session, conn.acks, functools.partial(self._deliver_read, conn), high=self._pending_per_client
-        )
+        conn.intake = PublishIntake(handler, conn.acks, functools.partial(self._deliver_read, conn))
         handler.handle_publish = conn.intake
         handler.stop = functools.partial(self._stop_handler_after_delivery, conn, handler.stop)
         if session.keep_alive > 0:
@@ -330,7 +324,6 @@ class GuardedBroker(Broker):  # type: ignore[misc]
             self._connections.pop(id(conn.handler), None)
             if self._current.get(id(conn.session)) is conn:  # not if a newer connection resumed the session
                 del self._current[id(conn.session)]
-                self._receipts.pop(id(conn.session), None)  # a Will's: nobody reads it now
             await self._deliver_leftovers(conn)
             await self._release(conn.device_id)
         finally:
@@ -392,7 +385,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]
         receipt = None
         if await self._topic_filtering(session, topic, Action.PUBLISH):
             await plugins.fire_event(BrokerEvents.MESSAGE_BROADCAST, client_id=session.client_id, message=message)
-            receipt, forward = await self._ingest(conn.device_id, topic, message.data)
+            receipt, forward = await self._ingest(conn.device_id, topic, message.data)  # (ACL checked above)
             if forward:
                 await super()._broadcast_message(session, topic, message.data)
             if message.publish_packet is not None and message.publish_packet.retain_flag:
@@ -402,42 +395,28 @@ class GuardedBroker(Broker):  # type: ignore[misc]
             conn.acks.settle(message.ack, receipt)
 
     async def _ingest(
-        self, device_id: str | None, topic: str, data: bytes | bytearray | None
+        self, device_id: str, topic: str, data: bytes | bytearray | None
     ) -> tuple[asyncio.Future[None] | None, bool]:
         """Hand a permitted publish to the sink: (its store receipt, whether an MQTT client subscribes to it)."""
-        if device_id is None or not device_may(device_id, Access.PUBLISH, topic):
-            # A Will does not pass amqtt's ACL, so every publish is checked here again.
-            self._metrics.inc("gateway_broker_acl_denied_total", 1, action="will")
-            log.warning("broker.will_denied", device_id=device_id, topic=topic)
-            return None, False
         receipt = await self._sink.message(device_id, topic, bytes(data or b""))
         # Device data usually has no MQTT subscriber: skip amqtt's (unbounded) broadcast queue then.
         return receipt, self._has_subscriber(topic)
 
     async def _handle_message_delivery(self, client_session: Session, handler: Any, wait_deliver: Any) -> bool:
         """amqtt's client loop now delivers only QoS 2 messages (the reader delivers QoS 0 and 1)."""
-        key = id(client_session)
-        self._receipts.pop(key, None)  # a Will's, say: not this message's
+        keep = bool(await super()._handle_message_delivery(client_session, handler, wait_deliver))
         conn = self._connections.get(id(handler))
-        try:
-            keep = bool(await super()._handle_message_delivery(client_session, handler, wait_deliver))
-            message = wait_deliver.result()
-            if not keep and conn is not None:
-                # A forbidden topic. amqtt would leave its loop here and the connection open, its Will
-                # unsent and a persistent session marked connected. End it as an abnormal disconnect: the
-                # loop goes on to see it (Will, handler stopped, session disconnected).
-                self._protocol_error(conn.device_id, MQTTError(f"PUBLISH to the topic {message.topic!r}"))
-                transport = _transport(conn.writer)
-                if transport is not None:
-                    transport.abort()
-                await handler.handle_connection_closed()
-                keep = True
-            elif isinstance(message, StoredAckMessage) and conn is not None and conn.acks is not None:
-                conn.acks.settle(message.ack, self._receipts.pop(key, None))
-            return keep
-        finally:
-            if conn is not None and conn.intake is not None:
-                conn.intake.delivered()
+        if not keep and conn is not None:
+            # A forbidden topic. amqtt would leave its loop here and the connection open, its Will unsent
+            # and a persistent session marked connected. End it as an abnormal disconnect: the loop goes
+            # on to see it (Will, handler stopped, session disconnected).
+            self._protocol_error(conn.device_id, MQTTError(f"PUBLISH to the topic {wait_deliver.result().topic!r}"))
+            transport = _transport(conn.writer)
+            if transport is not None:
+                transport.abort()
+            await handler.handle_connection_closed()
+            return True
+        return keep
 
     async def _broadcast_message(
         self,
@@ -447,9 +426,13 @@ class GuardedBroker(Broker):  # type: ignore[misc]
         force_qos: int | None = None,
     ) -> None:
         if session is not None and topic is not None:
-            # From amqtt's client loop (after its ACL check) or a Will (which amqtt never checks).
-            receipt, forward = await self._ingest(self.device_of(session), topic, data)
-            self._receipts[id(session)] = receipt
+            # From amqtt's client loop (QoS 2, after its ACL check) or a Will, which amqtt never checks.
+            device_id = self.device_of(session)
+            if device_id is None or not device_may(device_id, Access.PUBLISH, topic):
+                self._metrics.inc("gateway_broker_acl_denied_total", 1, action="will")
+                log.warning("broker.will_denied", device_id=device_id, topic=topic)
+                return
+            _, forward = await self._ingest(device_id, topic, data)  # no PUBACK waits on these
             if not forward:
                 return
         await super()._broadcast_message(session, topic, data, force_qos)

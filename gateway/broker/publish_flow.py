@@ -21,7 +21,8 @@ PUBACKs, so its in-flight window holds it back. Nothing is parsed ahead of deliv
 per-session queue was unbounded: 100 purifiers flat out left ~7,000 parsed messages, ~1.5 KB each,
 waiting, and the memory stayed with the process).
 
-QoS 2, which waits for the device's PUBREL, keeps amqtt's queue, client loop and task per packet.
+QoS 2, which waits for the device's PUBREL, keeps amqtt's queue, client loop and task per packet
+(and its unbounded queue: devices do not use QoS 2).
 
 When the connection closes (DISCONNECT, takeover, silence, shutdown), a delivery in progress is let
 finish before the reader is cancelled (`finish`), and nothing read after that is taken.
@@ -32,13 +33,18 @@ Pinned to amqtt 0.12 like the rest of the broker layer (message classes, handler
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from amqtt.mqtt.constants import QOS_1, QOS_2
-from amqtt.session import IncomingApplicationMessage, Session
+from amqtt.session import IncomingApplicationMessage
+
+# Messages a reader delivers in a row before it lets other tasks run (a burst already in its stream buffer
+# is read without any wait).
+READ_BURST = 16
 
 
 class StoredAckMessage(IncomingApplicationMessage):  # type: ignore[misc]
@@ -93,19 +99,12 @@ class PublishIntake:
     def __init__(
         self,
         handler: Any,
-        session: Session,
         acks: StoredAcks,
         deliver: Callable[[IncomingApplicationMessage], Awaitable[None]],
-        *,
-        high: int,
     ) -> None:
         self._original = handler.handle_publish
-        self._session = session
         self._acks = acks
         self._deliver = deliver
-        self._high = max(high, 2)
-        self._low = self._high // 4
-        self._room: asyncio.Future[None] | None = None
         self._run = 0  # messages delivered since this reader last let other tasks run
         self.undelivered: list[IncomingApplicationMessage] = []  # held by the reader when it was cancelled
         self._delivering = False
@@ -116,8 +115,8 @@ class PublishIntake:
         if self._closing:
             return  # read after the connection began to close: not taken, not acknowledged
         qos = packet.qos
-        if qos == QOS_2:
-            await self._queue_for_client_loop(packet)
+        if qos == QOS_2:  # rare from devices: amqtt's own flow (waits for PUBREL, then its client loop delivers)
+            await self._original(packet)
             return
         topic, data = packet.topic_name, packet.data
         if topic is None or data is None:
@@ -147,9 +146,9 @@ class PublishIntake:
             if self._idle is not None and not self._idle.done():
                 self._idle.set_result(None)
         self._run += 1
-        if self._run >= self._high:
-            # A burst already in the stream buffer is read without a wait: let the store writer (and
-            # the other devices) run, so one flooding device cannot hold the loop for a whole buffer.
+        if self._run >= READ_BURST:
+            # Let the store writer (and the other devices) run: one flooding device must not hold the
+            # loop for a whole buffer.
             self._run = 0
             await asyncio.sleep(0)
 
@@ -164,25 +163,7 @@ class PublishIntake:
         if not self._delivering:
             return
         idle = self._idle = asyncio.get_running_loop().create_future()
-        try:
+        # Past the wait the reader is cancelled regardless: the message then goes to `undelivered`.
+        with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await idle
-        except TimeoutError:
-            pass
-
-    async def _queue_for_client_loop(self, packet: Any) -> None:
-        """QoS 2 (rare from devices): amqtt's own flow, which waits for PUBREL and queues the message."""
-        queue = self._session.delivered_message_queue
-        await self._original(packet)
-        if queue.qsize() >= self._high:
-            room = self._room = asyncio.get_running_loop().create_future()
-            try:
-                await room
-            finally:
-                self._room = None
-
-    def delivered(self) -> None:
-        """Called after each delivery by amqtt's client loop: read on once the backlog is low again."""
-        room = self._room
-        if room is not None and not room.done() and self._session.delivered_message_queue.qsize() <= self._low:
-            room.set_result(None)

@@ -477,8 +477,9 @@ class StoreWriter:
                     log.error("store.commit_failed", error=str(exc), rows=len(batch))
                     failing = True
                 self._metrics.inc("gateway_store_commit_errors_total", 1, "failed transactions (retried)")
-                pause = self._retry_wait = asyncio.get_running_loop().create_future()
-                timer = asyncio.get_running_loop().call_later(delay, _resolve, pause)
+                loop = asyncio.get_running_loop()
+                pause = self._retry_wait = loop.create_future()
+                timer = loop.call_later(delay, _resolve, pause)
                 try:
                     await pause  # cut short by close() when it gives up
                 finally:

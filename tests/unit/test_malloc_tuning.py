@@ -5,8 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import pytest
-
 from gateway import malloc_tuning
 
 PROBE = """
@@ -27,18 +25,19 @@ print(before, freed, rss_mb())
 """
 
 
-@pytest.mark.skipif(malloc_tuning._libc() is None, reason="not glibc")
 def test_trim_returns_freed_heap_memory() -> None:
+    if malloc_tuning._libc() is None:  # not glibc (musl, macOS): documented as doing nothing
+        assert malloc_tuning.trim() is False
+        return
     out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, check=True).stdout
     before, freed, trimmed = (float(x) for x in out.split())
     assert freed > before - 5, "glibc returned the blocks by itself: this test would prove nothing"
     assert trimmed < freed - 15, f"trim gave back only {freed - trimmed:.1f} MB"
 
 
-@pytest.mark.skipif(malloc_tuning._libc() is None, reason="not glibc")
-def test_limit_arenas_is_accepted() -> None:
+def test_limit_arenas_is_accepted_where_glibc_offers_it() -> None:
     out = subprocess.run(
         [sys.executable, "-c", "from gateway import malloc_tuning; print(malloc_tuning.limit_arenas(1))"],
         capture_output=True, text=True, check=True,
     ).stdout
-    assert out.strip() == "True"
+    assert out.strip() == str(malloc_tuning._libc() is not None)  # not glibc: documented as doing nothing
