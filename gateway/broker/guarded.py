@@ -20,6 +20,10 @@ test_broker_sessions.py fail if a fault comes back):
 
 Authentication and the ACL are plain method overrides instead of amqtt plugins: plugins are
 configured by import path (no way to hand them our device table) and each call costs a task.
+
+A connection also costs less memory than amqtt's (~19 KB instead of ~35 KB, measured with
+tracemalloc; 100 purifiers stay connected all day): its client loop runs without amqtt's four waiter
+tasks (`_client_message_loop`), and its Queues and Events have empty waiter lists (slim_waits.py).
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from gateway import malloc_tuning
 from gateway.broker import reader_loop, session_states
 from gateway.broker.acl import Access, device_may
 from gateway.broker.publish_flow import PublishIntake, StoredAckMessage, StoredAcks
+from gateway.broker.slim_waits import new_event, slim_event, slim_queue
 from gateway.core.metrics import Metrics
 from gateway.core.passwords import verify_password, warm_up
 from gateway.core.ports import BrokerSink
@@ -90,7 +95,8 @@ class _Connection:
     session: Session
     intake: PublishIntake | None = None
     acks: StoredAcks | None = None
-    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    ended: asyncio.Event = field(default_factory=new_event)
+    wake: asyncio.Event = field(default_factory=new_event)  # work for the client loop (_client_message_loop)
 
 
 class GuardedBroker(Broker):  # type: ignore[misc]
@@ -161,12 +167,17 @@ class GuardedBroker(Broker):  # type: ignore[misc]
             await self._release(device_id)
             raise
         # No await from here on: stop_intake must find the connection registered, or _closing set above.
+        _slim_connection_state(handler, session)
         conn = _Connection(device_id, handler, reader, writer, session)
         self._connections[id(handler)] = conn
         self._current[id(session)] = conn
         conn.acks = StoredAcks(_transport(writer))
-        conn.intake = PublishIntake(handler, conn.acks, functools.partial(self._deliver_read, conn))
+        conn.intake = PublishIntake(
+            handler, conn.acks, functools.partial(self._deliver_read, conn), qos2_queued=conn.wake.set
+        )
         handler.handle_publish = conn.intake
+        handler.handle_subscribe = functools.partial(_then_wake, handler.handle_subscribe, conn.wake)
+        handler.handle_unsubscribe = functools.partial(_then_wake, handler.handle_unsubscribe, conn.wake)
         handler.stop = functools.partial(self._stop_handler_after_delivery, conn, handler.stop)
         if session.keep_alive > 0:
             # The handler's reader waits this long for the next packet, then calls handle_read_timeout(),
@@ -319,6 +330,48 @@ class GuardedBroker(Broker):  # type: ignore[misc]
                 if self._client_loops == 0:
                     self._no_client_loops.set()
 
+    async def _client_message_loop(self, client_session: Session, handler: Any) -> None:
+        """amqtt's client loop without its four waiter tasks: whatever has work for it sets `conn.wake`.
+
+        amqtt's loop waits (asyncio.wait) on four tasks it recreates after each use: the disconnect, the
+        next SUBSCRIBE, the next UNSUBSCRIBE and the next QoS 2 message. Four idle tasks per connection
+        cost ~5 KB; here the SUBSCRIBE/UNSUBSCRIBE handlers, the QoS 2 flow (once its message is queued)
+        and the disconnect future set one Event instead. Same order of work as amqtt: a disconnect ends
+        the loop (what is still queued goes to the store as leftovers), then subscriptions,
+        unsubscriptions, deliveries.
+        """
+        # The handler's reader Events are made in handler.start(), which has returned by now.
+        slim_event(handler._reader_ready)
+        slim_event(handler._reader_stopped)
+        conn = self._connections.get(id(handler))
+        if conn is None:  # not a verified connection (amqtt refuses those before its loop): amqtt's own loop
+            await super()._client_message_loop(client_session, handler)
+            return
+        wake = conn.wake
+        disconnect = handler._disconnect_waiter  # set by start(); None if the connection already ended
+        if disconnect is None:
+            disconnect = _done(None)
+        disconnect.add_done_callback(lambda _: wake.set())
+        subscriptions = handler._pending_subscriptions
+        unsubscriptions = handler._pending_unsubscriptions
+        deliveries = client_session.delivered_message_queue
+        try:
+            while True:
+                await wake.wait()
+                wake.clear()
+                if disconnect.done():
+                    await self._handle_disconnect(client_session, handler, disconnect)
+                    return
+                while not subscriptions.empty():
+                    await self._handle_subscription(client_session, handler, _done(subscriptions.get_nowait()))
+                while not unsubscriptions.empty():
+                    await self._handle_unsubscription(client_session, handler, _done(unsubscriptions.get_nowait()))
+                while not deliveries.empty():
+                    if not await self._handle_message_delivery(client_session, handler, _done(deliveries.get_nowait())):
+                        return
+        except asyncio.CancelledError:
+            return  # as amqtt's loop does: the broker is shutting down
+
     async def _connection_ended(self, conn: _Connection) -> None:
         try:
             self._connections.pop(id(conn.handler), None)
@@ -403,7 +456,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]
         return receipt, self._has_subscriber(topic)
 
     async def _handle_message_delivery(self, client_session: Session, handler: Any, wait_deliver: Any) -> bool:
-        """amqtt's client loop now delivers only QoS 2 messages (the reader delivers QoS 0 and 1)."""
+        """The client loop delivers only QoS 2 messages (the reader delivers QoS 0 and 1)."""
         keep = bool(await super()._handle_message_delivery(client_session, handler, wait_deliver))
         conn = self._connections.get(id(handler))
         if not keep and conn is not None:
@@ -555,7 +608,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]
             await self._deliver_leftovers(conn)
 
     async def _deliver_leftovers(self, conn: _Connection) -> None:
-        """Hand over messages parsed but never delivered by amqtt's client loop.
+        """Hand over messages parsed but never delivered by the client loop.
 
         amqtt ends a client's loop at DISCONNECT (or a lost connection) and leaves what is still in
         the delivery queue there: a sensor that publishes and disconnects at once would lose them
@@ -570,6 +623,27 @@ class GuardedBroker(Broker):  # type: ignore[misc]
                 continue
             self._metrics.inc("gateway_broker_leftovers_delivered_total", 1, "parsed messages amqtt left behind")
             await self._sink.message(device_id, message.topic, bytes(message.data or b""))
+
+
+async def _then_wake(step: Callable[[Any], Awaitable[None]], wake: asyncio.Event, packet: Any) -> None:
+    """amqtt's SUBSCRIBE/UNSUBSCRIBE handler (it queues the request for the client loop), then wake that loop."""
+    await step(packet)
+    wake.set()
+
+
+def _done(value: Any) -> asyncio.Future[Any]:
+    """A finished future: amqtt's _handle_* methods take the waiter their loop got the value from."""
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    future.set_result(value)
+    return future
+
+
+def _slim_connection_state(handler: Any, session: Session) -> None:
+    """amqtt's per-connection Queues and Events, with waiter lists that cost nothing while empty (slim_waits.py)."""
+    slim_queue(handler._pending_subscriptions, items=True)  # one item per SUBSCRIBE packet, taken at once
+    slim_queue(handler._pending_unsubscriptions, items=True)
+    slim_queue(session.delivered_message_queue)  # a resumed session's are already slim: a no-op then
+    slim_queue(session.retained_messages)
 
 
 def _transport(writer: Any) -> asyncio.Transport | None:

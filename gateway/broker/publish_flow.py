@@ -21,8 +21,8 @@ PUBACKs, so its in-flight window holds it back. Nothing is parsed ahead of deliv
 per-session queue was unbounded: 100 purifiers flat out left ~7,000 parsed messages, ~1.5 KB each,
 waiting, and the memory stayed with the process).
 
-QoS 2, which waits for the device's PUBREL, keeps amqtt's queue, client loop and task per packet
-(and its unbounded queue: devices do not use QoS 2).
+QoS 2, which waits for the device's PUBREL, keeps amqtt's flow: a task per packet, the session's
+(unbounded) queue and the client loop (ours, in guarded.py); devices do not use QoS 2.
 
 When the connection closes (DISCONNECT, takeover, silence, shutdown), a delivery in progress is let
 finish before the reader is cancelled (`finish`), and nothing read after that is taken.
@@ -101,8 +101,11 @@ class PublishIntake:
         handler: Any,
         acks: StoredAcks,
         deliver: Callable[[IncomingApplicationMessage], Awaitable[None]],
+        *,
+        qos2_queued: Callable[[], None],
     ) -> None:
         self._original = handler.handle_publish
+        self._qos2_queued = qos2_queued  # told once amqtt's QoS 2 flow has queued a message for the client loop
         self._acks = acks
         self._deliver = deliver
         self._run = 0  # messages delivered since this reader last let other tasks run
@@ -115,8 +118,9 @@ class PublishIntake:
         if self._closing:
             return  # read after the connection began to close: not taken, not acknowledged
         qos = packet.qos
-        if qos == QOS_2:  # rare from devices: amqtt's own flow (waits for PUBREL, then its client loop delivers)
+        if qos == QOS_2:  # rare from devices: amqtt's own flow (waits for PUBREL, then the client loop delivers)
             await self._original(packet)
+            self._qos2_queued()
             return
         topic, data = packet.topic_name, packet.data
         if topic is None or data is None:

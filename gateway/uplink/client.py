@@ -38,7 +38,9 @@ from gateway.uplink.rpc import Dispatcher, RpcError, encode, error_response, par
 
 log = structlog.get_logger(__name__)
 
-LIVE_QUEUE_SIZE = 1_000
+# Committed rows waiting for the live lane. Past it they join the backlog (read back from SQLite), so a
+# bigger queue only holds more rows in memory during a burst: 250 is over 10 x the in-flight window.
+LIVE_QUEUE_SIZE = 250
 RPC_CONCURRENCY = 16  # requests served at once (a device command waits for its ack: up to minutes)
 BACKLOG_PAGE = 500
 # What a published message holds until its PUBACK and its rows' deletion: the outbox seqs, the slots.

@@ -14,6 +14,7 @@ import json
 import socket
 import struct
 import time
+import tracemalloc
 
 import aiomqtt
 import pytest
@@ -417,3 +418,50 @@ async def test_qos2_publish_to_a_dollar_topic_closes_the_connection(gateway: Run
     await wait_for(lambda: not broker._sessions["AP-01"][0].transitions.is_connected())
     await gateway.flush()
     assert readings(gateway, "AP-01") == 1  # the Will: nothing of the forbidden publish
+
+
+# --- 6. the client loop (ours: no waiter tasks) serves SUBSCRIBE, UNSUBSCRIBE and QoS 2 ---------------------------
+
+async def test_qos2_readings_are_completed_and_stored(gateway: RunningGateway) -> None:
+    async with aio_client(gateway, "AP-01") as c:
+        for pm25 in (1.0, 2.0, 3.0):
+            await c.publish("device/AP-01/data", reading(pm25=pm25), qos=2)  # returns on PUBCOMP
+    await gateway.flush()
+    assert readings(gateway, "AP-01") == 3
+
+
+async def test_unsubscribe_is_acknowledged_and_ends_delivery(gateway: RunningGateway) -> None:
+    broker = gateway.gateway.broker.amqtt
+    async with aio_client(gateway, "AP-01") as c:
+        await c.subscribe("device/AP-01/command", qos=1)  # returns on SUBACK
+        assert any(s.client_id == "AP-01" for s, _ in broker._subscriptions.get("device/AP-01/command", ()))
+        await c.unsubscribe("device/AP-01/command")  # returns on UNSUBACK
+        assert not any(s.client_id == "AP-01" for s, _ in broker._subscriptions.get("device/AP-01/command", ()))
+        await broker.internal_message_broadcast("device/AP-01/command", COMMAND, 1)
+        assert await received_within(c, 0.5) == []
+        await c.subscribe("device/AP-01/command", qos=1)  # and again: the loop still serves this connection
+        await broker.internal_message_broadcast("device/AP-01/command", COMMAND, 1)
+        assert await received_within(c, 2) == [("device/AP-01/command", COMMAND)]
+
+
+async def test_a_connection_costs_two_tasks_and_little_memory(gateway_factory: GatewayFactory) -> None:
+    """amqtt 0.12 runs four waiter tasks per connection and gives it four Queues and three Events whose
+    waiter deques cost ~12 KB idle: ~35 KB a connection, 3.5 MB for 100 purifiers (the gateway should stay
+    under 60 MB). Measured on raw connections, which make no tasks of their own."""
+    devices = [f"AP-{i:02d}" for i in range(1, 23)]
+    gw = await gateway_factory(devices=devices)
+    clients = [await raw_connect(gw.port, d, d, device_password(d), clean=True) for d in devices[:2]]  # one-off costs
+    tasks_before = len(asyncio.all_tasks())
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        clients += [await raw_connect(gw.port, d, d, device_password(d), clean=True) for d in devices[2:]]
+        await asyncio.sleep(0.2)  # every client loop is waiting
+        per_connection = (tracemalloc.get_traced_memory()[0] - before) / 20
+    finally:
+        tracemalloc.stop()
+        tasks_after = len(asyncio.all_tasks())
+        for raw in clients:
+            raw.close()
+    assert tasks_after - tasks_before <= 2 * 20  # the connection's own task and its reader
+    assert per_connection < 30_000  # bytes, both ends' streams included (was ~42,000; now ~25,000)
