@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -58,11 +57,17 @@ class StoredAckMessage(IncomingApplicationMessage):  # type: ignore[misc]
 
 
 class StoredAcks:
-    """One connection's QoS 1 PUBACKs, sent in arrival order, each once its message is stored."""
+    """One connection's QoS 1 PUBACKs, sent in arrival order, each once its message is stored.
+
+    The store hands out one receipt for all the messages queued before its next commit, so the messages
+    of a connection usually share a few receipts: one callback per receipt, not per message.
+    """
 
     def __init__(self, transport: Any) -> None:
         self._transport = transport  # asyncio transport of the connection (None: acknowledge nothing)
-        self._order: deque[list[Any]] = deque()  # [packet id, stored: None waiting | True | False never]
+        # [packet id, state]: None not handed over yet | True stored | the store's receipt, until done
+        self._order: deque[list[Any]] = deque()
+        self._watched: asyncio.Future[None] | None = None  # the receipt our last callback is on
 
     def expect(self, packet_id: int) -> list[Any]:
         entry: list[Any] = [packet_id, None]
@@ -73,24 +78,34 @@ class StoredAcks:
         """The message of `entry` was handed over; acknowledge it once `receipt` is done."""
         if receipt is None:
             entry[1] = True
-            self._send_ready()
-        elif receipt.done():
-            self._stored(entry, receipt)
         else:
-            receipt.add_done_callback(functools.partial(self._stored, entry))
+            entry[1] = receipt
+            if not receipt.done():
+                if receipt is not self._watched:
+                    self._watched = receipt
+                    receipt.add_done_callback(self._receipt_done)
+                return
+        self._send_ready()
 
-    def _stored(self, entry: list[Any], receipt: asyncio.Future[None]) -> None:
-        entry[1] = not receipt.cancelled() and receipt.exception() is None
+    def _receipt_done(self, receipt: asyncio.Future[None]) -> None:
         self._send_ready()
 
     def _send_ready(self) -> None:
         order = self._order
         acks = bytearray()
-        while order and order[0][1] is True:
+        while order and _stored(order[0][1]):
             acks += b"\x40\x02" + order.popleft()[0].to_bytes(2, "big")
         transport = self._transport
         if acks and transport is not None and not transport.is_closing():
             transport.write(bytes(acks))  # one write for all that became ready together
+
+
+def _stored(state: Any) -> bool:
+    """Not handed over yet (None) or still waiting for the store: no. A receipt that failed (the store closed
+    first) is never stored: it holds its PUBACK and every later one for good, and the device sends them again."""
+    if state is True:
+        return True
+    return state is not None and state.done() and not state.cancelled() and state.exception() is None
 
 
 class PublishIntake:

@@ -274,8 +274,10 @@ class StoreWriter:
         self._stopped = asyncio.Event()
         self._enqueued = 0
         self._committed = 0
-        # (records enqueued when asked, future): in order of their targets, which only grow.
-        self._commit_waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+        # [records enqueued when last asked, future, batches taken when first asked], in order of their targets,
+        # which only grow. Receipts asked for between two takes share the last one (see receipt()).
+        self._commit_waiters: deque[list[Any]] = deque()
+        self._takes = 0  # batches taken from the queue so far
         self._batch_wait: asyncio.Future[None] | None = None
         self._urgent = False  # a flush(urgent=True) is waiting: the next batch commits without pausing
         self._retry_wait: asyncio.Future[None] | None = None  # a back-off pause after a refused commit
@@ -334,23 +336,35 @@ class StoreWriter:
             self._urgent = True
             if self._batch_wait is not None and not self._batch_wait.done():
                 self._batch_wait.set_result(None)
-        await fut
+        await asyncio.shield(fut)  # shared with other receipts: a cancelled caller must not cancel it for them
 
     def receipt(self) -> asyncio.Future[None] | None:
         """A future done once everything queued so far is committed; None if it already is.
 
         The broker acknowledges a device's QoS 1 message only when this is done, so a crash or power cut
         never loses a reading the device was told is safe. It fails with StoreClosedError if the store
-        closes first.
+        closes first. Do not cancel it (await it through asyncio.shield): it is shared.
+
+        Receipts asked for before the writer takes its next batch share one future, whose target grows
+        with each: under load that is one future for a whole commit instead of one per message (fewer
+        objects per reading, and fewer callbacks when it is done). With queue_size <= max_batch (the
+        default) a batch takes everything queued, so sharing never delays a receipt; with a longer queue,
+        a record left for the next batch can hold its group's receipt one commit longer.
         """
         target = self._enqueued
         if self._committed >= target:
             return None
+        waiters = self._commit_waiters
+        if waiters:
+            last = waiters[-1]
+            if last[2] == self._takes and not last[1].done():
+                last[0] = target
+                return last[1]  # type: ignore[no-any-return]
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self._closed and self._stopped.is_set():
             fut.set_exception(StoreClosedError("store is closed"))
         else:
-            self._commit_waiters.append((target, fut))
+            waiters.append([target, fut, self._takes])
         return fut
 
     async def run(self) -> None:
@@ -387,6 +401,7 @@ class StoreWriter:
                         stop = True
                         break
                     batch.append(item)
+                self._takes += 1  # receipts asked for from now on are for records of a later batch
                 await self._commit_retrying(batch)
                 last_commit = loop.time()
                 if stop:
@@ -428,6 +443,7 @@ class StoreWriter:
                     item = self._queue.get_nowait()
                     if not isinstance(item, _Stop):
                         rest.append(item)
+                self._takes += 1
                 if rest:
                     await self._commit_retrying(rest)
         except (TimeoutError, _Abandoned):
@@ -435,7 +451,7 @@ class StoreWriter:
         if self._conn is not None:
             await self._conn.close()
             self._conn = None
-        for _, fut in self._commit_waiters:  # nothing more will be committed: do not leave anyone waiting
+        for _, fut, _ in self._commit_waiters:  # nothing more will be committed: do not leave anyone waiting
             if not fut.done():
                 fut.set_exception(StoreClosedError("store closed before this was committed"))
         self._commit_waiters.clear()

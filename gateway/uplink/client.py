@@ -18,7 +18,7 @@ import random
 import socket
 import ssl
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,9 @@ log = structlog.get_logger(__name__)
 # bigger queue only holds more rows in memory during a burst: 250 is over 10 x the in-flight window.
 LIVE_QUEUE_SIZE = 250
 RPC_CONCURRENCY = 16  # requests served at once (a device command waits for its ack: up to minutes)
-BACKLOG_PAGE = 500
+# Backlog rows read per query, one message each: 5 x the default in-flight window. A page is held until its
+# last message is handed over, so a bigger one only holds more rows in memory while the link is busy.
+BACKLOG_PAGE = 100
 # What a published message holds until its PUBACK and its rows' deletion: the outbox seqs, the slots.
 Sent = tuple[tuple[int, ...], list[asyncio.Semaphore]]
 
@@ -279,24 +281,24 @@ class Uplink:
                     slot.release()
                 raise  # the link is down: the connection's task group ends and the supervisor reconnects
 
-    def _pack(self, entries: list[OutboxEntry]) -> list[tuple[str, bytes, tuple[int, ...]]]:
-        out: list[tuple[str, bytes, tuple[int, ...]]] = []
+    def _pack(self, entries: list[OutboxEntry]) -> Iterator[tuple[str, bytes, tuple[int, ...]]]:
+        """The messages for `entries`, each built when the one before it has been handed over (a page's
+        messages all built at once would be held together while they wait for window slots)."""
         batch: list[OutboxEntry] = []
         size = 0
         for entry in entries:
             if self._s.batch and entry.kind == "telemetry":
                 item = messages.batch_item_size(entry)
                 if batch and (len(batch) >= self._s.batch_max_readings or size + item > self._s.batch_max_bytes):
-                    out.append((*messages.batch_message(self._topics, batch), tuple(e.seq for e in batch)))
+                    yield (*messages.batch_message(self._topics, batch), tuple(e.seq for e in batch))
                     batch, size = [], 0
                 batch.append(entry)
                 size += item
                 continue
             topic, payload = messages.entry_message(self._topics, entry)
-            out.append((topic, payload, (entry.seq,)))
+            yield topic, payload, (entry.seq,)
         if batch:
-            out.append((*messages.batch_message(self._topics, batch), tuple(e.seq for e in batch)))
-        return out
+            yield (*messages.batch_message(self._topics, batch), tuple(e.seq for e in batch))
 
     async def _live_lane(self, tracker: AckTracker[Sent], window: asyncio.Semaphore) -> None:
         live = self._live
@@ -315,6 +317,7 @@ class Uplink:
         split: int,
     ) -> None:
         ranges: deque[tuple[int, int]] = deque([(0, split)])
+        page_size = 2 * self._s.batch_max_readings if self._s.batch else BACKLOG_PAGE  # whole batches per page
         while True:
             if not ranges:
                 await self._overflow_event.wait()
@@ -324,7 +327,7 @@ class Uplink:
                     ranges.append((low - 1, high))
                 continue
             after, upto = ranges[0]
-            page = await self._reader.fetch(after, upto, BACKLOG_PAGE)
+            page = await self._reader.fetch(after, upto, page_size)
             if not page:
                 ranges.popleft()
                 await self._refresh_backlog()

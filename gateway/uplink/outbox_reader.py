@@ -17,8 +17,8 @@ class OutboxReader:
     async def open(self) -> None:
         # Only reads go through this connection; the StoreWriter is the one writer.
         self._conn = await aiosqlite.connect(str(self._db_path))
-        # Reads are sequential pages and counts: a large cache buys nothing (default 2 MB of RSS).
-        await self._conn.execute("PRAGMA cache_size=-256")
+        # Reads are sequential pages of 100-400 rows and counts: a large cache buys nothing (default 2 MB of RSS).
+        await self._conn.execute("PRAGMA cache_size=-128")
 
     async def close(self) -> None:
         if self._conn is not None:

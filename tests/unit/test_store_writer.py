@@ -279,3 +279,48 @@ async def test_a_put_cancelled_while_the_queue_is_full_leaves_no_phantom_record(
     await task
     with sqlite3.connect(tmp_path / "g.db") as conn:
         assert conn.execute("SELECT count(*) FROM readings").fetchone()[0] == 10
+
+
+def _reading(i: int) -> Reading:
+    return Reading("AP-01", 1763800000.0 + i, {"pm25": 1.0}, 1763800000.5)
+
+
+async def test_receipts_before_the_next_batch_share_one_future_done_once_all_are_committed(tmp_path: Path) -> None:
+    """One receipt per commit, not per message; never done before the last record it covers is committed."""
+    writer = StoreWriter(tmp_path / "g.db", metrics=Metrics(), max_batch=3, queue_size=10)
+    await writer.open()
+    receipts = []
+    for i in range(5):
+        await writer.put(_reading(i))
+        receipts.append(writer.receipt())
+    shared = receipts[0]
+    assert shared is not None and all(r is shared for r in receipts)
+    seen: list[tuple[int, bool]] = []
+    writer.on_commit.append(lambda records: seen.append((writer.committed, shared.done())))
+    task = asyncio.create_task(writer.run())
+    await asyncio.wait_for(asyncio.shield(shared), 5)
+    assert seen[0] == (3, False)  # batches of 3: the first commit did not cover all five
+    await writer.put(_reading(9))
+    later = writer.receipt()
+    assert later is not None and later is not shared  # asked for after a take: a new group
+    await asyncio.wait_for(asyncio.shield(later), 5)
+    await writer.close()
+    await task
+
+
+async def test_a_cancelled_flush_does_not_cancel_the_receipt_it_shares(tmp_path: Path) -> None:
+    """The broker holds the same receipt for its QoS 1 PUBACKs: cancelled, those devices would wait forever."""
+    writer = StoreWriter(tmp_path / "g.db", metrics=Metrics())
+    await writer.open()
+    await writer.put(_reading(0))
+    shared = writer.receipt()
+    assert shared is not None
+    flusher = asyncio.create_task(writer.flush())
+    await asyncio.sleep(0)
+    flusher.cancel()
+    await asyncio.gather(flusher, return_exceptions=True)
+    assert not shared.cancelled()
+    task = asyncio.create_task(writer.run())
+    await asyncio.wait_for(asyncio.shield(shared), 5)
+    await writer.close()
+    await task
