@@ -97,6 +97,8 @@ class _Connection:
     acks: StoredAcks | None = None
     ended: asyncio.Event = field(default_factory=new_event)
     wake: asyncio.Event = field(default_factory=new_event)  # work for the client loop (_client_message_loop)
+    # The handler's queue each SUBSCRIBE/UNSUBSCRIBE request went into, in arrival order.
+    requests: list[asyncio.Queue[Any]] = field(default_factory=list)
 
 
 class GuardedBroker(Broker):  # type: ignore[misc]
@@ -176,8 +178,12 @@ class GuardedBroker(Broker):  # type: ignore[misc]
             handler, conn.acks, functools.partial(self._deliver_read, conn), qos2_queued=conn.wake.set
         )
         handler.handle_publish = conn.intake
-        handler.handle_subscribe = functools.partial(_then_wake, handler.handle_subscribe, conn.wake)
-        handler.handle_unsubscribe = functools.partial(_then_wake, handler.handle_unsubscribe, conn.wake)
+        handler.handle_subscribe = functools.partial(
+            _request, handler.handle_subscribe, conn, handler._pending_subscriptions
+        )
+        handler.handle_unsubscribe = functools.partial(
+            _request, handler.handle_unsubscribe, conn, handler._pending_unsubscriptions
+        )
         handler.stop = functools.partial(self._stop_handler_after_delivery, conn, handler.stop)
         if session.keep_alive > 0:
             # The handler's reader waits this long for the next packet, then calls handle_read_timeout(),
@@ -336,9 +342,10 @@ class GuardedBroker(Broker):  # type: ignore[misc]
         amqtt's loop waits (asyncio.wait) on four tasks it recreates after each use: the disconnect, the
         next SUBSCRIBE, the next UNSUBSCRIBE and the next QoS 2 message. Four idle tasks per connection
         cost ~5 KB; here the SUBSCRIBE/UNSUBSCRIBE handlers, the QoS 2 flow (once its message is queued)
-        and the disconnect future set one Event instead. Same order of work as amqtt: a disconnect ends
-        the loop (what is still queued goes to the store as leftovers), then subscriptions,
-        unsubscriptions, deliveries.
+        and the disconnect future set one Event instead. Each pass: a disconnect ends the loop (what is
+        still queued goes to the store as leftovers, as with amqtt); then SUBSCRIBE and UNSUBSCRIBE requests
+        in the order they came (amqtt took at most one of each per wake-up, subscriptions first, so an
+        UNSUBSCRIBE then SUBSCRIBE of one topic could end unsubscribed); then QoS 2 messages.
         """
         # The handler's reader Events are made in handler.start(), which has returned by now.
         slim_event(handler._reader_ready)
@@ -353,8 +360,11 @@ class GuardedBroker(Broker):  # type: ignore[misc]
             disconnect = _done(None)
         disconnect.add_done_callback(lambda _: wake.set())
         subscriptions = handler._pending_subscriptions
-        unsubscriptions = handler._pending_unsubscriptions
         deliveries = client_session.delivered_message_queue
+        # A first pass before any wait: start() may already have queued work no wake-up announced (a QoS 2
+        # message a resumed session completes in amqtt's retry of its deliveries, a request of a SUBSCRIBE
+        # read meanwhile), and a takeover past its wait can leave the shared session's queue non-empty.
+        wake.set()
         try:
             while True:
                 await wake.wait()
@@ -362,10 +372,16 @@ class GuardedBroker(Broker):  # type: ignore[misc]
                 if disconnect.done():
                     await self._handle_disconnect(client_session, handler, disconnect)
                     return
-                while not subscriptions.empty():
-                    await self._handle_subscription(client_session, handler, _done(subscriptions.get_nowait()))
-                while not unsubscriptions.empty():
-                    await self._handle_unsubscription(client_session, handler, _done(unsubscriptions.get_nowait()))
+                requests = conn.requests
+                while requests:
+                    queue = requests.pop(0)
+                    if queue.empty():
+                        continue  # cleared by handler.stop()
+                    request = _done(queue.get_nowait())
+                    if queue is subscriptions:
+                        await self._handle_subscription(client_session, handler, request)
+                    else:
+                        await self._handle_unsubscription(client_session, handler, request)
                 while not deliveries.empty():
                     if not await self._handle_message_delivery(client_session, handler, _done(deliveries.get_nowait())):
                         return
@@ -625,10 +641,14 @@ class GuardedBroker(Broker):  # type: ignore[misc]
             await self._sink.message(device_id, message.topic, bytes(message.data or b""))
 
 
-async def _then_wake(step: Callable[[Any], Awaitable[None]], wake: asyncio.Event, packet: Any) -> None:
-    """amqtt's SUBSCRIBE/UNSUBSCRIBE handler (it queues the request for the client loop), then wake that loop."""
+async def _request(
+    step: Callable[[Any], Awaitable[None]], conn: _Connection, queue: asyncio.Queue[Any], packet: Any
+) -> None:
+    """amqtt's SUBSCRIBE/UNSUBSCRIBE handler (it puts the request into `queue`), then note its turn and wake
+    the client loop."""
     await step(packet)
-    wake.set()
+    conn.requests.append(queue)
+    conn.wake.set()
 
 
 def _done(value: Any) -> asyncio.Future[Any]:

@@ -78,16 +78,21 @@ class StoredAcks:
         """The message of `entry` was handed over; acknowledge it once `receipt` is done."""
         if receipt is None:
             entry[1] = True
+        elif receipt.done():
+            entry[1] = receipt
+            _retrieve(receipt)
         else:
             entry[1] = receipt
-            if not receipt.done():
-                if receipt is not self._watched:
-                    self._watched = receipt
-                    receipt.add_done_callback(self._receipt_done)
-                return
+            if receipt is not self._watched:
+                self._watched = receipt
+                receipt.add_done_callback(self._receipt_done)
+            return
         self._send_ready()
 
     def _receipt_done(self, receipt: asyncio.Future[None]) -> None:
+        if receipt is self._watched:
+            self._watched = None
+        _retrieve(receipt)
         self._send_ready()
 
     def _send_ready(self) -> None:
@@ -98,6 +103,13 @@ class StoredAcks:
         transport = self._transport
         if acks and transport is not None and not transport.is_closing():
             transport.write(bytes(acks))  # one write for all that became ready together
+
+
+def _retrieve(receipt: asyncio.Future[None]) -> None:
+    """Mark a failed receipt's error as seen: it is why PUBACKs stop, not a bug for asyncio to report when the
+    future is collected (a refused message behind others would log "exception was never retrieved")."""
+    if not receipt.cancelled():
+        receipt.exception()
 
 
 def _stored(state: Any) -> bool:
@@ -134,8 +146,10 @@ class PublishIntake:
             return  # read after the connection began to close: not taken, not acknowledged
         qos = packet.qos
         if qos == QOS_2:  # rare from devices: amqtt's own flow (waits for PUBREL, then the client loop delivers)
-            await self._original(packet)
-            self._qos2_queued()
+            try:
+                await self._original(packet)
+            finally:
+                self._qos2_queued()  # also when sending its PUBCOMP failed: the message is queued by then
             return
         topic, data = packet.topic_name, packet.data
         if topic is None or data is None:
@@ -155,9 +169,8 @@ class PublishIntake:
             await self._deliver(message)
         except asyncio.CancelledError:
             # Cancelled in the middle of a delivery although finish() waited for it (the store stayed
-            # full past its wait): the broker hands this to the store once the connection has ended. (Not
-            # into amqtt's queue: its client loop's pending get() would take it and drop it.) At least
-            # once: ingest may have done part of it already (a reading queued, a status noted).
+            # full past its wait): the broker hands this to the store once the connection has ended. At
+            # least once: ingest may have done part of it already (a reading queued, a status noted).
             self.undelivered.append(message)
             raise
         finally:

@@ -102,7 +102,9 @@ async def _reader_loop(handler: Any, on_protocol_error: Callable[[MQTTError], No
     session = handler.session
     loop = asyncio.get_running_loop()
     # Handler tasks (QoS 2, SUBSCRIBE, ...) not yet done: usually none, so a list (an idle deque costs ~0.7 KB).
+    # Finished ones are dropped when it doubles in length, so a QoS 2 burst costs O(1) a packet.
     running: list[asyncio.Task[None]] = []
+    trim_at = 8
     keepalive = session.keep_alive if session.keep_alive and session.keep_alive > 0 else None
     watch = _SilenceWatch(loop, keepalive, handler.handle_read_timeout) if keepalive else None
     plugins = handler.plugins_manager
@@ -111,8 +113,9 @@ async def _reader_loop(handler: Any, on_protocol_error: Callable[[MQTTError], No
     try:
         while True:
             try:
-                if running:
+                if len(running) >= trim_at:
                     running[:] = [task for task in running if not task.done()]
+                    trim_at = max(8, 2 * len(running))
                 fixed_header = await MQTTFixedHeader.from_stream(reader)
                 if not fixed_header:
                     break  # EOF

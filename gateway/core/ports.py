@@ -23,7 +23,9 @@ class BrokerSink(Protocol):
         """Take a message; returns its receipt: a future done once what the message produced is stored
         (None: nothing left to wait for). The broker sends a QoS 1 PUBACK only then, so a crash never
         loses a reading its device was told is safe. A receipt that fails means "not stored": no PUBACK,
-        and the device sends the message again on its next connection."""
+        and the device sends the message again on its next connection. Receipts are shared between
+        messages (one per store commit): watch one with add_done_callback or await it through
+        asyncio.shield, never cancel it."""
         ...
 
     async def connection(self, client_id: str, connected: bool) -> None: ...

@@ -194,6 +194,17 @@ def _row_sql(rec: RowWrite) -> str:
     return sql + ";"
 
 
+class _Receipt:
+    """A receipt's future, done once `target` records are committed; shared while `take` is the current one."""
+
+    __slots__ = ("future", "take", "target")
+
+    def __init__(self, target: int, future: asyncio.Future[None], take: int) -> None:
+        self.target = target
+        self.future = future
+        self.take = take
+
+
 def _resolve(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
@@ -274,10 +285,10 @@ class StoreWriter:
         self._stopped = asyncio.Event()
         self._enqueued = 0
         self._committed = 0
-        # [records enqueued when last asked, future, batches taken when first asked], in order of their targets,
-        # which only grow. Receipts asked for between two takes share the last one (see receipt()).
-        self._commit_waiters: deque[list[Any]] = deque()
+        # In order of their targets, which only grow; the last one may be shared (see receipt()).
+        self._commit_waiters: deque[_Receipt] = deque()
         self._takes = 0  # batches taken from the queue so far
+        self._taken = 0  # records taken from the queue so far (so records 1.._taken are in a batch)
         self._batch_wait: asyncio.Future[None] | None = None
         self._urgent = False  # a flush(urgent=True) is waiting: the next batch commits without pausing
         self._retry_wait: asyncio.Future[None] | None = None  # a back-off pause after a refused commit
@@ -345,11 +356,11 @@ class StoreWriter:
         never loses a reading the device was told is safe. It fails with StoreClosedError if the store
         closes first. Do not cancel it (await it through asyncio.shield): it is shared.
 
-        Receipts asked for before the writer takes its next batch share one future, whose target grows
-        with each: under load that is one future for a whole commit instead of one per message (fewer
-        objects per reading, and fewer callbacks when it is done). With queue_size <= max_batch (the
-        default) a batch takes everything queued, so sharing never delays a receipt; with a longer queue,
-        a record left for the next batch can hold its group's receipt one commit longer.
+        Receipts whose records will all be in the writer's next batch share one future, whose target
+        grows with each: under load that is one future per commit instead of one per message (fewer
+        objects per reading, and fewer callbacks when it is done), and none waits longer than its own
+        records' commit. A receipt asked for after a take, or for a record beyond the next batch's
+        max_batch, starts a new one.
         """
         target = self._enqueued
         if self._committed >= target:
@@ -357,14 +368,14 @@ class StoreWriter:
         waiters = self._commit_waiters
         if waiters:
             last = waiters[-1]
-            if last[2] == self._takes and not last[1].done():
-                last[0] = target
-                return last[1]  # type: ignore[no-any-return]
+            if last.take == self._takes and target <= self._taken + self._max_batch and not last.future.done():
+                last.target = target
+                return last.future
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self._closed and self._stopped.is_set():
             fut.set_exception(StoreClosedError("store is closed"))
         else:
-            waiters.append([target, fut, self._takes])
+            waiters.append(_Receipt(target, fut, self._takes))
         return fut
 
     async def run(self) -> None:
@@ -401,7 +412,7 @@ class StoreWriter:
                         stop = True
                         break
                     batch.append(item)
-                self._takes += 1  # receipts asked for from now on are for records of a later batch
+                self._note_take(batch)
                 await self._commit_retrying(batch)
                 last_commit = loop.time()
                 if stop:
@@ -443,7 +454,7 @@ class StoreWriter:
                     item = self._queue.get_nowait()
                     if not isinstance(item, _Stop):
                         rest.append(item)
-                self._takes += 1
+                self._note_take(rest)
                 if rest:
                     await self._commit_retrying(rest)
         except (TimeoutError, _Abandoned):
@@ -451,9 +462,9 @@ class StoreWriter:
         if self._conn is not None:
             await self._conn.close()
             self._conn = None
-        for _, fut, _ in self._commit_waiters:  # nothing more will be committed: do not leave anyone waiting
-            if not fut.done():
-                fut.set_exception(StoreClosedError("store closed before this was committed"))
+        for waiter in self._commit_waiters:  # nothing more will be committed: do not leave anyone waiting
+            if not waiter.future.done():
+                waiter.future.set_exception(StoreClosedError("store closed before this was committed"))
         self._commit_waiters.clear()
         log.info("store.closed", committed=self._committed)
 
@@ -705,10 +716,15 @@ class StoreWriter:
         else:
             await conn.executescript(text)
 
+    def _note_take(self, batch: list[StoreRecord]) -> None:
+        """Receipts asked for from now on are for records of a later batch."""
+        self._takes += 1
+        self._taken += len(batch)
+
     def _wake_waiters(self) -> None:
         waiters = self._commit_waiters
         committed = self._committed
-        while waiters and waiters[0][0] <= committed:
-            fut = waiters.popleft()[1]
+        while waiters and waiters[0].target <= committed:
+            fut = waiters.popleft().future
             if not fut.done():
                 fut.set_result(None)

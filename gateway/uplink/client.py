@@ -317,7 +317,8 @@ class Uplink:
         split: int,
     ) -> None:
         ranges: deque[tuple[int, int]] = deque([(0, split)])
-        page_size = 2 * self._s.batch_max_readings if self._s.batch else BACKLOG_PAGE  # whole batches per page
+        # Batching: two batches' worth of rows per query (fewer, fuller batches), at most the old 500.
+        page_size = min(2 * self._s.batch_max_readings, 500) if self._s.batch else BACKLOG_PAGE
         while True:
             if not ranges:
                 await self._overflow_event.wait()

@@ -29,8 +29,10 @@ def _remaining_length(n: int) -> bytes:
             return bytes(out)
 
 
-def connect_packet(client_id: str, username: str | None, password: str | None, keepalive: int = 60) -> bytes:
-    flags = 0x02  # clean session
+def connect_packet(
+    client_id: str, username: str | None, password: str | None, keepalive: int = 60, *, clean: bool = True
+) -> bytes:
+    flags = 0x02 if clean else 0x00  # clean session, or resume the stored one
     payload = _str(client_id)
     if username is not None:
         flags |= 0x80

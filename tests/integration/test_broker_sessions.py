@@ -465,3 +465,65 @@ async def test_a_connection_costs_two_tasks_and_little_memory(gateway_factory: G
             raw.close()
     assert tasks_after - tasks_before <= 2 * 20  # the connection's own task and its reader
     assert per_connection < 30_000  # bytes, both ends' streams included (was ~42,000; now ~25,000)
+
+
+async def _read_packet(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    first = (await asyncio.wait_for(reader.readexactly(1), 5))[0]
+    length, shift = 0, 0
+    while True:
+        byte = (await reader.readexactly(1))[0]
+        length |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            break
+    return first, await reader.readexactly(length)
+
+
+async def test_a_qos2_reading_completed_on_a_resumed_session_is_stored_at_once(gateway: RunningGateway) -> None:
+    """amqtt completes a QoS 2 message left half-done by the last connection inside handler.start(), before
+    the client loop runs: the first version of our loop slept on it until the device went away."""
+    password = device_password("AP-01")
+    raw = await raw_connect(gateway.port, "AP-01", "AP-01", password, clean=False)
+    raw.writer.write(_frame(0x34, _str("device/AP-01/data") + (9).to_bytes(2, "big") + reading(pm25=5.0)))
+    assert await asyncio.wait_for(raw.reader.readexactly(4), 5) == b"\x50\x02\x00\x09"  # PUBREC
+    raw.close()  # gone before its PUBREL
+    broker = gateway.gateway.broker.amqtt
+    await wait_for(lambda: broker._live == {})
+    raw = await raw_connect(gateway.port, "AP-01", "AP-01", password, clean=False)
+    try:
+        assert raw.connack[2] == 1  # session present
+        assert await asyncio.wait_for(raw.reader.readexactly(4), 5) == b"\x50\x02\x00\x09"  # PUBREC again
+        raw.writer.write(b"\x62\x02\x00\x09")  # PUBREL
+        assert await asyncio.wait_for(raw.reader.readexactly(4), 5) == b"\x70\x02\x00\x09"  # PUBCOMP
+        for _ in range(30):
+            await gateway.flush()
+            if readings(gateway, "AP-01"):
+                break
+            await asyncio.sleep(0.1)
+        assert readings(gateway, "AP-01") == 1  # stored while the device is still connected
+    finally:
+        raw.close()
+
+
+async def test_subscribe_and_unsubscribe_take_effect_in_the_order_sent(gateway: RunningGateway) -> None:
+    """UNSUBSCRIBE then SUBSCRIBE of one topic, sent while the client loop is busy (here: replaying a retained
+    command that waits for its PUBACK), must leave the device subscribed."""
+    broker = gateway.gateway.broker.amqtt
+    topic = "device/AP-01/command"
+    await broker.retain_message(None, topic, COMMAND, 1)
+    raw = await raw_connect(gateway.port, "AP-01", "AP-01", device_password("AP-01"), clean=True)
+    try:
+        raw.writer.write(_frame(0x82, (1).to_bytes(2, "big") + _str(topic) + b"\x01"))  # SUBSCRIBE 1
+        assert await _read_packet(raw.reader) == (0x90, b"\x00\x01\x01")  # SUBACK
+        kind, body = await _read_packet(raw.reader)  # the retained command, QoS 1: its PUBACK is held back
+        assert kind & 0xF0 == 0x30
+        retained_id = body[2 + int.from_bytes(body[:2], "big"):][:2]
+        raw.writer.write(_frame(0xA2, (2).to_bytes(2, "big") + _str(topic)))  # UNSUBSCRIBE 2
+        raw.writer.write(_frame(0x82, (3).to_bytes(2, "big") + _str(topic) + b"\x01"))  # SUBSCRIBE 3
+        await asyncio.sleep(0.3)  # both read and queued while the loop waits for that PUBACK
+        raw.writer.write(b"\x40\x02" + retained_id)
+        assert await _read_packet(raw.reader) == (0xB0, b"\x00\x02")  # UNSUBACK first...
+        assert await _read_packet(raw.reader) == (0x90, b"\x00\x03\x01")  # ...then SUBACK
+        await wait_for(lambda: any(s.client_id == "AP-01" for s, _ in broker._subscriptions.get(topic, ())))
+    finally:
+        raw.close()

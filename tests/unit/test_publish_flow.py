@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 
 from gateway.broker.publish_flow import StoredAcks
+from gateway.core.errors import StoreClosedError
 
 
 class _Transport:
@@ -54,3 +56,25 @@ async def test_a_failed_receipt_holds_its_puback_and_every_later_one() -> None:
     failed.set_exception(RuntimeError("store closed"))
     await asyncio.sleep(0)
     assert transport.written == []  # the device keeps both and sends them again on its next connection
+
+
+async def test_a_refused_message_behind_others_leaves_no_unretrieved_error_to_report() -> None:
+    """At shutdown ingest refuses messages with a failed receipt; one behind a PUBACK still waiting was never
+    looked at, and asyncio logged "Future exception was never retrieved" for each when it was collected."""
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    try:
+        acks = StoredAcks(_Transport())
+        waiting, refused, closed = loop.create_future(), loop.create_future(), loop.create_future()
+        refused.set_exception(StoreClosedError("store is closed"))
+        acks.settle(acks.expect(1), waiting)
+        acks.settle(acks.expect(2), refused)
+        acks.settle(acks.expect(3), closed)
+        closed.set_exception(StoreClosedError("store closed before this was committed"))
+        await asyncio.sleep(0)
+        del acks, waiting, refused, closed
+        gc.collect()
+        assert reported == []
+    finally:
+        loop.set_exception_handler(None)

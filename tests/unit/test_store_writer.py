@@ -285,24 +285,29 @@ def _reading(i: int) -> Reading:
     return Reading("AP-01", 1763800000.0 + i, {"pm25": 1.0}, 1763800000.5)
 
 
-async def test_receipts_before_the_next_batch_share_one_future_done_once_all_are_committed(tmp_path: Path) -> None:
-    """One receipt per commit, not per message; never done before the last record it covers is committed."""
+async def test_receipts_for_one_batch_share_a_future_done_with_that_commit(tmp_path: Path) -> None:
+    """One receipt per commit, not per message: never done before its records are committed, nor held
+    back by records the batch cannot take (a first version shared one future across batches)."""
     writer = StoreWriter(tmp_path / "g.db", metrics=Metrics(), max_batch=3, queue_size=10)
     await writer.open()
     receipts = []
     for i in range(5):
         await writer.put(_reading(i))
         receipts.append(writer.receipt())
-    shared = receipts[0]
-    assert shared is not None and all(r is shared for r in receipts)
-    seen: list[tuple[int, bool]] = []
-    writer.on_commit.append(lambda records: seen.append((writer.committed, shared.done())))
+    first, second = receipts[0], receipts[3]
+    assert first is not None and second is not None
+    assert all(r is first for r in receipts[:3])  # the next batch takes three
+    assert second is not first and receipts[4] is not first  # beyond it: not held back by, nor holding, those
+    done_at: dict[str, int] = {}
+    first.add_done_callback(lambda _: done_at.setdefault("first", writer.committed))
+    second.add_done_callback(lambda _: done_at.setdefault("second", writer.committed))
     task = asyncio.create_task(writer.run())
-    await asyncio.wait_for(asyncio.shield(shared), 5)
-    assert seen[0] == (3, False)  # batches of 3: the first commit did not cover all five
+    await asyncio.wait_for(asyncio.shield(second), 5)
+    assert done_at == {"first": 3, "second": 5}  # each with its own batch's commit
+    assert receipts[4] is not None and receipts[4].done()
     await writer.put(_reading(9))
     later = writer.receipt()
-    assert later is not None and later is not shared  # asked for after a take: a new group
+    assert later is not None and later is not second  # asked for after a take: a new group
     await asyncio.wait_for(asyncio.shield(later), 5)
     await writer.close()
     await task
