@@ -121,8 +121,8 @@ class StorageSection(_Strict):
     # Group commit: a batch is committed when it holds max_batch rows or its oldest row waited this long.
     commit_interval_ms: Annotated[float, Field(gt=0, le=1000)] = 5.0
     # Everything a batch holds stays allocated until its commit, and a burst's peak stays resident (Python
-    # keeps the memory of its small objects once used). 250 kept the flat-out QoS 1 rate of 1,000 here
-    # and ~1 MB less resident after a burst; 100 cost ~10 % of the rate.
+    # keeps the memory of its small objects once used). 250 kept the flat-out QoS 1 rate that 1,000 had
+    # here, with ~1 MB less resident after a burst; 100 cost ~10 % of the rate.
     max_batch: Annotated[int, Field(ge=1, le=100_000)] = 250
     # Rows waiting for the writer; when full, producers wait (back-pressure), nothing is dropped. 100
     # purifiers with a 20-message QoS 1 window have 2,000 readings in flight: the queue need not hold

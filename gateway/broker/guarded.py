@@ -351,8 +351,7 @@ class GuardedBroker(Broker):  # type: ignore[misc]
         slim_event(handler._reader_ready)
         slim_event(handler._reader_stopped)
         conn = self._connections.get(id(handler))
-        if conn is None:  # not a verified connection (amqtt refuses those before its loop): amqtt's own loop
-            await super()._client_message_loop(client_session, handler)
+        if conn is None:  # not a verified connection: amqtt refuses those before its loop, so never here
             return
         wake = conn.wake
         disconnect = handler._disconnect_waiter  # set by start(); None if the connection already ended
@@ -383,8 +382,18 @@ class GuardedBroker(Broker):  # type: ignore[misc]
                     else:
                         await self._handle_unsubscription(client_session, handler, request)
                 while not deliveries.empty():
-                    if not await self._handle_message_delivery(client_session, handler, _done(deliveries.get_nowait())):
-                        return
+                    message = deliveries.get_nowait()
+                    if not await self._handle_message_delivery(client_session, handler, _done(message)):
+                        # A forbidden topic. amqtt would leave its loop here and the connection open, its Will
+                        # unsent and a persistent session marked connected. End it as an abnormal disconnect:
+                        # the next pass sees it (Will, handler stopped, session disconnected); what is still
+                        # queued goes to the store as leftovers.
+                        self._protocol_error(conn.device_id, MQTTError(f"PUBLISH to the topic {message.topic!r}"))
+                        transport = _transport(conn.writer)
+                        if transport is not None:
+                            transport.abort()
+                        await handler.handle_connection_closed()
+                        break
         except asyncio.CancelledError:
             return  # as amqtt's loop does: the broker is shutting down
 
@@ -470,22 +479,6 @@ class GuardedBroker(Broker):  # type: ignore[misc]
         receipt = await self._sink.message(device_id, topic, bytes(data or b""))
         # Device data usually has no MQTT subscriber: skip amqtt's (unbounded) broadcast queue then.
         return receipt, self._has_subscriber(topic)
-
-    async def _handle_message_delivery(self, client_session: Session, handler: Any, wait_deliver: Any) -> bool:
-        """The client loop delivers only QoS 2 messages (the reader delivers QoS 0 and 1)."""
-        keep = bool(await super()._handle_message_delivery(client_session, handler, wait_deliver))
-        conn = self._connections.get(id(handler))
-        if not keep and conn is not None:
-            # A forbidden topic. amqtt would leave its loop here and the connection open, its Will unsent
-            # and a persistent session marked connected. End it as an abnormal disconnect: the loop goes
-            # on to see it (Will, handler stopped, session disconnected).
-            self._protocol_error(conn.device_id, MQTTError(f"PUBLISH to the topic {wait_deliver.result().topic!r}"))
-            transport = _transport(conn.writer)
-            if transport is not None:
-                transport.abort()
-            await handler.handle_connection_closed()
-            return True
-        return keep
 
     async def _broadcast_message(
         self,

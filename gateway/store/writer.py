@@ -195,14 +195,15 @@ def _row_sql(rec: RowWrite) -> str:
 
 
 class _Receipt:
-    """A receipt's future, done once `target` records are committed; shared while `take` is the current one."""
+    """A receipt's future, done once `target` records are committed; shared until the writer takes records
+    again (`taken`: the records it had taken when this was made)."""
 
-    __slots__ = ("future", "take", "target")
+    __slots__ = ("future", "taken", "target")
 
-    def __init__(self, target: int, future: asyncio.Future[None], take: int) -> None:
+    def __init__(self, target: int, future: asyncio.Future[None], taken: int) -> None:
         self.target = target
         self.future = future
-        self.take = take
+        self.taken = taken
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:
@@ -287,7 +288,6 @@ class StoreWriter:
         self._committed = 0
         # In order of their targets, which only grow; the last one may be shared (see receipt()).
         self._commit_waiters: deque[_Receipt] = deque()
-        self._takes = 0  # batches taken from the queue so far
         self._taken = 0  # records taken from the queue so far (so records 1.._taken are in a batch)
         self._batch_wait: asyncio.Future[None] | None = None
         self._urgent = False  # a flush(urgent=True) is waiting: the next batch commits without pausing
@@ -368,14 +368,14 @@ class StoreWriter:
         waiters = self._commit_waiters
         if waiters:
             last = waiters[-1]
-            if last.take == self._takes and target <= self._taken + self._max_batch and not last.future.done():
+            if last.taken == self._taken and target <= self._taken + self._max_batch and not last.future.done():
                 last.target = target
                 return last.future
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self._closed and self._stopped.is_set():
             fut.set_exception(StoreClosedError("store is closed"))
         else:
-            waiters.append(_Receipt(target, fut, self._takes))
+            waiters.append(_Receipt(target, fut, self._taken))
         return fut
 
     async def run(self) -> None:
@@ -718,7 +718,6 @@ class StoreWriter:
 
     def _note_take(self, batch: list[StoreRecord]) -> None:
         """Receipts asked for from now on are for records of a later batch."""
-        self._takes += 1
         self._taken += len(batch)
 
     def _wake_waiters(self) -> None:
