@@ -142,7 +142,7 @@ async def _demo_async(loaded: LoadedSettings, count: int, interval: float, durat
     try:
         while not run_task.done():
             await asyncio.wait({run_task}, timeout=interval)
-            online = sum(1 for st in gateway.ingest.states.values() if st.online)
+            online = gateway.registry.online_count()
             committed = int(gateway.metrics.value("gateway_readings_committed_total"))
             print(f"demo: {committed} readings committed, {online} devices online", flush=True)
             if duration is not None and loop.time() - started >= duration:

@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, cast
 
 import structlog
 
+from drivers import registry as driver_registry
 from gateway import __version__
+from gateway.broker.device_link import LanBrokerLink
 from gateway.broker.embedded import EmbeddedBroker
 from gateway.cloud_methods import register_control_methods
 from gateway.control.service import Controller
 from gateway.core.clock import Clock, SystemClock
-from gateway.core.errors import ConfigError, PayloadError
+from gateway.core.errors import ConfigError
+from gateway.core.links import DeviceLinks, MqttDeviceDriver
 from gateway.core.metrics import Metrics
-from gateway.core.models import OutboxPrune, Reading, StatusChange
-from gateway.core.ports import ReadingDecoder
+from gateway.core.models import OutboxPrune, StatusChange
+from gateway.core.registry import Change, DeviceChange, DeviceRegistry
+from gateway.core.supervisor import Health, Supervisor
+from gateway.core.topics import command_topic
+from gateway.ingest.mqtt_intake import MqttIntake
 from gateway.ingest.service import Ingest
 from gateway.logs import configure_logging
 from gateway.malloc_tuning import trim_periodically
@@ -38,18 +44,6 @@ class DeviceParams(Params):
 log = structlog.get_logger(__name__)
 
 SHUTDOWN_BUDGET_S = 5.0
-
-
-def reading_decoders() -> Mapping[str, ReadingDecoder]:
-    """Device kind -> decoder of its flat payload form. The only place that names concrete drivers."""
-    from drivers.purifier import decode_purifier_reading
-
-    return {"purifier": decode_purifier_reading, "sensor": decode_flat_sensor}
-
-
-def decode_flat_sensor(device_id: str, obj: dict[str, Any], received_at: float) -> Reading:
-    """A generic sensor speaks only the {"ts", "metrics"} form (handled before this is called)."""
-    raise PayloadError('a sensor payload must carry a "metrics" object')
 
 
 class Gateway:
@@ -74,30 +68,38 @@ class Gateway:
             outbox=s.uplink.enabled,
             clock=self.clock,
         )
+        kinds = {d.id: d.kind for d in s.devices}
+        self.registry = DeviceRegistry(kinds)
+        self.drivers = driver_registry.load_all(kinds.values())
+        self.supervisor = Supervisor(clock=self.clock, metrics=self.metrics)
         self.ingest = Ingest(
-            put=self.writer.put,
-            receipt=self.writer.receipt,
-            metrics=self.metrics,
-            clock=self.clock,
-            device_kinds={d.id: d.kind for d in s.devices},
-            decoders=reading_decoders(),
+            put=self.writer.put, receipt=self.writer.receipt, metrics=self.metrics, clock=self.clock,
+            registry=self.registry,
         )
-        self.broker = EmbeddedBroker(s.broker, s.devices, sink=self.ingest, metrics=self.metrics)
+        self.mqtt_intake = MqttIntake(
+            intake=self.ingest, driver_of=self._mqtt_driver_of, metrics=self.metrics, clock=self.clock
+        )
+        self.broker = EmbeddedBroker(s.broker, s.devices, sink=self.mqtt_intake, metrics=self.metrics)
+        self.links = DeviceLinks(
+            {"mqtt": LanBrokerLink(send=lambda device, payload: self.broker.publish(command_topic(device), payload),
+                                   command_ready=self.broker.has_command_subscription,
+                                   driver_of=self._mqtt_driver_of)},
+            transport_of=self._transport_of,
+        )
         self.controller = Controller(
             s.control,
             devices=[d.id for d in s.devices],
             timezone=s.gateway.timezone,
             clock=self.clock,
             put=self.writer.put,
-            publish=self.broker.publish,
-            reported=self.ingest.reported,
-            state_reported=self.ingest.merge_reported,
+            send=self.links.send,
+            reported=self.registry.reported,
+            state_reported=lambda device, state, _at: self.registry.report(device, state),
             metrics=self.metrics,
-            command_ready=self.broker.has_command_subscription,
+            command_ready=self.links.command_ready,
         )
-        self.ingest.ack_handler = self.controller.on_ack
-        self.ingest.status_listeners.append(self.controller.device_status)
-        self.ingest.command_ready_listeners.append(self.controller.device_ready)
+        self.ingest.subscribe_acks(self.controller.on_ack)
+        self.registry.subscribe(self._presence_to_control, Change.PRESENCE, Change.READY)
         self.api: ApiServer | None = None
         self.started_at = self.clock.now()
         self.uplink: Uplink | None = None
@@ -111,22 +113,30 @@ class Gateway:
                 db_path=loaded.db_path,
                 writer=self.writer,
                 dispatcher=self._rpc_methods(),
-                devices=self.device_registry,
+                devices=self.registry.summary,
                 metrics=self.metrics,
                 clock=self.clock,
                 version=__version__,
                 started_at=self.started_at,
             )
 
-    def device_registry(self) -> list[dict[str, Any]]:
-        """`[{"id", "kind", "online", "lastSeen"}]` for the cloud and the panel."""
-        states = self.ingest.states
-        out = []
-        for device in self.settings.devices:
-            st = states.get(device.id)
-            out.append({"id": device.id, "kind": device.kind, "online": bool(st and st.online),
-                        "lastSeen": st.last_seen if st else None})
-        return out
+    def _mqtt_driver_of(self, device_id: str) -> MqttDeviceDriver | None:
+        """The driver of a configured device on the LAN broker (None for any other client id)."""
+        kind = self.registry.kind(device_id)
+        driver = self.drivers.get(kind) if kind is not None else None
+        return cast(MqttDeviceDriver, driver) if driver is not None and driver.transport == "mqtt" else None
+
+    def _transport_of(self, device_id: str) -> str | None:
+        kind = self.registry.kind(device_id)
+        driver = self.drivers.get(kind) if kind is not None else None
+        return driver.transport if driver is not None else None
+
+    def _presence_to_control(self, change: DeviceChange) -> None:
+        assert change.device_id is not None and change.state is not None
+        if change.change is Change.READY:
+            self.controller.device_ready(change.device_id)
+        else:
+            self.controller.device_status(change.device_id, change.state.online)
 
     def _rpc_methods(self) -> Dispatcher:
         """Cloud JSON-RPC methods whose services exist (device commands come with the control service)."""
@@ -136,7 +146,7 @@ class Gateway:
             return {"pong": True, "ts": self.clock.now(), "version": __version__}
 
         async def devices(_: NoParams) -> list[dict[str, Any]]:
-            return self.device_registry()
+            return self.registry.summary()
 
         async def device_state(params: DeviceParams) -> dict[str, Any]:
             state = self.device_state(params.device)
@@ -157,7 +167,7 @@ class Gateway:
         """The state page of one device: connection, latest reading (acked state laid over it)."""
         if self.settings.device(device_id) is None:
             return None
-        st = self.ingest.states.get(device_id)
+        st = self.registry.get(device_id)
         return {
             "device": device_id,
             "online": bool(st and st.online),
@@ -179,7 +189,8 @@ class Gateway:
             "gatewayId": self.settings.gateway.id,
             "uptimeSeconds": round(self.clock.now() - self.started_at, 3),
             "devices": len(self.settings.devices),
-            "devicesOnline": sum(1 for st in self.ingest.states.values() if st.online),
+            "devicesOnline": self.registry.online_count(),
+            "links": self.supervisor.report(),
             "storeQueue": self.writer.queue_depth,
             "readingsCommitted": self.metrics.value("gateway_readings_committed_total"),
             "uplink": uplink,
@@ -205,7 +216,10 @@ class Gateway:
         old = self.loaded.settings
         s = new.settings
         self.broker.update_devices(s.devices, allow_anonymous=s.broker.allow_anonymous)
-        self.ingest.set_devices({d.id: d.kind for d in s.devices})
+        kinds = {d.id: d.kind for d in s.devices}
+        for kind in set(kinds.values()) - set(self.drivers):
+            self.drivers[kind] = driver_registry.load(kind)
+        self.registry.set_devices(kinds)
         self.controller.set_devices([d.id for d in s.devices])
         if s.logging != old.logging:
             configure_logging(s.logging.level, s.logging.format)
@@ -236,22 +250,20 @@ class Gateway:
 
     async def _run(self) -> None:
         conn = await self.writer.open()
-        states = await load_device_states(conn)
-        self.ingest.restore_states(states)
+        self.registry.restore((await load_device_states(conn)).values())
         await self.controller.load(conn)
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.writer.run(), name="store-writer")
-            uplink = tg.create_task(self.uplink.run(), name="uplink") if self.uplink else None
-            if uplink is not None:
-                uplink.add_done_callback(self._uplink_ended)
+            supervised = [
+                self.supervisor.start(tg, f"link:{link.name}", _link_runner(link.run)) for link in self.links.all()
+            ]
+            if self.uplink is not None:
+                supervised.append(self.supervisor.start(tg, "uplink", _link_runner(self.uplink.run)))
             pruner = tg.create_task(self._prune_outbox(), name="outbox-budget") if self.uplink else None
             # Whoever was connected before a restart or crash is not connected now.
             now = self.clock.now()
-            for st in states.values():
-                if st.online:
-                    st.online = False
-                    st.status_changed_at = now
-                    await self.writer.put(StatusChange(st.device_id, False, now, "gateway-restart"))
+            for device_id in self.registry.mark_all_offline(now):
+                await self.writer.put(StatusChange(device_id, False, now, "gateway-restart"))
             control = tg.create_task(self.controller.run(), name="control")
             await self.broker.start()
             if self.settings.api.enabled:
@@ -259,7 +271,7 @@ class Gateway:
 
                 self.api = ApiServer(
                     self.settings.api, controller=self.controller, db_path=self.loaded.db_path,
-                    devices=self.device_registry, device_state=self.device_state, health=self.health,
+                    devices=self.registry.summary, device_state=self.device_state, health=self.health,
                     clock=self.clock,
                 )
                 await self.api.start()
@@ -272,6 +284,7 @@ class Gateway:
                      db=str(self.loaded.db_path), devices=len(self.settings.devices))
             await self._stop.wait()
             self.notifier.stopping()
+            self.supervisor.stop()
             log.info("gateway.stopping")
             deadline = asyncio.get_running_loop().time() + SHUTDOWN_BUDGET_S
             if self.api is not None:
@@ -285,7 +298,7 @@ class Gateway:
                 await self.uplink.announce_offline()
                 self.uplink.stop()
                 await self.uplink.cancel_requests()
-            stopping = [t for t in (uplink, pruner) if t is not None]
+            stopping = [t for t in (*supervised, pruner) if t is not None]
             for task in stopping:
                 task.cancel()
             if stopping:
@@ -304,12 +317,6 @@ class Gateway:
         except TimeoutError:
             log.warning("broker.shutdown_slow")
 
-    def _uplink_ended(self, task: asyncio.Task[None]) -> None:
-        if not self._stop.is_set():  # it reconnects forever: ending on its own is a fault worth a loud line
-            error = None if task.cancelled() else task.exception()
-            log.error("uplink.ended_unexpectedly", error=repr(error), cancelled=task.cancelled())
-            self.metrics.inc("gateway_uplink_task_ended_total", 1, "uplink supervisor ended while running")
-
     async def _prune_outbox(self) -> None:
         o = self.settings.outbox
         while True:
@@ -326,6 +333,15 @@ class Gateway:
             # Only a loop that still turns can ping: a stuck event loop lets systemd restart us.
             self.notifier.watchdog()
             await asyncio.sleep(interval)
+
+
+def _link_runner(run: Callable[[], Awaitable[None]]) -> Callable[[Health], Awaitable[None]]:
+    """A supervised runner for a task that does not report its health itself."""
+
+    async def runner(_: Health) -> None:
+        await run()
+
+    return runner
 
 
 async def run_gateway(loaded: LoadedSettings) -> None:

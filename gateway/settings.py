@@ -97,16 +97,25 @@ class BrokerSection(_Strict):
         return value
 
 
-DeviceKind = Literal["purifier", "sensor"]
-
-
 class DeviceSettings(_Strict):
     id: Annotated[str, Field(pattern=DEVICE_ID_PATTERN)]
-    kind: DeviceKind = "purifier"
+    kind: str = "purifier"  # a kind drivers/registry.py knows
     name: str = ""
     room: str = ""
     # argon2 hash from `edge-gateway hash-password`; None only when broker.allow_anonymous is on
     password_hash: str | None = None
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, value: str) -> str:
+        # The settings are the composition's config: they may name the driver registry (kinds only, no driver
+        # module is imported here).
+        from drivers.registry import known_kinds
+
+        kinds = known_kinds()
+        if value not in kinds:
+            raise ValueError(f"unknown device kind {value!r} (known: {', '.join(kinds)})")
+        return value
 
     @field_validator("password_hash")
     @classmethod

@@ -38,7 +38,6 @@ import structlog
 
 from gateway.control.commands import (
     SOURCES,
-    Ack,
     Audit,
     CommandError,
     CommandExecutor,
@@ -48,10 +47,9 @@ from gateway.control.commands import (
     Effect,
     Finished,
     Ignored,
-    Publish,
+    Send,
     Source,
     StateReported,
-    parse_ack,
 )
 from gateway.control.desired import DesiredState, FanState, Layer
 from gateway.control.schedules import (
@@ -67,7 +65,9 @@ from gateway.control.schedules import (
     parse_schedule,
 )
 from gateway.core.clock import Clock
+from gateway.core.device_commands import Ack, OutgoingCommand
 from gateway.core.errors import ConflictError, NotFoundError
+from gateway.core.links import LinkError
 from gateway.core.metrics import Metrics
 from gateway.core.models import DeviceEvent, RowWrite, StoreRecord
 
@@ -79,7 +79,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 Put = Callable[[StoreRecord], Awaitable[None]]
-PublishFn = Callable[[str, bytes], Awaitable[None]]
+# Hands one attempt of a command to the device's link (gateway.core.links.DeviceLinks.send).
+SendFn = Callable[[OutgoingCommand], Awaitable[Ack | None]]
 Reported = Callable[[str], Mapping[str, Any] | None]
 # Lays an ack's state over the device's latest metrics; returns the merged metrics to persist.
 StateSink = Callable[[str, Mapping[str, Any], float], dict[str, Any]]
@@ -188,7 +189,7 @@ class Controller:
         timezone: str,
         clock: Clock,
         put: Put,
-        publish: PublishFn,
+        send: SendFn,
         reported: Reported,
         state_reported: StateSink,
         metrics: Metrics,
@@ -199,7 +200,7 @@ class Controller:
         self._tz = ZoneInfo(timezone)
         self._clock = clock
         self._put = put
-        self._publish = publish
+        self._send = send
         self._reported = reported
         self._state_reported = state_reported
         self._command_ready = command_ready  # is the device connected and subscribed to its commands?
@@ -422,9 +423,8 @@ class Controller:
                 if not waiters:
                     del self._waiters[command_id]
 
-    async def on_ack(self, device: str, payload: bytes, now: float) -> None:
-        """Ingest's ack handler: raises PayloadError (ingest quarantines it) for a malformed ack."""
-        ack: Ack = parse_ack(payload)
+    async def on_ack(self, device: str, ack: Ack, now: float) -> None:
+        """Ingest's ack handler: an acknowledgement the device's driver decoded."""
         effects = self.executor.ack(device, ack, now)
         finished = next((e.record for e in effects if isinstance(e, Finished)
                          and e.record.command_id == ack.command_id), None)
@@ -791,7 +791,7 @@ class Controller:
         """At shutdown (task cancelled, intake stopped): store what is still queued, publish nothing."""
         while self._effects:
             item = self._effects.popleft()
-            if isinstance(item, Publish | Ignored):
+            if isinstance(item, Send | Ignored):
                 continue  # a command not sent now is re-sent from desired state after the restart
             try:
                 await self._apply(item)
@@ -846,9 +846,17 @@ class Controller:
                 log.exception("control.effect_failed", effect=type(item).__name__)
 
     async def _apply(self, item: Effect | StoreRecord) -> None:
-        if isinstance(item, Publish):
-            await self._publish(item.topic, item.encode())
+        if isinstance(item, Send):
+            try:
+                ack = await self._send(item.command)
+            except LinkError as exc:
+                # Not sent: the attempt stays unanswered and the executor retries it at its deadline.
+                log.warning("command.not_sent", command_id=item.command_id, device_id=item.command.device_id,
+                            error=str(exc))
+                return
             self._metrics.inc("gateway_commands_published_total", 1, "command messages sent to devices")
+            if ack is not None:  # the link's reply is the acknowledgement (a Modbus write)
+                await self.on_ack(item.command.device_id, ack, self._clock.now())
         elif isinstance(item, Audit):
             self._remember(item.record)
             await self._put(_audit_row(item.record))

@@ -133,9 +133,9 @@ async def test_guarded_broker_drops_a_silent_client_within_1_5_keepalive_and_pub
     reader, sock = await silent_device(gateway.port, "AP-01", keepalive=2)
     connected_at = loop.time()
     try:
-        await wait_for(lambda: gateway.gateway.ingest.states.get("AP-01") is not None
-                       and gateway.gateway.ingest.states["AP-01"].online, timeout=2)
-        await wait_for(lambda: not gateway.gateway.ingest.states["AP-01"].online, timeout=5)
+        await wait_for(lambda: gateway.gateway.registry.get("AP-01") is not None
+                       and gateway.gateway.registry.state("AP-01").online, timeout=2)
+        await wait_for(lambda: not gateway.gateway.registry.state("AP-01").online, timeout=5)
         elapsed = loop.time() - connected_at
         assert elapsed < 2 * 1.5 + 0.5, elapsed  # 1.5 x keepalive, plus scheduling slack
         assert elapsed >= 2 * 1.5 - 0.1, elapsed  # and not before: a device may be quiet that long

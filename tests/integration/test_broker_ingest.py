@@ -196,12 +196,12 @@ async def test_status_and_will_drive_online_offline(gateway: RunningGateway) -> 
     will = aiomqtt.Will("device/AP-01/status", b"offline", qos=1, retain=True)
     async with aio_client(gateway, "AP-01", will=will) as client:
         await client.publish("device/AP-01/status", b"online", qos=1, retain=True)
-        await wait_for(lambda: gateway.gateway.ingest.states["AP-01"].online)
+        await wait_for(lambda: gateway.gateway.registry.state("AP-01").online)
         await client.publish("device/AP-01/status", b"offline", qos=1, retain=True)
-        await wait_for(lambda: not gateway.gateway.ingest.states["AP-01"].online)
+        await wait_for(lambda: not gateway.gateway.registry.state("AP-01").online)
         await client.publish("device/AP-01/status", b"online", qos=1, retain=True)
-        await wait_for(lambda: gateway.gateway.ingest.states["AP-01"].online)
-    await wait_for(lambda: not gateway.gateway.ingest.states["AP-01"].online)
+        await wait_for(lambda: gateway.gateway.registry.state("AP-01").online)
+    await wait_for(lambda: not gateway.gateway.registry.state("AP-01").online)
     await gateway.flush()
     events = [e for (e,) in gateway.query("SELECT type FROM events WHERE device_id='AP-01' ORDER BY id")]
     assert events == ["device.online", "device.offline", "device.online", "device.offline"]

@@ -57,7 +57,7 @@ def readings(gw: RunningGateway, device_id: str) -> int:
 
 
 def online(gw: RunningGateway, device_id: str) -> bool:
-    state = gw.gateway.ingest.states.get(device_id)
+    state = gw.gateway.registry.get(device_id)
     return state is not None and bool(state.online)
 
 

@@ -72,7 +72,7 @@ async def test_command_is_acked_and_audited(gateway_factory: GatewayFactory) -> 
     result = events(gw, "command.result")
     assert [(e["commandId"], e["status"]) for e in result] == [(record.command_id, "acked")]
     # The ack's state updated the device state at once (before the next reading).
-    assert gw.gateway.ingest.states["AP-01"].last_metrics["fanSpeed"] == 4
+    assert gw.gateway.registry.state("AP-01").last_metrics["fanSpeed"] == 4
 
 
 async def test_device_that_never_acks_gets_three_attempts_then_timeout(gateway_factory: GatewayFactory) -> None:
@@ -334,8 +334,8 @@ async def test_reconciler_backs_off_after_failures_instead_of_storming(gateway_f
                     {"commandId": cmd["commandId"], "status": "error", "error": "fan jammed"}), qos=1)
 
         task = asyncio.create_task(refuse_everything())
-        await wait_for(lambda: ctl.executor.is_online("AP-01") and "AP-01" in gw.gateway.ingest.states
-                       and bool(gw.gateway.ingest.states["AP-01"].last_metrics))
+        await wait_for(lambda: ctl.executor.is_online("AP-01") and gw.gateway.registry.get("AP-01") is not None
+                       and bool(gw.gateway.registry.state("AP-01").last_metrics))
         def failed(n: int) -> Callable[[], bool]:
             return lambda: gw.counter("gateway_commands_finished_total", status="failed") == n
 
