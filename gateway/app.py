@@ -113,7 +113,7 @@ class Gateway:
                 db_path=loaded.db_path,
                 writer=self.writer,
                 dispatcher=self._rpc_methods(),
-                devices=self.registry.summary,
+                registry=self.registry,
                 metrics=self.metrics,
                 clock=self.clock,
                 version=__version__,

@@ -18,7 +18,7 @@ import random
 import socket
 import ssl
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ import structlog
 from gateway.core.clock import Clock
 from gateway.core.metrics import Metrics
 from gateway.core.models import OutboxDone, OutboxEntry, RpcDone
+from gateway.core.registry import Change, DeviceRegistry
 from gateway.settings import UplinkSection
 from gateway.store.writer import StoreWriter
 from gateway.uplink import messages
@@ -41,6 +42,7 @@ log = structlog.get_logger(__name__)
 # Committed rows waiting for the live lane. Past it they join the backlog (read back from SQLite), so a
 # bigger queue only holds more rows in memory during a burst: 250 is over 10 x the in-flight window.
 LIVE_QUEUE_SIZE = 250
+BACKLOG_REFRESH_S = 5.0  # how often the status lane re-reads the outbox's depth and oldest row
 RPC_CONCURRENCY = 16  # requests served at once (a device command waits for its ack: up to minutes)
 # Backlog rows read per query, one message each: 5 x the default in-flight window. A page is held until its
 # last message is handed over, so a bigger one only holds more rows in memory while the link is busy.
@@ -70,7 +72,7 @@ class Uplink:
         db_path: Path,
         writer: StoreWriter,
         dispatcher: Dispatcher,
-        devices: Callable[[], list[dict[str, Any]]],
+        registry: DeviceRegistry,
         metrics: Metrics,
         clock: Clock,
         version: str,
@@ -82,7 +84,8 @@ class Uplink:
         self._writer = writer
         self._reader = OutboxReader(db_path)
         self._dispatcher = dispatcher
-        self._devices = devices
+        self._registry = registry
+        self._devices_changed = asyncio.Event()
         self._metrics = metrics
         self._clock = clock
         self._version = version
@@ -105,6 +108,8 @@ class Uplink:
         self._rpc_tasks: set[asyncio.Task[None]] = set()
         self._rpc_slots = asyncio.Semaphore(RPC_CONCURRENCY)
         writer.on_outbox.append(self._on_outbox)
+        # A device that comes, goes, or leaves the config: the retained device list follows at once.
+        registry.subscribe(lambda _: self._devices_changed.set(), Change.PRESENCE, Change.DEVICES)
         metrics.gauge_callback("gateway_uplink_connected", lambda: float(self.state.connected), "cloud link up")
         metrics.gauge_callback("gateway_uplink_backlog_rows", lambda: float(self.state.backlog), "outbox rows")
 
@@ -337,17 +342,25 @@ class Uplink:
             await self._dispatch(tracker, page, [slots, window])
 
     async def _status_lane(self, client: aiomqtt.Client) -> None:
+        loop = asyncio.get_running_loop()  # a refresh interval, not a domain time: the loop's clock
+        backlog_due = loop.time() + BACKLOG_REFRESH_S
         while True:
-            await asyncio.sleep(5.0)
-            await self._refresh_backlog()
-            if self._registry_key() != self._published_registry:
-                await self._publish_devices(client)  # a device came or went: the retained list follows
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(backlog_due):
+                    await self._devices_changed.wait()
+            if self._devices_changed.is_set():
+                self._devices_changed.clear()
+                if self._registry_key() != self._published_registry:
+                    await self._publish_devices(client)
+            if loop.time() >= backlog_due:
+                backlog_due = loop.time() + BACKLOG_REFRESH_S
+                await self._refresh_backlog()
 
     def _registry_key(self) -> tuple[tuple[Any, Any], ...]:
-        return tuple((d["id"], d["online"]) for d in self._devices())  # lastSeen alone is no news
+        return tuple((d["id"], d["online"]) for d in self._registry.summary())  # lastSeen alone is no news
 
     async def _publish_devices(self, client: aiomqtt.Client) -> None:
-        devices = self._devices()
+        devices = self._registry.summary()
         await client.publish(self._topics.devices, messages.devices_payload(devices), qos=1, retain=True)
         self._published_registry = tuple((d["id"], d["online"]) for d in devices)
 
