@@ -37,6 +37,8 @@ def parse_object(payload: bytes) -> dict[str, Any]:
         raise PayloadError("not storable: a string holds a lone UTF-16 surrogate (\\uD800-\\uDFFF)") from None
     except UnicodeDecodeError:
         raise PayloadError("not UTF-8") from None
+    except RecursionError:
+        raise PayloadError("not storable: JSON nested too deep") from None
     except (OverflowError, ValueError) as exc:
         if isinstance(exc, json.JSONDecodeError):
             raise PayloadError(f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, time
 from typing import TYPE_CHECKING, Any, cast
 
 import structlog
@@ -75,9 +76,12 @@ class Gateway:
         self.ingest = Ingest(
             put=self.writer.put, receipt=self.writer.receipt, metrics=self.metrics, clock=self.clock,
             registry=self.registry,
+            earliest_ts=datetime.combine(s.ingest.earliest_timestamp, time(), UTC).timestamp(),
+            max_future_s=s.ingest.max_future_minutes * 60.0,
         )
         self.mqtt_intake = MqttIntake(
-            intake=self.ingest, driver_of=self._mqtt_driver_of, metrics=self.metrics, clock=self.clock
+            intake=self.ingest, driver_of=self._mqtt_driver_of, metrics=self.metrics, clock=self.clock,
+            max_json_depth=s.ingest.max_json_depth,
         )
         self.broker = EmbeddedBroker(s.broker, s.devices, sink=self.mqtt_intake, metrics=self.metrics)
         self.links = DeviceLinks(
@@ -224,7 +228,7 @@ class Gateway:
         if s.logging != old.logging:
             configure_logging(s.logging.level, s.logging.format)
         needs_restart = [
-            name for name in ("gateway", "storage", "uplink", "outbox", "control", "api")
+            name for name in ("gateway", "storage", "ingest", "uplink", "outbox", "control", "api")
             if getattr(s, name) != getattr(old, name)
         ]
         if s.broker.listeners != old.broker.listeners or s.broker.keepalive_grace != old.broker.keepalive_grace:

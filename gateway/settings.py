@@ -10,6 +10,7 @@ import os
 import re
 import tomllib
 import zoneinfo
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -145,6 +146,17 @@ class StorageSection(_Strict):
     idle_linger_ms: Annotated[float, Field(ge=0, le=5000)] = 0.0
 
 
+class IngestSection(_Strict):
+    """What a reading must look like to be accepted (anything else is quarantined with the reason)."""
+
+    # JSON nested deeper than this is refused before it is parsed (Python's parser fails at ~1,000 levels
+    # anyway, and a reading is two levels deep).
+    max_json_depth: Annotated[int, Field(ge=2, le=512)] = 32
+    # A reading's own time must lie between this date (UTC) and this far ahead of the gateway's clock.
+    earliest_timestamp: date = date(2000, 1, 1)
+    max_future_minutes: Annotated[float, Field(ge=0, le=10_080)] = 10.0
+
+
 class LoggingSection(_Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"  # auto: console on a terminal, JSON otherwise
@@ -225,6 +237,7 @@ class Settings(_Strict):
     broker: BrokerSection = Field(default_factory=BrokerSection)
     devices: list[DeviceSettings] = Field(default_factory=list)
     storage: StorageSection = Field(default_factory=StorageSection)
+    ingest: IngestSection = Field(default_factory=IngestSection)
     logging: LoggingSection = Field(default_factory=LoggingSection)
     uplink: UplinkSection = Field(default_factory=UplinkSection)
     outbox: OutboxSection = Field(default_factory=OutboxSection)

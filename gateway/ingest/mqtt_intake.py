@@ -17,6 +17,7 @@ from gateway.core.clock import Clock
 from gateway.core.errors import PayloadError, StoreClosedError
 from gateway.core.links import DeviceIntake, MqttDeviceDriver
 from gateway.core.metrics import Metrics
+from gateway.ingest.limits import nesting_depth
 
 log = structlog.get_logger(__name__)
 
@@ -32,7 +33,9 @@ class MqttIntake:
         driver_of: DriverOf,
         metrics: Metrics,
         clock: Clock,
+        max_json_depth: int = 32,
     ) -> None:
+        self._max_depth = max_json_depth
         self._intake = intake
         self._driver_of = driver_of  # device id -> its driver; None: not a configured device on this broker
         self._metrics = metrics
@@ -42,20 +45,28 @@ class MqttIntake:
 
     async def message(self, client_id: str, topic: str, payload: bytes) -> asyncio.Future[None] | None:
         try:
-            await self._route(client_id, topic, payload)
+            try:
+                await self._route(client_id, topic, payload)
+            except StoreClosedError:
+                raise
+            except Exception as exc:
+                # A bug here must not kill the client's broker loop. The message is acknowledged (sent again, it
+                # would meet the same bug and hold up the device for good), so it is kept: quarantined with the
+                # error as its reason, logged with its traceback, counted.
+                self._metrics.inc("gateway_ingest_errors_total", 1, "unexpected errors in ingest")
+                log.exception("ingest.error", client_id=client_id, topic=topic)
+                parsed = topics.parse_device_topic(topic)
+                reason = f"internal error while handling it: {type(exc).__name__}: {exc}"[:500]
+                await self._quarantine(client_id, parsed[0] if parsed else None, topic, payload, reason)
         except StoreClosedError as exc:
             self._metrics.inc("gateway_ingest_rejected_closed_total", 1, "messages refused during shutdown")
             if self._metrics.value("gateway_ingest_rejected_closed_total") == 1:  # once, not per message
                 log.warning("ingest.store_closed", client_id=client_id, topic=topic)
-            refused: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            refused.set_exception(exc)  # not stored: the device must keep it and send it again
-            return refused
-        except Exception:
-            # A bug here must not kill the client's broker loop; it is logged with its traceback and counted.
-            # The message is still acknowledged (once what came before it is stored): sent again, it would
-            # meet the same bug and hold up the device for good.
-            self._metrics.inc("gateway_ingest_errors_total", 1, "unexpected errors in ingest")
-            log.exception("ingest.error", client_id=client_id, topic=topic)
+            return _refused(exc)  # not stored: the device must keep it and send it again
+        except Exception as exc:
+            # Not even the quarantine took it: unacknowledged, so the device keeps it and sends it again.
+            log.exception("ingest.not_kept", client_id=client_id, topic=topic)
+            return _refused(exc)
         # Whatever this message produced is queued now; the receipt also covers what came before it, which
         # keeps acknowledgements in arrival order.
         return self._intake.receipt()
@@ -92,6 +103,8 @@ class MqttIntake:
         now = self._clock.now()
         self._intake.seen(device_id, now)
         try:
+            if nesting_depth(payload, self._max_depth) > self._max_depth:
+                raise PayloadError(f"JSON nested deeper than {self._max_depth} levels")
             if channel == topics.DATA:
                 await self._intake.accept(driver.decode_reading(device_id, payload, now))
             elif channel == topics.STATUS:
@@ -114,3 +127,10 @@ class MqttIntake:
         await self._intake.quarantine(
             device_id=device_id, source=client_id, topic=topic, payload=payload, reason=reason
         )
+
+
+def _refused(exc: Exception) -> asyncio.Future[None]:
+    """A receipt that says "not stored": no PUBACK for this message, nor for any after it on its connection."""
+    refused: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    refused.set_exception(exc)
+    return refused

@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 
 import structlog
 
 from gateway.core.clock import Clock
 from gateway.core.device_commands import Ack
+from gateway.core.errors import PayloadError
 from gateway.core.metrics import Metrics
 from gateway.core.models import Quarantined, Reading, StatusChange, StoreRecord
 from gateway.core.registry import DeviceRegistry
 
 log = structlog.get_logger(__name__)
+
+EARLIEST_TS = datetime(2000, 1, 1, tzinfo=UTC).timestamp()
 
 AckHandler = Callable[[str, Ack, float], Awaitable[None]]
 Put = Callable[[StoreRecord], Awaitable[None]]
@@ -27,7 +31,19 @@ Receipt = Callable[[], "asyncio.Future[None] | None"]  # done once everything pu
 
 
 class Ingest:
-    def __init__(self, *, put: Put, receipt: Receipt, metrics: Metrics, clock: Clock, registry: DeviceRegistry) -> None:
+    def __init__(
+        self,
+        *,
+        put: Put,
+        receipt: Receipt,
+        metrics: Metrics,
+        clock: Clock,
+        registry: DeviceRegistry,
+        earliest_ts: float = EARLIEST_TS,
+        max_future_s: float = 600.0,
+    ) -> None:
+        self._earliest_ts = earliest_ts
+        self._max_future_s = max_future_s
         self._put = put
         self.receipt = receipt
         self._metrics = metrics
@@ -45,6 +61,14 @@ class Ingest:
         self._registry.seen(device_id, at)
 
     async def accept(self, reading: Reading) -> None:
+        """Raises PayloadError (the link quarantines what it received) for a reading outside the time window."""
+        ts = reading.ts
+        if ts < self._earliest_ts:
+            raise PayloadError(f"ts: {_iso(ts)} is before {_iso(self._earliest_ts)}")
+        if ts > reading.received_at + self._max_future_s:
+            ahead = (ts - reading.received_at) / 60.0
+            raise PayloadError(f"ts: {_iso(ts)} is {ahead:.4g} minutes ahead of the gateway's clock "
+                               f"(at most {self._max_future_s / 60.0:g})")
         self._registry.reading(reading)
         await self._put(reading)
 
@@ -69,3 +93,10 @@ class Ingest:
         self._metrics.inc("gateway_quarantined_total", 1, "payloads refused and kept with their reason")
         log.warning("ingest.quarantined", client_id=source, topic=topic, reason=reason, size=len(payload))
         await self._put(Quarantined(self._clock.now(), source, topic, bytes(payload), reason, device_id))
+
+
+def _iso(ts: float) -> str:
+    try:
+        return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+    except (OverflowError, ValueError, OSError):
+        return f"{ts:g} s"
