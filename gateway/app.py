@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, time
@@ -17,7 +18,7 @@ from gateway.broker.embedded import EmbeddedBroker
 from gateway.cloud_methods import register_control_methods
 from gateway.control.service import Controller
 from gateway.core.clock import Clock, SystemClock
-from gateway.core.errors import ConfigError
+from gateway.core.errors import ConfigError, StartupError
 from gateway.core.links import DeviceLinks, MqttDeviceDriver
 from gateway.core.metrics import Metrics
 from gateway.core.models import OutboxPrune, StatusChange
@@ -56,6 +57,7 @@ class Gateway:
         self.metrics = Metrics()
         self.notifier = notifier or SystemdNotifier()
         self._stop = asyncio.Event()
+        self._broker_started = False
         self.ready = asyncio.Event()
         s = loaded.settings
         self.writer = StoreWriter(
@@ -253,9 +255,18 @@ class Gateway:
                     loop.remove_signal_handler(sig)
 
     async def _run(self) -> None:
-        conn = await self.writer.open()
-        self.registry.restore((await load_device_states(conn)).values())
-        await self.controller.load(conn)
+        try:
+            conn = await self.writer.open()
+            self.registry.restore((await load_device_states(conn)).values())
+            await self.controller.load(conn)
+        except Exception as exc:
+            # Close what did open (its database thread would keep the process alive): the writer's loop runs
+            # just long enough to see close().
+            closing = asyncio.create_task(self.writer.run(), name="store-writer-closing")
+            await self.writer.close(timeout=1.0)
+            await closing
+            raise StartupError(f"database {self.loaded.db_path}", exc) from exc
+        failed: StartupError | None = None
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.writer.run(), name="store-writer")
             supervised = [
@@ -269,23 +280,20 @@ class Gateway:
             for device_id in self.registry.mark_all_offline(now):
                 await self.writer.put(StatusChange(device_id, False, now, "gateway-restart"))
             control = tg.create_task(self.controller.run(), name="control")
-            await self.broker.start()
-            if self.settings.api.enabled:
-                from gateway.web.api import ApiServer  # aiohttp.web costs RSS: only when the API is on
-
-                self.api = ApiServer(
-                    self.settings.api, controller=self.controller, db_path=self.loaded.db_path,
-                    devices=self.registry.summary, device_state=self.device_state, health=self.health,
-                    clock=self.clock,
-                )
-                await self.api.start()
-                log.info("api.listening", host=self.settings.api.host, port=self.api.port)
-            watchdog = tg.create_task(self._watchdog(), name="systemd-watchdog")
-            trimmer = tg.create_task(trim_periodically(), name="malloc-trim")
-            self.ready.set()
-            self.notifier.ready("running")
-            log.info("gateway.started", version=__version__, gateway_id=self.settings.gateway.id,
-                     db=str(self.loaded.db_path), devices=len(self.settings.devices))
+            background: list[asyncio.Task[None]] = []
+            try:
+                await self._start_listeners()
+            except StartupError as exc:
+                failed = exc  # stop what did start, in the usual order, then report it
+                log.error("gateway.start_failed", phase=exc.phase, error=str(exc))
+                self._stop.set()
+            else:
+                background = [tg.create_task(self._watchdog(), name="systemd-watchdog"),
+                              tg.create_task(trim_periodically(), name="malloc-trim")]
+                self.ready.set()
+                self.notifier.ready("running")
+                log.info("gateway.started", version=__version__, gateway_id=self.settings.gateway.id,
+                         db=str(self.loaded.db_path), devices=len(self.settings.devices))
             await self._stop.wait()
             self.notifier.stopping()
             self.supervisor.stop()
@@ -293,7 +301,8 @@ class Gateway:
             deadline = asyncio.get_running_loop().time() + SHUTDOWN_BUDGET_S
             if self.api is not None:
                 await self.api.stop()
-            await self.broker.stop_intake()
+            if self._broker_started:
+                await self.broker.stop_intake()
             control.cancel()
             await asyncio.wait([control], timeout=SHUTDOWN_BUDGET_S / 10)
             await self.controller.flush_records()  # audit rows and events not yet handed to the store
@@ -308,14 +317,43 @@ class Gateway:
             if stopping:
                 await asyncio.wait(stopping, timeout=SHUTDOWN_BUDGET_S / 5)
             await self._shutdown(deadline)
-            watchdog.cancel()
-            trimmer.cancel()
+            for task in background:
+                task.cancel()
         log.info("gateway.stopped", readings_committed=self.metrics.value("gateway_readings_committed_total"))
+        if failed is not None:
+            raise failed
+
+    async def _start_listeners(self) -> None:
+        """The LAN broker, then the API: raises StartupError naming the one that failed."""
+        try:
+            await self.broker.start()
+        except Exception as exc:
+            raise StartupError("LAN broker", exc) from exc
+        self._broker_started = True
+        if not self.settings.api.enabled:
+            return
+        from gateway.web.api import ApiServer  # aiohttp.web costs RSS: only when the API is on
+
+        api = ApiServer(
+            self.settings.api, controller=self.controller, db_path=self.loaded.db_path,
+            devices=self.registry.summary, device_state=self.device_state, health=self.health,
+            clock=self.clock,
+        )
+        try:
+            await api.start()
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                await api.stop()
+            raise StartupError(f"REST API on {self.settings.api.host}:{self.settings.api.port}", exc) from exc
+        self.api = api
+        log.info("api.listening", host=self.settings.api.host, port=api.port)
 
     async def _shutdown(self, deadline: float) -> None:
         """Flush the store, close the broker (intake already stopped): nothing acknowledged is lost."""
         # The store gets what is left of the budget but a second for the broker; never less than a second.
         await self.writer.close(timeout=max(1.0, deadline - asyncio.get_running_loop().time() - 1.0))
+        if not self._broker_started:
+            return
         try:
             await asyncio.wait_for(self.broker.shutdown(), timeout=SHUTDOWN_BUDGET_S / 3)
         except TimeoutError:
