@@ -175,6 +175,13 @@ class Ignored:
 
 
 Effect = Send | Audit | StateReported | Finished | Ignored
+# Effects left undone at shutdown: a command not sent now is re-sent from desired state after the restart.
+RUNTIME_ONLY = (Send, Ignored)
+
+
+def _send(record: CommandRecord) -> Send:
+    """The one place a command becomes an attempt for its link (the first and every retry)."""
+    return Send(record.outgoing(), record.attempts)
 
 
 # ------------------------------------------------------------------------------------------ executor
@@ -344,17 +351,14 @@ class CommandExecutor:
         queued = dev.queue.popleft()
         record = replace(queued, status=CommandStatus.SENT, attempts=1, sent_at=now, last_sent_at=now)
         dev.in_flight = _InFlight(record, now + self.timeout)
-        return [Send(record.outgoing(), 1), Audit(record, "sent")]
+        return [_send(record), Audit(record, "sent")]
 
     def _resend(self, dev: _Device, now: float) -> list[Effect]:
         assert dev.in_flight is not None
         old = dev.in_flight.record
         record = replace(old, attempts=old.attempts + 1, last_sent_at=now)
         dev.in_flight = _InFlight(record, now + self.timeout)
-        return [
-            Send(record.outgoing(), record.attempts),
-            Audit(record, "retried"),
-        ]
+        return [_send(record), Audit(record, "retried")]
 
     def _finish(self, record: CommandRecord) -> list[Effect]:
         del self._owner[record.command_id]

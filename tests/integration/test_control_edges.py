@@ -113,10 +113,10 @@ async def test_a_wall_clock_step_is_noticed_within_a_minute(gateway_factory: Gat
     gw = await gateway_factory(api=NO_API, clock=clock, timezone="Europe/Berlin")
     ctl = gw.gateway.controller
     await ctl.create_schedule({"device": "AP-01", "days": ["Mon"], "start": "08:00", "end": "09:00", "fanSpeed": 4})
-    delay = ctl._next_wakeup_delay()
+    delay = ctl.next_wakeup_delay()
     assert delay is not None and delay <= 60  # before: it slept until 08:00 by the monotonic clock, ~1 h
     clock.advance(3660)  # NTP steps the clock at boot: no wake() this time
-    assert ctl._next_wakeup_delay() == 0.0
+    assert ctl.next_wakeup_delay() == 0.0
 
 
 async def test_status_offline_then_online_on_one_connection_takes_commands_again(
