@@ -15,14 +15,15 @@ from drivers import registry as driver_registry
 from gateway import __version__
 from gateway.broker.device_link import LanBrokerLink
 from gateway.broker.embedded import EmbeddedBroker
-from gateway.cloud_methods import register_control_methods
+from gateway.cloud_methods import register_control_methods, register_gateway_methods
 from gateway.control.service import Controller
 from gateway.core.clock import Clock, SystemClock
+from gateway.core.device_commands import DeviceCommand
 from gateway.core.errors import ConfigError, StartupError
 from gateway.core.links import DeviceLinks, MqttDeviceDriver
 from gateway.core.metrics import Metrics
 from gateway.core.models import OutboxPrune, StatusChange
-from gateway.core.registry import Change, DeviceChange, DeviceRegistry
+from gateway.core.registry import DeviceRegistry
 from gateway.core.supervisor import Health, Supervisor
 from gateway.core.topics import command_topic
 from gateway.ingest.mqtt_intake import MqttIntake
@@ -33,15 +34,13 @@ from gateway.settings import LoadedSettings, Settings, load_settings
 from gateway.store.queries import load_device_states
 from gateway.store.writer import StoreWriter
 from gateway.systemd_notify import SystemdNotifier
-from gateway.uplink.rpc import INVALID_PARAMS, Dispatcher, NoParams, Params, RpcError
+from gateway.uplink.rpc import Dispatcher
+from gateway.web.views import device_state_json
 
 if TYPE_CHECKING:
     from gateway.uplink.client import Uplink
     from gateway.web.api import ApiServer
 
-
-class DeviceParams(Params):
-    device: str
 
 log = structlog.get_logger(__name__)
 
@@ -98,14 +97,12 @@ class Gateway:
             timezone=s.gateway.timezone,
             clock=self.clock,
             put=self.writer.put,
-            send=self.links.send,
-            reported=self.registry.reported,
-            state_reported=lambda device, state, _at: self.registry.report(device, state),
+            registry=self.registry,
+            links=self.links,
+            acks=self.ingest,
             metrics=self.metrics,
-            command_ready=self.links.command_ready,
+            check_command=self._check_command,
         )
-        self.ingest.subscribe_acks(self.controller.on_ack)
-        self.registry.subscribe(self._presence_to_control, Change.PRESENCE, Change.READY)
         self.api: ApiServer | None = None
         self.started_at = self.clock.now()
         self.uplink: Uplink | None = None
@@ -137,32 +134,17 @@ class Gateway:
         driver = self.drivers.get(kind) if kind is not None else None
         return driver.transport if driver is not None else None
 
-    def _presence_to_control(self, change: DeviceChange) -> None:
-        assert change.device_id is not None and change.state is not None
-        if change.change is Change.READY:
-            self.controller.device_ready(change.device_id)
-        else:
-            self.controller.device_status(change.device_id, change.state.online)
+    def _check_command(self, device_id: str, command: DeviceCommand) -> None:
+        kind = self.registry.kind(device_id)
+        driver = self.drivers.get(kind) if kind is not None else None
+        if driver is not None:
+            driver.check_command(command)
 
     def _rpc_methods(self) -> Dispatcher:
-        """Cloud JSON-RPC methods whose services exist (device commands come with the control service)."""
+        """The cloud's JSON-RPC methods (CONTRACT section 2)."""
         dispatcher = Dispatcher()
-
-        async def ping(_: NoParams) -> dict[str, Any]:
-            return {"pong": True, "ts": self.clock.now(), "version": __version__}
-
-        async def devices(_: NoParams) -> list[dict[str, Any]]:
-            return self.registry.summary()
-
-        async def device_state(params: DeviceParams) -> dict[str, Any]:
-            state = self.device_state(params.device)
-            if state is None:
-                raise RpcError(INVALID_PARAMS, f"Invalid params: device: unknown device {params.device!r}")
-            return state
-
-        dispatcher.register("gateway.ping", NoParams, ping)
-        dispatcher.register("gateway.devices", NoParams, devices)
-        dispatcher.register("device.state", DeviceParams, device_state)
+        register_gateway_methods(dispatcher, now=self.clock.now, version=__version__, devices=self.registry.summary,
+                                 device_state=self.device_state)
         s = self.settings.control
         register_control_methods(
             dispatcher, self.controller, wait_seconds=s.command_timeout_seconds * s.command_attempts + 5.0
@@ -170,17 +152,10 @@ class Gateway:
         return dispatcher
 
     def device_state(self, device_id: str) -> dict[str, Any] | None:
-        """The state page of one device: connection, latest reading (acked state laid over it)."""
+        """The state page of one configured device (None for any other id)."""
         if self.settings.device(device_id) is None:
             return None
-        st = self.registry.get(device_id)
-        return {
-            "device": device_id,
-            "online": bool(st and st.online),
-            "lastSeen": st.last_seen if st else None,
-            "ts": st.last_ts if st else None,
-            "metrics": dict(st.last_metrics) if st else {},
-        }
+        return device_state_json(device_id, self.registry.get(device_id))
 
     def health(self) -> dict[str, Any]:
         """GET /health: is every part running, and how far behind is the store (and the cloud)."""
@@ -311,11 +286,7 @@ class Gateway:
                 await self.uplink.announce_offline()
                 self.uplink.stop()
                 await self.uplink.cancel_requests()
-            stopping = [t for t in (*supervised, pruner) if t is not None]
-            for task in stopping:
-                task.cancel()
-            if stopping:
-                await asyncio.wait(stopping, timeout=SHUTDOWN_BUDGET_S / 5)
+            await _cancel_until_done([t for t in (*supervised, pruner) if t is not None], SHUTDOWN_BUDGET_S / 5)
             await self._shutdown(deadline)
             for task in background:
                 task.cancel()
@@ -375,6 +346,21 @@ class Gateway:
             # Only a loop that still turns can ping: a stuck event loop lets systemd restart us.
             self.notifier.watchdog()
             await asyncio.sleep(interval)
+
+
+async def _cancel_until_done(tasks: list[asyncio.Task[None]], timeout: float) -> None:
+    """Cancel the tasks, again each turn while one still runs, until all ended or `timeout` passed.
+
+    Python 3.11's wait_for (inside aiomqtt's publish) swallows a cancellation that lands as its inner future
+    completes: cancelled once, the uplink could go on waiting for a PUBACK for its full 10 s timeout.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    pending = {task for task in tasks if not task.done()}
+    while pending and loop.time() < deadline:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=min(0.05, max(0.0, deadline - loop.time())))
 
 
 def _link_runner(run: Callable[[], Awaitable[None]]) -> Callable[[Health], Awaitable[None]]:

@@ -16,7 +16,7 @@ from gateway.control.commands import CommandError, CommandQueueFull, CommandStat
 from gateway.control.schedules import ScheduleError
 from gateway.control.service import Controller
 from gateway.core.errors import ConflictError, NotFoundError
-from gateway.uplink.rpc import COMMAND_TIMEOUT, DEVICE_OFFLINE, INVALID_PARAMS, Dispatcher, Params, RpcError
+from gateway.uplink.rpc import COMMAND_TIMEOUT, DEVICE_OFFLINE, INVALID_PARAMS, Dispatcher, NoParams, Params, RpcError
 from gateway.web.views import command_json, preclean_json
 
 COMMAND_FAILED = -32002
@@ -147,3 +147,34 @@ def register_control_methods(dispatcher: Dispatcher, controller: Controller, *, 
         ("schedule.delete", ScheduleIdParams, schedule_delete),
     ):
         dispatcher.register(name, model, _guard(handler))
+
+
+class DeviceParams(Params):
+    device: str
+
+
+def register_gateway_methods(
+    dispatcher: Dispatcher,
+    *,
+    now: Callable[[], float],
+    version: str,
+    devices: Callable[[], list[dict[str, Any]]],
+    device_state: Callable[[str], dict[str, Any] | None],
+) -> None:
+    """`gateway.ping`, `gateway.devices` and `device.state`."""
+
+    async def ping(_: NoParams) -> dict[str, Any]:
+        return {"pong": True, "ts": now(), "version": version}
+
+    async def list_devices(_: NoParams) -> list[dict[str, Any]]:
+        return devices()
+
+    async def state(params: DeviceParams) -> dict[str, Any]:
+        found = device_state(params.device)
+        if found is None:
+            raise RpcError(INVALID_PARAMS, f"Invalid params: device: unknown device {params.device!r}")
+        return found
+
+    dispatcher.register("gateway.ping", NoParams, ping)
+    dispatcher.register("gateway.devices", NoParams, list_devices)
+    dispatcher.register("device.state", DeviceParams, state)

@@ -217,8 +217,8 @@ class ControlSection(_Strict):
     # (doubling up to the maximum), unless a layer changes or the device reconnects.
     retry_backoff_seconds: Annotated[float, Field(gt=0)] = 30.0
     retry_backoff_max_seconds: Annotated[float, Field(gt=0)] = 900.0
-    # APScheduler fires schedule boundaries; a boundary missed by more than this (e.g. the machine was
-    # suspended) is still applied by the gateway's own timer, never lost.
+    # Unused since the gateway's own timer fires every schedule boundary (a late one is applied whenever the
+    # timer gets to it). Still accepted, so configs written for earlier versions keep loading.
     misfire_grace_seconds: Annotated[int, Field(ge=1)] = 300
 
 

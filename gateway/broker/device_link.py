@@ -38,5 +38,9 @@ class LanBrokerLink:
         driver = self._driver_of(command.device_id)
         if driver is None:
             raise LinkError(f"device {command.device_id!r} is not a device of the LAN broker")
-        await self._send(command.device_id, driver.encode_command(command))
+        try:
+            payload = driver.encode_command(command)
+        except ValueError as exc:  # the driver's kind cannot carry this command (control checks before)
+            raise LinkError(f"device {command.device_id!r}: {exc}") from exc
+        await self._send(command.device_id, payload)
         return None

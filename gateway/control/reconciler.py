@@ -19,7 +19,7 @@ import structlog
 
 from gateway.control.command_service import CommandService
 from gateway.control.commands import SOURCES, CommandRecord, CommandRequest, Source
-from gateway.control.desired import Layer
+from gateway.control.desired import Effective, Layer
 from gateway.control.layers import Layers
 from gateway.core.device_commands import device_command, reached
 from gateway.core.metrics import Metrics
@@ -51,7 +51,9 @@ class Reconciler:
         reported: Reported,
         known: Callable[[str], bool],
         metrics: Metrics,
+        desired: Callable[[str, Effective | None], None] = lambda device, effective: None,
     ) -> None:
+        self._desired = desired  # told the effective desired state each time a device is reconciled
         self._settings = settings
         self._layers = layers
         self._commands = commands
@@ -79,6 +81,7 @@ class Reconciler:
         if not self._known(device):
             return
         eff = self._layers.desired.effective(device, now)
+        self._desired(device, eff)
         if eff is None or not self._commands.executor.is_online(device):
             return  # nothing wanted, or applied when the device comes online
         if self._commands.busy(device):

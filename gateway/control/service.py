@@ -22,24 +22,25 @@ gateway/web/views.py's. Reads of the stored state at start-up go through gateway
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-from gateway.control.command_service import CommandService, Put, SendFn, StateSink
-from gateway.control.commands import CommandExecutor, CommandRecord, CommandRequest
+from gateway.control.command_service import CommandService, Put
+from gateway.control.commands import CommandError, CommandExecutor, CommandRecord, CommandRequest
 from gateway.control.desired import Effective, FanState, Layer, LayerEntry
-from gateway.control.layers import Layers, Reported
+from gateway.control.layers import Layers
 from gateway.control.loop import ControlLoop, Item
 from gateway.control.preclean import Precleans, PrecleanStatus
 from gateway.control.reconciler import LAYER_SOURCE, Reconciler
 from gateway.control.schedule_service import ScheduleService
-from gateway.control.schedules import Schedule
+from gateway.control.schedules import Schedule, ScheduleError
 from gateway.core.clock import Clock
-from gateway.core.device_commands import Ack
+from gateway.core.device_commands import Ack, DeviceCommand, OutgoingCommand, SetFanSpeed, device_command
 from gateway.core.errors import NotFoundError
 from gateway.core.metrics import Metrics
+from gateway.core.registry import Change, DeviceChange, DeviceRegistry
 from gateway.store import control_repo
 
 if TYPE_CHECKING:
@@ -58,6 +59,22 @@ class DeviceControl:
     pending: list[CommandRecord]
 
 
+class CommandLinks(Protocol):
+    """What control needs of the device links (gateway.core.links.DeviceLinks)."""
+
+    async def send(self, command: OutgoingCommand) -> Ack | None: ...
+
+    def command_ready(self, device_id: str) -> bool: ...
+
+
+class AckSource(Protocol):
+    def subscribe_acks(self, handler: Callable[[str, Ack, float], Awaitable[None]]) -> None: ...
+
+
+# Raises ValueError when the device's driver cannot do the command (a range, a kind that takes none).
+CheckCommand = Callable[[str, DeviceCommand], None]
+
+
 class Controller:
     def __init__(
         self,
@@ -67,31 +84,60 @@ class Controller:
         timezone: str,
         clock: Clock,
         put: Put,
-        send: SendFn,
-        reported: Reported,
-        state_reported: StateSink,
+        registry: DeviceRegistry,
+        links: CommandLinks,
+        acks: AckSource,
         metrics: Metrics,
-        command_ready: Callable[[str], bool] = lambda device: False,
+        check_command: CheckCommand = lambda device, command: None,
     ) -> None:
         self._devices = frozenset(devices)
         self._clock = clock
-        self._command_ready = command_ready  # is the device connected and subscribed to its commands?
+        self._registry = registry
+        self._check_command = check_command
+        self._command_ready = links.command_ready  # is the device connected and subscribed to its commands?
         self.loop = ControlLoop(clock=clock, metrics=metrics, perform=self._perform, tick=self._tick,
                                 deadline=self._deadline)
         queue = self.loop.queue
         self.commands = CommandService(
             CommandExecutor(timeout=settings.command_timeout_seconds, attempts=settings.command_attempts,
                             max_pending=settings.max_pending_per_device),
-            clock=clock, queue=queue, put=put, send=send, state_reported=state_reported, metrics=metrics,
+            clock=clock, queue=queue, put=put, send=links.send,
+            state_reported=lambda device, state, _at: registry.report(device, state), metrics=metrics,
             finished=self._command_finished,
         )
-        self.layers = Layers(reported=reported, queue=queue)
-        self.reconciler = Reconciler(settings, layers=self.layers, commands=self.commands, reported=reported,
-                                     known=self.known, metrics=metrics)
+        self.layers = Layers(reported=registry.reported, queue=queue)
+        self.reconciler = Reconciler(settings, layers=self.layers, commands=self.commands, reported=registry.reported,
+                                     known=self.known, metrics=metrics, desired=self._desired_changed)
         self.precleans = Precleans(layers=self.layers, layer_changed=self.reconciler.layer_changed, queue=queue)
         self.schedules = ScheduleService(timezone=timezone, layers=self.layers,
                                          layer_changed=self.reconciler.layer_changed, queue=queue, known=self.known,
                                          metrics=metrics)
+        acks.subscribe_acks(self.on_ack)
+        registry.subscribe(self._presence, Change.PRESENCE, Change.READY)
+
+    def _presence(self, change: DeviceChange) -> None:
+        if change.device_id is None or change.state is None:
+            return
+        if change.change is Change.READY:
+            self.device_ready(change.device_id)
+        else:
+            self.device_status(change.device_id, change.state.online)
+
+    def _desired_changed(self, device: str, effective: Effective | None) -> None:
+        if effective is None:
+            self._registry.set_desired(device, None)
+            return
+        self._registry.set_desired(device, {
+            "powerOn": effective.value.power, "fanSpeed": effective.value.fan_speed,
+            "layer": effective.layer.label, "expiresAt": effective.expires_at,
+        })
+
+    def _check(self, device: str, command: DeviceCommand, field: str) -> None:
+        """The device's driver has the last word on what it can do (its ranges, or no commands at all)."""
+        try:
+            self._check_command(device, command)
+        except ValueError as exc:
+            raise CommandError(field, str(exc)) from None
 
     @property
     def executor(self) -> CommandExecutor:
@@ -162,6 +208,7 @@ class Controller:
         """A command from a person or the cloud: it becomes the manual layer and is sent (or queued) now."""
         self._require(device)
         request = CommandRequest.create(device, action, value, source=source)
+        self._check(device, device_command(request.action, request.value), "value")
         now = self._clock.now()
 
         def set_manual() -> None:
@@ -206,6 +253,8 @@ class Controller:
 
     async def start_preclean(self, device: str, fan_speed: int, minutes: int, source: str) -> PrecleanStatus:
         self._require(device)
+        if isinstance(fan_speed, int) and not isinstance(fan_speed, bool):
+            self._check(device, SetFanSpeed(fan_speed), "fanSpeed")
         self.precleans.start(device, fan_speed, minutes, source, self._clock.now())
         await self.drained()
         return self.preclean_status(device)
@@ -219,10 +268,13 @@ class Controller:
     # ----------------------------------------------------------------------------------- schedules
 
     async def create_schedule(self, body: Mapping[str, object]) -> Schedule:
+        self._check_schedule(body.get("device"), body.get("fanSpeed"))
         schedule = self.schedules.create(body, self._clock.now())
         return await self._schedules_changed(schedule)
 
     async def update_schedule(self, schedule_id: int, body: Mapping[str, object]) -> Schedule:
+        current = self.schedules.get(schedule_id)
+        self._check_schedule(body.get("device", current.device), body.get("fanSpeed", current.fan_speed))
         schedule = self.schedules.update(schedule_id, body, self._clock.now())
         return await self._schedules_changed(schedule)
 
@@ -230,6 +282,15 @@ class Controller:
         self.schedules.delete(schedule_id, self._clock.now())
         self.loop.wake()
         await self.drained()
+
+    def _check_schedule(self, device: object, fan_speed: object) -> None:
+        """A schedule's speed must suit its device's driver (malformed values are the schedule parser's)."""
+        if isinstance(device, str) and device in self._devices and isinstance(fan_speed, int) \
+                and not isinstance(fan_speed, bool):
+            try:
+                self._check_command(device, SetFanSpeed(fan_speed))
+            except ValueError as exc:
+                raise ScheduleError("fanSpeed", str(exc)) from None
 
     async def _schedules_changed(self, schedule: Schedule) -> Schedule:
         self.loop.wake()  # the next boundary may be sooner than the timer's

@@ -357,8 +357,10 @@ async def _read_body(request: web.Request, model: type[BaseModel]) -> BaseModel:
         raise ApiError(400, "a JSON object is required as the request body")
     try:
         data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError, and an integer of > 4,300 digits
         raise ApiError(400, f"invalid JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, "invalid JSON: nested too deep") from None
     if not isinstance(data, dict):
         raise ApiError(400, f"the body must be a JSON object, got {type(data).__name__}")
     try:
@@ -419,6 +421,33 @@ def _without_field_prefix(message: str, field: str) -> str:
     return message.removeprefix(f"{field}: ")
 
 
+_STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+@web.middleware
+async def _same_origin_json(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                            ) -> web.StreamResponse:
+    """A page on another site must not be able to change anything here through a visitor's browser.
+
+    Browsers send a cross-site POST with a `text/plain` or form body without asking first (no CORS
+    preflight), so a state-changing request with a body must say `application/json` (415 otherwise), and one
+    that names an `Origin` must come from this API's own origin (403 otherwise). Tools such as curl send no
+    Origin.
+    """
+    if request.method in _STATE_CHANGING:
+        origin = request.headers.get("Origin")
+        if origin is not None and _host_of(origin) != request.host.lower():
+            raise ApiError(403, f"cross-origin request from {origin!r} refused")
+        if request.can_read_body and request.content_type != "application/json":
+            raise ApiError(415, f"the body must be application/json, got {request.content_type!r}")
+    return await handler(request)
+
+
+def _host_of(origin: str) -> str | None:
+    scheme, sep, rest = origin.partition("://")
+    return rest.rstrip("/").lower() if sep and scheme in ("http", "https") else None
+
+
 @web.middleware
 async def _errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                   ) -> web.StreamResponse:
@@ -450,7 +479,7 @@ async def _errors(request: web.Request, handler: Callable[[web.Request], Awaitab
 
 
 def build_app(ctx: ApiContext) -> web.Application:
-    app = web.Application(middlewares=[_errors])
+    app = web.Application(middlewares=[_errors, _same_origin_json])
     app[CONTEXT] = ctx
     for route in ROUTES:
         app.router.add_route(route.method, route.path, _endpoint(route), name=route.handler.__name__)

@@ -13,6 +13,7 @@ from gateway.control.commands import CommandRecord
 from gateway.control.preclean import PrecleanStatus
 from gateway.control.schedules import Schedule
 from gateway.control.service import DeviceControl
+from gateway.core.models import DeviceState
 
 
 def command_json(record: CommandRecord) -> dict[str, Any]:
@@ -61,4 +62,15 @@ def device_control_json(view: DeviceControl) -> dict[str, Any]:
         },
         "inFlight": None if view.in_flight is None else command_json(view.in_flight),
         "pending": [command_json(r) for r in view.pending],
+    }
+
+
+def device_state_json(device_id: str, state: DeviceState | None) -> dict[str, Any]:
+    """The state page of one device: connection, latest reading (acked state laid over it)."""
+    return {
+        "device": device_id,
+        "online": bool(state and state.online),
+        "lastSeen": state.last_seen if state else None,
+        "ts": state.last_ts if state else None,
+        "metrics": dict(state.last_metrics) if state else {},
     }

@@ -15,9 +15,11 @@ import aiomqtt
 import pytest
 
 from drivers import registry
+from gateway.control.commands import CommandError
 from gateway.core.device_commands import Ack, DeviceCommand, OutgoingCommand, SetFanSpeed
 from gateway.core.errors import PayloadError
 from gateway.core.models import Reading
+from gateway.core.registry import Change
 from tests.fixtures.gateway import GatewayFactory, device_password, wait_for
 
 
@@ -79,3 +81,25 @@ async def test_a_new_kind_stores_readings_quarantines_bad_ones_and_takes_command
             break
         finished = await gw.gateway.controller.wait_finished(record.command_id, 5)
         assert finished.status.value == "acked"
+
+    # The driver has the last word on what its device can do; control asks it before anything is queued.
+    with pytest.raises(CommandError, match=r"setFanSpeed 0\.\.3"):
+        gw.gateway.controller.submit_command("TH-1", "setFanSpeed", 5, "api")
+    with pytest.raises(CommandError, match="fanSpeed"):
+        await gw.gateway.controller.start_preclean("TH-1", 5, 10, "api")
+
+
+async def test_a_sensor_takes_no_commands_and_desired_state_is_published_to_the_registry(
+    gateway_factory: GatewayFactory,
+) -> None:
+    gw = await gateway_factory(devices=["AP-01", "S-1"], kinds={"S-1": "sensor"}, api="enabled = false")
+    ctl = gw.gateway.controller
+    with pytest.raises(CommandError, match="a sensor takes no commands"):
+        ctl.submit_command("S-1", "turnOn", None, "api")
+    changes: list[str | None] = []
+    gw.gateway.registry.subscribe(lambda c: changes.append(c.device_id), Change.DESIRED)
+    status = await ctl.start_preclean("AP-01", 4, 10, "api")
+    assert gw.gateway.registry.desired("AP-01") == {
+        "powerOn": True, "fanSpeed": 4, "layer": "preclean", "expiresAt": status.ends_at,
+    }
+    assert changes == ["AP-01"]
