@@ -83,7 +83,7 @@ async def test_guarded_broker_replays_retained_only_within_the_acl(gateway: Runn
 
     async def publish() -> None:
         # The gateway itself may publish (retained) commands; only AP-01 may ever see this one.
-        await broker.internal_message_broadcast("device/AP-01/command", b'{"action":"turnOff"}', 1)
+        await gateway.gateway.broker.send("AP-01", b'{"action":"turnOff"}')
         await broker.retain_message(None, "device/AP-01/command", b'{"action":"turnOff"}', 1)
 
     assert await leak_scenario(gateway.port, None, publish) == []
