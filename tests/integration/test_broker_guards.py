@@ -142,7 +142,7 @@ async def test_guarded_broker_drops_a_silent_client_within_1_5_keepalive_and_pub
         assert gateway.counter("gateway_broker_silent_clients_total") == 1
         # the Will was published (not only the connection dropped): it is the retained status now, and
         # ingest took the device offline from it (reason "status", before the disconnect could)
-        retained = gateway.gateway.broker.amqtt._retained_messages.get("device/AP-01/status")
+        retained = gateway.gateway.broker.amqtt.retained_messages.get("device/AP-01/status")
         assert retained is not None and bytes(retained.data) == b"offline"
         await gateway.flush()
         reasons = [json.loads(d)["reason"] for (d,) in gateway.query(

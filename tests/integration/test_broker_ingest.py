@@ -255,7 +255,7 @@ async def test_a_flooding_device_is_not_parsed_ahead_of_delivery_and_loses_nothi
     reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
     writer.write(connect_packet("AP-01", "AP-01", device_password("AP-01")))
     assert (await reader.readexactly(4))[3] == 0
-    session = gw.gateway.broker.amqtt._sessions["AP-01"][0]
+    session = gw.gateway.broker.amqtt.sessions["AP-01"][0]
     deepest = 0
 
     async def watch() -> None:

@@ -284,7 +284,7 @@ async def test_shutdown_delivers_nothing_from_a_session_that_never_logged_in(gat
     session.delivered_message_queue.put_nowait(
         IncomingApplicationMessage(1, "device/AP-01/data", 1, reading(pm25=66.0), False)
     )
-    broker._sessions["AP-01"] = (session, BrokerProtocolHandler(broker.plugins_manager))
+    broker.sessions["AP-01"] = (session, BrokerProtocolHandler(broker.plugins_manager))
     await gateway.stop()
     assert gateway.counter("gateway_broker_leftovers_delivered_total") == 0
     assert readings(gateway, "AP-01") == 0
@@ -415,7 +415,7 @@ async def test_qos2_publish_to_a_dollar_topic_closes_the_connection(gateway: Run
     assert gateway.counter("gateway_broker_protocol_errors_total") == 1
     broker = gateway.gateway.broker.amqtt
     await wait_for(lambda: broker._live == {})
-    await wait_for(lambda: not broker._sessions["AP-01"][0].transitions.is_connected())
+    await wait_for(lambda: not broker.sessions["AP-01"][0].transitions.is_connected())
     await gateway.flush()
     assert readings(gateway, "AP-01") == 1  # the Will: nothing of the forbidden publish
 

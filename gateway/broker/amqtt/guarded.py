@@ -61,6 +61,8 @@ _TAKEOVER_WAIT = 5.0
 
 
 class GuardedBroker(RoutingBroker):
+    """The amqtt Broker the embedded backend runs: who logs in, and the life of each connection (see the module)."""
+
     def __init__(
         self,
         config: dict[str, Any],

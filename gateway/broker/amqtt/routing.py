@@ -30,6 +30,8 @@ _ACCESS = {Action.PUBLISH: Access.PUBLISH, Action.SUBSCRIBE: Access.SUBSCRIBE, A
 
 
 class RoutingBroker(Broker):  # type: ignore[misc]
+    """What messages of verified connections may do and where they go (the base of GuardedBroker)."""
+
     def __init__(self, config: dict[str, Any], *, sink: BrokerSink, metrics: Metrics) -> None:
         super().__init__(config)
         self._sink = sink
@@ -40,6 +42,7 @@ class RoutingBroker(Broker):  # type: ignore[misc]
         """The device a session's current connection logged in as (None: not connected, or never verified)."""
         conn = None if session is None else self._current.get(id(session))
         return None if conn is None else conn.device_id
+
     # --- ACL ------------------------------------------------------------------------------------
 
     async def _topic_filtering(self, session: Session, topic: str, action: Action) -> bool:
