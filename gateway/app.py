@@ -13,8 +13,8 @@ import structlog
 
 from drivers import registry as driver_registry
 from gateway import __version__
+from gateway.broker import create_lan_broker, device_logins
 from gateway.broker.device_link import LanBrokerLink
-from gateway.broker.embedded import EmbeddedBroker
 from gateway.cloud_methods import register_control_methods, register_gateway_methods
 from gateway.control.service import Controller
 from gateway.core.clock import Clock, SystemClock
@@ -25,7 +25,6 @@ from gateway.core.metrics import Metrics
 from gateway.core.models import OutboxPrune, StatusChange
 from gateway.core.registry import DeviceRegistry
 from gateway.core.supervisor import Health, Supervisor
-from gateway.core.topics import command_topic
 from gateway.ingest.mqtt_intake import MqttIntake
 from gateway.ingest.service import Ingest
 from gateway.logs import configure_logging
@@ -84,10 +83,10 @@ class Gateway:
             intake=self.ingest, driver_of=self._mqtt_driver_of, metrics=self.metrics, clock=self.clock,
             max_json_depth=s.ingest.max_json_depth,
         )
-        self.broker = EmbeddedBroker(s.broker, s.devices, sink=self.mqtt_intake, metrics=self.metrics)
+        self.broker = create_lan_broker(s.broker, s.devices, sink=self.mqtt_intake, metrics=self.metrics)
         self.links = DeviceLinks(
-            {"mqtt": LanBrokerLink(send=lambda device, payload: self.broker.publish(command_topic(device), payload),
-                                   command_ready=self.broker.has_command_subscription,
+            {"mqtt": LanBrokerLink(send=self.broker.send,
+                                   command_ready=self.broker.command_ready,
                                    driver_of=self._mqtt_driver_of)},
             transport_of=self._transport_of,
         )
@@ -196,7 +195,7 @@ class Gateway:
             return False
         old = self.loaded.settings
         s = new.settings
-        self.broker.update_devices(s.devices, allow_anonymous=s.broker.allow_anonymous)
+        self.broker.update_devices(device_logins(s.devices), allow_anonymous=s.broker.allow_anonymous)
         kinds = {d.id: d.kind for d in s.devices}
         for kind in set(kinds.values()) - set(self.drivers):
             self.drivers[kind] = driver_registry.load(kind)

@@ -79,6 +79,8 @@ class ListenerSettings(_Strict):
 
 
 class BrokerSection(_Strict):
+    # Which LAN broker runs (gateway.broker.create_lan_broker): the embedded amqtt broker is the only one yet.
+    backend: Literal["embedded"] = "embedded"
     allow_anonymous: bool = False
     listeners: list[ListenerSettings] = Field(
         default_factory=lambda: [ListenerSettings(name="lan", host="0.0.0.0", port=1883)], min_length=1

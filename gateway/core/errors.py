@@ -44,3 +44,17 @@ class StartupError(GatewayError):
         detail = cause.__cause__ if isinstance(cause.__cause__, OSError) else cause
         super().__init__(f"cannot start: {phase}: {detail}")
         self.phase = phase
+
+
+class IncompatibleLibraryError(GatewayError):
+    """An installed library is not the version, or lacks the internals, that a backend was written against.
+
+    Raised at start-up, before the backend runs; `problems` lists each missing or changed name.
+    """
+
+    def __init__(self, library: str, found: str, problems: list[str]) -> None:
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{library} {found} is not the version the gateway was built and tested with:\n{lines}")
+        self.library = library
+        self.found = found
+        self.problems = problems
