@@ -16,11 +16,11 @@ from pathlib import Path
 sys.modules.setdefault("rich", None)  # type: ignore[arg-type]
 
 from gateway import __version__  # noqa: E402
-from gateway.core.errors import ConfigError, StartupError  # noqa: E402
+from gateway.core.errors import ConfigError, IncompatibleLibraryError, StartupError  # noqa: E402
 from gateway.settings import LoadedSettings, load_settings  # noqa: E402
 
 EXIT_CONFIG = 2
-EXIT_STARTUP = 3  # a port in use, an unwritable data dir, a database that cannot be opened
+EXIT_STARTUP = 3  # a port in use, an unwritable data dir, a database that cannot be opened, a wrong library
 DEFAULT_CONFIG = "/etc/edge-gateway/gateway.toml"
 EXAMPLE_CONFIG = Path(__file__).resolve().parent.parent / "config" / "gateway.example.toml"
 
@@ -103,7 +103,7 @@ def _run(config: str) -> int:
     configure_logging(loaded.settings.logging.level, loaded.settings.logging.format)
     try:
         asyncio.run(run_gateway(loaded))
-    except StartupError as exc:
+    except (StartupError, IncompatibleLibraryError) as exc:
         print(f"edge-gateway: {exc}", file=sys.stderr)
         return EXIT_STARTUP
     return 0
@@ -118,7 +118,7 @@ def _demo(config: str, count: int, interval: float, duration: float | None) -> i
     configure_logging(loaded.settings.logging.level, "console")
     try:
         return asyncio.run(_demo_async(loaded, count, interval, duration))
-    except StartupError as exc:
+    except (StartupError, IncompatibleLibraryError) as exc:
         print(f"edge-gateway: {exc}", file=sys.stderr)
         return EXIT_STARTUP
 

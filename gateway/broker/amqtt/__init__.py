@@ -31,7 +31,8 @@ amqtt.broker.Broker, attributes:
   _sessions                    guarded: session lookup on login, removal of a refused session
   _subscriptions               routing: a client's own filters, "has a subscriber"; embedded.command_ready
   _retained_messages           routing: replay, deletion by an empty retained publish
-  _servers (Server.instance)   guarded.stop_intake closes the listeners; embedded.bound_ports
+  _servers (Server.instance)   guarded.stop_intake closes the listeners; embedded.bound_ports, and
+                              embedded.start closes those bound before a failed one
 amqtt.mqtt.protocol.broker_handler.BrokerProtocolHandler, per connection (connection.attach, reader_loop):
   handle_publish, handle_subscribe, handle_unsubscribe, stop, handle_read_timeout
                                swapped on the instance: PUBLISH intake (publish_flow.py), waking our client

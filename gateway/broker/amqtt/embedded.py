@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,10 @@ if TYPE_CHECKING:
     from gateway.broker.amqtt.guarded import GuardedBroker
 
 log = structlog.get_logger(__name__)
+
+
+def _drop_startup_traceback(record: logging.LogRecord) -> bool:
+    return record.getMessage() != "Broker startup failed"
 
 
 def amqtt_config(broker: BrokerSection) -> dict[str, Any]:
@@ -91,7 +96,20 @@ class EmbeddedBroker:
         return self._broker
 
     async def start(self) -> None:
-        await self._broker.start()
+        """Bind every listener; if one cannot be bound, close those that were and raise (amqtt leaves them
+        open, and logs its own traceback, which the daemon's one-line start-up error replaces)."""
+        amqtt_log = logging.getLogger("amqtt.broker")
+        amqtt_log.addFilter(_drop_startup_traceback)
+        try:
+            await self._broker.start()
+        except BaseException:
+            for server in self._broker._servers.values():
+                if server.instance is not None:
+                    server.instance.close()
+                    await server.instance.wait_closed()
+            raise
+        finally:
+            amqtt_log.removeFilter(_drop_startup_traceback)
         for lst in self._settings.listeners:
             log.info("broker.listening", listener=lst.name, host=lst.host, port=lst.port, tls=lst.tls)
 
