@@ -207,9 +207,13 @@ class Uplink:
                      backlog_upto=split)
             self._failing = False
             await self._refresh_backlog()
-            await honour_cancel(client.publish(self._topics.status, self._status(True), qos=1, retain=True))
-            await self._publish_devices(client)
-            await honour_cancel(client.subscribe(self._topics.rpc_request, qos=1))
+            # Not honour_cancel here: this runs in the uplink's own task, whose cancel count Python 3.11's
+            # TaskGroup leaves raised after a lane failed (it never calls uncancel() when the cancel reaches
+            # it in __aexit__), so every reconnect would look cancelled. A swallowed cancel at stop is covered
+            # by the stop flag and by the daemon cancelling again until the task ends.
+            await client.publish(self._topics.status, self._status(True), qos=1, retain=True)
+            await self._publish_devices(client, lane=False)
+            await client.subscribe(self._topics.rpc_request, qos=1)
             # Connected = usable: status announced and the request topic subscribed (a request sent before
             # the first subscription of a new session would have nowhere to go).
             self.state.connected = True
@@ -362,9 +366,10 @@ class Uplink:
     def _registry_key(self) -> tuple[tuple[Any, Any], ...]:
         return tuple((d["id"], d["online"]) for d in self._registry.summary())  # lastSeen alone is no news
 
-    async def _publish_devices(self, client: aiomqtt.Client) -> None:
+    async def _publish_devices(self, client: aiomqtt.Client, *, lane: bool = True) -> None:
         devices = self._registry.summary()
-        await honour_cancel(client.publish(self._topics.devices, messages.devices_payload(devices), qos=1, retain=True))
+        publish = client.publish(self._topics.devices, messages.devices_payload(devices), qos=1, retain=True)
+        await (honour_cancel(publish) if lane else publish)
         self._published_registry = tuple((d["id"], d["online"]) for d in devices)
 
     async def _refresh_backlog(self) -> None:
@@ -447,7 +452,7 @@ class Uplink:
 
 
 async def honour_cancel(call: Awaitable[T]) -> T:
-    """Await an aiomqtt call, then end the task if it was cancelled meanwhile.
+    """Await an aiomqtt call in a lane task, then end the task if it was cancelled meanwhile.
 
     aiomqtt waits for a PUBACK/SUBACK with asyncio.wait_for, which on Python 3.11 swallows a cancellation that
     lands as the acknowledgement arrives. A lane that goes on to wait for its next event then never ends: the
