@@ -87,6 +87,8 @@ class BrokerSection(_Strict):
     )
     # A client silent for this many times its keepalive is disconnected (its Will then fires).
     keepalive_grace: Annotated[float, Field(ge=1.0, le=10.0)] = 1.5
+    # A connection that has not sent its CONNECT this long after it opened is closed.
+    connect_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 10.0
     # A disconnected persistent session (and its offline queue) is dropped after this many seconds.
     session_expiry_seconds: Annotated[int, Field(ge=1)] = 3600
 

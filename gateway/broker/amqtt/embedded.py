@@ -24,6 +24,14 @@ def _drop_startup_traceback(record: logging.LogRecord) -> bool:
     return record.getMessage() != "Broker startup failed"
 
 
+def _drop_per_connection_noise(record: logging.LogRecord) -> bool:
+    """amqtt logs every connection it accepts and every one that ends before a session: a flood of
+    connect+close would write a line each. Our own logs say what matters (refused logins, with a reason)
+    and the dropped ones are counted (gateway_broker_connections_dropped_total)."""
+    message = record.getMessage()
+    return not message.startswith(("Connection from ", "Failed to initialize client session"))
+
+
 def amqtt_config(broker: BrokerSection) -> dict[str, Any]:
     listeners: dict[str, Any] = {}
     for index, lst in enumerate(broker.listeners):
@@ -81,9 +89,13 @@ class EmbeddedBroker:
             sink=sink,
             metrics=metrics,
             keepalive_grace=broker.keepalive_grace,
+            connect_deadline=broker.connect_timeout_seconds,
             require_client_cert=frozenset(_bind(x.host, x.port) for x in broker.listeners if x.cafile is not None),
         )
         compat.check_broker(self._broker)
+        amqtt_log = logging.getLogger("amqtt.broker")
+        if _drop_per_connection_noise not in amqtt_log.filters:
+            amqtt_log.addFilter(_drop_per_connection_noise)
         metrics.gauge_callback(
             "gateway_broker_clients_connected",
             lambda: float(self.clients_connected()),

@@ -73,8 +73,10 @@ class GuardedBroker(RoutingBroker):
         metrics: Metrics,
         keepalive_grace: float = 1.5,
         require_client_cert: frozenset[str] = frozenset(),
+        connect_deadline: float = 10.0,
     ) -> None:
         super().__init__(config, sink=sink, metrics=metrics)
+        self._connect_deadline = connect_deadline
         self._check_credentials = CredentialCheck()
         self.devices = DeviceTable(dict(devices), allow_anonymous=allow_anonymous)
         self._grace = keepalive_grace
@@ -106,12 +108,22 @@ class GuardedBroker(RoutingBroker):
         subscriptions, or overwrite its Will. A refusal raises, so amqtt never gets to the session.
         """
         try:
-            handler, incoming = await BrokerProtocolHandler.init_from_connect(reader, writer, self.plugins_manager)
+            async with asyncio.timeout(self._connect_deadline):
+                handler, incoming = await BrokerProtocolHandler.init_from_connect(
+                    reader, writer, self.plugins_manager
+                )
         except MQTTError:
             await writer.close()  # a malformed CONNECT (amqtt already sent the CONNACK where one applies)
             raise
-        except NoDataError as exc:
-            raise AMQTTError(exc) from exc
+        except (NoDataError, TimeoutError, OSError, asyncio.IncompleteReadError) as exc:
+            # Closed before its CONNECT, or no CONNECT within the deadline: drop the socket now. amqtt leaves it
+            # to the garbage collector, and until then it stays open (CLOSE-WAIT), one file each: anyone who
+            # can reach the port could exhaust the daemon's files without logging in.
+            reason = "connect-timeout" if isinstance(exc, TimeoutError) else "closed-before-connect"
+            self._metrics.inc("gateway_broker_connections_dropped_total", 1,
+                              "connections closed before a CONNECT arrived", reason=reason)
+            connection.transport_of(writer).abort()
+            raise AMQTTError(reason) from exc
         device_id, reason = (
             (None, "shutting-down") if self._closing else await self._check_credentials(self.devices, incoming)
         )
