@@ -9,8 +9,8 @@ the same rows):
     releases the GIL for every step, and each time the worker thread takes it back it waits up to the
     5 ms switch interval while the event loop is busy (per-row executemany of a 1,000-row batch took
     seconds under load). The statement's size is a power of two, its unused rows NULLs cut off by the
-    LIMIT: a handful of prepared statements per table, whatever the batch's size. (Rows as a JSON
-    array unpacked by json_each would cost as much, but SQLite's json_extract ends a string at a \u0000.)
+    LIMIT: a handful of prepared statements per table, whatever the batch's size. (Rows as one JSON
+    array unpacked by json_each cost no less, and SQLite's json_extract ends a string at a \u0000.)
 A write without a bulk form (control rows: few, each its own columns) stays per row in a batch too.
 """
 

@@ -345,9 +345,10 @@ class StoreWriter:
                 statements = transaction.bulk(steps, self._max_params)
                 await conn._execute(transaction.run, conn._conn, statements)  # type: ignore[no-untyped-call]
         self._next_seq = plan.next_seq
-        context = JobContext(self._metrics, self._take_seq if self._outbox else None)
-        for job in plan.jobs:  # their own transactions: a failure there must not replay the batch above
-            await job(conn, context)
+        if plan.jobs:  # their own transactions: a failure there must not replay the batch above
+            context = JobContext(self._metrics, self._take_seq if self._outbox else None)
+            for job in plan.jobs:
+                await job(conn, context)
         # The batch is durable from here on: nothing below may make the caller think it failed (a retry
         # would store every row a second time), so listeners' errors are contained and counted.
         if plan.outbox:
