@@ -8,7 +8,9 @@ usage() {
 Usage: ./install.sh [--dev] [--prefix DIR] [--no-systemd] [--create-user] [--python PATH]
 
   (no option)     Production install (needs root; re-runs itself with sudo when available):
-                    /opt/edge-gateway/venv               self-contained venv, package installed from this repo
+                    /opt/edge-gateway/venv               self-contained venv: the libraries exactly as pinned
+                                                         in requirements.lock (hashes checked), then the
+                                                         package from this repo
                     /etc/edge-gateway/gateway.toml       copied from config/gateway.example.toml only if
                                                          absent (mode 0640, root:edge-gateway)
                     /var/lib/edge-gateway                state directory (mode 0750, edge-gateway:edge-gateway)
@@ -16,8 +18,9 @@ Usage: ./install.sh [--dev] [--prefix DIR] [--no-systemd] [--create-user] [--pyt
                   creates the system user edge-gateway (member of dialout for serial ports), then
                   systemctl daemon-reload && systemctl enable --now edge-gateway (restart when already
                   running, so an upgrade takes effect).
-  --dev           Development setup instead: .venv in the repo with `pip install -e ".[test]"`, plus the
-                  Debian packages the tests need (mosquitto, mosquitto-clients, socat) when missing.
+  --dev           Development setup instead: .venv in the repo with `pip install -e ".[test]"` (resolved
+                  from pyproject.toml, not the lock), plus the Debian packages the tests need
+                  (mosquitto, mosquitto-clients, socat) when missing.
                   The system mosquitto service is kept from starting (our gateway owns port 1883).
   --prefix DIR    Install everything under DIR as a root: DIR/opt/edge-gateway/venv, DIR/etc/edge-gateway,
                   DIR/var/lib/edge-gateway, DIR/etc/systemd/system/edge-gateway.service. The unit file names
@@ -40,6 +43,8 @@ DEV_APT_PACKAGES=(mosquitto mosquitto-clients socat)
 POLICY_RC_D=/usr/sbin/policy-rc.d
 
 REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# Production installs take every library from here (README, "Dependencies", says how to refresh it).
+LOCK_FILE="$REPO_DIR/requirements.lock"
 
 MODE=prod
 PREFIX=""
@@ -235,6 +240,7 @@ install_prod() {
 
     [[ -f "$REPO_DIR/config/gateway.example.toml" ]] || die "missing $REPO_DIR/config/gateway.example.toml"
     [[ -f "$REPO_DIR/systemd/$APP.service" ]] || die "missing $REPO_DIR/systemd/$APP.service"
+    [[ -f "$LOCK_FILE" ]] || die "missing $LOCK_FILE"
 
     # Files must be readable by the service user whatever root's umask is.
     umask 022
@@ -266,14 +272,18 @@ install_prod() {
         have_user=1
     fi
 
-    # 2. venv (self-contained: no system site-packages), package installed non-editable
+    # 2. venv (self-contained: no system site-packages), package installed non-editable. The libraries come
+    # from the lock, each file checked against its hash (the build backend too: the package is built with
+    # it, so nothing unpinned is fetched); then the package alone.
     mkdir -p "$(dirname "$venv")"
     make_venv "$venv"
-    log "pip install $REPO_DIR into $venv"
+    log "pip install --require-hashes -r $LOCK_FILE into $venv"
+    pip_in "$venv" install -q --require-hashes -r "$LOCK_FILE"
+    log "pip install --no-deps $REPO_DIR into $venv"
     # --upgrade: reinstalls the package from the repo even when its version number did not change.
     # setuptools builds in the tree: a stale build/ would ship files since deleted from the repo.
     rm -rf "$REPO_DIR/build"
-    (cd "$REPO_DIR" && pip_in "$venv" install -q --upgrade --upgrade-strategy only-if-needed .)
+    (cd "$REPO_DIR" && pip_in "$venv" install -q --upgrade --no-deps --no-build-isolation .)
     rm -rf "$REPO_DIR/build"
 
     # 3. config: copied only when absent, never overwritten

@@ -1,10 +1,16 @@
-"""The MQTT air purifier: validate its flat reading form (CONTRACT section 1)."""
+"""The MQTT air purifier (CONTRACT section 1): its reading forms, value ranges, commands and acks.
+
+Readings come in the flat purifier form (validated field by field against PURIFIER_FIELDS) or the generic
+`{"ts", "metrics"}` form; commands are setFanSpeed 0-5, turnOn and turnOff, sent as the contract's JSON.
+"""
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
+from drivers import mqtt_json
+from gateway.core.device_commands import Ack, DeviceCommand, OutgoingCommand, SetFanSpeed
 from gateway.core.errors import PayloadError
 from gateway.core.models import MetricValue, Reading
 from gateway.core.timestamps import normalise_ts
@@ -26,6 +32,29 @@ PURIFIER_FIELDS: dict[str, tuple[str, float | None, float | None]] = {
     "networkStrength": (_NUMBER, 0.0, 100.0),
 }
 _TIME_FIELDS = ("timestamp", "ts")
+FAN_SPEED_MIN, FAN_SPEED_MAX = 0, 5
+
+
+class PurifierDriver:
+    kind: ClassVar[str] = "purifier"
+    transport: ClassVar[str] = "mqtt"
+
+    def decode_reading(self, device_id: str, payload: bytes, received_at: float) -> Reading:
+        obj = mqtt_json.parse_object(payload)
+        if "metrics" in obj:
+            return mqtt_json.decode_generic_reading(device_id, obj, received_at)
+        return decode_purifier_reading(device_id, obj, received_at)
+
+    def decode_ack(self, payload: bytes) -> Ack:
+        return mqtt_json.decode_ack(payload)
+
+    def encode_command(self, command: OutgoingCommand) -> bytes:
+        return mqtt_json.encode_command(command)
+
+    def check_command(self, command: DeviceCommand) -> None:
+        if isinstance(command, SetFanSpeed) and not FAN_SPEED_MIN <= command.value <= FAN_SPEED_MAX:
+            span = f"{FAN_SPEED_MIN}..{FAN_SPEED_MAX}"
+            raise ValueError(f"setFanSpeed needs a whole number {span}, got {command.value!r}")
 
 
 def decode_purifier_reading(device_id: str, obj: dict[str, Any], received_at: float) -> Reading:

@@ -16,10 +16,11 @@ from pathlib import Path
 sys.modules.setdefault("rich", None)  # type: ignore[arg-type]
 
 from gateway import __version__  # noqa: E402
-from gateway.core.errors import ConfigError  # noqa: E402
+from gateway.core.errors import ConfigError, IncompatibleLibraryError, StartupError  # noqa: E402
 from gateway.settings import LoadedSettings, load_settings  # noqa: E402
 
 EXIT_CONFIG = 2
+EXIT_STARTUP = 3  # a port in use, an unwritable data dir, a database that cannot be opened, a wrong library
 DEFAULT_CONFIG = "/etc/edge-gateway/gateway.toml"
 EXAMPLE_CONFIG = Path(__file__).resolve().parent.parent / "config" / "gateway.example.toml"
 
@@ -100,7 +101,11 @@ def _run(config: str) -> int:
 
     limit_arenas(1)  # before any thread exists: see gateway/malloc_tuning.py
     configure_logging(loaded.settings.logging.level, loaded.settings.logging.format)
-    asyncio.run(run_gateway(loaded))
+    try:
+        asyncio.run(run_gateway(loaded))
+    except (StartupError, IncompatibleLibraryError) as exc:
+        print(f"edge-gateway: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
     return 0
 
 
@@ -111,7 +116,11 @@ def _demo(config: str, count: int, interval: float, duration: float | None) -> i
     from gateway.logs import configure_logging
 
     configure_logging(loaded.settings.logging.level, "console")
-    return asyncio.run(_demo_async(loaded, count, interval, duration))
+    try:
+        return asyncio.run(_demo_async(loaded, count, interval, duration))
+    except (StartupError, IncompatibleLibraryError) as exc:
+        print(f"edge-gateway: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
 
 
 async def _demo_async(loaded: LoadedSettings, count: int, interval: float, duration: float | None) -> int:
@@ -124,7 +133,7 @@ async def _demo_async(loaded: LoadedSettings, count: int, interval: float, durat
     if run_task.done():
         ready.cancel()
         await run_task  # raises the start-up error
-        return 1
+        return EXIT_STARTUP
     port = gateway.broker.bound_ports()[0]
     sim = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "firmware_sim", "purifiers", "--count", str(count), "--interval", str(interval),
@@ -142,7 +151,7 @@ async def _demo_async(loaded: LoadedSettings, count: int, interval: float, durat
     try:
         while not run_task.done():
             await asyncio.wait({run_task}, timeout=interval)
-            online = sum(1 for st in gateway.ingest.states.values() if st.online)
+            online = gateway.registry.online_count()
             committed = int(gateway.metrics.value("gateway_readings_committed_total"))
             print(f"demo: {committed} readings committed, {online} devices online", flush=True)
             if duration is not None and loop.time() - started >= duration:

@@ -3,21 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, time
+from typing import TYPE_CHECKING, Any, cast
 
 import structlog
 
+from drivers import registry as driver_registry
 from gateway import __version__
-from gateway.broker.embedded import EmbeddedBroker
-from gateway.cloud_methods import register_control_methods
+from gateway.broker import create_lan_broker, device_logins
+from gateway.broker.device_link import LanBrokerLink
+from gateway.cloud_methods import register_control_methods, register_gateway_methods
 from gateway.control.service import Controller
 from gateway.core.clock import Clock, SystemClock
-from gateway.core.errors import ConfigError, PayloadError
+from gateway.core.device_commands import DeviceCommand
+from gateway.core.errors import ConfigError, StartupError
+from gateway.core.links import DeviceLinks, MqttDeviceDriver
 from gateway.core.metrics import Metrics
-from gateway.core.models import OutboxPrune, Reading, StatusChange
-from gateway.core.ports import ReadingDecoder
+from gateway.core.models import OutboxPrune, StatusChange
+from gateway.core.registry import DeviceRegistry
+from gateway.core.supervisor import Health, Supervisor
+from gateway.ingest.mqtt_intake import MqttIntake
 from gateway.ingest.service import Ingest
 from gateway.logs import configure_logging
 from gateway.malloc_tuning import trim_periodically
@@ -25,31 +33,17 @@ from gateway.settings import LoadedSettings, Settings, load_settings
 from gateway.store.queries import load_device_states
 from gateway.store.writer import StoreWriter
 from gateway.systemd_notify import SystemdNotifier
-from gateway.uplink.rpc import INVALID_PARAMS, Dispatcher, NoParams, Params, RpcError
+from gateway.uplink.rpc import Dispatcher
+from gateway.web.views import device_state_json
 
 if TYPE_CHECKING:
     from gateway.uplink.client import Uplink
     from gateway.web.api import ApiServer
 
 
-class DeviceParams(Params):
-    device: str
-
 log = structlog.get_logger(__name__)
 
 SHUTDOWN_BUDGET_S = 5.0
-
-
-def reading_decoders() -> Mapping[str, ReadingDecoder]:
-    """Device kind -> decoder of its flat payload form. The only place that names concrete drivers."""
-    from drivers.purifier import decode_purifier_reading
-
-    return {"purifier": decode_purifier_reading, "sensor": decode_flat_sensor}
-
-
-def decode_flat_sensor(device_id: str, obj: dict[str, Any], received_at: float) -> Reading:
-    """A generic sensor speaks only the {"ts", "metrics"} form (handled before this is called)."""
-    raise PayloadError('a sensor payload must carry a "metrics" object')
 
 
 class Gateway:
@@ -61,6 +55,7 @@ class Gateway:
         self.metrics = Metrics()
         self.notifier = notifier or SystemdNotifier()
         self._stop = asyncio.Event()
+        self._broker_started = False
         self.ready = asyncio.Event()
         s = loaded.settings
         self.writer = StoreWriter(
@@ -74,30 +69,39 @@ class Gateway:
             outbox=s.uplink.enabled,
             clock=self.clock,
         )
+        kinds = {d.id: d.kind for d in s.devices}
+        self.registry = DeviceRegistry(kinds)
+        self.drivers = driver_registry.load_all(kinds.values())
+        self.supervisor = Supervisor(clock=self.clock, metrics=self.metrics)
         self.ingest = Ingest(
-            put=self.writer.put,
-            receipt=self.writer.receipt,
-            metrics=self.metrics,
-            clock=self.clock,
-            device_kinds={d.id: d.kind for d in s.devices},
-            decoders=reading_decoders(),
+            put=self.writer.put, receipt=self.writer.receipt, metrics=self.metrics, clock=self.clock,
+            registry=self.registry,
+            earliest_ts=datetime.combine(s.ingest.earliest_timestamp, time(), UTC).timestamp(),
+            max_future_s=s.ingest.max_future_minutes * 60.0,
         )
-        self.broker = EmbeddedBroker(s.broker, s.devices, sink=self.ingest, metrics=self.metrics)
+        self.mqtt_intake = MqttIntake(
+            intake=self.ingest, driver_of=self._mqtt_driver_of, metrics=self.metrics, clock=self.clock,
+            max_json_depth=s.ingest.max_json_depth,
+        )
+        self.broker = create_lan_broker(s.broker, s.devices, sink=self.mqtt_intake, metrics=self.metrics)
+        self.links = DeviceLinks(
+            {"mqtt": LanBrokerLink(send=self.broker.send,
+                                   command_ready=self.broker.command_ready,
+                                   driver_of=self._mqtt_driver_of)},
+            transport_of=self._transport_of,
+        )
         self.controller = Controller(
             s.control,
             devices=[d.id for d in s.devices],
             timezone=s.gateway.timezone,
             clock=self.clock,
             put=self.writer.put,
-            publish=self.broker.publish,
-            reported=self.ingest.reported,
-            state_reported=self.ingest.merge_reported,
+            registry=self.registry,
+            links=self.links,
+            acks=self.ingest,
             metrics=self.metrics,
-            command_ready=self.broker.has_command_subscription,
+            check_command=self._check_command,
         )
-        self.ingest.ack_handler = self.controller.on_ack
-        self.ingest.status_listeners.append(self.controller.device_status)
-        self.ingest.command_ready_listeners.append(self.controller.device_ready)
         self.api: ApiServer | None = None
         self.started_at = self.clock.now()
         self.uplink: Uplink | None = None
@@ -111,42 +115,35 @@ class Gateway:
                 db_path=loaded.db_path,
                 writer=self.writer,
                 dispatcher=self._rpc_methods(),
-                devices=self.device_registry,
+                registry=self.registry,
                 metrics=self.metrics,
                 clock=self.clock,
                 version=__version__,
                 started_at=self.started_at,
             )
 
-    def device_registry(self) -> list[dict[str, Any]]:
-        """`[{"id", "kind", "online", "lastSeen"}]` for the cloud and the panel."""
-        states = self.ingest.states
-        out = []
-        for device in self.settings.devices:
-            st = states.get(device.id)
-            out.append({"id": device.id, "kind": device.kind, "online": bool(st and st.online),
-                        "lastSeen": st.last_seen if st else None})
-        return out
+    def _mqtt_driver_of(self, device_id: str) -> MqttDeviceDriver | None:
+        """The driver of a configured device on the LAN broker (None for any other client id)."""
+        kind = self.registry.kind(device_id)
+        driver = self.drivers.get(kind) if kind is not None else None
+        return cast(MqttDeviceDriver, driver) if driver is not None and driver.transport == "mqtt" else None
+
+    def _transport_of(self, device_id: str) -> str | None:
+        kind = self.registry.kind(device_id)
+        driver = self.drivers.get(kind) if kind is not None else None
+        return driver.transport if driver is not None else None
+
+    def _check_command(self, device_id: str, command: DeviceCommand) -> None:
+        kind = self.registry.kind(device_id)
+        driver = self.drivers.get(kind) if kind is not None else None
+        if driver is not None:
+            driver.check_command(command)
 
     def _rpc_methods(self) -> Dispatcher:
-        """Cloud JSON-RPC methods whose services exist (device commands come with the control service)."""
+        """The cloud's JSON-RPC methods (CONTRACT section 2)."""
         dispatcher = Dispatcher()
-
-        async def ping(_: NoParams) -> dict[str, Any]:
-            return {"pong": True, "ts": self.clock.now(), "version": __version__}
-
-        async def devices(_: NoParams) -> list[dict[str, Any]]:
-            return self.device_registry()
-
-        async def device_state(params: DeviceParams) -> dict[str, Any]:
-            state = self.device_state(params.device)
-            if state is None:
-                raise RpcError(INVALID_PARAMS, f"Invalid params: device: unknown device {params.device!r}")
-            return state
-
-        dispatcher.register("gateway.ping", NoParams, ping)
-        dispatcher.register("gateway.devices", NoParams, devices)
-        dispatcher.register("device.state", DeviceParams, device_state)
+        register_gateway_methods(dispatcher, now=self.clock.now, version=__version__, devices=self.registry.summary,
+                                 device_state=self.device_state)
         s = self.settings.control
         register_control_methods(
             dispatcher, self.controller, wait_seconds=s.command_timeout_seconds * s.command_attempts + 5.0
@@ -154,17 +151,10 @@ class Gateway:
         return dispatcher
 
     def device_state(self, device_id: str) -> dict[str, Any] | None:
-        """The state page of one device: connection, latest reading (acked state laid over it)."""
+        """The state page of one configured device (None for any other id)."""
         if self.settings.device(device_id) is None:
             return None
-        st = self.ingest.states.get(device_id)
-        return {
-            "device": device_id,
-            "online": bool(st and st.online),
-            "lastSeen": st.last_seen if st else None,
-            "ts": st.last_ts if st else None,
-            "metrics": dict(st.last_metrics) if st else {},
-        }
+        return device_state_json(device_id, self.registry.get(device_id))
 
     def health(self) -> dict[str, Any]:
         """GET /health: is every part running, and how far behind is the store (and the cloud)."""
@@ -179,7 +169,8 @@ class Gateway:
             "gatewayId": self.settings.gateway.id,
             "uptimeSeconds": round(self.clock.now() - self.started_at, 3),
             "devices": len(self.settings.devices),
-            "devicesOnline": sum(1 for st in self.ingest.states.values() if st.online),
+            "devicesOnline": self.registry.online_count(),
+            "links": self.supervisor.report(),
             "storeQueue": self.writer.queue_depth,
             "readingsCommitted": self.metrics.value("gateway_readings_committed_total"),
             "uplink": uplink,
@@ -204,13 +195,16 @@ class Gateway:
             return False
         old = self.loaded.settings
         s = new.settings
-        self.broker.update_devices(s.devices, allow_anonymous=s.broker.allow_anonymous)
-        self.ingest.set_devices({d.id: d.kind for d in s.devices})
+        self.broker.update_devices(device_logins(s.devices), allow_anonymous=s.broker.allow_anonymous)
+        kinds = {d.id: d.kind for d in s.devices}
+        for kind in set(kinds.values()) - set(self.drivers):
+            self.drivers[kind] = driver_registry.load(kind)
+        self.registry.set_devices(kinds)
         self.controller.set_devices([d.id for d in s.devices])
         if s.logging != old.logging:
             configure_logging(s.logging.level, s.logging.format)
         needs_restart = [
-            name for name in ("gateway", "storage", "uplink", "outbox", "control", "api")
+            name for name in ("gateway", "storage", "ingest", "uplink", "outbox", "control", "api")
             if getattr(s, name) != getattr(old, name)
         ]
         if s.broker.listeners != old.broker.listeners or s.broker.keepalive_grace != old.broker.keepalive_grace:
@@ -235,48 +229,54 @@ class Gateway:
                     loop.remove_signal_handler(sig)
 
     async def _run(self) -> None:
-        conn = await self.writer.open()
-        states = await load_device_states(conn)
-        self.ingest.restore_states(states)
-        await self.controller.load(conn)
+        try:
+            conn = await self.writer.open()
+            self.registry.restore((await load_device_states(conn)).values())
+            await self.controller.load(conn)
+        except Exception as exc:
+            # Close what did open (its database thread would keep the process alive): the writer's loop runs
+            # just long enough to see close().
+            closing = asyncio.create_task(self.writer.run(), name="store-writer-closing")
+            await self.writer.close(timeout=1.0)
+            await closing
+            raise StartupError(f"database {self.loaded.db_path}", exc) from exc
+        failed: StartupError | None = None
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.writer.run(), name="store-writer")
-            uplink = tg.create_task(self.uplink.run(), name="uplink") if self.uplink else None
-            if uplink is not None:
-                uplink.add_done_callback(self._uplink_ended)
+            supervised = [
+                self.supervisor.start(tg, f"link:{link.name}", _link_runner(link.run)) for link in self.links.all()
+            ]
+            if self.uplink is not None:
+                supervised.append(self.supervisor.start(tg, "uplink", _link_runner(self.uplink.run)))
             pruner = tg.create_task(self._prune_outbox(), name="outbox-budget") if self.uplink else None
             # Whoever was connected before a restart or crash is not connected now.
             now = self.clock.now()
-            for st in states.values():
-                if st.online:
-                    st.online = False
-                    st.status_changed_at = now
-                    await self.writer.put(StatusChange(st.device_id, False, now, "gateway-restart"))
+            for device_id in self.registry.mark_all_offline(now):
+                await self.writer.put(StatusChange(device_id, False, now, "gateway-restart"))
             control = tg.create_task(self.controller.run(), name="control")
-            await self.broker.start()
-            if self.settings.api.enabled:
-                from gateway.web.api import ApiServer  # aiohttp.web costs RSS: only when the API is on
-
-                self.api = ApiServer(
-                    self.settings.api, controller=self.controller, db_path=self.loaded.db_path,
-                    devices=self.device_registry, device_state=self.device_state, health=self.health,
-                    clock=self.clock,
-                )
-                await self.api.start()
-                log.info("api.listening", host=self.settings.api.host, port=self.api.port)
-            watchdog = tg.create_task(self._watchdog(), name="systemd-watchdog")
-            trimmer = tg.create_task(trim_periodically(), name="malloc-trim")
-            self.ready.set()
-            self.notifier.ready("running")
-            log.info("gateway.started", version=__version__, gateway_id=self.settings.gateway.id,
-                     db=str(self.loaded.db_path), devices=len(self.settings.devices))
+            background: list[asyncio.Task[None]] = []
+            try:
+                await self._start_listeners()
+            except StartupError as exc:
+                failed = exc  # stop what did start, in the usual order, then report it
+                log.error("gateway.start_failed", phase=exc.phase, error=str(exc))
+                self._stop.set()
+            else:
+                background = [tg.create_task(self._watchdog(), name="systemd-watchdog"),
+                              tg.create_task(trim_periodically(), name="malloc-trim")]
+                self.ready.set()
+                self.notifier.ready("running")
+                log.info("gateway.started", version=__version__, gateway_id=self.settings.gateway.id,
+                         db=str(self.loaded.db_path), devices=len(self.settings.devices))
             await self._stop.wait()
             self.notifier.stopping()
+            self.supervisor.stop()
             log.info("gateway.stopping")
             deadline = asyncio.get_running_loop().time() + SHUTDOWN_BUDGET_S
             if self.api is not None:
                 await self.api.stop()
-            await self.broker.stop_intake()
+            if self._broker_started:
+                await self.broker.stop_intake()
             control.cancel()
             await asyncio.wait([control], timeout=SHUTDOWN_BUDGET_S / 10)
             await self.controller.flush_records()  # audit rows and events not yet handed to the store
@@ -285,30 +285,49 @@ class Gateway:
                 await self.uplink.announce_offline()
                 self.uplink.stop()
                 await self.uplink.cancel_requests()
-            stopping = [t for t in (uplink, pruner) if t is not None]
-            for task in stopping:
-                task.cancel()
-            if stopping:
-                await asyncio.wait(stopping, timeout=SHUTDOWN_BUDGET_S / 5)
+            await _cancel_until_done([t for t in (*supervised, pruner) if t is not None], SHUTDOWN_BUDGET_S / 5)
             await self._shutdown(deadline)
-            watchdog.cancel()
-            trimmer.cancel()
+            for task in background:
+                task.cancel()
         log.info("gateway.stopped", readings_committed=self.metrics.value("gateway_readings_committed_total"))
+        if failed is not None:
+            raise failed
+
+    async def _start_listeners(self) -> None:
+        """The LAN broker, then the API: raises StartupError naming the one that failed."""
+        try:
+            await self.broker.start()
+        except Exception as exc:
+            raise StartupError("LAN broker", exc) from exc
+        self._broker_started = True
+        if not self.settings.api.enabled:
+            return
+        from gateway.web.api import ApiServer  # aiohttp.web costs RSS: only when the API is on
+
+        api = ApiServer(
+            self.settings.api, controller=self.controller, db_path=self.loaded.db_path,
+            devices=self.registry.summary, device_state=self.device_state, health=self.health,
+            clock=self.clock,
+        )
+        try:
+            await api.start()
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                await api.stop()
+            raise StartupError(f"REST API on {self.settings.api.host}:{self.settings.api.port}", exc) from exc
+        self.api = api
+        log.info("api.listening", host=self.settings.api.host, port=api.port)
 
     async def _shutdown(self, deadline: float) -> None:
         """Flush the store, close the broker (intake already stopped): nothing acknowledged is lost."""
         # The store gets what is left of the budget but a second for the broker; never less than a second.
         await self.writer.close(timeout=max(1.0, deadline - asyncio.get_running_loop().time() - 1.0))
+        if not self._broker_started:
+            return
         try:
             await asyncio.wait_for(self.broker.shutdown(), timeout=SHUTDOWN_BUDGET_S / 3)
         except TimeoutError:
             log.warning("broker.shutdown_slow")
-
-    def _uplink_ended(self, task: asyncio.Task[None]) -> None:
-        if not self._stop.is_set():  # it reconnects forever: ending on its own is a fault worth a loud line
-            error = None if task.cancelled() else task.exception()
-            log.error("uplink.ended_unexpectedly", error=repr(error), cancelled=task.cancelled())
-            self.metrics.inc("gateway_uplink_task_ended_total", 1, "uplink supervisor ended while running")
 
     async def _prune_outbox(self) -> None:
         o = self.settings.outbox
@@ -326,6 +345,30 @@ class Gateway:
             # Only a loop that still turns can ping: a stuck event loop lets systemd restart us.
             self.notifier.watchdog()
             await asyncio.sleep(interval)
+
+
+async def _cancel_until_done(tasks: list[asyncio.Task[None]], timeout: float) -> None:
+    """Cancel the tasks, again each turn while one still runs, until all ended or `timeout` passed.
+
+    Python 3.11's wait_for (inside aiomqtt's publish) swallows a cancellation that lands as its inner future
+    completes: cancelled once, the uplink could go on waiting for a PUBACK for its full 10 s timeout.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    pending = {task for task in tasks if not task.done()}
+    while pending and loop.time() < deadline:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=min(0.05, max(0.0, deadline - loop.time())))
+
+
+def _link_runner(run: Callable[[], Awaitable[None]]) -> Callable[[Health], Awaitable[None]]:
+    """A supervised runner for a task that does not report its health itself."""
+
+    async def runner(_: Health) -> None:
+        await run()
+
+    return runner
 
 
 async def run_gateway(loaded: LoadedSettings) -> None:

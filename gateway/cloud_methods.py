@@ -16,7 +16,8 @@ from gateway.control.commands import CommandError, CommandQueueFull, CommandStat
 from gateway.control.schedules import ScheduleError
 from gateway.control.service import Controller
 from gateway.core.errors import ConflictError, NotFoundError
-from gateway.uplink.rpc import COMMAND_TIMEOUT, DEVICE_OFFLINE, INVALID_PARAMS, Dispatcher, Params, RpcError
+from gateway.uplink.rpc import COMMAND_TIMEOUT, DEVICE_OFFLINE, INVALID_PARAMS, Dispatcher, NoParams, Params, RpcError
+from gateway.web.views import command_json, preclean_json
 
 COMMAND_FAILED = -32002
 QUEUE_FULL = -32003
@@ -85,9 +86,9 @@ def register_control_methods(dispatcher: Dispatcher, controller: Controller, *, 
         record = controller.submit_command(device, action, value, "cloud")
         if not controller.executor.is_online(device):
             raise RpcError(DEVICE_OFFLINE, "device offline: command queued, applied when it comes back",
-                           controller.command_json(record))
+                           command_json(record))
         record = await controller.wait_finished(record.command_id, wait_seconds)
-        body = controller.command_json(record)
+        body = command_json(record)
         if record.status is CommandStatus.ACKED:
             return body
         if record.status is CommandStatus.TIMEOUT:
@@ -108,16 +109,16 @@ def register_control_methods(dispatcher: Dispatcher, controller: Controller, *, 
         return await command(p.device, "turnOff", None)
 
     async def preclean_start(p: PrecleanStartParams) -> dict[str, Any]:
-        return await controller.start_preclean(p.device, p.fanSpeed, p.minutes, "cloud")
+        return preclean_json(await controller.start_preclean(p.device, p.fanSpeed, p.minutes, "cloud"))
 
     async def preclean_cancel(p: DeviceOnly) -> dict[str, Any]:
         try:
-            return {**await controller.cancel_preclean(p.device, "cloud"), "cancelled": True}
+            return {**preclean_json(await controller.cancel_preclean(p.device, "cloud")), "cancelled": True}
         except ConflictError:
-            return {**controller.preclean_status(p.device), "cancelled": False}  # nothing ran: already done
+            return {**preclean_json(controller.preclean_status(p.device)), "cancelled": False}  # nothing ran
 
     async def preclean_status(p: DeviceOnly) -> dict[str, Any]:
-        return controller.preclean_status(p.device)
+        return preclean_json(controller.preclean_status(p.device))
 
     async def schedule_list(p: DeviceOnly) -> list[dict[str, object]]:
         return [s.to_json() for s in controller.schedules_for(p.device)]
@@ -146,3 +147,34 @@ def register_control_methods(dispatcher: Dispatcher, controller: Controller, *, 
         ("schedule.delete", ScheduleIdParams, schedule_delete),
     ):
         dispatcher.register(name, model, _guard(handler))
+
+
+class DeviceParams(Params):
+    device: str
+
+
+def register_gateway_methods(
+    dispatcher: Dispatcher,
+    *,
+    now: Callable[[], float],
+    version: str,
+    devices: Callable[[], list[dict[str, Any]]],
+    device_state: Callable[[str], dict[str, Any] | None],
+) -> None:
+    """`gateway.ping`, `gateway.devices` and `device.state`."""
+
+    async def ping(_: NoParams) -> dict[str, Any]:
+        return {"pong": True, "ts": now(), "version": version}
+
+    async def list_devices(_: NoParams) -> list[dict[str, Any]]:
+        return devices()
+
+    async def state(params: DeviceParams) -> dict[str, Any]:
+        found = device_state(params.device)
+        if found is None:
+            raise RpcError(INVALID_PARAMS, f"Invalid params: device: unknown device {params.device!r}")
+        return found
+
+    dispatcher.register("gateway.ping", NoParams, ping)
+    dispatcher.register("gateway.devices", NoParams, list_devices)
+    dispatcher.register("device.state", DeviceParams, state)

@@ -10,6 +10,7 @@ import os
 import re
 import tomllib
 import zoneinfo
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -78,6 +79,8 @@ class ListenerSettings(_Strict):
 
 
 class BrokerSection(_Strict):
+    # Which LAN broker runs (gateway.broker.create_lan_broker): the embedded amqtt broker is the only one yet.
+    backend: Literal["embedded"] = "embedded"
     allow_anonymous: bool = False
     listeners: list[ListenerSettings] = Field(
         default_factory=lambda: [ListenerSettings(name="lan", host="0.0.0.0", port=1883)], min_length=1
@@ -97,16 +100,25 @@ class BrokerSection(_Strict):
         return value
 
 
-DeviceKind = Literal["purifier", "sensor"]
-
-
 class DeviceSettings(_Strict):
     id: Annotated[str, Field(pattern=DEVICE_ID_PATTERN)]
-    kind: DeviceKind = "purifier"
+    kind: str = "purifier"  # a kind drivers/registry.py knows
     name: str = ""
     room: str = ""
     # argon2 hash from `edge-gateway hash-password`; None only when broker.allow_anonymous is on
     password_hash: str | None = None
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, value: str) -> str:
+        # The settings are the composition's config: they may name the driver registry (kinds only, no driver
+        # module is imported here).
+        from drivers.registry import known_kinds
+
+        kinds = known_kinds()
+        if value not in kinds:
+            raise ValueError(f"unknown device kind {value!r} (known: {', '.join(kinds)})")
+        return value
 
     @field_validator("password_hash")
     @classmethod
@@ -134,6 +146,17 @@ class StorageSection(_Strict):
     # purifiers at 1 reading / 10 s here) and SD-card writes ~10x; devices then wait up to this long for
     # their PUBACK (a QoS 1 message is acknowledged once committed).
     idle_linger_ms: Annotated[float, Field(ge=0, le=5000)] = 0.0
+
+
+class IngestSection(_Strict):
+    """What a reading must look like to be accepted (anything else is quarantined with the reason)."""
+
+    # JSON nested deeper than this is refused before it is parsed (Python's parser fails at ~1,000 levels
+    # anyway, and a reading is two levels deep).
+    max_json_depth: Annotated[int, Field(ge=2, le=512)] = 32
+    # A reading's own time must lie between this date (UTC) and this far ahead of the gateway's clock.
+    earliest_timestamp: date = date(2000, 1, 1)
+    max_future_minutes: Annotated[float, Field(ge=0, le=10_080)] = 10.0
 
 
 class LoggingSection(_Strict):
@@ -196,8 +219,8 @@ class ControlSection(_Strict):
     # (doubling up to the maximum), unless a layer changes or the device reconnects.
     retry_backoff_seconds: Annotated[float, Field(gt=0)] = 30.0
     retry_backoff_max_seconds: Annotated[float, Field(gt=0)] = 900.0
-    # APScheduler fires schedule boundaries; a boundary missed by more than this (e.g. the machine was
-    # suspended) is still applied by the gateway's own timer, never lost.
+    # Unused since the gateway's own timer fires every schedule boundary (a late one is applied whenever the
+    # timer gets to it). Still accepted, so configs written for earlier versions keep loading.
     misfire_grace_seconds: Annotated[int, Field(ge=1)] = 300
 
 
@@ -216,6 +239,7 @@ class Settings(_Strict):
     broker: BrokerSection = Field(default_factory=BrokerSection)
     devices: list[DeviceSettings] = Field(default_factory=list)
     storage: StorageSection = Field(default_factory=StorageSection)
+    ingest: IngestSection = Field(default_factory=IngestSection)
     logging: LoggingSection = Field(default_factory=LoggingSection)
     uplink: UplinkSection = Field(default_factory=UplinkSection)
     outbox: OutboxSection = Field(default_factory=OutboxSection)

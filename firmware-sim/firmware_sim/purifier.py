@@ -69,6 +69,7 @@ class SimulatedPurifier:
         backoff_initial: float = 1.0,
         backoff_max: float = 30.0,
         connect_timeout: float = 10.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if interval <= 0:
             raise ValueError(f"interval must be > 0, got {interval}")
@@ -77,6 +78,7 @@ class SimulatedPurifier:
         if not 0 < backoff_initial <= backoff_max:
             raise ValueError("need 0 < backoff_initial <= backoff_max")
         self.device_id = device_id
+        self._clock = clock  # the device's own clock (NTP-synchronised in the field): stamps its readings
         self.host = host
         self.port = port
         self.interval = interval
@@ -286,7 +288,7 @@ class SimulatedPurifier:
             if self._last_step is not None:
                 self.model.step(now_mono - self._last_step)
             self._last_step = now_mono
-            payload = json.dumps(self.model.reading(time.time()), separators=(",", ":"))
+            payload = json.dumps(self.model.reading(self._clock()), separators=(",", ":"))
             await client.publish(self.topic_data, payload, qos=self.qos)
             self.published += 1
             self._notify()

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 
-DEVICE_PUBLISH_CHANNELS = frozenset({"data", "ack", "status", "batch"})
-DEVICE_SUBSCRIBE_CHANNELS = frozenset({"command"})
+from gateway.core.topics import DEVICE_PUBLISH_CHANNELS, DEVICE_SUBSCRIBE_CHANNELS, parse_device_topic
 
 
 class Access(Enum):
@@ -19,9 +18,9 @@ def device_may(device_id: str, access: Access, topic: str) -> bool:
 
     Subscribing takes an exact filter (no wildcards): `device/{id}/command`.
     """
-    parts = topic.split("/")
-    if len(parts) != 3 or parts[0] != "device" or parts[1] != device_id:
+    parsed = parse_device_topic(topic)
+    if parsed is None or parsed[0] != device_id:
         return False
     if access is Access.PUBLISH:
-        return parts[2] in DEVICE_PUBLISH_CHANNELS
-    return parts[2] in DEVICE_SUBSCRIBE_CHANNELS
+        return parsed[1] in DEVICE_PUBLISH_CHANNELS
+    return parsed[1] in DEVICE_SUBSCRIBE_CHANNELS

@@ -3,7 +3,7 @@
 Driven by events — :meth:`CommandExecutor.submit`, :meth:`~CommandExecutor.device_online`,
 :meth:`~CommandExecutor.device_offline`, :meth:`~CommandExecutor.ack`, :meth:`~CommandExecutor.tick`,
 :meth:`~CommandExecutor.cancel` — each returning the effects the caller performs in order:
-:class:`Publish` (to the device's command topic), :class:`Audit` (upsert the audit row by commandId),
+:class:`Send` (one attempt of a command, through the device's link), :class:`Audit` (upsert the audit row by commandId),
 :class:`StateReported` (the ack's state updates the device state), :class:`Finished` (resolve waiters,
 store a ``command.result`` event) and :class:`Ignored` (an ack nobody waits for: log and count it).
 
@@ -26,16 +26,14 @@ Rules:
 
 from __future__ import annotations
 
-import json
-import math
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Literal
 
-from gateway.core.errors import GatewayError, PayloadError
+from gateway.core.device_commands import Ack, OutgoingCommand, device_command
+from gateway.core.errors import GatewayError
 
 DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_ATTEMPTS = 3
@@ -71,10 +69,6 @@ class CommandError(GatewayError, ValueError):
 
 class CommandQueueFull(GatewayError):
     """The device already has ``max_pending`` commands waiting."""
-
-
-def command_topic(device: str) -> str:
-    return f"device/{device}/command"
 
 
 # ------------------------------------------------------------------------------------------ requests
@@ -114,68 +108,6 @@ class CommandRequest:
 # ---------------------------------------------------------------------------------------------- acks
 
 
-@dataclass(frozen=True, slots=True)
-class Ack:
-    command_id: str
-    ok: bool
-    error: str | None
-    state: dict[str, Any] | None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def parse_ack(payload: bytes | str | Mapping[str, Any]) -> Ack:
-    """Validate an ack from ``device/{id}/ack``; raises :class:`PayloadError` (quarantine it) with the reason.
-
-    ``{"commandId", "status": "ok"|"error", "error"?: str, "state"?: {"fanSpeed": 0..5, "powerOn": bool}}``.
-    An ``error`` status without a reason is accepted (reason recorded as such); unknown fields are kept.
-    """
-    obj: object = payload
-    if isinstance(payload, bytes | str):
-        try:
-            obj = json.loads(payload)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise PayloadError(f"ack: not JSON ({exc})") from None
-    if not isinstance(obj, Mapping):
-        raise PayloadError(f"ack: expected a JSON object, got {type(obj).__name__}")
-    cid = obj.get("commandId")
-    if not isinstance(cid, str) or not cid:
-        raise PayloadError(f"ack.commandId: expected a non-empty string, got {cid!r}")
-    status = obj.get("status")
-    if status not in ("ok", "error"):
-        raise PayloadError(f"ack.status: expected 'ok' or 'error', got {status!r}")
-    error = obj.get("error")
-    if error is not None and not isinstance(error, str):
-        raise PayloadError(f"ack.error: expected a string, got {type(error).__name__}")
-    if status == "error" and not error:
-        error = "device reported an error without a reason"
-    state = obj.get("state")
-    if state is not None:
-        state = _check_state(state)
-    extra = {k: v for k, v in obj.items() if k not in ("commandId", "status", "error", "state")}
-    return Ack(cid, status == "ok", error if status == "error" else None, state, extra)
-
-
-def _check_state(state: object) -> dict[str, Any]:
-    if not isinstance(state, Mapping):
-        raise PayloadError(f"ack.state: expected an object, got {type(state).__name__}")
-    fan = state.get("fanSpeed")
-    if fan is not None and (
-        isinstance(fan, bool)
-        or not isinstance(fan, int | float)
-        or not math.isfinite(fan)
-        or not float(fan).is_integer()
-        or not 0 <= fan <= 5
-    ):
-        raise PayloadError(f"ack.state.fanSpeed: expected a whole number 0..5, got {fan!r}")
-    power = state.get("powerOn")
-    if power is not None and not isinstance(power, bool):
-        raise PayloadError(f"ack.state.powerOn: expected true/false, got {power!r}")
-    out = dict(state)
-    if fan is not None:
-        out["fanSpeed"] = int(fan)
-    return out
-
-
 # ------------------------------------------------------------------------------------------- effects
 
 
@@ -198,20 +130,22 @@ class CommandRecord:
     state: dict[str, Any] | None = None  # the device's reported state from the ack
     note: str | None = None  # e.g. "queued: device offline"
 
-    def payload(self) -> dict[str, Any]:
-        """The CONTRACT command; ``ts`` is the first send time, so every retry is byte-identical."""
-        return {"commandId": self.command_id, "action": self.action, "value": self.value, "ts": self.sent_at}
+    def outgoing(self) -> OutgoingCommand:
+        """The command as its link sends it; issued at the first send, so every retry is the same message."""
+        assert self.sent_at is not None
+        return OutgoingCommand(self.command_id, self.device, device_command(self.action, self.value), self.sent_at)
 
 
 @dataclass(frozen=True, slots=True)
-class Publish:
-    topic: str
-    payload: dict[str, Any]
-    command_id: str
+class Send:
+    """Hand one attempt of a command to the device's link."""
+
+    command: OutgoingCommand
     attempt: int
 
-    def encode(self) -> bytes:
-        return json.dumps(self.payload, separators=(",", ":")).encode()
+    @property
+    def command_id(self) -> str:
+        return self.command.command_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,7 +174,14 @@ class Ignored:
     ack: Ack | None = None
 
 
-Effect = Publish | Audit | StateReported | Finished | Ignored
+Effect = Send | Audit | StateReported | Finished | Ignored
+# Effects left undone at shutdown: a command not sent now is re-sent from desired state after the restart.
+RUNTIME_ONLY = (Send, Ignored)
+
+
+def _send(record: CommandRecord) -> Send:
+    """The one place a command becomes an attempt for its link (the first and every retry)."""
+    return Send(record.outgoing(), record.attempts)
 
 
 # ------------------------------------------------------------------------------------------ executor
@@ -336,7 +277,7 @@ class CommandExecutor:
         return []
 
     def ack(self, device: str, ack: Ack, now: float) -> list[Effect]:
-        """An ack arrived on ``device/{device}/ack`` (already validated by :func:`parse_ack`)."""
+        """An ack arrived on ``device/{device}/ack`` (already decoded by the device's driver)."""
         owner = self._owner.get(ack.command_id)
         if owner is None:
             status = self._finished.get(ack.command_id)
@@ -410,17 +351,14 @@ class CommandExecutor:
         queued = dev.queue.popleft()
         record = replace(queued, status=CommandStatus.SENT, attempts=1, sent_at=now, last_sent_at=now)
         dev.in_flight = _InFlight(record, now + self.timeout)
-        return [Publish(command_topic(record.device), record.payload(), record.command_id, 1), Audit(record, "sent")]
+        return [_send(record), Audit(record, "sent")]
 
     def _resend(self, dev: _Device, now: float) -> list[Effect]:
         assert dev.in_flight is not None
         old = dev.in_flight.record
         record = replace(old, attempts=old.attempts + 1, last_sent_at=now)
         dev.in_flight = _InFlight(record, now + self.timeout)
-        return [
-            Publish(command_topic(record.device), record.payload(), record.command_id, record.attempts),
-            Audit(record, "retried"),
-        ]
+        return [_send(record), Audit(record, "retried")]
 
     def _finish(self, record: CommandRecord) -> list[Effect]:
         del self._owner[record.command_id]

@@ -28,6 +28,11 @@ class Layer(IntEnum):
     PRECLEAN = 2
     RULE = 3
 
+    @property
+    def label(self) -> str:
+        """The name stored, logged and shown: ``manual``, ``schedule``, ``preclean``, ``rule``."""
+        return self.name.lower()
+
 
 @dataclass(frozen=True, slots=True)
 class FanState:

@@ -1,4 +1,4 @@
-"""Weekly schedules: model, validation, active windows, transitions and APScheduler 3.x cron arguments.
+"""Weekly schedules: model, validation, active windows and the instants at which they change.
 
 A schedule is ``{id, device, days, start "HH:MM", end "HH:MM", fan_speed 1-5, enabled}`` in the gateway's
 local timezone (the config's ``timezone``), passed explicitly as ``tz`` to every function here.
@@ -14,13 +14,13 @@ Rules (tested in tests/unit/test_control_schedules.py):
   ``fan_speed``; ties go to the window that started earliest (the one already running keeps the device),
   then to the lowest schedule ``id``. :func:`active_windows` returns the windows in this order.
 * **DST, spring forward** (e.g. Europe/Berlin, 02:00 -> 03:00): a wall time that does not exist that day
-  is moved forward by the length of the gap, as PEP 495 (``fold=0``) and APScheduler 3.11 do: a 02:30
-  start runs once, at 03:30 local. A window whose moved start is not before its end does not run that day.
+  is moved forward by the length of the gap, as PEP 495 (``fold=0``) does: a 02:30 start runs once, at
+  03:30 local. A window whose moved start is not before its end does not run that day.
 * **DST, autumn fall-back** (03:00 -> 02:00): a wall time that occurs twice means its *first* occurrence
   (summer time, ``fold=0``). Each (schedule, start day) gives exactly one window, so nothing runs twice.
-  APScheduler 3.11 *does* fire a 02:30 cron job twice that night (02:30 CEST and 02:30 CET): a job must
-  therefore re-evaluate with :func:`schedule_decision` (idempotent) and use :attr:`Window.key` to tell a
-  new run from one already applied, never act on the bare fire.
+* **Timer.** :func:`next_transition` gives the next instant anything changes; whoever wakes then
+  re-evaluates with :func:`schedule_decision` (idempotent) and tells a new run from one already applied
+  by :attr:`Window.key`, so an early, doubled or late wake-up changes nothing.
 * **Start-up.** A window already in effect at a given instant is reported by :func:`active_windows`, so
   applying :func:`schedule_decision` at start-up picks it up at once.
 
@@ -40,7 +40,7 @@ from gateway.control.desired import FanState
 from gateway.core.errors import GatewayError
 
 DAY_NAMES = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
-_CRON_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_SHORT_DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _FULL_DAY_NAMES = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 _HHMM = re.compile(r"([01]\d|2[0-3]):([0-5]\d)")
 SCHEDULE_FAN_MIN = 1
@@ -129,8 +129,8 @@ def parse_days(value: object) -> frozenset[int]:
     days: set[int] = set()
     for i, item in enumerate(value):
         key = item.strip().lower() if isinstance(item, str) else None
-        if key in _CRON_DAYS:
-            day = _CRON_DAYS.index(key)
+        if key in _SHORT_DAY_NAMES:
+            day = _SHORT_DAY_NAMES.index(key)
         elif key in _FULL_DAY_NAMES:
             day = _FULL_DAY_NAMES.index(key)
         else:
@@ -185,7 +185,7 @@ class Window:
 
     @property
     def key(self) -> tuple[int, float]:
-        """Identifies this run: the same window seen twice (e.g. a doubled cron fire) has the same key."""
+        """Identifies this run: the same window seen twice (e.g. by a doubled wake-up) has the same key."""
         return (self.schedule.id, self.start.timestamp())
 
     def contains(self, at: datetime) -> bool:
@@ -289,51 +289,28 @@ class ScheduleDecision:
 
 
 def schedule_decision(schedules: Iterable[Schedule], device: str, at: datetime, *, tz: tzinfo) -> ScheduleDecision:
-    """Idempotent evaluation for a cron fire, a transition or start-up: set or clear the schedule layer."""
+    """Idempotent evaluation for a transition, a wake-up or start-up: set or clear the schedule layer."""
     return ScheduleDecision.of(active_windows(schedules, device, at, tz=tz))
 
 
-# ------------------------------------------------------------------------------------ APScheduler 3.x
+# ------------------------------------------------------------------------------------------ boundaries
 
 
-@dataclass(frozen=True, slots=True)
-class CronJob:
-    """Arguments for ``CronTrigger(**trigger_kwargs(), timezone=tz)`` and ``add_job(id=job_id, ...)``."""
-
-    job_id: str
-    schedule_id: int
-    kind: Boundary
-    day_of_week: str
-    hour: int
-    minute: int
-
-    def trigger_kwargs(self) -> dict[str, str | int]:
-        return {"day_of_week": self.day_of_week, "hour": self.hour, "minute": self.minute}
-
-
-def job_id(schedule_id: int, kind: Boundary) -> str:
+def boundary_id(schedule_id: int, kind: Boundary) -> str:
+    """Names one boundary of a schedule (status pages, tests): ``schedule:{id}:start`` or ``...:end``."""
     return f"schedule:{schedule_id}:{kind}"
 
 
-def cron_jobs(schedule: Schedule) -> list[CronJob]:
-    """The start and end jobs of an enabled schedule (none when disabled).
-
-    The end job of a window crossing midnight runs on the following weekdays. Use the scheduler's (or the
-    trigger's) timezone = the config timezone, ``replace_existing=True``, and an explicit
-    ``misfire_grace_time``. A job should call :func:`schedule_decision` rather than trust the fire (see
-    the fall-back rule in the module docstring).
-    """
+def next_boundaries(schedule: Schedule, after: datetime, *, tz: tzinfo) -> dict[Boundary, datetime]:
+    """The schedule's next window start and next window end strictly after ``after`` (none when disabled)."""
     if not schedule.enabled:
-        return []
-    start_days = sorted(schedule.days)
-    end_days = sorted({(d + 1) % 7 for d in schedule.days}) if schedule.crosses_midnight else start_days
-    return [
-        CronJob(job_id(schedule.id, "start"), schedule.id, "start", _cron_days(start_days),
-                schedule.start.hour, schedule.start.minute),
-        CronJob(job_id(schedule.id, "end"), schedule.id, "end", _cron_days(end_days),
-                schedule.end.hour, schedule.end.minute),
-    ]
-
-
-def _cron_days(days: Sequence[int]) -> str:
-    return ",".join(_CRON_DAYS[d] for d in days)
+        return {}
+    now = _utc(after)
+    local_day = now.astimezone(tz).date()
+    found: dict[Boundary, datetime] = {}
+    for w in _windows_between([schedule], local_day - timedelta(days=2), local_day + timedelta(days=15), tz):
+        edges: tuple[tuple[datetime, Boundary], ...] = ((w.start, "start"), (w.end, "end"))
+        for instant, kind in edges:
+            if instant > now and (kind not in found or instant < found[kind]):
+                found[kind] = instant
+    return found

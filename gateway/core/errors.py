@@ -32,3 +32,29 @@ class NotFoundError(GatewayError):
 
 class ConflictError(GatewayError):
     """The request is valid but does not fit the current state (answer 409), e.g. no pre-clean to cancel."""
+
+
+class StartupError(GatewayError):
+    """The daemon could not start (a port in use, an unwritable data dir, a database it cannot open).
+
+    Everything already started was stopped again in order; `phase` names what failed.
+    """
+
+    def __init__(self, phase: str, cause: BaseException) -> None:
+        detail = cause.__cause__ if isinstance(cause.__cause__, OSError) else cause
+        super().__init__(f"cannot start: {phase}: {detail}")
+        self.phase = phase
+
+
+class IncompatibleLibraryError(GatewayError):
+    """An installed library is not the version, or lacks the internals, that a backend was written against.
+
+    Raised at start-up, before the backend runs; `problems` lists each missing or changed name.
+    """
+
+    def __init__(self, library: str, found: str, problems: list[str]) -> None:
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{library} {found} is not the version the gateway was built and tested with:\n{lines}")
+        self.library = library
+        self.found = found
+        self.problems = problems

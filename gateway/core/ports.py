@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from gateway.core.models import Reading
@@ -14,6 +14,9 @@ ReadingDecoder = Callable[[str, dict[str, Any], float], Reading]
 
 class BrokerSink(Protocol):
     """What a LAN broker backend (embedded amqtt, managed Mosquitto) hands to the gateway.
+
+    `connection` is the presence event (a device's first connection opened, its last one closed) and
+    `subscribed` the command-readiness event.
 
     `message` is awaited on the broker's path for that one client: it may wait (back-pressure
     on that client) but must never raise.
@@ -35,3 +38,43 @@ class BrokerSink(Protocol):
         published to it from now on reach the client. A device is ready for commands from here."""
         ...
 
+
+
+class LanBroker(Protocol):
+    """The MQTT broker the devices on the LAN log in to, whatever runs it (`broker.backend` in the config).
+
+    What devices publish reaches the gateway through the BrokerSink the backend was built with.
+    """
+
+    async def start(self) -> None:
+        """Bind the listeners and accept logins."""
+        ...
+
+    async def stop_intake(self) -> None:
+        """Accept no new logins or messages; what was already acknowledged reaches the sink first."""
+        ...
+
+    async def shutdown(self) -> None:
+        """Close every connection and the listeners (after stop_intake)."""
+        ...
+
+    async def send(self, device_id: str, payload: bytes) -> None:
+        """Publish `payload` at QoS 1 to the device's command topic."""
+        ...
+
+    def command_ready(self, device_id: str) -> bool:
+        """Is the device connected and subscribed to its command topic?"""
+        ...
+
+    def clients_connected(self) -> int:
+        """MQTT clients connected now."""
+        ...
+
+    def update_devices(self, devices: Mapping[str, str | None], *, allow_anonymous: bool) -> None:
+        """Config reload: device id -> argon2 password hash (None: no password, only with anonymous access
+        on); applies to the next login."""
+        ...
+
+    def bound_ports(self) -> list[int]:
+        """The ports actually bound (a configured port 0 picks a free one)."""
+        ...

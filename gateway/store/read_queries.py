@@ -81,7 +81,7 @@ _COMMAND_COLUMNS = (
 
 
 async def command_log(conn: aiosqlite.Connection, device: str, *, limit: int) -> list[dict[str, Any]]:
-    """The device's audit log, newest first, in the form of ``Controller.command_json``."""
+    """The device's audit log, newest first, in the form of ``gateway.web.views.command_json``."""
     sql = (
         f"SELECT {_COMMAND_COLUMNS} FROM command_log WHERE device_id = ?"
         " ORDER BY created_at DESC, rowid DESC LIMIT ?"

@@ -154,12 +154,16 @@ async def connect(path: str, *, synchronous: str = "NORMAL", any_thread: bool = 
     # isolation_level=None: we issue BEGIN/COMMIT ourselves. any_thread: the store writer also commits
     # small batches on the event loop's thread (never at the same time as aiosqlite's worker).
     conn = await aiosqlite.connect(path, isolation_level=None, check_same_thread=not any_thread)
-    await conn.execute("PRAGMA journal_mode=WAL")
-    await conn.execute(f"PRAGMA synchronous={synchronous}")
-    await conn.execute("PRAGMA busy_timeout=5000")
-    # 256 KiB of page cache (default 2 MB): writes are appends (the hot pages are each table's and index's
-    # last ones) and deletes of the oldest outbox rows; the OS page cache holds the rest. A burst fills the
-    # cache and it stays resident: 512 KiB cost ~0.3 MB more after one, at the same commit rate here.
-    await conn.execute("PRAGMA cache_size=-256")
-    await conn.execute("PRAGMA foreign_keys=ON")
+    try:
+        await conn.execute("PRAGMA journal_mode=WAL")
+        await conn.execute(f"PRAGMA synchronous={synchronous}")
+        await conn.execute("PRAGMA busy_timeout=5000")
+        # 256 KiB of page cache (default 2 MB): writes are appends (the hot pages are each table's and index's
+        # last ones) and deletes of the oldest outbox rows; the OS page cache holds the rest. A burst fills the
+        # cache and it stays resident: 512 KiB cost ~0.3 MB more after one, at the same commit rate here.
+        await conn.execute("PRAGMA cache_size=-256")
+        await conn.execute("PRAGMA foreign_keys=ON")
+    except BaseException:
+        await conn.close()  # a file that is not a database: its worker thread would outlive the daemon
+        raise
     return conn

@@ -119,11 +119,18 @@ class StoreWriter:
 
     async def open(self) -> aiosqlite.Connection:
         self._db_path.parent.mkdir(parents=True, exist_ok=True)
+        # A file that cannot be opened at all (a directory, no permission) fails here, before aiosqlite starts a
+        # worker thread that a failed connect leaves running.
+        sqlite3.connect(str(self._db_path)).close()
         self._conn = await connect(str(self._db_path), synchronous=self._synchronous, any_thread=True)
-
-        found = await migrate(self._conn)
-        async with self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'") as cur:
-            row = await cur.fetchone()
+        try:
+            found = await migrate(self._conn)
+            async with self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'") as cur:
+                row = await cur.fetchone()
+        except BaseException:
+            await self._conn.close()  # its thread would keep the process alive
+            self._conn = None
+            raise
         self._next_seq = (int(row[0]) if row else 0) + 1
         self._max_params = self._conn._conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
         log.info("store.opened", path=str(self._db_path), schema_from=found, next_seq=self._next_seq)

@@ -18,10 +18,10 @@ import random
 import socket
 import ssl
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiomqtt
 import structlog
@@ -29,6 +29,7 @@ import structlog
 from gateway.core.clock import Clock
 from gateway.core.metrics import Metrics
 from gateway.core.models import OutboxDone, OutboxEntry, RpcDone
+from gateway.core.registry import Change, DeviceRegistry
 from gateway.settings import UplinkSection
 from gateway.store.writer import StoreWriter
 from gateway.uplink import messages
@@ -40,7 +41,9 @@ log = structlog.get_logger(__name__)
 
 # Committed rows waiting for the live lane. Past it they join the backlog (read back from SQLite), so a
 # bigger queue only holds more rows in memory during a burst: 250 is over 10 x the in-flight window.
+T = TypeVar("T")
 LIVE_QUEUE_SIZE = 250
+BACKLOG_REFRESH_S = 5.0  # how often the status lane re-reads the outbox's depth and oldest row
 RPC_CONCURRENCY = 16  # requests served at once (a device command waits for its ack: up to minutes)
 # Backlog rows read per query, one message each: 5 x the default in-flight window. A page is held until its
 # last message is handed over, so a bigger one only holds more rows in memory while the link is busy.
@@ -70,7 +73,7 @@ class Uplink:
         db_path: Path,
         writer: StoreWriter,
         dispatcher: Dispatcher,
-        devices: Callable[[], list[dict[str, Any]]],
+        registry: DeviceRegistry,
         metrics: Metrics,
         clock: Clock,
         version: str,
@@ -82,7 +85,8 @@ class Uplink:
         self._writer = writer
         self._reader = OutboxReader(db_path)
         self._dispatcher = dispatcher
-        self._devices = devices
+        self._registry = registry
+        self._devices_changed = asyncio.Event()
         self._metrics = metrics
         self._clock = clock
         self._version = version
@@ -105,6 +109,8 @@ class Uplink:
         self._rpc_tasks: set[asyncio.Task[None]] = set()
         self._rpc_slots = asyncio.Semaphore(RPC_CONCURRENCY)
         writer.on_outbox.append(self._on_outbox)
+        # A device that comes, goes, or leaves the config: the retained device list follows at once.
+        registry.subscribe(lambda _: self._devices_changed.set(), Change.PRESENCE, Change.DEVICES)
         metrics.gauge_callback("gateway_uplink_connected", lambda: float(self.state.connected), "cloud link up")
         metrics.gauge_callback("gateway_uplink_backlog_rows", lambda: float(self.state.backlog), "outbox rows")
 
@@ -201,9 +207,9 @@ class Uplink:
                      backlog_upto=split)
             self._failing = False
             await self._refresh_backlog()
-            await client.publish(self._topics.status, self._status(True), qos=1, retain=True)
+            await honour_cancel(client.publish(self._topics.status, self._status(True), qos=1, retain=True))
             await self._publish_devices(client)
-            await client.subscribe(self._topics.rpc_request, qos=1)
+            await honour_cancel(client.subscribe(self._topics.rpc_request, qos=1))
             # Connected = usable: status announced and the request topic subscribed (a request sent before
             # the first subscription of a new session would have nowhere to go).
             self.state.connected = True
@@ -337,18 +343,28 @@ class Uplink:
             await self._dispatch(tracker, page, [slots, window])
 
     async def _status_lane(self, client: aiomqtt.Client) -> None:
+        loop = asyncio.get_running_loop()  # a refresh interval, not a domain time: the loop's clock
+        backlog_due = loop.time() + BACKLOG_REFRESH_S
         while True:
-            await asyncio.sleep(5.0)
-            await self._refresh_backlog()
+            # Wakes the lane for the backlog refresh (a timer: no timeout context around the wait).
+            due = loop.call_at(backlog_due, self._devices_changed.set)
+            try:
+                await self._devices_changed.wait()
+            finally:
+                due.cancel()
+            self._devices_changed.clear()
             if self._registry_key() != self._published_registry:
-                await self._publish_devices(client)  # a device came or went: the retained list follows
+                await self._publish_devices(client)
+            if loop.time() >= backlog_due:
+                backlog_due = loop.time() + BACKLOG_REFRESH_S
+                await self._refresh_backlog()
 
     def _registry_key(self) -> tuple[tuple[Any, Any], ...]:
-        return tuple((d["id"], d["online"]) for d in self._devices())  # lastSeen alone is no news
+        return tuple((d["id"], d["online"]) for d in self._registry.summary())  # lastSeen alone is no news
 
     async def _publish_devices(self, client: aiomqtt.Client) -> None:
-        devices = self._devices()
-        await client.publish(self._topics.devices, messages.devices_payload(devices), qos=1, retain=True)
+        devices = self._registry.summary()
+        await honour_cancel(client.publish(self._topics.devices, messages.devices_payload(devices), qos=1, retain=True))
         self._published_registry = tuple((d["id"], d["online"]) for d in devices)
 
     async def _refresh_backlog(self) -> None:
@@ -375,7 +391,7 @@ class Uplink:
             response = await self._answer(payload)
             client = self._client
             if response is not None and client is not None and self.state.connected:
-                await client.publish(self._topics.rpc_response, response, qos=1)
+                await honour_cancel(client.publish(self._topics.rpc_response, response, qos=1))
         except aiomqtt.MqttError as exc:  # the answer is stored: a repeat of the request gets it
             log.warning("uplink.rpc_answer_not_sent", error=str(exc))
         except Exception:
@@ -428,6 +444,20 @@ class Uplink:
         finally:
             if key is not None:
                 self._rpc_running.pop(key, None)
+
+
+async def honour_cancel(call: Awaitable[T]) -> T:
+    """Await an aiomqtt call, then end the task if it was cancelled meanwhile.
+
+    aiomqtt waits for a PUBACK/SUBACK with asyncio.wait_for, which on Python 3.11 swallows a cancellation that
+    lands as the acknowledgement arrives. A lane that goes on to wait for its next event then never ends: the
+    TaskGroup (and the gateway's stop) waited on it for good. The task still counts the cancellation.
+    """
+    result = await call
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+    return result
 
 
 def _is_link_error(exc: BaseException) -> bool:

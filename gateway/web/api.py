@@ -19,17 +19,17 @@ from typing import Any, TypeVar
 
 import aiosqlite
 import structlog
-from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from gateway import __version__
 from gateway.control.commands import CommandError, CommandQueueFull, CommandRecord, CommandStatus
-from gateway.control.schedules import Schedule, ScheduleError
+from gateway.control.schedules import ScheduleError
 from gateway.control.service import Controller
 from gateway.core.clock import Clock
 from gateway.core.errors import ConflictError, NotFoundError
 from gateway.settings import ApiSection
 from gateway.store import read_queries
+from gateway.web.aiohttp_web import web
 from gateway.web.bodies import (
     CommandsQuery,
     DataQuery,
@@ -42,6 +42,7 @@ from gateway.web.bodies import (
     StatisticsQuery,
 )
 from gateway.web.openapi import Reply, Route, openapi_document, ref
+from gateway.web.views import command_json, device_control_json, preclean_json, schedule_json
 
 log = structlog.get_logger(__name__)
 
@@ -139,11 +140,6 @@ def _json(data: Any, status: int = 200) -> web.Response:
 # ---------------------------------------------------------------------------------------- handlers
 
 
-def schedule_json(schedule: Schedule) -> dict[str, object]:
-    # The backend's clients read deviceId; the cloud RPC's form (to_json) says device. Give both.
-    return {**schedule.to_json(), "deviceId": schedule.device}
-
-
 async def create_schedule(call: Call) -> web.StreamResponse:
     body = call.body(ScheduleCreate)
     schedule = await call.controller.create_schedule(body.control_body())
@@ -178,17 +174,17 @@ async def start_preclean(call: Call) -> web.StreamResponse:
     body = call.body(PrecleanStart)
     _known(call, body.deviceId)
     status = await call.controller.start_preclean(body.deviceId, body.fanSpeed, body.minutes, SOURCE)
-    return _json(status, 201)
+    return _json(preclean_json(status), 201)
 
 
 async def cancel_preclean(call: Call) -> web.StreamResponse:
     body = call.body(PrecleanCancel)
     _known(call, body.deviceId)
-    return _json(await call.controller.cancel_preclean(body.deviceId, SOURCE))
+    return _json(preclean_json(await call.controller.cancel_preclean(body.deviceId, SOURCE)))
 
 
 async def preclean_status(call: Call) -> web.StreamResponse:
-    return _json(call.controller.preclean_status(call.device()))
+    return _json(preclean_json(call.controller.preclean_status(call.device())))
 
 
 def _known(call: Call, device: str) -> None:
@@ -215,7 +211,7 @@ async def device_state(call: Call) -> web.StreamResponse:
     state = call.ctx.device_state(device)
     if state is None:
         raise NotFoundError("device", device)
-    return _json({**state, **call.controller.device_control(device)})
+    return _json({**state, **device_control_json(call.controller.device_control(device))})
 
 
 async def device_commands(call: Call) -> web.StreamResponse:
@@ -252,7 +248,7 @@ async def device_command(call: Call) -> web.StreamResponse:
     queued = record.status is CommandStatus.PENDING and record.note is not None
     if body.wait and online and not queued and not record.status.finished:
         record = await controller.wait_finished(record.command_id, call.ctx.settings.command_wait_seconds)
-    return _json(controller.command_json(record), 200 if record.status.finished else 202)
+    return _json(command_json(record), 200 if record.status.finished else 202)
 
 
 async def health(call: Call) -> web.StreamResponse:
@@ -361,8 +357,10 @@ async def _read_body(request: web.Request, model: type[BaseModel]) -> BaseModel:
         raise ApiError(400, "a JSON object is required as the request body")
     try:
         data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError, and an integer of > 4,300 digits
         raise ApiError(400, f"invalid JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, "invalid JSON: nested too deep") from None
     if not isinstance(data, dict):
         raise ApiError(400, f"the body must be a JSON object, got {type(data).__name__}")
     try:
@@ -423,6 +421,33 @@ def _without_field_prefix(message: str, field: str) -> str:
     return message.removeprefix(f"{field}: ")
 
 
+_STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+@web.middleware
+async def _same_origin_json(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                            ) -> web.StreamResponse:
+    """A page on another site must not be able to change anything here through a visitor's browser.
+
+    Browsers send a cross-site POST with a `text/plain` or form body without asking first (no CORS
+    preflight), so a state-changing request with a body must say `application/json` (415 otherwise), and one
+    that names an `Origin` must come from this API's own origin (403 otherwise). Tools such as curl send no
+    Origin.
+    """
+    if request.method in _STATE_CHANGING:
+        origin = request.headers.get("Origin")
+        if origin is not None and _host_of(origin) != request.host.lower():
+            raise ApiError(403, f"cross-origin request from {origin!r} refused")
+        if request.can_read_body and request.content_type != "application/json":
+            raise ApiError(415, f"the body must be application/json, got {request.content_type!r}")
+    return await handler(request)
+
+
+def _host_of(origin: str) -> str | None:
+    scheme, sep, rest = origin.partition("://")
+    return rest.rstrip("/").lower() if sep and scheme in ("http", "https") else None
+
+
 @web.middleware
 async def _errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                   ) -> web.StreamResponse:
@@ -454,7 +479,7 @@ async def _errors(request: web.Request, handler: Callable[[web.Request], Awaitab
 
 
 def build_app(ctx: ApiContext) -> web.Application:
-    app = web.Application(middlewares=[_errors])
+    app = web.Application(middlewares=[_errors, _same_origin_json])
     app[CONTEXT] = ctx
     for route in ROUTES:
         app.router.add_route(route.method, route.path, _endpoint(route), name=route.handler.__name__)

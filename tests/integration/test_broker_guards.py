@@ -83,7 +83,7 @@ async def test_guarded_broker_replays_retained_only_within_the_acl(gateway: Runn
 
     async def publish() -> None:
         # The gateway itself may publish (retained) commands; only AP-01 may ever see this one.
-        await broker.internal_message_broadcast("device/AP-01/command", b'{"action":"turnOff"}', 1)
+        await gateway.gateway.broker.send("AP-01", b'{"action":"turnOff"}')
         await broker.retain_message(None, "device/AP-01/command", b'{"action":"turnOff"}', 1)
 
     assert await leak_scenario(gateway.port, None, publish) == []
@@ -133,16 +133,16 @@ async def test_guarded_broker_drops_a_silent_client_within_1_5_keepalive_and_pub
     reader, sock = await silent_device(gateway.port, "AP-01", keepalive=2)
     connected_at = loop.time()
     try:
-        await wait_for(lambda: gateway.gateway.ingest.states.get("AP-01") is not None
-                       and gateway.gateway.ingest.states["AP-01"].online, timeout=2)
-        await wait_for(lambda: not gateway.gateway.ingest.states["AP-01"].online, timeout=5)
+        await wait_for(lambda: gateway.gateway.registry.get("AP-01") is not None
+                       and gateway.gateway.registry.state("AP-01").online, timeout=2)
+        await wait_for(lambda: not gateway.gateway.registry.state("AP-01").online, timeout=5)
         elapsed = loop.time() - connected_at
         assert elapsed < 2 * 1.5 + 0.5, elapsed  # 1.5 x keepalive, plus scheduling slack
         assert elapsed >= 2 * 1.5 - 0.1, elapsed  # and not before: a device may be quiet that long
         assert gateway.counter("gateway_broker_silent_clients_total") == 1
         # the Will was published (not only the connection dropped): it is the retained status now, and
         # ingest took the device offline from it (reason "status", before the disconnect could)
-        retained = gateway.gateway.broker.amqtt._retained_messages.get("device/AP-01/status")
+        retained = gateway.gateway.broker.amqtt.retained_messages.get("device/AP-01/status")
         assert retained is not None and bytes(retained.data) == b"offline"
         await gateway.flush()
         reasons = [json.loads(d)["reason"] for (d,) in gateway.query(

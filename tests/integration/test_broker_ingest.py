@@ -196,12 +196,12 @@ async def test_status_and_will_drive_online_offline(gateway: RunningGateway) -> 
     will = aiomqtt.Will("device/AP-01/status", b"offline", qos=1, retain=True)
     async with aio_client(gateway, "AP-01", will=will) as client:
         await client.publish("device/AP-01/status", b"online", qos=1, retain=True)
-        await wait_for(lambda: gateway.gateway.ingest.states["AP-01"].online)
+        await wait_for(lambda: gateway.gateway.registry.state("AP-01").online)
         await client.publish("device/AP-01/status", b"offline", qos=1, retain=True)
-        await wait_for(lambda: not gateway.gateway.ingest.states["AP-01"].online)
+        await wait_for(lambda: not gateway.gateway.registry.state("AP-01").online)
         await client.publish("device/AP-01/status", b"online", qos=1, retain=True)
-        await wait_for(lambda: gateway.gateway.ingest.states["AP-01"].online)
-    await wait_for(lambda: not gateway.gateway.ingest.states["AP-01"].online)
+        await wait_for(lambda: gateway.gateway.registry.state("AP-01").online)
+    await wait_for(lambda: not gateway.gateway.registry.state("AP-01").online)
     await gateway.flush()
     events = [e for (e,) in gateway.query("SELECT type FROM events WHERE device_id='AP-01' ORDER BY id")]
     assert events == ["device.online", "device.offline", "device.online", "device.offline"]
@@ -255,7 +255,7 @@ async def test_a_flooding_device_is_not_parsed_ahead_of_delivery_and_loses_nothi
     reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
     writer.write(connect_packet("AP-01", "AP-01", device_password("AP-01")))
     assert (await reader.readexactly(4))[3] == 0
-    session = gw.gateway.broker.amqtt._sessions["AP-01"][0]
+    session = gw.gateway.broker.amqtt.sessions["AP-01"][0]
     deepest = 0
 
     async def watch() -> None:
@@ -400,10 +400,10 @@ async def test_a_takeover_while_the_store_is_full_keeps_the_message_in_delivery(
     """The reader delivers as it reads. Torn down while it waits for room in the store's queue (longer than
     a closing connection waits for its delivery to end), the message it holds goes where the broker's
     leftovers are delivered from. A QoS 0 reading must not vanish there."""
-    from gateway.broker import guarded
+    from gateway.broker.amqtt import connection
     from tests.bench.mqttload import publish_packet
 
-    monkeypatch.setattr(guarded, "_DELIVERY_FINISH_WAIT", 0.1)  # the store stays full longer than this
+    monkeypatch.setattr(connection, "DELIVERY_FINISH_WAIT", 0.1)  # the store stays full longer than this
     gw = await gateway_factory(storage="queue_size = 10\nmax_batch = 1")
     burst = b"".join(publish_packet("device/AP-01/data", reading(pm25=float(i)), 0) for i in range(11))
     async with taken_over_while_the_store_is_full(gw, monkeypatch, burst):

@@ -57,7 +57,7 @@ def readings(gw: RunningGateway, device_id: str) -> int:
 
 
 def online(gw: RunningGateway, device_id: str) -> bool:
-    state = gw.gateway.ingest.states.get(device_id)
+    state = gw.gateway.registry.get(device_id)
     return state is not None and bool(state.online)
 
 
@@ -148,7 +148,7 @@ async def closed_by_broker(raw: RawClient, timeout: float = 5) -> bool:
 async def test_wrong_password_with_a_connected_devices_client_id_leaves_that_device_alone(
     gateway: RunningGateway, clean_session: bool
 ) -> None:
-    broker = gateway.gateway.broker.amqtt
+    broker = gateway.gateway.broker
     async with asyncio.timeout(20), aio_client(gateway, "AP-01", clean_session=clean_session) as victim:
         await victim.subscribe("device/AP-01/command", qos=1)
         await victim.publish("device/AP-01/data", reading(pm25=1.0), qos=1)
@@ -160,7 +160,7 @@ async def test_wrong_password_with_a_connected_devices_client_id_leaves_that_dev
         assert refused.value.rc in (5, 135)  # not authorized (paho reports the MQTT 5 equivalent)
 
         # The victim is still connected, still subscribed, and still publishes under its identity.
-        await broker.internal_message_broadcast("device/AP-01/command", COMMAND, 1)
+        await broker.send("AP-01", COMMAND)
         assert await received_within(victim, 1.0) == [("device/AP-01/command", COMMAND)]
         await victim.publish("device/AP-01/data", reading(pm25=2.0), qos=1)
         await wait_for(lambda: readings(gateway, "AP-01") == 2)
@@ -180,7 +180,7 @@ async def test_valid_credentials_of_one_device_cannot_take_over_another_devices_
             async with aio_client(gateway, "AP-01", username="AP-02", clean_session=clean_session, will=will):
                 pass
         assert refused.value.rc in (5, 135)
-        await broker.internal_message_broadcast("device/AP-01/command", COMMAND, 1)
+        await gateway.gateway.broker.send("AP-01", COMMAND)
         assert await received_within(victim, 1.0) == [("device/AP-01/command", COMMAND)]
         session, _ = broker.sessions["AP-01"]
         assert (session.username, session.will_flag) == ("AP-01", False)  # nothing of AP-02's CONNECT got in
@@ -249,7 +249,7 @@ async def test_reconnect_keeps_the_new_connection_working(
             assert gateway.query("SELECT online FROM device_state WHERE device_id = 'AP-01'") == [(1,)]
             # ...and it still receives its commands (amqtt's takeover left the session marked disconnected).
             await new.subscribe("device/AP-01/command", qos=1)
-            await broker.internal_message_broadcast("device/AP-01/command", COMMAND, 1)
+            await gateway.gateway.broker.send("AP-01", COMMAND)
             assert await received_within(new, 1.0) == [("device/AP-01/command", COMMAND)]
     finally:
         old.close()
@@ -284,7 +284,7 @@ async def test_shutdown_delivers_nothing_from_a_session_that_never_logged_in(gat
     session.delivered_message_queue.put_nowait(
         IncomingApplicationMessage(1, "device/AP-01/data", 1, reading(pm25=66.0), False)
     )
-    broker._sessions["AP-01"] = (session, BrokerProtocolHandler(broker.plugins_manager))
+    broker.sessions["AP-01"] = (session, BrokerProtocolHandler(broker.plugins_manager))
     await gateway.stop()
     assert gateway.counter("gateway_broker_leftovers_delivered_total") == 0
     assert readings(gateway, "AP-01") == 0
@@ -415,7 +415,7 @@ async def test_qos2_publish_to_a_dollar_topic_closes_the_connection(gateway: Run
     assert gateway.counter("gateway_broker_protocol_errors_total") == 1
     broker = gateway.gateway.broker.amqtt
     await wait_for(lambda: broker._live == {})
-    await wait_for(lambda: not broker._sessions["AP-01"][0].transitions.is_connected())
+    await wait_for(lambda: not broker.sessions["AP-01"][0].transitions.is_connected())
     await gateway.flush()
     assert readings(gateway, "AP-01") == 1  # the Will: nothing of the forbidden publish
 
@@ -431,16 +431,16 @@ async def test_qos2_readings_are_completed_and_stored(gateway: RunningGateway) -
 
 
 async def test_unsubscribe_is_acknowledged_and_ends_delivery(gateway: RunningGateway) -> None:
-    broker = gateway.gateway.broker.amqtt
+    broker = gateway.gateway.broker
     async with aio_client(gateway, "AP-01") as c:
         await c.subscribe("device/AP-01/command", qos=1)  # returns on SUBACK
-        assert any(s.client_id == "AP-01" for s, _ in broker._subscriptions.get("device/AP-01/command", ()))
+        assert broker.command_ready("AP-01")
         await c.unsubscribe("device/AP-01/command")  # returns on UNSUBACK
-        assert not any(s.client_id == "AP-01" for s, _ in broker._subscriptions.get("device/AP-01/command", ()))
-        await broker.internal_message_broadcast("device/AP-01/command", COMMAND, 1)
+        assert not broker.command_ready("AP-01")
+        await broker.send("AP-01", COMMAND)
         assert await received_within(c, 0.5) == []
         await c.subscribe("device/AP-01/command", qos=1)  # and again: the loop still serves this connection
-        await broker.internal_message_broadcast("device/AP-01/command", COMMAND, 1)
+        await broker.send("AP-01", COMMAND)
         assert await received_within(c, 2) == [("device/AP-01/command", COMMAND)]
 
 
@@ -524,6 +524,6 @@ async def test_subscribe_and_unsubscribe_take_effect_in_the_order_sent(gateway: 
         raw.writer.write(b"\x40\x02" + retained_id)
         assert await _read_packet(raw.reader) == (0xB0, b"\x00\x02")  # UNSUBACK first...
         assert await _read_packet(raw.reader) == (0x90, b"\x00\x03\x01")  # ...then SUBACK
-        await wait_for(lambda: any(s.client_id == "AP-01" for s, _ in broker._subscriptions.get(topic, ())))
+        await wait_for(lambda: gateway.gateway.broker.command_ready("AP-01"))
     finally:
         raw.close()

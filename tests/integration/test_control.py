@@ -72,7 +72,7 @@ async def test_command_is_acked_and_audited(gateway_factory: GatewayFactory) -> 
     result = events(gw, "command.result")
     assert [(e["commandId"], e["status"]) for e in result] == [(record.command_id, "acked")]
     # The ack's state updated the device state at once (before the next reading).
-    assert gw.gateway.ingest.states["AP-01"].last_metrics["fanSpeed"] == 4
+    assert gw.gateway.registry.state("AP-01").last_metrics["fanSpeed"] == 4
 
 
 async def test_device_that_never_acks_gets_three_attempts_then_timeout(gateway_factory: GatewayFactory) -> None:
@@ -144,14 +144,14 @@ async def test_preclean_boosts_then_restores_manual_speed(gateway_factory: Gatew
     ctl = gw.gateway.controller
     async with purifier(gw, "AP-01", fan_speed=2) as sim:
         status = await ctl.start_preclean("AP-01", 5, 10, "api")
-        assert status["active"] and status["fanSpeed"] == 5 and status["remainingSeconds"] == 600
+        assert status.active and status.fan_speed == 5 and status.remaining_seconds == 600
         await until(sim, lambda: sim.model.fan_speed == 5)
         await step(gw, clock, 400)
-        assert ctl.preclean_status("AP-01")["remainingSeconds"] == 200
+        assert ctl.preclean_status("AP-01").remaining_seconds == 200
         assert sim.model.fan_speed == 5
         await step(gw, clock, 200)
         await until(sim, lambda: sim.model.fan_speed == 2)  # back to what it ran at before
-        assert not ctl.preclean_status("AP-01")["active"]
+        assert not ctl.preclean_status("AP-01").active
         await settle(gw)
     ended = events(gw, "preclean.ended")
     assert [e["reason"] for e in ended] == ["expired"]
@@ -170,7 +170,7 @@ async def test_preclean_cancel_restores_at_once(gateway_factory: GatewayFactory)
         await ctl.start_preclean("AP-01", 5, 30, "api")
         await until(sim, lambda: sim.model.fan_speed == 5)
         status = await ctl.cancel_preclean("AP-01", "api")
-        assert not status["active"]
+        assert not status.active
         await until(sim, lambda: sim.model.fan_speed == 3)  # the manual speed set from the panel
         await wait_for(lambda: gw.counter("gateway_commands_finished_total", status="acked") == 3)
     await settle(gw)
@@ -189,8 +189,8 @@ async def test_restart_in_the_middle_of_a_preclean_resumes_with_the_time_left(tm
     async with running(config, clock=clock) as gw:
         ctl = gw.gateway.controller
         status = ctl.preclean_status("AP-01")
-        assert status["active"] and status["fanSpeed"] == 4
-        assert status["remainingSeconds"] == pytest.approx(14 * 60)
+        assert status.active and status.fan_speed == 4
+        assert status.remaining_seconds == pytest.approx(14 * 60)
         async with purifier(gw, "AP-01", fan_speed=4) as sim:
             await step(gw, clock, 14 * 60)
             await until(sim, lambda: sim.model.fan_speed == 1)  # the manual speed from before the boost
@@ -208,8 +208,8 @@ async def test_schedule_start_and_end_drive_the_device(gateway_factory: GatewayF
     async with purifier(gw, "AP-01", fan_speed=1) as sim:
         schedule = await ctl.create_schedule(
             {"device": "AP-01", "days": ["Mon"], "start": "08:00", "end": "09:00", "fanSpeed": 4})
-        jobs = ctl.scheduler_jobs()
-        assert set(jobs) == {f"schedule:{schedule.id}:start", f"schedule:{schedule.id}:end"}
+        boundaries = ctl.schedule_boundaries()
+        assert set(boundaries) == {f"schedule:{schedule.id}:start", f"schedule:{schedule.id}:end"}
         await step(gw, clock, 60)
         await until(sim, lambda: sim.model.fan_speed == 4)
         await step(gw, clock, 60 * 60)
@@ -248,8 +248,8 @@ async def test_window_in_effect_at_startup_applies_at_once(tmp_path: Path) -> No
         await gw.gateway.controller.create_schedule(
             {"device": "AP-01", "days": ["Mon"], "start": "06:00", "end": "10:00", "fanSpeed": 3})
     async with running(config, clock=clock) as gw:
-        # APScheduler's jobs were rebuilt from our own table at start (nothing pickled)
-        assert set(gw.gateway.controller.scheduler_jobs()) == {"schedule:1:start", "schedule:1:end"}
+        # the timer's boundaries were rebuilt from our own table at start
+        assert set(gw.gateway.controller.schedule_boundaries()) == {"schedule:1:start", "schedule:1:end"}
         async with purifier(gw, "AP-01", fan_speed=1) as sim:
             await until(sim, lambda: sim.model.fan_speed == 3)
         await settle(gw)
@@ -334,8 +334,8 @@ async def test_reconciler_backs_off_after_failures_instead_of_storming(gateway_f
                     {"commandId": cmd["commandId"], "status": "error", "error": "fan jammed"}), qos=1)
 
         task = asyncio.create_task(refuse_everything())
-        await wait_for(lambda: ctl.executor.is_online("AP-01") and "AP-01" in gw.gateway.ingest.states
-                       and bool(gw.gateway.ingest.states["AP-01"].last_metrics))
+        await wait_for(lambda: ctl.executor.is_online("AP-01") and gw.gateway.registry.get("AP-01") is not None
+                       and bool(gw.gateway.registry.state("AP-01").last_metrics))
         def failed(n: int) -> Callable[[], bool]:
             return lambda: gw.counter("gateway_commands_finished_total", status="failed") == n
 

@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 
 import aiomqtt
 
+from drivers.mqtt_json import decode_ack
 from gateway.core.clock import ManualClock
 from tests.fixtures.gateway import (
     GatewayFactory,
@@ -41,8 +42,8 @@ class ScriptedDevice:
         await self.client.publish("device/AP-01/data", json.dumps({"fanSpeed": self.fan, "powerOn": self.power}), qos=1)
         await self.client.subscribe("device/AP-01/command", qos=1)
         self.task = asyncio.create_task(self._serve())
-        ctl, states = self.gw.gateway.controller, self.gw.gateway.ingest.states
-        await wait_for(lambda: ctl.executor.is_online("AP-01") and bool(states["AP-01"].last_metrics))
+        ctl, states = self.gw.gateway.controller, self.gw.gateway.registry
+        await wait_for(lambda: ctl.executor.is_online("AP-01") and bool(states.state("AP-01").last_metrics))
         return self
 
     async def _serve(self) -> None:
@@ -102,7 +103,7 @@ async def test_a_layer_change_in_the_same_turn_as_an_ack_sees_the_acked_state(ga
         flight = ctl.executor.in_flight("AP-01")
         assert flight is not None
         ack = {"commandId": flight.command_id, "status": "ok", "state": {"fanSpeed": 5, "powerOn": True}}
-        await ctl.on_ack("AP-01", json.dumps(ack).encode(), 0)
+        await ctl.on_ack("AP-01", decode_ack(json.dumps(ack).encode()), 0)
         await ctl.cancel_preclean("AP-01", "api")  # before the control task ran the ack's effects
         await wait_for(lambda: any(r[:2] == ("setFanSpeed", 1) for r in commands(gw, "AP-01")))
 
@@ -112,10 +113,10 @@ async def test_a_wall_clock_step_is_noticed_within_a_minute(gateway_factory: Gat
     gw = await gateway_factory(api=NO_API, clock=clock, timezone="Europe/Berlin")
     ctl = gw.gateway.controller
     await ctl.create_schedule({"device": "AP-01", "days": ["Mon"], "start": "08:00", "end": "09:00", "fanSpeed": 4})
-    delay = ctl._next_wakeup_delay()
+    delay = ctl.next_wakeup_delay()
     assert delay is not None and delay <= 60  # before: it slept until 08:00 by the monotonic clock, ~1 h
     clock.advance(3660)  # NTP steps the clock at boot: no wake() this time
-    assert ctl._next_wakeup_delay() == 0.0
+    assert ctl.next_wakeup_delay() == 0.0
 
 
 async def test_status_offline_then_online_on_one_connection_takes_commands_again(
@@ -168,7 +169,7 @@ async def test_a_restore_that_sent_nothing_does_not_claim_later_commands(gateway
     clock = ManualClock()
     gw = await gateway_factory(api=NO_API, clock=clock)
     ctl = gw.gateway.controller
-    states = gw.gateway.ingest.states
+    states = gw.gateway.registry
     async with purifier(gw, "AP-01", fan_speed=2) as sim:
         manual = ctl.submit_command("AP-01", "setFanSpeed", 2, "panel")
         await ctl.wait_finished(manual.command_id, 5)
@@ -176,9 +177,9 @@ async def test_a_restore_that_sent_nothing_does_not_claim_later_commands(gateway
         await until(sim, lambda: sim.model.fan_speed == 5)
         await wait_for(lambda: gw.counter("gateway_commands_finished_total", status="acked") == 2)
         await settle(gw)
-        states["AP-01"].last_metrics = {**states["AP-01"].last_metrics, "fanSpeed": 2}  # someone pressed a button
+        states.report("AP-01", {"fanSpeed": 2})  # someone pressed a button
         await step(gw, clock, 600)  # the pre-clean ends: nothing to restore
-        states["AP-01"].last_metrics = {**states["AP-01"].last_metrics, "fanSpeed": 0}  # later, a reboot at 0
+        states.report("AP-01", {"fanSpeed": 0})  # later, a reboot at 0
         ctl.device_ready("AP-01")
         await until(sim, lambda: sim.model.fan_speed == 2)
         await settle(gw)

@@ -6,7 +6,10 @@ no system user and runs no systemctl (see ./install.sh --help).
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import shutil
 import stat
 import subprocess
 from pathlib import Path
@@ -15,12 +18,13 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 INSTALL_SH = REPO / "install.sh"
+LOCK = REPO / "requirements.lock"
 
 
-def run_install(*args: str, timeout: float = 540) -> subprocess.CompletedProcess[str]:
+def run_install(*args: str, timeout: float = 540, install_sh: Path = INSTALL_SH) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(INSTALL_SH), *args],
-        cwd=REPO,
+        [str(install_sh), *args],
+        cwd=install_sh.parent,
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
@@ -156,3 +160,42 @@ def test_second_run_keeps_a_modified_config(prefix: Path) -> None:
     assert stat.S_IMODE(config.stat().st_mode) == 0o600
     assert "kept existing config" in result.stdout
     assert os.access(prefix / "opt/edge-gateway/venv/bin/edge-gateway", os.X_OK)
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_libraries_are_exactly_the_locked_ones(prefix: Path) -> None:
+    """Production installs from requirements.lock: every library at its locked version, nothing else (a
+    resolve from pyproject.toml would leave the venv's own setuptools, and bring no wheel)."""
+    locked = {canonical(n): v for n, v in re.findall(r"^([A-Za-z0-9_.-]+)==(\S+) ", LOCK.read_text(), re.M)}
+    listed = subprocess.run(
+        [str(prefix / "opt/edge-gateway/venv/bin/python"), "-m", "pip", "list", "--format=json"],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout
+    installed = {canonical(p["name"]): p["version"] for p in json.loads(listed)}
+    assert {"amqtt", "setuptools", "wheel"} <= locked.keys()
+    assert {n: installed.get(n) for n in locked} == locked
+    assert installed.keys() - locked.keys() == {"edge-gateway", "pip"}
+
+
+@pytest.mark.timeout(300)
+def test_a_lock_entry_with_a_wrong_hash_fails_the_install(tmp_path: Path) -> None:
+    """The lock is installed with --require-hashes: a file that does not match its hash is refused."""
+    repo = tmp_path / "repo"
+    for name in ("install.sh", "config/gateway.example.toml", "systemd/edge-gateway.service"):
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, repo / name)
+    text = LOCK.read_text()
+    first = re.search(r"^\S+==\S+ \\\n(?:\s+--hash=\S+(?: \\)?\n)+", text, re.M)  # the first library, with its hashes
+    assert first is not None
+    tampered = re.sub(r"sha256:[0-9a-f]{64}", "sha256:" + "0" * 64, first.group(0))
+    (repo / "requirements.lock").write_text(text.replace(first.group(0), tampered))
+    result = run_install("--prefix", str(tmp_path / "root"), "--no-systemd", install_sh=repo / "install.sh")
+    assert result.returncode != 0
+    assert "--require-hashes" in result.stdout
+    assert "THESE PACKAGES DO NOT MATCH THE HASHES" in result.stderr
+    assert not (tmp_path / "root/opt/edge-gateway/venv/bin/edge-gateway").exists()

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from drivers.mqtt_json import decode_generic_reading, parse_object
 from drivers.purifier import decode_purifier_reading
 from gateway.broker.acl import Access, device_may
 from gateway.core.errors import PayloadError
 from gateway.core.metrics import Metrics
 from gateway.core.timestamps import normalise_ts
-from gateway.ingest.payloads import decode_generic_reading, parse_object
 
 
 @pytest.mark.parametrize(

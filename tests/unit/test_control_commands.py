@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
+from drivers.mqtt_json import decode_ack as parse_ack
+from drivers.mqtt_json import encode_command
 from gateway.control.commands import (
-    Ack,
     Audit,
     CommandError,
     CommandExecutor,
@@ -18,12 +19,13 @@ from gateway.control.commands import (
     Effect,
     Finished,
     Ignored,
-    Publish,
+    Send,
     StateReported,
-    parse_ack,
 )
 from gateway.core.clock import ManualClock
+from gateway.core.device_commands import Ack
 from gateway.core.errors import PayloadError
+from gateway.core.topics import command_topic
 
 DEV = "AP-01"
 
@@ -121,12 +123,13 @@ def test_acked_path() -> None:
     clock = ManualClock()
     ex = online_executor(clock)
     effects = ex.submit(req(), clock.now())
-    assert [type(e) for e in effects] == [Audit, Publish, Audit]
+    assert [type(e) for e in effects] == [Audit, Send, Audit]
     assert effects[0].record.status == CommandStatus.PENDING  # type: ignore[union-attr]
     pub = effects[1]
-    assert isinstance(pub, Publish)
-    assert pub.topic == f"device/{DEV}/command" and pub.attempt == 1
-    assert json.loads(pub.encode()) == {"commandId": "c-1", "action": "setFanSpeed", "value": 3, "ts": clock.now()}
+    assert isinstance(pub, Send)
+    assert pub.command.device_id == DEV and pub.attempt == 1
+    body = json.loads(encode_command(pub.command))
+    assert body == {"commandId": "c-1", "action": "setFanSpeed", "value": 3, "ts": clock.now()}
     assert ex.in_flight(DEV) is not None and ex.in_flight(DEV).status == CommandStatus.SENT  # type: ignore[union-attr]
     assert ex.next_deadline() == clock.now() + 30
 
@@ -155,16 +158,16 @@ def test_error_ack_marks_failed_with_reason() -> None:
 def test_never_acked_exactly_three_sends_then_timeout() -> None:
     clock = ManualClock()
     ex = online_executor(clock)
-    publishes = of(ex.submit(req(), clock.now()), Publish)
+    publishes = of(ex.submit(req(), clock.now()), Send)
     finished: list[Finished] = []
     for _ in range(10 * 60):  # ten minutes in 1 s steps: deadlines come from the clock, not from sleeping
         clock.advance(1.0)
         effects = ex.tick(clock.now())
-        publishes += of(effects, Publish)
+        publishes += of(effects, Send)
         finished += of(effects, Finished)
     assert [p.attempt for p in publishes] == [1, 2, 3]
     assert {p.command_id for p in publishes} == {"c-1"}
-    assert len({p.encode() for p in publishes}) == 1  # identical payload on every retry
+    assert len({encode_command(p.command) for p in publishes}) == 1  # identical payload on every retry
     (done,) = finished
     assert (done.record.status, done.record.attempts) == (CommandStatus.TIMEOUT, 3)
     assert done.record.finished_at == done.record.sent_at + 90  # type: ignore[operator]
@@ -205,7 +208,7 @@ def test_offline_device_keeps_command_pending_until_online() -> None:
     assert ex.pending(DEV)[0].status == CommandStatus.PENDING
 
     effects = ex.device_online(DEV, clock.now())
-    (pub,) = of(effects, Publish)
+    (pub,) = of(effects, Send)
     (sent,) = of(effects, Audit)
     assert pub.command_id == "c-1" and sent.record.status == CommandStatus.SENT
     assert sent.record.sent_at == clock.now() and "offline" in (sent.record.note or "")  # the audit says so
@@ -223,7 +226,7 @@ def test_retry_due_while_offline_is_deferred_not_spent() -> None:
     assert ex.in_flight(DEV).attempts == 1  # type: ignore[union-attr]
     assert ex.next_deadline() is None  # nothing to wake up for until the device returns
     effects = ex.device_online(DEV, clock.now())
-    assert [p.attempt for p in of(effects, Publish)] == [2]
+    assert [p.attempt for p in of(effects, Send)] == [2]
     assert ex.next_deadline() == clock.now() + 30
 
 
@@ -243,21 +246,21 @@ def test_last_attempt_times_out_even_when_offline() -> None:
 def test_one_in_flight_per_device_fifo() -> None:
     clock = ManualClock()
     ex = online_executor(clock)
-    assert len(of(ex.submit(req(cid="a"), clock.now()), Publish)) == 1
-    assert of(ex.submit(req(cid="b", value=4), clock.now()), Publish) == []
-    assert of(ex.submit(req(cid="c", action="turnOff", value=None), clock.now()), Publish) == []
+    assert len(of(ex.submit(req(cid="a"), clock.now()), Send)) == 1
+    assert of(ex.submit(req(cid="b", value=4), clock.now()), Send) == []
+    assert of(ex.submit(req(cid="c", action="turnOff", value=None), clock.now()), Send) == []
     assert [r.command_id for r in ex.pending(DEV)] == ["b", "c"]
-    assert [p.command_id for p in of(ex.ack(DEV, ok("a"), clock.now()), Publish)] == ["b"]
+    assert [p.command_id for p in of(ex.ack(DEV, ok("a"), clock.now()), Send)] == ["b"]
     clock.advance(90)
     effects = ex.tick(clock.now())  # b: deadline of attempt 1 passed -> retry, not yet c
-    assert [p.command_id for p in of(effects, Publish)] == ["b"]
+    assert [p.command_id for p in of(effects, Send)] == ["b"]
     clock.advance(60)
     ex.tick(clock.now())
     clock.advance(30)
     effects = ex.tick(clock.now())  # b times out, c goes out at once
     assert [f.record.status for f in of(effects, Finished)] == [CommandStatus.TIMEOUT]
-    assert [(p.command_id, p.attempt) for p in of(effects, Publish)] == [("c", 1)]
-    assert json.loads(of(effects, Publish)[0].encode())["value"] is None
+    assert [(p.command_id, p.attempt) for p in of(effects, Send)] == [("c", 1)]
+    assert json.loads(encode_command(of(effects, Send)[0].command))["value"] is None
 
 
 def test_ack_for_unknown_finished_foreign_or_pending_command_is_ignored_and_reported() -> None:
@@ -295,11 +298,11 @@ def test_hundred_devices_all_in_flight_concurrently() -> None:
     clock = ManualClock()
     devices = [f"AP-{i:03d}" for i in range(100)]
     ex = online_executor(clock, *devices)
-    publishes: list[Publish] = []
+    publishes: list[Send] = []
     for i, d in enumerate(devices):
-        publishes += of(ex.submit(req(device=d, cid=f"c-{i}", value=i % 6), clock.now()), Publish)
+        publishes += of(ex.submit(req(device=d, cid=f"c-{i}", value=i % 6), clock.now()), Send)
     assert len(publishes) == 100
-    assert {p.topic for p in publishes} == {f"device/{d}/command" for d in devices}
+    assert {command_topic(p.command.device_id) for p in publishes} == {f"device/{d}/command" for d in devices}
     assert all(ex.in_flight(d) is not None for d in devices)
     clock.advance(0.5)
     finished: list[Finished] = []
@@ -318,11 +321,11 @@ def test_cancel_pending_and_in_flight() -> None:
     ex.submit(req(cid="c"), clock.now())
     effects = ex.cancel("b", clock.now())
     assert [f.record.status for f in of(effects, Finished)] == [CommandStatus.CANCELLED]
-    assert of(effects, Publish) == []
+    assert of(effects, Send) == []
     effects = ex.cancel("a", clock.now(), reason="superseded by c")
     (done,) = of(effects, Finished)
     assert (done.record.status, done.record.error) == (CommandStatus.CANCELLED, "superseded by c")
-    assert [p.command_id for p in of(effects, Publish)] == ["c"]
+    assert [p.command_id for p in of(effects, Send)] == ["c"]
     assert ex.cancel("a", clock.now()) == []
     assert ex.cancel("zzz", clock.now()) == []
 

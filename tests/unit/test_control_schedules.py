@@ -1,7 +1,13 @@
-"""Weekly schedules: validation, windows, overlaps, midnight, DST, and APScheduler 3.11 cron arguments."""
+"""Weekly schedules: validation, windows, overlaps, midnight, DST, boundaries; APScheduler 3.11 as an oracle.
+
+The gateway runs no APScheduler (see gateway/control/loop.py for why). Its cron triggers serve here as an
+independent implementation of wall-clock times across DST: the model's boundaries must be fires of the
+equivalent cron jobs, and the canaries document the faults that keep us from using it."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -11,10 +17,12 @@ from apscheduler.triggers.cron import CronTrigger
 
 from gateway.control.desired import FanState
 from gateway.control.schedules import (
+    Boundary,
     Schedule,
     ScheduleError,
     active_windows,
-    cron_jobs,
+    boundary_id,
+    next_boundaries,
     next_transition,
     parse_schedule,
     schedule_decision,
@@ -153,6 +161,7 @@ def test_disabled_schedules_are_ignored() -> None:
     s = [sched(1, "08:00", "10:00", 5, enabled=False), sched(2, "08:00", "10:00", 1)]
     assert [w.schedule.id for w in active_windows(s, DEV, local(2026, 6, 1, 9), tz=BERLIN)] == [2]
     assert cron_jobs(s[0]) == []
+    assert next_boundaries(s[0], local(2026, 6, 1, 9), tz=BERLIN) == {}
 
 
 def test_overlap_rule_highest_speed_then_earliest_start_then_lowest_id() -> None:
@@ -260,7 +269,73 @@ def test_windows_crossing_dst_nights_keep_wall_clock_ends() -> None:
     assert autumn is not None and autumn.end - autumn.start == timedelta(hours=9)
 
 
-# --------------------------------------------------------------------------------- APScheduler 3.11
+# --------------------------------------------------------------------------------------- boundaries
+
+
+def test_next_boundaries_of_a_schedule() -> None:
+    s = sched(4, "22:00", "06:00", 2, ["Sat"])
+    assert next_boundaries(s, local(2026, 6, 3, 12), tz=BERLIN) == {  # a Wednesday
+        "start": local(2026, 6, 6, 22).astimezone(UTC), "end": local(2026, 6, 7, 6).astimezone(UTC)}
+    # inside the window: its end comes first, the next start a week later; strictly after `after`
+    assert next_boundaries(s, local(2026, 6, 6, 22), tz=BERLIN) == {
+        "start": local(2026, 6, 13, 22).astimezone(UTC), "end": local(2026, 6, 7, 6).astimezone(UTC)}
+    assert boundary_id(4, "end") == "schedule:4:end"
+
+
+def test_next_boundaries_move_with_dst() -> None:
+    s = sched(1, "02:30", "05:00", 3, ["Sun"])
+    spring = next_boundaries(s, local(2026, 3, 29, 0), tz=BERLIN)
+    assert spring["start"] == local(2026, 3, 29, 3, 30).astimezone(UTC)  # the gap moves 02:30 to 03:30
+    autumn = next_boundaries(s, local(2026, 10, 25, 0), tz=BERLIN)
+    assert autumn["start"] == local(2026, 10, 25, 2, 30, fold=0).astimezone(UTC)  # the first 02:30
+
+
+def test_next_boundaries_agree_with_next_transition() -> None:
+    s = [sched(1, "08:00", "09:00", 2, ["Mon", "Thu"]), sched(2, "23:00", "01:00", 4, ["Sun"])]
+    at = local(2026, 6, 1, 8, 30)
+    t = next_transition(s, DEV, at.astimezone(UTC), tz=BERLIN)
+    assert t is not None
+    soonest = min(instant for sc in s for instant in next_boundaries(sc, at, tz=BERLIN).values())
+    assert soonest == t.at
+
+
+# ---------------------------------------------------------------------------- APScheduler 3.11 (oracle)
+
+_CRON_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+@dataclass(frozen=True, slots=True)
+class CronJob:
+    """Arguments for ``CronTrigger(**trigger_kwargs(), timezone=tz)``: one boundary of a schedule as cron."""
+
+    job_id: str
+    schedule_id: int
+    kind: Boundary
+    day_of_week: str
+    hour: int
+    minute: int
+
+    def trigger_kwargs(self) -> dict[str, str | int]:
+        return {"day_of_week": self.day_of_week, "hour": self.hour, "minute": self.minute}
+
+
+def cron_jobs(schedule: Schedule) -> list[CronJob]:
+    """The start and end jobs of an enabled schedule (none when disabled); an end after midnight runs on
+    the following weekdays."""
+    if not schedule.enabled:
+        return []
+    start_days = sorted(schedule.days)
+    end_days = sorted({(d + 1) % 7 for d in schedule.days}) if schedule.crosses_midnight else start_days
+    return [
+        CronJob(boundary_id(schedule.id, "start"), schedule.id, "start", _cron_days(start_days),
+                schedule.start.hour, schedule.start.minute),
+        CronJob(boundary_id(schedule.id, "end"), schedule.id, "end", _cron_days(end_days),
+                schedule.end.hour, schedule.end.minute),
+    ]
+
+
+def _cron_days(days: Sequence[int]) -> str:
+    return ",".join(_CRON_DAYS[d] for d in days)
 
 
 def test_cron_job_arguments_and_ids() -> None:
@@ -353,7 +428,7 @@ def test_job_handler_pattern_runs_each_window_once(start: str, end: str, days: l
 def test_canary_apscheduler_3_11_skips_a_midnight_job_after_spring_forward() -> None:
     """APScheduler 3.11.3: a daily 00:00 job that fires on the spring-forward day computes its next fire as
     the day after next (skipping Monday 00:00). The model does not. If this test fails, APScheduler was
-    fixed: update NOTES-deps.md and drop the safety timer on ``next_transition`` if nothing else needs it."""
+    fixed: update NOTES-deps.md and the reasons in gateway/control/loop.py."""
     s = sched(1, "22:00", "00:00", 3)  # its end job is a daily 00:00 cron
     end_job = cron_jobs(s)[1]
     trigger = CronTrigger(**end_job.trigger_kwargs(), timezone=BERLIN)
@@ -368,7 +443,7 @@ def test_canary_apscheduler_3_11_skips_a_midnight_job_after_spring_forward() -> 
 
 def test_canary_apscheduler_3_11_added_inside_the_skipped_hour_misses_the_shifted_start() -> None:
     """A 02:30 job (re)built at 03:10 CEST on the spring-forward day fires next the day after, while the model
-    still starts that day's window at 03:30: a start-up there must rely on ``next_transition``."""
+    still starts that day's window at 03:30: a timer on cron fires would miss that day's run."""
     s = sched(1, "02:30", "05:00", 3)
     trigger = CronTrigger(**cron_jobs(s)[0].trigger_kwargs(), timezone=BERLIN)
     assert trigger.get_next_fire_time(None, local(2026, 3, 29, 3, 10)) == local(2026, 3, 30, 2, 30)

@@ -12,7 +12,7 @@ import trustme
 
 PROBE = """
 import json, ssl, sys
-import gateway.web  # the daemon's first import of aiohttp goes through here
+import gateway.web.api  # the daemon's first import of aiohttp goes through here
 import aiohttp.connector as connector
 print(json.dumps({
     "verified": connector._SSL_CONTEXT_VERIFIED.cert_store_stats()["x509_ca"],

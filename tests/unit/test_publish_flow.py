@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 
-from gateway.broker.publish_flow import StoredAcks
+from gateway.broker.amqtt.publish_flow import StoredAcks
 from gateway.core.errors import StoreClosedError
 
 

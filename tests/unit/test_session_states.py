@@ -6,7 +6,7 @@ import pytest
 from amqtt.session import Session
 from transitions import MachineError
 
-from gateway.broker import session_states
+from gateway.broker.amqtt import session_states
 
 STEPS = ["connect", "connect", "disconnect", "disconnect", "connect", "disconnect"]
 

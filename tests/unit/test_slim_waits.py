@@ -8,7 +8,7 @@ import tracemalloc
 
 import pytest
 
-from gateway.broker.slim_waits import new_event, slim_event, slim_queue
+from gateway.broker.amqtt.slim_waits import new_event, slim_event, slim_queue
 
 
 async def test_a_slim_event_wakes_every_waiter_and_forgets_cancelled_ones() -> None:

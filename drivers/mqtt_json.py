@@ -1,12 +1,19 @@
-"""Payload parsing common to all devices: JSON object check and the generic sensor form."""
+"""The JSON payloads of CONTRACT section 1 that every device kind on the LAN broker shares.
+
+The JSON object check (size, UTF-8, numbers SQLite can store), the generic sensor reading
+`{"ts", "metrics"}`, acknowledgements on `device/{id}/ack` and commands on `device/{id}/command`.
+Pure functions: no I/O.
+"""
 
 from __future__ import annotations
 
 import json
 import math
 import re
+from collections.abc import Mapping
 from typing import Any
 
+from gateway.core.device_commands import Ack, OutgoingCommand
 from gateway.core.errors import PayloadError
 from gateway.core.models import MetricValue, Reading
 from gateway.core.timestamps import normalise_ts
@@ -30,6 +37,8 @@ def parse_object(payload: bytes) -> dict[str, Any]:
         raise PayloadError("not storable: a string holds a lone UTF-16 surrogate (\\uD800-\\uDFFF)") from None
     except UnicodeDecodeError:
         raise PayloadError("not UTF-8") from None
+    except RecursionError:
+        raise PayloadError("not storable: JSON nested too deep") from None
     except (OverflowError, ValueError) as exc:
         if isinstance(exc, json.JSONDecodeError):
             raise PayloadError(f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
@@ -101,3 +110,63 @@ def _json_type(value: object) -> str:
     if isinstance(value, list):
         return "array"
     return type(value).__name__
+
+
+def decode_ack(payload: bytes | str | Mapping[str, Any]) -> Ack:
+    """Validate an ack: raises PayloadError (quarantine it) with the reason.
+
+    ``{"commandId", "status": "ok"|"error", "error"?: str, "state"?: {"fanSpeed": 0..5, "powerOn": bool}}``.
+    An ``error`` status without a reason is accepted (reason recorded as such); unknown fields are kept.
+    """
+    obj: object = payload
+    if isinstance(payload, bytes | str):
+        try:
+            obj = json.loads(payload)
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            raise PayloadError(f"ack: not JSON ({exc})") from None
+    if not isinstance(obj, Mapping):
+        raise PayloadError(f"ack: expected a JSON object, got {type(obj).__name__}")
+    cid = obj.get("commandId")
+    if not isinstance(cid, str) or not cid:
+        raise PayloadError(f"ack.commandId: expected a non-empty string, got {cid!r}")
+    status = obj.get("status")
+    if status not in ("ok", "error"):
+        raise PayloadError(f"ack.status: expected 'ok' or 'error', got {status!r}")
+    error = obj.get("error")
+    if error is not None and not isinstance(error, str):
+        raise PayloadError(f"ack.error: expected a string, got {type(error).__name__}")
+    if status == "error" and not error:
+        error = "device reported an error without a reason"
+    state = obj.get("state")
+    if state is not None:
+        state = _check_ack_state(state)
+    extra = {k: v for k, v in obj.items() if k not in ("commandId", "status", "error", "state")}
+    return Ack(cid, status == "ok", error if status == "error" else None, state, extra)
+
+
+def _check_ack_state(state: object) -> dict[str, Any]:
+    if not isinstance(state, Mapping):
+        raise PayloadError(f"ack.state: expected an object, got {type(state).__name__}")
+    fan = state.get("fanSpeed")
+    if fan is not None and (
+        isinstance(fan, bool)
+        or not isinstance(fan, int | float)
+        or not math.isfinite(fan)
+        or not float(fan).is_integer()
+        or not 0 <= fan <= 5
+    ):
+        raise PayloadError(f"ack.state.fanSpeed: expected a whole number 0..5, got {fan!r}")
+    power = state.get("powerOn")
+    if power is not None and not isinstance(power, bool):
+        raise PayloadError(f"ack.state.powerOn: expected true/false, got {power!r}")
+    out = dict(state)
+    if fan is not None:
+        out["fanSpeed"] = int(fan)
+    return out
+
+
+def encode_command(command: OutgoingCommand) -> bytes:
+    """`{"commandId", "action", "value", "ts"}`; `ts` is the first send, so every retry is byte-identical."""
+    body = {"commandId": command.command_id, "action": command.command.action, "value": command.command.value,
+            "ts": command.issued_at}
+    return json.dumps(body, separators=(",", ":")).encode()

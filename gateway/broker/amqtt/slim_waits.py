@@ -14,9 +14,9 @@ the caller says it only ever holds a few: a queue that fills (a QoS 2 flood into
 queue) still pops in O(1).
 
 Relies on the waiter attributes of asyncio's Queue and Event (`_getters`, `_putters`, `_finished`,
-`_waiters`), the same from Python 3.11 to 3.13; tests/unit/test_slim_waits.py runs the Queue and Event
-APIs on slimmed objects. A waiter list that is not empty is left alone, so slimming an object in use
-never drops a waiter.
+`_waiters`, and `_queue` for the items), the same from Python 3.11 to 3.13 and checked at start
+(compat.py); tests/unit/test_slim_waits.py runs the Queue and Event APIs on slimmed objects. A waiter
+list that is not empty is left alone, so slimming an object in use never drops a waiter.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ class _Waiters(list):  # type: ignore[type-arg]
 
 
 def _slim(owner: Any, name: str) -> None:
-    waiters = getattr(owner, name, None)
-    if waiters is not None and not waiters and not isinstance(waiters, _Waiters):
+    waiters = getattr(owner, name)
+    if not waiters and not isinstance(waiters, _Waiters):
         setattr(owner, name, _Waiters())
 
 
@@ -57,9 +57,7 @@ def slim_queue(queue: Q, *, items: bool = False) -> Q:
         _slim(queue, "_queue")
     _slim(queue, "_getters")
     _slim(queue, "_putters")
-    finished = getattr(queue, "_finished", None)
-    if isinstance(finished, asyncio.Event):
-        slim_event(finished)
+    slim_event(queue._finished)  # type: ignore[attr-defined]
     return queue
 
 

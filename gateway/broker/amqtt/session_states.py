@@ -7,7 +7,8 @@ with tracemalloc). amqtt uses four things of it: `state`, `is_connected()`, and 
 `disconnect()` (allowed from every state). This class provides exactly those, with the same enter
 callbacks, and `tests/unit/test_session_states.py` checks it against a real Machine-backed session.
 
-Pinned to amqtt 0.12 like the rest of our broker layer: `install()` replaces `Session._init_states`.
+Pinned to amqtt 0.12 like the rest of this package: `install()` replaces `Session._init_states` (for every
+Session of the process: the embedded broker installs it when it is built, after compat.py checked amqtt).
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ class SessionStates:
 
 def _init_states(session: Session) -> None:
     session.transitions = SessionStates(session)  # type: ignore[assignment]
+
+
+# What it stands in for: compat.py checks amqtt's signature through this once ours is installed.
+_init_states.__wrapped__ = AMQTT_INIT_STATES  # type: ignore[attr-defined]
 
 
 def install() -> None:

@@ -1,21 +1,27 @@
-"""The embedded amqtt broker as a service: built from Settings, started in the daemon's loop."""
+"""The embedded amqtt broker as the gateway's LanBroker: built from the broker settings, run in the daemon's loop."""
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from gateway.broker.guarded import DeviceTable, GuardedBroker
+from gateway.broker.amqtt import compat
 from gateway.core.metrics import Metrics
 from gateway.core.ports import BrokerSink
-from gateway.settings import BrokerSection, DeviceSettings
+from gateway.core.topics import command_topic
+from gateway.settings import BrokerSection
+
+if TYPE_CHECKING:
+    from gateway.broker.amqtt.guarded import GuardedBroker
 
 log = structlog.get_logger(__name__)
 
 
-def device_table(devices: list[DeviceSettings], *, allow_anonymous: bool) -> DeviceTable:
-    return DeviceTable({d.id: d.password_hash for d in devices}, allow_anonymous=allow_anonymous)
+def _drop_startup_traceback(record: logging.LogRecord) -> bool:
+    return record.getMessage() != "Broker startup failed"
 
 
 def amqtt_config(broker: BrokerSection) -> dict[str, Any]:
@@ -51,51 +57,78 @@ def _bind(host: str, port: int) -> str:
 
 
 class EmbeddedBroker:
-    """Owns the amqtt broker: start, orderly stop, and credential reloads."""
+    """Owns the amqtt broker: start, orderly stop, commands to devices, and credential reloads.
+
+    Building one first checks that the installed amqtt is the one our layer was written against
+    (compat.py): a different version fails here, with every missing or changed name, not later on a
+    device's packet.
+    """
 
     def __init__(
-        self, broker: BrokerSection, devices: list[DeviceSettings], *, sink: BrokerSink, metrics: Metrics
+        self, broker: BrokerSection, devices: Mapping[str, str | None], *, sink: BrokerSink, metrics: Metrics
     ) -> None:
+        compat.check_amqtt()
+        # Imported only now: with another amqtt, the check above explains what an import would fail on.
+        from gateway.broker.amqtt import session_states
+        from gateway.broker.amqtt.guarded import GuardedBroker
+
+        session_states.install()  # a transitions.Machine per session was 2/3 of its memory (see module)
         self._settings = broker
         self._broker = GuardedBroker(
             amqtt_config(broker),
-            devices=device_table(devices, allow_anonymous=broker.allow_anonymous),
+            devices=devices,
+            allow_anonymous=broker.allow_anonymous,
             sink=sink,
             metrics=metrics,
             keepalive_grace=broker.keepalive_grace,
             require_client_cert=frozenset(_bind(x.host, x.port) for x in broker.listeners if x.cafile is not None),
         )
+        compat.check_broker(self._broker)
         metrics.gauge_callback(
             "gateway_broker_clients_connected",
-            lambda: float(sum(1 for s, _ in self._broker.sessions.values() if s.transitions.is_connected())),
+            lambda: float(self.clients_connected()),
             "MQTT clients connected to the LAN broker",
         )
 
     @property
     def amqtt(self) -> GuardedBroker:
+        """The amqtt Broker itself (tests look inside it)."""
         return self._broker
 
     async def start(self) -> None:
-        await self._broker.start()
+        """Bind every listener; if one cannot be bound, close those that were and raise (amqtt leaves them
+        open, and logs its own traceback, which the daemon's one-line start-up error replaces)."""
+        amqtt_log = logging.getLogger("amqtt.broker")
+        amqtt_log.addFilter(_drop_startup_traceback)
+        try:
+            await self._broker.start()
+        except BaseException:
+            for server in self._broker._servers.values():
+                if server.instance is not None:
+                    server.instance.close()
+                    await server.instance.wait_closed()
+            raise
+        finally:
+            amqtt_log.removeFilter(_drop_startup_traceback)
         for lst in self._settings.listeners:
             log.info("broker.listening", listener=lst.name, host=lst.host, port=lst.port, tls=lst.tls)
 
     def bound_ports(self) -> list[int]:
-        """Ports actually bound (a configured port 0 picks a free one)."""
         ports: list[int] = []
         for server in self._broker._servers.values():
-            instance = getattr(server, "instance", None)
-            for sock in getattr(instance, "sockets", None) or ():
-                ports.append(sock.getsockname()[1])
+            if server.instance is not None:
+                ports.extend(sock.getsockname()[1] for sock in server.instance.sockets)
         return ports
 
-    def update_devices(self, devices: list[DeviceSettings], *, allow_anonymous: bool) -> None:
-        """Config reload: new passwords and device list apply to the next login."""
-        self._broker.devices = device_table(devices, allow_anonymous=allow_anonymous)
+    def clients_connected(self) -> int:
+        return sum(1 for s, _ in self._broker.sessions.values() if s.transitions.is_connected())
 
-    def has_command_subscription(self, device_id: str) -> bool:
-        """Is the device connected with a subscription that receives `device/{id}/command`?"""
-        topic = f"device/{device_id}/command"
+    def update_devices(self, devices: Mapping[str, str | None], *, allow_anonymous: bool) -> None:
+        self._broker.set_devices(devices, allow_anonymous=allow_anonymous)
+
+    def command_ready(self, device_id: str) -> bool:
+        """Is the device connected with a subscription that receives its command topic?"""
+        topic = command_topic(device_id)
         broker = self._broker
         for topic_filter, subscribers in broker._subscriptions.items():
             if not broker._matches(topic, topic_filter):
@@ -105,9 +138,8 @@ class EmbeddedBroker:
                     return True
         return False
 
-    async def publish(self, topic: str, payload: bytes) -> None:
-        """Send a message from the gateway itself to the subscribed devices (QoS 1: commands)."""
-        await self._broker.internal_message_broadcast(topic, payload, 1)
+    async def send(self, device_id: str, payload: bytes) -> None:
+        await self._broker.internal_message_broadcast(command_topic(device_id), payload, 1)
 
     async def stop_intake(self) -> None:
         await self._broker.stop_intake()

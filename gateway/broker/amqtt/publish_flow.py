@@ -22,12 +22,13 @@ per-session queue was unbounded: 100 purifiers flat out left ~7,000 parsed messa
 waiting, and the memory stayed with the process).
 
 QoS 2, which waits for the device's PUBREL, keeps amqtt's flow: a task per packet, the session's
-(unbounded) queue and the client loop (ours, in guarded.py); devices do not use QoS 2.
+(unbounded) queue and the client loop (ours, client_loop.py); devices do not use QoS 2.
 
 When the connection closes (DISCONNECT, takeover, silence, shutdown), a delivery in progress is let
 finish before the reader is cancelled (`finish`), and nothing read after that is taken.
 
-Pinned to amqtt 0.12 like the rest of the broker layer (message classes, handler and session fields).
+Pinned to amqtt 0.12 like the rest of this package (message classes, handler and session fields; the
+names are listed in __init__.py and checked at start by compat.py).
 """
 
 from __future__ import annotations

@@ -15,8 +15,8 @@ thread under a flat-out QoS 1 load). This loop keeps amqtt's behaviour and diffe
   other packet (QoS 2 flows wait for PUBREL, SUBSCRIBE replays retained messages, ...) still gets its
   own task, as in amqtt.
 
-Pinned to amqtt 0.12 (it calls the handler's own methods and private fields); the broker guard tests
-run every packet path through it.
+Pinned to amqtt 0.12 (it calls the handler's own methods and private fields, listed in __init__.py and
+checked at start by compat.py); the broker guard tests run every packet path through it.
 """
 
 from __future__ import annotations

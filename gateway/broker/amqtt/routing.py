@@ -1,0 +1,190 @@
+"""amqtt's Broker with our ACL, ingest hook and retained-message rules: what a verified connection's
+messages may do, and where they go (faults 1 and 3 of guarded.py's list are fixed here).
+
+GuardedBroker (guarded.py) builds on this with logins, takeovers and the life of each connection; it
+registers every verified connection in `_current`, which is how a message's session is mapped to the
+device that logged in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import structlog
+from amqtt.broker import Broker
+from amqtt.contexts import Action
+from amqtt.errors import MQTTError
+from amqtt.events import BrokerEvents
+from amqtt.session import IncomingApplicationMessage, Session
+
+from gateway.broker.acl import Access, device_may
+from gateway.broker.amqtt.connection import Connection
+from gateway.broker.amqtt.publish_flow import StoredAckMessage
+from gateway.core.metrics import Metrics
+from gateway.core.ports import BrokerSink
+
+log = structlog.get_logger(__name__)
+
+_ACCESS = {Action.PUBLISH: Access.PUBLISH, Action.SUBSCRIBE: Access.SUBSCRIBE, Action.RECEIVE: Access.RECEIVE}
+
+
+class RoutingBroker(Broker):  # type: ignore[misc]
+    """What messages of verified connections may do and where they go (the base of GuardedBroker)."""
+
+    def __init__(self, config: dict[str, Any], *, sink: BrokerSink, metrics: Metrics) -> None:
+        super().__init__(config)
+        self._sink = sink
+        self._metrics = metrics
+        self._current: dict[int, Connection] = {}  # id(session) -> the (newest) connection using that session
+
+    def device_of(self, session: Session | None) -> str | None:
+        """The device a session's current connection logged in as (None: not connected, or never verified)."""
+        conn = None if session is None else self._current.get(id(session))
+        return None if conn is None else conn.device_id
+
+    # --- ACL ------------------------------------------------------------------------------------
+
+    async def _topic_filtering(self, session: Session, topic: str, action: Action) -> bool:
+        device_id = self.device_of(session)
+        if device_id is not None and device_may(device_id, _ACCESS[action], topic):
+            return True
+        self._metrics.inc(
+            "gateway_broker_acl_denied_total", 1, "refused publish/subscribe/receive", action=action.value
+        )
+        if action is not Action.RECEIVE:  # RECEIVE refusals are routine filtering, not an offence
+            log.warning("broker.acl_denied", device_id=device_id, client_id=session.client_id, action=action.value,
+                        topic=topic)
+        return False
+
+    # --- ingest hook ----------------------------------------------------------------------------
+
+    async def _deliver_read(self, conn: Connection, message: IncomingApplicationMessage) -> None:
+        """A QoS 0/1 message, delivered by the connection's reader as it is read (see publish_flow.py).
+
+        amqtt's `_handle_message_delivery` (events, topic checks, ACL, broadcast, retain) without its
+        queue and client loop; its PUBACK is settled here, once the store has the message.
+        """
+        session = conn.session
+        plugins = self.plugins_manager
+        await plugins.fire_event(BrokerEvents.MESSAGE_RECEIVED, client_id=session.client_id, message=message)
+        topic = message.topic
+        if not topic or topic.startswith("$"):  # (a wildcard topic already failed to parse)
+            # [MQTT-4.7.3-1], [MQTT-4.7.2-1]: the reader ends the connection on this.
+            raise MQTTError(f"PUBLISH to the topic {topic!r}, which no client may publish to")
+        receipt = None
+        if await self._topic_filtering(session, topic, Action.PUBLISH):
+            await plugins.fire_event(BrokerEvents.MESSAGE_BROADCAST, client_id=session.client_id, message=message)
+            receipt, forward = await self._ingest(conn.device_id, topic, message.data)  # (ACL checked above)
+            if forward:
+                await super()._broadcast_message(session, topic, message.data)
+            if message.publish_packet is not None and message.publish_packet.retain_flag:
+                await self.retain_message(session, topic, message.data, message.qos)
+        if isinstance(message, StoredAckMessage) and conn.acks is not None:
+            # Its PUBACK once the store has it (None: nothing stored, e.g. an ACL refusal: at once).
+            conn.acks.settle(message.ack, receipt)
+
+    async def _ingest(
+        self, device_id: str, topic: str, data: bytes | bytearray | None
+    ) -> tuple[asyncio.Future[None] | None, bool]:
+        """Hand a permitted publish to the sink: (its store receipt, whether an MQTT client subscribes to it)."""
+        receipt = await self._sink.message(device_id, topic, bytes(data or b""))
+        # Device data usually has no MQTT subscriber: skip amqtt's (unbounded) broadcast queue then.
+        return receipt, self._has_subscriber(topic)
+
+    async def _broadcast_message(
+        self,
+        session: Session | None,
+        topic: str | None,
+        data: bytes | bytearray | None,
+        force_qos: int | None = None,
+    ) -> None:
+        if session is not None and topic is not None:
+            # From amqtt's client loop (QoS 2, after its ACL check) or a Will, which amqtt never checks.
+            device_id = self.device_of(session)
+            if device_id is None or not device_may(device_id, Access.PUBLISH, topic):
+                self._metrics.inc("gateway_broker_acl_denied_total", 1, action="will")
+                log.warning("broker.will_denied", device_id=device_id, topic=topic)
+                return
+            _, forward = await self._ingest(device_id, topic, data)  # no PUBACK waits on these
+            if not forward:
+                return
+        await super()._broadcast_message(session, topic, data, force_qos)
+
+    def _has_subscriber(self, topic: str) -> bool:
+        subs = self._subscriptions
+        if subs.get(topic):
+            return True
+        return any(("#" in f or "+" in f) and s and self._matches(topic, f) for f, s in subs.items())
+
+    # --- fix 1: retained replay only for the session's own, permitted subscriptions -----------------
+
+    async def _publish_retained_messages_for_subscription(
+        self, subscription: tuple[str, int], session: Session
+    ) -> None:
+        topic_filter, qos = subscription
+        own = [q for s, q in self._subscriptions.get(topic_filter, ()) if s.client_id == session.client_id]
+        if not own:
+            return  # amqtt calls this for every filter in the broker on connect: not this client's
+        qos = own[0]  # the granted QoS (amqtt passes QoS 0 when it replays on connect)
+        # The subscription is registered (new, or a persistent one on reconnect): from now on a message
+        # published to it reaches the client, so this is when a device can take commands.
+        device_id = self.device_of(session)
+        if device_id is not None:
+            await self._sink.subscribed(device_id, topic_filter)
+        handler = self._get_handler(session)
+        if handler is None:
+            return
+        tasks = []
+        for topic, retained in list(self._retained_messages.items()):
+            if not retained.data or not self._matches(topic, topic_filter):
+                continue
+            if not await self._topic_filtering(session, topic, Action.RECEIVE):
+                continue
+            tasks.append(
+                asyncio.ensure_future(
+                    handler.mqtt_publish(retained.topic, retained.data, min(qos, retained.qos or qos), retain=True)
+                )
+            )
+        if tasks:
+            await asyncio.wait(tasks)
+
+    # --- fix 3: a zero-length retained publish deletes the retained message --------------------------
+
+    async def retain_message(
+        self,
+        source_session: Session | None,
+        topic_name: str | None,
+        data: bytes | bytearray | None,
+        qos: int | None = None,
+    ) -> None:
+        if source_session is not None and topic_name is not None:
+            # amqtt stores a retained Will here without any ACL check: a device could plant a retained
+            # command for another device (or delete someone's retained message with an empty Will).
+            device_id = self.device_of(source_session)
+            if device_id is None or not device_may(device_id, Access.PUBLISH, topic_name):
+                self._metrics.inc("gateway_broker_acl_denied_total", 1, action="retain")
+                log.warning("broker.retain_denied", client_id=source_session.client_id, topic=topic_name)
+                return
+        if topic_name is not None and not data:
+            self._retained_messages.pop(topic_name, None)  # [MQTT-3.3.1-10]
+            return
+        await super().retain_message(source_session, topic_name, data, qos)
+
+    async def _deliver_leftovers(self, conn: Connection) -> None:
+        """Hand over messages parsed but never delivered by the client loop.
+
+        amqtt ends a client's loop at DISCONNECT (or a lost connection) and leaves what is still in
+        the delivery queue there: a sensor that publishes and disconnects at once would lose them
+        (its QoS 0 messages, and QoS 1 ones it may not send again). Stored at least once, never lost.
+        """
+        device_id = conn.device_id
+        queue = conn.session.delivered_message_queue
+        held = [] if conn.intake is None else conn.intake.undelivered
+        while held or not queue.empty():
+            message = held.pop(0) if held else queue.get_nowait()
+            if message is None or not message.topic or not device_may(device_id, Access.PUBLISH, message.topic):
+                continue
+            self._metrics.inc("gateway_broker_leftovers_delivered_total", 1, "parsed messages amqtt left behind")
+            await self._sink.message(device_id, message.topic, bytes(message.data or b""))
+
