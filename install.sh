@@ -9,7 +9,7 @@ Usage: ./install.sh [--dev] [--prefix DIR] [--no-systemd] [--create-user] [--pyt
 
   (no option)     Production install (needs root; re-runs itself with sudo when available):
                     /opt/edge-gateway/venv               self-contained venv: the libraries exactly as pinned
-                                                         in requirements.lock (hashes checked), then the
+                                                         in config/requirements.lock (hashes checked), then the
                                                          package from this repo
                     /etc/edge-gateway/gateway.toml       copied from config/gateway.example.toml only if
                                                          absent (mode 0640, root:edge-gateway)
@@ -44,7 +44,7 @@ POLICY_RC_D=/usr/sbin/policy-rc.d
 
 REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # Production installs take every library from here (README, "Dependencies", says how to refresh it).
-LOCK_FILE="$REPO_DIR/requirements.lock"
+LOCK_FILE="$REPO_DIR/config/requirements.lock"
 
 MODE=prod
 PREFIX=""

@@ -20,7 +20,7 @@ from gateway.control.service import Controller
 from gateway.core.clock import Clock, SystemClock
 from gateway.core.device_commands import DeviceCommand
 from gateway.core.errors import ConfigError, StartupError
-from gateway.core.links import DeviceLinks, MqttDeviceDriver
+from gateway.core.links import DeviceDriver, DeviceLinks, MqttDeviceDriver
 from gateway.core.metrics import Metrics
 from gateway.core.models import OutboxPrune, StatusChange
 from gateway.core.registry import DeviceRegistry
@@ -92,7 +92,6 @@ class Gateway:
         )
         self.controller = Controller(
             s.control,
-            devices=[d.id for d in s.devices],
             timezone=s.gateway.timezone,
             clock=self.clock,
             put=self.writer.put,
@@ -122,20 +121,21 @@ class Gateway:
                 started_at=self.started_at,
             )
 
-    def _mqtt_driver_of(self, device_id: str) -> MqttDeviceDriver | None:
-        """The driver of a configured device on the LAN broker (None for any other client id)."""
+    def _driver_of(self, device_id: str) -> DeviceDriver | None:
+        """The driver of a configured device (None for any other id)."""
         kind = self.registry.kind(device_id)
-        driver = self.drivers.get(kind) if kind is not None else None
+        return self.drivers.get(kind) if kind is not None else None
+
+    def _mqtt_driver_of(self, device_id: str) -> MqttDeviceDriver | None:
+        driver = self._driver_of(device_id)
         return cast(MqttDeviceDriver, driver) if driver is not None and driver.transport == "mqtt" else None
 
     def _transport_of(self, device_id: str) -> str | None:
-        kind = self.registry.kind(device_id)
-        driver = self.drivers.get(kind) if kind is not None else None
+        driver = self._driver_of(device_id)
         return driver.transport if driver is not None else None
 
     def _check_command(self, device_id: str, command: DeviceCommand) -> None:
-        kind = self.registry.kind(device_id)
-        driver = self.drivers.get(kind) if kind is not None else None
+        driver = self._driver_of(device_id)
         if driver is not None:
             driver.check_command(command)
 
@@ -199,8 +199,7 @@ class Gateway:
         kinds = {d.id: d.kind for d in s.devices}
         for kind in set(kinds.values()) - set(self.drivers):
             self.drivers[kind] = driver_registry.load(kind)
-        self.registry.set_devices(kinds)
-        self.controller.set_devices([d.id for d in s.devices])
+        self.registry.set_devices(kinds)  # control and the uplink follow its change event
         if s.logging != old.logging:
             configure_logging(s.logging.level, s.logging.format)
         needs_restart = [

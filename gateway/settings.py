@@ -17,7 +17,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gateway.core.errors import ConfigError
-from gateway.core.passwords import is_argon2_hash
+from gateway.core.passwords import argon2_hash_problem
 
 # Device ids appear in MQTT topics and as usernames: no wildcards, separators or spaces.
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
@@ -123,8 +123,9 @@ class DeviceSettings(_Strict):
     @field_validator("password_hash")
     @classmethod
     def _argon2(cls, value: str | None) -> str | None:
-        if value is not None and not is_argon2_hash(value):
-            raise ValueError("must be an argon2 hash (make one with `edge-gateway hash-password`)")
+        problem = argon2_hash_problem(value) if value is not None else None
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
 

@@ -80,7 +80,6 @@ class Controller:
         self,
         settings: ControlSection,
         *,
-        devices: Collection[str],
         timezone: str,
         clock: Clock,
         put: Put,
@@ -90,7 +89,7 @@ class Controller:
         metrics: Metrics,
         check_command: CheckCommand = lambda device, command: None,
     ) -> None:
-        self._devices = frozenset(devices)
+        self._devices = frozenset(registry.configured())
         self._clock = clock
         self._registry = registry
         self._check_command = check_command
@@ -113,9 +112,12 @@ class Controller:
                                          layer_changed=self.reconciler.layer_changed, queue=queue, known=self.known,
                                          metrics=metrics)
         acks.subscribe_acks(self.on_ack)
-        registry.subscribe(self._presence, Change.PRESENCE, Change.READY)
+        registry.subscribe(self._device_changed, Change.PRESENCE, Change.READY, Change.DEVICES)
 
-    def _presence(self, change: DeviceChange) -> None:
+    def _device_changed(self, change: DeviceChange) -> None:
+        if change.change is Change.DEVICES:  # a config reload
+            self.set_devices(self._registry.configured())
+            return
         if change.device_id is None or change.state is None:
             return
         if change.change is Change.READY:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from argon2 import PasswordHasher
+import re
+
+from argon2 import PasswordHasher, extract_parameters
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 # Defaults of argon2-cffi (RFC 9106 low-memory profile): ~50 ms on a Pi 4, a few ms here.
@@ -20,8 +22,29 @@ def verify_password(password_hash: str, password: str) -> bool:
         return False
 
 
-def is_argon2_hash(value: str) -> bool:
-    return value.startswith(("$argon2id$", "$argon2i$", "$argon2d$"))
+_B64 = re.compile(r"^[A-Za-z0-9+/]+$")
+
+
+def argon2_hash_problem(value: str) -> str | None:
+    """Why `value` is not a usable argon2 hash (None: it is): parsed in full, as verification will."""
+    if not value.startswith(("$argon2id$", "$argon2i$", "$argon2d$")):
+        return "must be an argon2 hash (make one with `edge-gateway hash-password`)"
+    try:
+        params = extract_parameters(value)
+    except InvalidHashError:
+        return "not a complete argon2 hash: expected $argon2id$v=19$m=MEMORY,t=TIME,p=LANES$SALT$HASH"
+    salt, digest = value.split("$")[-2:]
+    for name, part in (("salt", salt), ("hash", digest)):
+        if not _B64.match(part) or len(part) % 4 == 1:
+            return f"argon2 {name} is not base64 ({part[:16]!r})"
+    if params.salt_len < 8:
+        return f"argon2 salt of {params.salt_len} bytes (at least 8)"
+    if params.hash_len < 16:
+        return f"argon2 hash of {params.hash_len} bytes (at least 16)"
+    if params.time_cost < 1 or params.parallelism < 1 or params.memory_cost < 8 * params.parallelism:
+        return (f"argon2 parameters out of range: t={params.time_cost}, p={params.parallelism}, "
+                f"m={params.memory_cost} (need t >= 1, p >= 1, m >= 8 x p)")
+    return None
 
 
 # argon2-cffi realizes its C types lazily, and that first realization is not thread-safe: two

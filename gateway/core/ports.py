@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
-from typing import Any, Protocol
-
-from gateway.core.models import Reading
-
-# Turns one decoded JSON object from a device of some kind into a Reading; raises PayloadError.
-ReadingDecoder = Callable[[str, dict[str, Any], float], Reading]
+from collections.abc import Mapping
+from typing import Protocol
 
 
 class BrokerSink(Protocol):

@@ -97,6 +97,10 @@ class Supervisor:
                 await runner(health)
                 error, exc_info = "ended on its own", None
             except asyncio.CancelledError:
+                if not self._stopping:  # cancelled by something other than shutdown: never silently gone
+                    log.error("supervisor.cancelled", task=health.name)
+                    health.state = "failing"
+                    health.last_error = "cancelled while the gateway was running"
                 raise
             except Exception as exc:
                 error, exc_info = f"{type(exc).__name__}: {exc}", exc

@@ -18,33 +18,33 @@ import random
 import socket
 import ssl
 from collections import deque
-from collections.abc import Awaitable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiomqtt
 import structlog
 
 from gateway.core.clock import Clock
 from gateway.core.metrics import Metrics
-from gateway.core.models import OutboxDone, OutboxEntry, RpcDone
+from gateway.core.models import OutboxDone, OutboxEntry
 from gateway.core.registry import Change, DeviceRegistry
 from gateway.settings import UplinkSection
 from gateway.store.writer import StoreWriter
 from gateway.uplink import messages
 from gateway.uplink.acks import AckTracker
+from gateway.uplink.cancels import honour_cancel
 from gateway.uplink.outbox_reader import OutboxReader
-from gateway.uplink.rpc import Dispatcher, RpcError, encode, error_response, parse_request
+from gateway.uplink.rpc import Dispatcher
+from gateway.uplink.rpc_server import RPC_CONCURRENCY, RpcServer
 
 log = structlog.get_logger(__name__)
 
 # Committed rows waiting for the live lane. Past it they join the backlog (read back from SQLite), so a
 # bigger queue only holds more rows in memory during a burst: 250 is over 10 x the in-flight window.
-T = TypeVar("T")
 LIVE_QUEUE_SIZE = 250
 BACKLOG_REFRESH_S = 5.0  # how often the status lane re-reads the outbox's depth and oldest row
-RPC_CONCURRENCY = 16  # requests served at once (a device command waits for its ack: up to minutes)
 # Backlog rows read per query, one message each: 5 x the default in-flight window. A page is held until its
 # last message is handed over, so a bigger one only holds more rows in memory while the link is busy.
 BACKLOG_PAGE = 100
@@ -84,7 +84,6 @@ class Uplink:
         self._topics = messages.Topics(org, gateway_id)
         self._writer = writer
         self._reader = OutboxReader(db_path)
-        self._dispatcher = dispatcher
         self._registry = registry
         self._devices_changed = asyncio.Event()
         self._metrics = metrics
@@ -105,9 +104,8 @@ class Uplink:
         self._published_registry: tuple[tuple[Any, Any], ...] = ()
         # Requests being served, by JSON-RPC id: a redelivery of one (QoS 1 after a reconnect) waits for
         # the first execution's answer instead of executing again.
-        self._rpc_running: dict[str, asyncio.Future[bytes | None]] = {}
-        self._rpc_tasks: set[asyncio.Task[None]] = set()
-        self._rpc_slots = asyncio.Semaphore(RPC_CONCURRENCY)
+        self._rpc = RpcServer(dispatcher, answers=self._reader, writer=writer, respond=self._respond,
+                              metrics=metrics, clock=clock)
         writer.on_outbox.append(self._on_outbox)
         # A device that comes, goes, or leaves the config: the retained device list follows at once.
         registry.subscribe(lambda _: self._devices_changed.set(), Change.PRESENCE, Change.DEVICES)
@@ -207,9 +205,13 @@ class Uplink:
                      backlog_upto=split)
             self._failing = False
             await self._refresh_backlog()
-            await honour_cancel(client.publish(self._topics.status, self._status(True), qos=1, retain=True))
-            await self._publish_devices(client)
-            await honour_cancel(client.subscribe(self._topics.rpc_request, qos=1))
+            # Not honour_cancel here: this runs in the uplink's own task, whose cancel count Python 3.11's
+            # TaskGroup leaves raised after a lane failed (it never calls uncancel() when the cancel reaches
+            # it in __aexit__), so every reconnect would look cancelled. A swallowed cancel at stop is covered
+            # by the stop flag and by the daemon cancelling again until the task ends.
+            await client.publish(self._topics.status, self._status(True), qos=1, retain=True)
+            await self._publish_devices(client, lane=False)
+            await client.subscribe(self._topics.rpc_request, qos=1)
             # Connected = usable: status announced and the request topic subscribed (a request sent before
             # the first subscription of a new session would have nowhere to go).
             self.state.connected = True
@@ -362,9 +364,10 @@ class Uplink:
     def _registry_key(self) -> tuple[tuple[Any, Any], ...]:
         return tuple((d["id"], d["online"]) for d in self._registry.summary())  # lastSeen alone is no news
 
-    async def _publish_devices(self, client: aiomqtt.Client) -> None:
+    async def _publish_devices(self, client: aiomqtt.Client, *, lane: bool = True) -> None:
         devices = self._registry.summary()
-        await honour_cancel(client.publish(self._topics.devices, messages.devices_payload(devices), qos=1, retain=True))
+        publish = client.publish(self._topics.devices, messages.devices_payload(devices), qos=1, retain=True)
+        await (honour_cancel(publish) if lane else publish)
         self._published_registry = tuple((d["id"], d["online"]) for d in devices)
 
     async def _refresh_backlog(self) -> None:
@@ -379,86 +382,18 @@ class Uplink:
             if str(message.topic) != self._topics.rpc_request:
                 continue
             payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
-            await self._rpc_slots.acquire()
-            # Served outside the connection's task group: a request keeps running (and is recorded) when the
-            # link drops meanwhile; its answer goes out on whatever connection is up when it is ready.
-            task = asyncio.create_task(self._serve(payload), name="uplink-rpc-request")
-            self._rpc_tasks.add(task)
-            task.add_done_callback(self._rpc_tasks.discard)
+            await self._rpc.take(payload)
 
-    async def _serve(self, payload: bytes) -> None:
-        try:
-            response = await self._answer(payload)
-            client = self._client
-            if response is not None and client is not None and self.state.connected:
-                await honour_cancel(client.publish(self._topics.rpc_response, response, qos=1))
-        except aiomqtt.MqttError as exc:  # the answer is stored: a repeat of the request gets it
-            log.warning("uplink.rpc_answer_not_sent", error=str(exc))
-        except Exception:
-            self._metrics.inc("gateway_rpc_errors_total", 1, "cloud requests that failed unexpectedly")
-            log.exception("uplink.rpc_failed")
-        finally:
-            self._rpc_slots.release()
+    async def _respond(self, response: bytes) -> None:
+        """Send a JSON-RPC answer on whatever connection is up when it is ready (none: the answer is stored,
+        and a repeat of the request gets it)."""
+        client = self._client
+        if client is not None and self.state.connected:
+            await honour_cancel(client.publish(self._topics.rpc_response, response, qos=1))
 
     async def cancel_requests(self) -> None:
         """At shutdown: stop serving requests still running (their commands stay in the audit log)."""
-        for task in list(self._rpc_tasks):
-            task.cancel()
-        if self._rpc_tasks:
-            await asyncio.wait(list(self._rpc_tasks), timeout=1.0)
-
-    async def _answer(self, payload: bytes) -> bytes | None:
-        try:
-            request = parse_request(payload)
-        except RpcError as err:
-            self._metrics.inc("gateway_rpc_requests_total", 1, "cloud JSON-RPC requests", result="invalid")
-            return encode(error_response(err))
-        key = request.id_key
-        if key is not None:
-            running = self._rpc_running.get(key)
-            if running is not None:  # the same id while the first is still being served
-                self._metrics.inc("gateway_rpc_requests_total", 1, result="repeat")
-                return await asyncio.shield(running)
-            earlier = await self._reader.rpc_answer(key)
-            if earlier is not None:  # a repeated id: the first answer, not a second execution
-                self._metrics.inc("gateway_rpc_requests_total", 1, result="repeat")
-                return earlier.encode()
-            if key in self._rpc_running:  # arrived while we looked in the log
-                return await asyncio.shield(self._rpc_running[key])
-            fut: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
-            self._rpc_running[key] = fut
-        try:
-            response = encode(await self._dispatcher.call(request))
-            self._metrics.inc("gateway_rpc_requests_total", 1, result="answered")
-            if key is None:
-                return None  # a notification gets no answer
-            await self._writer.put(RpcDone(key, request.method, response.decode(), self._clock.now()))
-            await self._writer.flush()
-            fut.set_result(response)
-            return response
-        except BaseException as exc:
-            if key is not None and not fut.done():
-                fut.set_exception(exc if isinstance(exc, Exception) else RuntimeError("request cancelled"))
-                fut.exception()  # retrieved: waiters get it through their shield
-            raise
-        finally:
-            if key is not None:
-                self._rpc_running.pop(key, None)
-
-
-async def honour_cancel(call: Awaitable[T]) -> T:
-    """Await an aiomqtt call, then end the task if it was cancelled meanwhile.
-
-    aiomqtt waits for a PUBACK/SUBACK with asyncio.wait_for, which on Python 3.11 swallows a cancellation that
-    lands as the acknowledgement arrives. A lane that goes on to wait for its next event then never ends: the
-    TaskGroup (and the gateway's stop) waited on it for good. The task still counts the cancellation.
-    """
-    result = await call
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
-    return result
-
+        await self._rpc.cancel_all()
 
 def _is_link_error(exc: BaseException) -> bool:
     if isinstance(exc, BaseExceptionGroup):

@@ -18,7 +18,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 INSTALL_SH = REPO / "install.sh"
-LOCK = REPO / "requirements.lock"
+LOCK = REPO / "config" / "requirements.lock"
 
 
 def run_install(*args: str, timeout: float = 540, install_sh: Path = INSTALL_SH) -> subprocess.CompletedProcess[str]:
@@ -169,7 +169,7 @@ def canonical(name: str) -> str:
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_libraries_are_exactly_the_locked_ones(prefix: Path) -> None:
-    """Production installs from requirements.lock: every library at its locked version, nothing else (a
+    """Production installs from config/requirements.lock: every library at its locked version, nothing else (a
     resolve from pyproject.toml would leave the venv's own setuptools, and bring no wheel)."""
     locked = {canonical(n): v for n, v in re.findall(r"^([A-Za-z0-9_.-]+)==(\S+) ", LOCK.read_text(), re.M)}
     listed = subprocess.run(
@@ -193,7 +193,7 @@ def test_a_lock_entry_with_a_wrong_hash_fails_the_install(tmp_path: Path) -> Non
     first = re.search(r"^\S+==\S+ \\\n(?:\s+--hash=\S+(?: \\)?\n)+", text, re.M)  # the first library, with its hashes
     assert first is not None
     tampered = re.sub(r"sha256:[0-9a-f]{64}", "sha256:" + "0" * 64, first.group(0))
-    (repo / "requirements.lock").write_text(text.replace(first.group(0), tampered))
+    (repo / "config" / "requirements.lock").write_text(text.replace(first.group(0), tampered))
     result = run_install("--prefix", str(tmp_path / "root"), "--no-systemd", install_sh=repo / "install.sh")
     assert result.returncode != 0
     assert "--require-hashes" in result.stdout

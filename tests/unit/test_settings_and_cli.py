@@ -142,3 +142,21 @@ def test_hash_password_prints_a_verifiable_argon2_hash() -> None:
     hashed = proc.stdout.strip()
     assert hashed.startswith("$argon2id$")
     assert verify_password(hashed, "s3cret") and not verify_password(hashed, "other")
+
+
+@pytest.mark.parametrize(("value", "problem"), [
+    ("$argon2id$garbage", "not a complete argon2 hash"),
+    ("$argon2id$v=19$m=65536,t=3,p=4$c29tZXNhbHQ$!!!!", "argon2 hash is not base64"),
+    ("$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$RdescudvJCsgt3ub+b+dWRWJTmaaJObG", "argon2 salt of 4 bytes"),
+    ("$argon2id$v=19$m=65536,t=3,p=4$c29tZXNhbHQ$c2hvcnQ", "argon2 hash of 5 bytes"),
+    ("$argon2id$v=19$m=16,t=3,p=4$c29tZXNhbHQ$RdescudvJCsgt3ub+b+dWRWJTmaaJObG", "m >= 8 x p"),
+    ("bcrypt$2b$...", "must be an argon2 hash"),
+])
+def test_check_config_parses_password_hashes_in_full(tmp_path: Path, value: str, problem: str) -> None:
+    path = tmp_path / "gateway.toml"
+    path.write_text(f'[gateway]\nid = "gw"\norg = "o"\n[[devices]]\nid = "AP-01"\npassword_hash = \'{value}\'\n',
+                    encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_settings(path)
+    (line,) = err.value.errors
+    assert "devices.0[id=AP-01].password_hash" in line and problem in line
