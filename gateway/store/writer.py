@@ -24,7 +24,7 @@ from gateway.core.clock import Clock, SystemClock
 from gateway.core.errors import StoreClosedError
 from gateway.core.metrics import Metrics
 from gateway.core.models import OutboxEntry, StoreRecord
-from gateway.store import transaction
+from gateway.store import aiosqlite_access, transaction
 from gateway.store.planner import JobContext, plan_batch
 from gateway.store.receipts import Receipts
 from gateway.store.record_kinds import RECORD_PLANNERS
@@ -124,6 +124,7 @@ class StoreWriter:
         sqlite3.connect(str(self._db_path)).close()
         self._conn = await connect(str(self._db_path), synchronous=self._synchronous, any_thread=True)
         try:
+            aiosqlite_access.check(self._conn)
             found = await migrate(self._conn)
             async with self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'") as cur:
                 row = await cur.fetchone()
@@ -132,7 +133,8 @@ class StoreWriter:
             self._conn = None
             raise
         self._next_seq = (int(row[0]) if row else 0) + 1
-        self._max_params = self._conn._conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+        raw = aiosqlite_access.raw_connection(self._conn)
+        self._max_params = raw.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
         log.info("store.opened", path=str(self._db_path), schema_from=found, next_seq=self._next_seq)
         return self._conn
 
@@ -269,7 +271,8 @@ class StoreWriter:
         if self._retry_wait is not None and not self._retry_wait.done():
             self._retry_wait.set_result(None)
         if self._conn is not None:
-            self._conn._conn.interrupt()  # thread-safe: ends a statement still running (a slow disk)
+            # thread-safe: ends a statement still running (a slow disk)
+            aiosqlite_access.raw_connection(self._conn).interrupt()
         await self._stopped.wait()
 
     async def _commit_retrying(self, batch: list[StoreRecord]) -> None:
@@ -346,11 +349,13 @@ class StoreWriter:
             # most of a quiet gateway's CPU). Never under load: commits on the loop's thread would shrink the
             # batches and starve the broker.
             if self._quiet and len(batch) <= INLINE_COMMIT_MAX:
-                transaction.run(conn._conn, transaction.per_row(steps))
+                transaction.run(aiosqlite_access.raw_connection(conn), transaction.per_row(steps))
             else:
-                # aiosqlite's own hand-off to its thread (private, untyped): the whole batch in one.
+                # The whole batch in one hand-off to the worker thread.
                 statements = transaction.bulk(steps, self._max_params)
-                await conn._execute(transaction.run, conn._conn, statements)  # type: ignore[no-untyped-call]
+                await aiosqlite_access.on_worker_thread(
+                    conn, transaction.run, aiosqlite_access.raw_connection(conn), statements
+                )
         self._next_seq = plan.next_seq
         if plan.jobs:  # their own transactions: a failure there must not replay the batch above
             context = JobContext(self._metrics, self._take_seq if self._outbox else None)
