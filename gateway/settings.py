@@ -87,6 +87,9 @@ class BrokerSection(_Strict):
     )
     # A client silent for this many times its keepalive is disconnected (its Will then fires).
     keepalive_grace: Annotated[float, Field(ge=1.0, le=10.0)] = 1.5
+    # A packet announcing more bytes than this closes its connection before they are read. Payloads over
+    # 64 KiB are quarantined (kept, with the reason); this bounds what one packet can make the daemon hold.
+    max_packet_bytes: Annotated[int, Field(ge=66 * 1024, le=16 * 1024 * 1024)] = 256 * 1024
     # A connection that has not sent its CONNECT this long after it opened is closed.
     connect_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 10.0
     # A disconnected persistent session (and its offline queue) is dropped after this many seconds.

@@ -53,3 +53,35 @@ async def test_a_socket_that_sends_no_connect_is_closed_at_the_deadline(gateway_
     finally:
         for sock in [*idle, half]:
             sock.close()
+
+
+def remaining_length(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n % 128, n // 128
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+async def test_an_oversized_publish_closes_the_connection_before_its_body_is_read(
+    gateway_factory: GatewayFactory,
+) -> None:
+    gw = await gateway_factory(api="enabled = false")
+    loop = asyncio.get_running_loop()
+    sock = await connect_raw(gw)
+    user, password = b"AP-01", device_password("AP-01").encode()
+    body = (b"\x00\x04MQTT\x04\xc2\x00\x3c" + len(user).to_bytes(2, "big") + user
+            + len(user).to_bytes(2, "big") + user + len(password).to_bytes(2, "big") + password)
+    await loop.sock_sendall(sock, b"\x10" + remaining_length(len(body)) + body)
+    assert await asyncio.wait_for(loop.sock_recv(sock, 4), 10) == b"\x20\x02\x00\x00"  # CONNACK: accepted
+    topic = b"device/AP-01/data"
+    # A PUBLISH that announces 64 MB; only its first kilobyte is ever sent.
+    header = b"\x30" + remaining_length(64 * 1024 * 1024) + len(topic).to_bytes(2, "big") + topic
+    try:
+        await loop.sock_sendall(sock, header + b"x" * 1024)
+        assert await asyncio.wait_for(loop.sock_recv(sock, 1), 10) == b""  # closed without waiting for the rest
+        await wait_for(lambda: gw.counter("gateway_broker_protocol_errors_total") == 1)
+        assert gw.query("SELECT count(*) FROM quarantine") == [(0,)]
+    finally:
+        sock.close()

@@ -68,6 +68,7 @@ def attach(
     deliver: Callable[[Connection, IncomingApplicationMessage], Awaitable[None]],
     silence_closer: Callable[[], None] | None,
     protocol_error: Callable[[MQTTError], None],
+    max_packet: int,
 ) -> None:
     """Swap our methods into the connection's handler (before handler.start()); see the module.
 
@@ -91,7 +92,7 @@ def attach(
         # The handler's reader calls handle_read_timeout() after the keepalive, which amqtt leaves empty.
         handler.handle_read_timeout = silence_closer
     # amqtt's loop costs a task and a timer per packet, and reads on after a protocol violation (see the module)
-    reader_loop.install(handler, protocol_error)
+    reader_loop.install(handler, protocol_error, max_packet=max_packet)
 
 
 async def _request(

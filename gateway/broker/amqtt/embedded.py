@@ -90,6 +90,7 @@ class EmbeddedBroker:
             metrics=metrics,
             keepalive_grace=broker.keepalive_grace,
             connect_deadline=broker.connect_timeout_seconds,
+            max_packet=broker.max_packet_bytes,
             require_client_cert=frozenset(_bind(x.host, x.port) for x in broker.listeners if x.cafile is not None),
         )
         compat.check_broker(self._broker)

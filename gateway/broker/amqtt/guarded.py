@@ -74,9 +74,11 @@ class GuardedBroker(RoutingBroker):
         keepalive_grace: float = 1.5,
         require_client_cert: frozenset[str] = frozenset(),
         connect_deadline: float = 10.0,
+        max_packet: int = 256 * 1024,
     ) -> None:
         super().__init__(config, sink=sink, metrics=metrics)
         self._connect_deadline = connect_deadline
+        self._max_packet = max_packet
         self._check_credentials = CredentialCheck()
         self.devices = DeviceTable(dict(devices), allow_anonymous=allow_anonymous)
         self._grace = keepalive_grace
@@ -154,6 +156,7 @@ class GuardedBroker(RoutingBroker):
             deliver=self._deliver_read,
             silence_closer=silence_closer,
             protocol_error=functools.partial(self._protocol_error, device_id),
+            max_packet=self._max_packet,
         )
         return handler, session
 

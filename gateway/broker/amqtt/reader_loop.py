@@ -8,7 +8,8 @@ thread under a flat-out QoS 1 load). This loop keeps amqtt's behaviour and diffe
 * **Silence** is detected by one timer per connection that checks the time of the last packet, instead
   of a timeout around every read; it calls ``handle_read_timeout`` as amqtt does (our silence closer).
 * **A protocol violation** (a malformed packet, a PUBLISH to a wildcard or ``$`` topic) closes the
-  connection, as MQTT requires; amqtt discarded the packet and read on.
+  connection, as MQTT requires; amqtt discarded the packet and read on. So does a packet whose remaining
+  length is over ``max_packet``, before its body is read.
 * **PUBLISH at QoS 0/1, PUBACK and PINGREQ** are handled inline, in arrival order: none of them waits
   for another packet from the same client (QoS 1: queue the message, send PUBACK). A client whose
   socket stops taking our PUBACKs then stops being read, which is the back-pressure we want. Every
@@ -89,16 +90,16 @@ class _SilenceWatch:
             self._timer = None
 
 
-def install(handler: Any, on_protocol_error: Callable[[MQTTError], None]) -> None:
+def install(handler: Any, on_protocol_error: Callable[[MQTTError], None], *, max_packet: int) -> None:
     """Make `handler.start()` run our loop instead of amqtt's (call before start())."""
 
     async def reader_loop() -> None:
-        await _reader_loop(handler, on_protocol_error)
+        await _reader_loop(handler, on_protocol_error, max_packet)
 
     handler._reader_loop = reader_loop
 
 
-async def _reader_loop(handler: Any, on_protocol_error: Callable[[MQTTError], None]) -> None:
+async def _reader_loop(handler: Any, on_protocol_error: Callable[[MQTTError], None], max_packet: int) -> None:
     session = handler.session
     loop = asyncio.get_running_loop()
     # Handler tasks (QoS 2, SUBSCRIBE, ...) not yet done: usually none, so a list (an idle deque costs ~0.7 KB).
@@ -121,6 +122,10 @@ async def _reader_loop(handler: Any, on_protocol_error: Callable[[MQTTError], No
                     break  # EOF
                 if watch is not None:
                     watch.seen()
+                if fixed_header.remaining_length > max_packet:
+                    # Refused before its body is read: amqtt read all of it first (a 64 MB PUBLISH took the
+                    # daemon's memory from 56 to 123 MB before the payload limit refused it).
+                    raise MQTTError(f"packet of {fixed_header.remaining_length} bytes exceeds {max_packet}")
                 kind = fixed_header.packet_type
                 if kind in (RESERVED_0, RESERVED_15):
                     await handler.handle_connection_closed()
