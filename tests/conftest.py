@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.fixtures.mosquitto", "tests.fixtures.gateway"]
+pytest_plugins = ["tests.fixtures.mosquitto", "tests.fixtures.gateway", "tests.fixtures.hang_report"]
