@@ -18,6 +18,7 @@ from gateway.core.clock import ManualClock
 from tests.fixtures.gateway import (
     GatewayFactory,
     RunningGateway,
+    cancel_and_wait,
     device_password,
     running,
     wait_for,
@@ -352,8 +353,7 @@ async def test_reconciler_backs_off_after_failures_instead_of_storming(gateway_f
         assert len(received) == 2
         await step(gw, clock, 60)
         await wait_for(failed(3))
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await cancel_and_wait(task)
     assert {c["action"] for c in received} == {"setFanSpeed"}
     assert len({c["commandId"] for c in received}) == 3  # each try is a new command, each in the audit log
     await settle(gw)

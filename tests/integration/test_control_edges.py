@@ -17,6 +17,7 @@ from gateway.core.clock import ManualClock
 from tests.fixtures.gateway import (
     GatewayFactory,
     RunningGateway,
+    cancel_and_wait,
     device_password,
     running,
     wait_for,
@@ -56,11 +57,8 @@ class ScriptedDevice:
                 await self.client.publish("device/AP-01/ack", json.dumps(ack), qos=1)
 
     async def __aexit__(self, *exc: object) -> None:
-        # Cancel until it ends: Python 3.11's wait_for inside aiomqtt's publish swallows a cancellation
-        # that lands as the PUBACK arrives (the simulator's _cancel does the same).
-        while self.task is not None and not self.task.done():
-            self.task.cancel()
-            await asyncio.wait([self.task], timeout=0.5)
+        if self.task is not None:
+            await cancel_and_wait(self.task)
         await self.client.__aexit__(None, None, None)
 
 
