@@ -1,1 +1,6 @@
-pytest_plugins = ["tests.fixtures.mosquitto", "tests.fixtures.gateway"]
+pytest_plugins = [
+    "tests.fixtures.mosquitto",
+    "tests.fixtures.gateway",
+    "tests.fixtures.hang_report",
+    "tests.fixtures.leaks",
+]

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiomqtt
 import pytest
 from amqtt.broker import Broker
 
 from tests.fixtures.gateway import RunningGateway, device_password, free_port, wait_for
+from tests.fixtures.markers import messages_until_marker
 
 
 @pytest.fixture
@@ -59,14 +60,17 @@ async def received_within(c: aiomqtt.Client, seconds: float) -> list[tuple[str, 
 
 # --- 1. retained messages replayed to clients whose ACL forbids them ---------------------------------
 
-async def leak_scenario(port: int, retain_publisher: aiomqtt.Client | None, publish_retained: object) -> list:
+async def leak_scenario(
+    port: int, publish_retained: Callable[[], Awaitable[None]],
+    received: Callable[[aiomqtt.Client], Awaitable[list[tuple[str, bytes]]]],
+) -> list[tuple[str, bytes]]:
     """AP-01 is subscribed to its commands and a retained command waits there; AP-02 then connects."""
     async with client(port, "AP-01") as ap01:
         await ap01.subscribe("device/AP-01/command", qos=1)
-        await publish_retained()  # type: ignore[operator]
+        await publish_retained()
         async with client(port, "AP-02") as ap02:
             await ap02.subscribe("device/AP-02/command", qos=1)
-            return await received_within(ap02, 1.0)
+            return await received(ap02)
 
 
 async def test_bare_amqtt_still_leaks_retained_messages(bare_amqtt: int) -> None:
@@ -74,7 +78,7 @@ async def test_bare_amqtt_still_leaks_retained_messages(bare_amqtt: int) -> None
         async with client(bare_amqtt, "admin", password="x") as admin:
             await admin.publish("device/AP-01/command", b'{"action":"turnOff"}', qos=1, retain=True)
 
-    leaked = await leak_scenario(bare_amqtt, None, publish)
+    leaked = await leak_scenario(bare_amqtt, publish, lambda ap02: received_within(ap02, 1.0))
     assert ("device/AP-01/command", b'{"action":"turnOff"}') in leaked
 
 
@@ -86,11 +90,15 @@ async def test_guarded_broker_replays_retained_only_within_the_acl(gateway: Runn
         await gateway.gateway.broker.send("AP-01", b'{"action":"turnOff"}')
         await broker.retain_message(None, "device/AP-01/command", b'{"action":"turnOff"}', 1)
 
-    assert await leak_scenario(gateway.port, None, publish) == []
+    def until_marker(ap02: aiomqtt.Client) -> Awaitable[list[tuple[str, bytes]]]:
+        return messages_until_marker(ap02, gateway, "AP-02")
+
+    assert await leak_scenario(gateway.port, publish, until_marker) == []
     # ...while AP-01 itself still gets its retained command on (re)subscription.
     async with client(gateway.port, "AP-01") as ap01:
         await ap01.subscribe("device/AP-01/command", qos=1)
-        assert await received_within(ap01, 1.0) == [("device/AP-01/command", b'{"action":"turnOff"}')]
+        assert await messages_until_marker(ap01, gateway, "AP-01") == [
+            ("device/AP-01/command", b'{"action":"turnOff"}')]
 
 
 # --- 2. a silent client is never dropped, so its Will never fires --------------------------------------
@@ -137,7 +145,8 @@ async def test_guarded_broker_drops_a_silent_client_within_1_5_keepalive_and_pub
                        and gateway.gateway.registry.state("AP-01").online, timeout=2)
         await wait_for(lambda: not gateway.gateway.registry.state("AP-01").online, timeout=5)
         elapsed = loop.time() - connected_at
-        assert elapsed < 2 * 1.5 + 0.5, elapsed  # 1.5 x keepalive, plus scheduling slack
+        # 1.5 x keepalive, plus the scheduling slack of a busy Pi; a guard at 2 x keepalive still fails this
+        assert elapsed < 2 * 2, elapsed
         assert elapsed >= 2 * 1.5 - 0.1, elapsed  # and not before: a device may be quiet that long
         assert gateway.counter("gateway_broker_silent_clients_total") == 1
         # the Will was published (not only the connection dropped): it is the retained status now, and
@@ -167,5 +176,5 @@ async def test_guarded_broker_deletes_retained_on_zero_length_publish(gateway: R
     assert "device/AP-01/command" not in broker.retained_messages
     async with client(gateway.port, "AP-01") as ap01:
         await ap01.subscribe("device/AP-01/command", qos=1)
-        assert await received_within(ap01, 0.5) == []
+        assert await messages_until_marker(ap01, gateway, "AP-01") == []
 

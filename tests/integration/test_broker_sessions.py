@@ -22,8 +22,10 @@ from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.session import IncomingApplicationMessage, Session
 
 from tests.fixtures.gateway import GatewayFactory, RunningGateway, device_password, wait_for
+from tests.fixtures.markers import messages_until_marker
 
 COMMAND = b'{"commandId": "c-1", "action": "turnOff", "value": null}'
+COMMAND_TOPIC = "device/AP-01/command"
 
 
 def reading(**metrics: object) -> bytes:
@@ -161,7 +163,7 @@ async def test_wrong_password_with_a_connected_devices_client_id_leaves_that_dev
 
         # The victim is still connected, still subscribed, and still publishes under its identity.
         await broker.send("AP-01", COMMAND)
-        assert await received_within(victim, 1.0) == [("device/AP-01/command", COMMAND)]
+        assert await messages_until_marker(victim, gateway, "AP-01") == [(COMMAND_TOPIC, COMMAND)]
         await victim.publish("device/AP-01/data", reading(pm25=2.0), qos=1)
         await wait_for(lambda: readings(gateway, "AP-01") == 2)
         assert online(gateway, "AP-01")
@@ -181,7 +183,7 @@ async def test_valid_credentials_of_one_device_cannot_take_over_another_devices_
                 pass
         assert refused.value.rc in (5, 135)
         await gateway.gateway.broker.send("AP-01", COMMAND)
-        assert await received_within(victim, 1.0) == [("device/AP-01/command", COMMAND)]
+        assert await messages_until_marker(victim, gateway, "AP-01") == [(COMMAND_TOPIC, COMMAND)]
         session, _ = broker.sessions["AP-01"]
         assert (session.username, session.will_flag) == ("AP-01", False)  # nothing of AP-02's CONNECT got in
     assert gateway.counter("gateway_broker_logins_refused_total", reason="client-id-of-another-device") == 1
@@ -250,7 +252,7 @@ async def test_reconnect_keeps_the_new_connection_working(
             # ...and it still receives its commands (amqtt's takeover left the session marked disconnected).
             await new.subscribe("device/AP-01/command", qos=1)
             await gateway.gateway.broker.send("AP-01", COMMAND)
-            assert await received_within(new, 1.0) == [("device/AP-01/command", COMMAND)]
+            assert await messages_until_marker(new, gateway, "AP-01") == [(COMMAND_TOPIC, COMMAND)]
     finally:
         old.close()
     # The connection count was right: with the last connection gone, the device is offline.
@@ -342,7 +344,7 @@ async def test_retained_will_on_another_devices_command_topic_is_dropped(gateway
     assert gateway.counter("gateway_broker_acl_denied_total", action="retain") == 1
     async with asyncio.timeout(20), aio_client(gateway, "AP-02") as victim:
         await victim.subscribe("device/AP-02/command", qos=1)
-        assert await received_within(victim, 1.0) == []
+        assert await messages_until_marker(victim, gateway, "AP-02") == []
 
 
 async def test_anonymous_mode_does_not_bypass_a_configured_password(gateway_factory: GatewayFactory) -> None:
@@ -441,7 +443,7 @@ async def test_unsubscribe_is_acknowledged_and_ends_delivery(gateway: RunningGat
         assert await received_within(c, 0.5) == []
         await c.subscribe("device/AP-01/command", qos=1)  # and again: the loop still serves this connection
         await broker.send("AP-01", COMMAND)
-        assert await received_within(c, 2) == [("device/AP-01/command", COMMAND)]
+        assert await messages_until_marker(c, gateway, "AP-01") == [(COMMAND_TOPIC, COMMAND)]
 
 
 async def test_a_connection_costs_two_tasks_and_little_memory(gateway_factory: GatewayFactory) -> None:

@@ -18,11 +18,13 @@ from gateway.core.clock import ManualClock
 from tests.fixtures.gateway import (
     GatewayFactory,
     RunningGateway,
+    cancel_and_wait,
     device_password,
     running,
     wait_for,
     write_config,
 )
+from tests.fixtures.markers import is_marker, marker_delivered
 from tests.fixtures.purifiers import purifier, until
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -320,6 +322,7 @@ async def test_reconciler_backs_off_after_failures_instead_of_storming(gateway_f
     gw = await gateway_factory(api=NO_API, clock=clock, control="retry_backoff_seconds = 60")
     ctl = gw.gateway.controller
     received: list[dict[str, Any]] = []
+    markers: list[str] = []
     async with aiomqtt.Client("127.0.0.1", gw.port, identifier="AP-01", username="AP-01",
                               password=device_password("AP-01")) as dev:
         await dev.publish("device/AP-01/data", json.dumps({"fanSpeed": 1, "powerOn": True}), qos=1)
@@ -329,6 +332,9 @@ async def test_reconciler_backs_off_after_failures_instead_of_storming(gateway_f
             async for message in dev.messages:
                 assert isinstance(message.payload, bytes)
                 cmd = json.loads(message.payload)
+                if is_marker(cmd):
+                    markers.append(cmd["commandId"])
+                    continue
                 received.append(cmd)
                 await dev.publish("device/AP-01/ack", json.dumps(
                     {"commandId": cmd["commandId"], "status": "error", "error": "fan jammed"}), qos=1)
@@ -343,17 +349,16 @@ async def test_reconciler_backs_off_after_failures_instead_of_storming(gateway_f
         await wait_for(failed(1))
         for _ in range(5):  # time passes inside the back-off: nothing is sent
             await step(gw, clock, 10)
-        await asyncio.sleep(0.2)
+        await marker_delivered(gw, "AP-01", markers)  # sent after anything the back-off let through
         assert len(received) == 1
         await step(gw, clock, 15)  # 65 s after the failure: one more try
         await wait_for(failed(2))
         await step(gw, clock, 65)  # the back-off doubled to 120 s: still nothing
-        await asyncio.sleep(0.2)
+        await marker_delivered(gw, "AP-01", markers)
         assert len(received) == 2
         await step(gw, clock, 60)
         await wait_for(failed(3))
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await cancel_and_wait(task)
     assert {c["action"] for c in received} == {"setFanSpeed"}
     assert len({c["commandId"] for c in received}) == 3  # each try is a new command, each in the audit log
     await settle(gw)

@@ -17,11 +17,13 @@ from gateway.core.clock import ManualClock
 from tests.fixtures.gateway import (
     GatewayFactory,
     RunningGateway,
+    cancel_and_wait,
     device_password,
     running,
     wait_for,
     write_config,
 )
+from tests.fixtures.markers import is_marker, marker_delivered
 from tests.integration.test_control import NO_API, berlin, commands, events, purifier, settle, step, until
 
 Handler = Callable[[dict[str, Any]], dict[str, Any] | None]
@@ -33,6 +35,7 @@ class ScriptedDevice:
     def __init__(self, gw: RunningGateway, handler: Handler, *, fan: int = 1, power: bool = True) -> None:
         self.gw, self.handler, self.fan, self.power = gw, handler, fan, power
         self.received: list[dict[str, Any]] = []
+        self.markers: list[str] = []  # see tests/fixtures/markers.py
         self.client = aiomqtt.Client("127.0.0.1", gw.port, identifier="AP-01", username="AP-01",
                                      password=device_password("AP-01"))
         self.task: asyncio.Task[None] | None = None
@@ -50,17 +53,17 @@ class ScriptedDevice:
         async for message in self.client.messages:
             assert isinstance(message.payload, bytes)
             cmd = json.loads(message.payload)
+            if is_marker(cmd):
+                self.markers.append(cmd["commandId"])
+                continue
             self.received.append(cmd)
             ack = self.handler(cmd)
             if ack is not None:
                 await self.client.publish("device/AP-01/ack", json.dumps(ack), qos=1)
 
     async def __aexit__(self, *exc: object) -> None:
-        # Cancel until it ends: Python 3.11's wait_for inside aiomqtt's publish swallows a cancellation
-        # that lands as the PUBACK arrives (the simulator's _cancel does the same).
-        while self.task is not None and not self.task.done():
-            self.task.cancel()
-            await asyncio.wait([self.task], timeout=0.5)
+        if self.task is not None:
+            await cancel_and_wait(self.task)
         await self.client.__aexit__(None, None, None)
 
 
@@ -77,7 +80,8 @@ async def test_a_failed_plan_step_stops_the_plan_and_backs_off(gateway_factory: 
     async with ScriptedDevice(gw, cover_open, power=False) as dev:
         await gw.gateway.controller.start_preclean("AP-01", 5, 60, "api")
         await wait_for(lambda: gw.counter("gateway_commands_finished_total", status="failed") == 1)
-        await asyncio.sleep(1.0)
+        await settle(gw)
+        await marker_delivered(gw, "AP-01", dev.markers)  # sent after whatever the failure let through
         # before: turnOn failed, setFanSpeed went anyway, its ack lifted the back-off: 44 commands in 2 s
         assert [c["action"] for c in dev.received] == ["turnOn"]
 

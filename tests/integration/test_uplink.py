@@ -270,6 +270,7 @@ async def _start_daemon(config: Path, port: int) -> asyncio.subprocess.Process:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(180)  # ~20 s on a busy 2-core machine; its own waits allow up to 110 s
 async def test_kill_9_during_a_drain_loses_nothing_and_resends_at_most_the_window(
     cloud: Cloud, tmp_path: Path
 ) -> None:

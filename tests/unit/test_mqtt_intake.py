@@ -67,6 +67,8 @@ payloads = (
 )
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(120)  # 300 examples: ~5 s on a quiet 2-core machine, 16 s on a busy one
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(payload=payloads)
 async def test_every_data_message_is_stored_or_quarantined_exactly_once(payload: bytes) -> None:
