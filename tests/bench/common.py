@@ -47,12 +47,14 @@ def run_and_report(
 FULL_RUN_TIMEOUT_S = 1800  # a full ingest run takes ~8 min on a quiet 2-core machine
 
 
-def bench_modes(smoke_timeout: float) -> list[Any]:
-    """Parameters "smoke" and "full" (marked bench), each with its pytest timeout."""
-    return [
-        pytest.param("smoke", marks=pytest.mark.timeout(smoke_timeout)),
-        pytest.param("full", marks=[pytest.mark.bench, pytest.mark.timeout(FULL_RUN_TIMEOUT_S)]),
-    ]
+MODES = ("smoke", "full")
+
+
+def mode_marks(mode: str, smoke_timeout: float) -> list[pytest.MarkDecorator]:
+    """A smoke run is in the default run; a full run is marked bench (opt-in). Each with its pytest timeout."""
+    if mode == "smoke":
+        return [pytest.mark.timeout(smoke_timeout)]
+    return [pytest.mark.bench, pytest.mark.timeout(FULL_RUN_TIMEOUT_S)]
 
 
 def run_bench_module(module: str, mode: str, tmp_path: Path, *, smoke_timeout: float) -> tuple[str, dict[str, Any]]:
