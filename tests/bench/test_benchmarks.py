@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.bench.common import MODES, mode_marks, run_bench_module
+from tests.bench.runner import MODES, mode_marks, run_bench_module
 
 
 def _ingest(figures: dict[str, Any], mode: str) -> None:
