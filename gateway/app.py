@@ -25,6 +25,7 @@ from gateway.core.metrics import Metrics
 from gateway.core.models import OutboxPrune, StatusChange
 from gateway.core.registry import DeviceRegistry
 from gateway.core.supervisor import Health, Supervisor
+from gateway.core.tasks import cancel_until_done
 from gateway.ingest.mqtt_intake import MqttIntake
 from gateway.ingest.service import Ingest
 from gateway.logs import configure_logging
@@ -38,7 +39,7 @@ from gateway.web.views import device_state_json
 
 if TYPE_CHECKING:
     from gateway.uplink.client import Uplink
-    from gateway.web.api import ApiServer
+    from gateway.web.server import ApiServer
 
 
 log = structlog.get_logger(__name__)
@@ -284,7 +285,7 @@ class Gateway:
                 await self.uplink.announce_offline()
                 self.uplink.stop()
                 await self.uplink.cancel_requests()
-            await _cancel_until_done([t for t in (*supervised, pruner) if t is not None], SHUTDOWN_BUDGET_S / 5)
+            await cancel_until_done([t for t in (*supervised, pruner) if t is not None], SHUTDOWN_BUDGET_S / 5)
             await self._shutdown(deadline)
             for task in background:
                 task.cancel()
@@ -301,7 +302,7 @@ class Gateway:
         self._broker_started = True
         if not self.settings.api.enabled:
             return
-        from gateway.web.api import ApiServer  # aiohttp.web costs RSS: only when the API is on
+        from gateway.web.server import ApiServer  # aiohttp.web costs RSS: only when the API is on
 
         api = ApiServer(
             self.settings.api, controller=self.controller, db_path=self.loaded.db_path,
@@ -344,21 +345,6 @@ class Gateway:
             # Only a loop that still turns can ping: a stuck event loop lets systemd restart us.
             self.notifier.watchdog()
             await asyncio.sleep(interval)
-
-
-async def _cancel_until_done(tasks: list[asyncio.Task[None]], timeout: float) -> None:
-    """Cancel the tasks, again each turn while one still runs, until all ended or `timeout` passed.
-
-    Python 3.11's wait_for (inside aiomqtt's publish) swallows a cancellation that lands as its inner future
-    completes: cancelled once, the uplink could go on waiting for a PUBACK for its full 10 s timeout.
-    """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    pending = {task for task in tasks if not task.done()}
-    while pending and loop.time() < deadline:
-        for task in pending:
-            task.cancel()
-        _, pending = await asyncio.wait(pending, timeout=min(0.05, max(0.0, deadline - loop.time())))
 
 
 def _link_runner(run: Callable[[], Awaitable[None]]) -> Callable[[Health], Awaitable[None]]:

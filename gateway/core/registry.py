@@ -63,9 +63,6 @@ class DeviceRegistry:
     def configured(self) -> list[str]:
         return list(self._kinds)
 
-    def kinds(self) -> dict[str, str]:
-        return dict(self._kinds)
-
     def set_devices(self, kinds: Mapping[str, str]) -> None:
         """Swap the device table (config reload) in one assignment; state of removed devices is kept."""
         self._kinds = dict(kinds)
@@ -99,9 +96,6 @@ class DeviceRegistry:
 
     def get(self, device_id: str) -> DeviceState | None:
         return self._states.get(device_id)
-
-    def states(self) -> list[DeviceState]:
-        return list(self._states.values())
 
     def seen(self, device_id: str, at: float) -> DeviceState:
         st = self.state(device_id)

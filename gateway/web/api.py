@@ -12,14 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 import aiosqlite
 import structlog
 from pydantic import BaseModel
 
-from gateway import __version__
 from gateway.control.commands import CommandRecord, CommandStatus
 from gateway.control.service import Controller
 from gateway.core.clock import Clock
@@ -37,7 +35,7 @@ from gateway.web.bodies import (
     ScheduleUpdate,
     StatisticsQuery,
 )
-from gateway.web.openapi import Reply, Route, openapi_document, ref
+from gateway.web.openapi import Reply, Route, ref
 from gateway.web.requests import ApiError, errors, read_body, read_query, same_origin_json
 from gateway.web.views import command_json, device_control_json, preclean_json, schedule_json
 
@@ -45,9 +43,6 @@ log = structlog.get_logger(__name__)
 
 SOURCE = "api"  # the audit log's `source` for everything done through this API
 STATISTICS_DEFAULT_SPAN_S = 24 * 3600.0
-# On stop, requests still running (a command waiting for its ack) get this long before they are cancelled;
-# the gateway's whole shutdown budget is a few seconds.
-SHUTDOWN_GRACE_S = 1.0
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -345,63 +340,3 @@ def build_app(ctx: ApiContext) -> web.Application:
     for route in ROUTES:
         app.router.add_route(route.method, route.path, _endpoint(route), name=route.handler.__name__)
     return app
-
-
-class ApiServer:
-    """The REST API on ``settings.host:settings.port`` (port 0: a free one; see :attr:`port`)."""
-
-    def __init__(
-        self,
-        settings: ApiSection,
-        *,
-        controller: Controller,
-        db_path: Path,
-        devices: Callable[[], list[dict[str, Any]]],
-        device_state: Callable[[str], dict[str, Any] | None],
-        health: Callable[[], dict[str, Any]],
-        clock: Clock,
-    ) -> None:
-        self._settings = settings
-        self._db_path = db_path.absolute()
-        self._ctx = ApiContext(
-            settings=settings, controller=controller, devices=devices, device_state=device_state, health=health,
-            clock=clock, openapi=openapi_document(ROUTES, title="edge-gateway local API", version=__version__),
-        )
-        self.app = build_app(self._ctx)
-        self._runner: web.AppRunner | None = None
-        self._port: int | None = None
-
-    async def start(self) -> None:
-        if self._runner is not None:
-            raise RuntimeError("ApiServer already started")
-        self._ctx.db = await read_queries.open_reader(self._db_path)
-        # access_log=None: requests are not worth a log line each; failures are logged by the middleware.
-        runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S)
-        try:
-            await runner.setup()
-            site = web.TCPSite(runner, self._settings.host, self._settings.port)
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            await self._close_db()
-            raise
-        self._runner = runner
-        self._port = int(runner.addresses[0][1])  # the composition root logs where we listen
-
-    @property
-    def port(self) -> int:
-        if self._port is None:
-            raise RuntimeError("ApiServer is not started")
-        return self._port
-
-    async def stop(self) -> None:
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
-        await self._close_db()
-        self._port = None
-
-    async def _close_db(self) -> None:
-        db, self._ctx.db = self._ctx.db, None
-        if db is not None:
-            await db.close()
