@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from gateway.core.errors import ConfigError
 from gateway.core.passwords import argon2_hash_problem
+from gateway.settings_users import PanelSection, Users
 
 # Device ids appear in MQTT topics and as usernames: no wildcards, separators or spaces.
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
@@ -231,7 +232,7 @@ class ControlSection(_Strict):
 
 
 class ApiSection(_Strict):
-    """The local REST API (and, later, the panel). No login yet: loopback only by default."""
+    """The local REST API and the panel. Logins: [[users]] and [panel] (gateway/settings_users.py)."""
 
     enabled: bool = True
     host: str = "127.0.0.1"
@@ -251,6 +252,8 @@ class Settings(_Strict):
     outbox: OutboxSection = Field(default_factory=OutboxSection)
     control: ControlSection = Field(default_factory=ControlSection)
     api: ApiSection = Field(default_factory=ApiSection)
+    users: Users = Field(default_factory=list)  # panel and API logins (gateway/settings_users.py)
+    panel: PanelSection = Field(default_factory=PanelSection)
 
     def cross_check(self) -> list[tuple[str, str]]:
         """Rules spanning sections, as (field path, message): pydantic cannot place these on a field."""

@@ -61,6 +61,7 @@ class UplinkState:
     reconnects: int = 0
     backlog: int = 0
     oldest_unsent_age: float | None = None
+    last_sync_at: float | None = None  # the last PUBACK from the cloud (the panel's "last successful sync")
 
 
 class Uplink:
@@ -250,6 +251,7 @@ class Uplink:
         # deleted for good, so a crash resends at most the in-flight window).
         self._acked.append(token)
         self._acked_event.set()
+        self.state.last_sync_at = self._clock.now()
 
     async def _delete_lane(self) -> None:
         """Deletes acknowledged rows in groups: one store round trip per commit, not one per message."""

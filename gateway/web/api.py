@@ -41,7 +41,8 @@ from gateway.web.views import command_json, device_control_json, preclean_json, 
 
 log = structlog.get_logger(__name__)
 
-SOURCE = "api"  # the audit log's `source` for everything done through this API
+SOURCE = "api"  # the audit log's `source` for everything done through this API...
+AUDIT_SOURCE = web.RequestKey("edge_gateway_audit_source", str)  # ...unless the login middleware set another
 STATISTICS_DEFAULT_SPAN_S = 24 * 3600.0
 
 M = TypeVar("M", bound=BaseModel)
@@ -85,6 +86,10 @@ class Call:
     @property
     def controller(self) -> Controller:
         return self.ctx.controller
+
+    @property
+    def source(self) -> str:
+        return self.request.get(AUDIT_SOURCE) or SOURCE
 
     def body(self, model: type[M]) -> M:
         if not isinstance(self.parsed_body, model):  # the route table and its handler disagree: our bug
@@ -153,14 +158,14 @@ async def delete_schedule(call: Call) -> web.StreamResponse:
 async def start_preclean(call: Call) -> web.StreamResponse:
     body = call.body(PrecleanStart)
     _known(call, body.deviceId)
-    status = await call.controller.start_preclean(body.deviceId, body.fanSpeed, body.minutes, SOURCE)
+    status = await call.controller.start_preclean(body.deviceId, body.fanSpeed, body.minutes, call.source)
     return _json(preclean_json(status), 201)
 
 
 async def cancel_preclean(call: Call) -> web.StreamResponse:
     body = call.body(PrecleanCancel)
     _known(call, body.deviceId)
-    return _json(preclean_json(await call.controller.cancel_preclean(body.deviceId, SOURCE)))
+    return _json(preclean_json(await call.controller.cancel_preclean(body.deviceId, call.source)))
 
 
 async def preclean_status(call: Call) -> web.StreamResponse:
@@ -220,7 +225,7 @@ async def device_command(call: Call) -> web.StreamResponse:
     device = call.device()
     body = call.body(DeviceCommand)
     controller = call.controller
-    record: CommandRecord = controller.submit_command(device, body.action, body.value, SOURCE)
+    record: CommandRecord = controller.submit_command(device, body.action, body.value, call.source)
     online = bool((call.ctx.device_state(device) or {}).get("online"))
     # Waiting on an offline device would only hold the client for the full wait: its command is queued
     # (the record's note says so) and is sent when it comes back. A note on a fresh record means exactly

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,8 +34,10 @@ class ApiServer:
         device_state: Callable[[str], dict[str, Any] | None],
         health: Callable[[], dict[str, Any]],
         clock: Clock,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._settings = settings
+        self._ssl_context = ssl_context  # TLS when the panel has a certificate (gateway/web/auth.py)
         self._db_path = db_path.absolute()
         self._ctx = ApiContext(
             settings=settings, controller=controller, devices=devices, device_state=device_state, health=health,
@@ -52,7 +55,7 @@ class ApiServer:
         runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S)
         try:
             await runner.setup()
-            site = web.TCPSite(runner, self._settings.host, self._settings.port)
+            site = web.TCPSite(runner, self._settings.host, self._settings.port, ssl_context=self._ssl_context)
             await site.start()
         except BaseException:
             await runner.cleanup()
