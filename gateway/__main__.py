@@ -123,9 +123,29 @@ def _demo(config: str, count: int, interval: float, duration: float | None) -> i
         return EXIT_STARTUP
 
 
+def _with_demo_login(loaded: LoadedSettings) -> tuple[LoadedSettings, str | None]:
+    """The demo's panel login: an admin `demo` with a fresh password (unless the config has users), and the
+    REST API still open to this machine (the Quick start's curl lines)."""
+    s = loaded.settings
+    if s.users:
+        return loaded, None
+    import secrets
+
+    from gateway.core.passwords import hash_password
+    from gateway.settings_users import UserSettings
+
+    password = secrets.token_urlsafe(9)
+    settings = s.model_copy(update={
+        "users": [UserSettings(name="demo", role="admin", password_hash=hash_password(password))],
+        "panel": s.panel.model_copy(update={"loopback_anonymous_api": True}),
+    })
+    return LoadedSettings(settings=settings, path=loaded.path), password
+
+
 async def _demo_async(loaded: LoadedSettings, count: int, interval: float, duration: float | None) -> int:
     from gateway.app import Gateway
 
+    loaded, demo_password = _with_demo_login(loaded)
     gateway = Gateway(loaded)
     run_task = asyncio.create_task(gateway.run(), name="gateway")
     ready = asyncio.create_task(gateway.ready.wait())
@@ -144,8 +164,12 @@ async def _demo_async(loaded: LoadedSettings, count: int, interval: float, durat
           f"readings go to {loaded.db_path}. Ctrl-C stops.", flush=True)
     if gateway.api is not None:
         api = loaded.settings.api
-        print(f"demo: REST API on http://{api.host}:{gateway.api.port} (try /api/device/list/all, "
+        scheme = "https" if loaded.settings.panel.tls else "http"
+        print(f"demo: REST API on {scheme}://{api.host}:{gateway.api.port} (try /api/device/list/all, "
               f"/api/openapi.json)", flush=True)
+        login = (f"log in as demo / {demo_password}" if demo_password is not None
+                 else "log in as one of the config's [[users]]")
+        print(f"demo: panel on {scheme}://{api.host}:{gateway.api.port}/ ({login})", flush=True)
     loop = asyncio.get_running_loop()
     started = loop.time()
     try:

@@ -10,6 +10,7 @@ import hashlib
 
 import aiohttp_jinja2
 import jinja2
+from markupsafe import Markup
 
 from gateway import __version__
 from gateway.web.aiohttp_web import web
@@ -28,7 +29,8 @@ def install_panel(app: web.Application, sources: PanelSources, *, config_path: s
     auth = Auth(settings.users, settings.panel, clock=sources.clock)
     feed = LiveFeed(sources)
     panel = Panel(sources, auth, feed, Formats(settings.gateway.timezone), settings.panel.keepalive_seconds,
-                  config_path, hashlib.sha256(__version__.encode()).hexdigest()[:8])
+                  config_path, hashlib.sha256(__version__.encode()).hexdigest()[:8],
+                  Markup((STATIC_DIR / "panel.css").read_text(encoding="utf-8")))
     app[AUTH] = auth
     app[PANEL] = panel
     app.middlewares.append(api_access)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from markupsafe import Markup
+
 from gateway.web.aiohttp_web import web
 from gateway.web.auth import Auth
 from gateway.web.panel.live import LiveFeed
@@ -22,6 +24,7 @@ class Panel:
     keepalive_s: float
     config_path: str
     asset_version: str
+    inline_css: Markup  # panel.css, read once: every page carries it in its <head>
 
     def static_url(self, name: str) -> str:
         """An asset's URL; the version in the query makes browsers fetch it anew after an upgrade."""

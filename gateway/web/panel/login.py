@@ -49,8 +49,9 @@ def safe_next(target: str) -> str:
 
 def render(request: web.Request, template: str, context: dict[str, Any], status: int = 200) -> web.Response:
     panel = request.app[PANEL]
-    base = {"version": __version__, "gateway_id": panel.sources.settings().gateway.id,
-            "timezone": panel.sources.settings().gateway.timezone, "fmt": panel.formats, "static": panel.static_url}
+    settings = panel.sources.settings()
+    base = {"version": __version__, "gateway_id": settings.gateway.id, "timezone": settings.gateway.timezone,
+            "fmt": panel.formats, "static": panel.static_url, "inline_css": panel.inline_css}
     response = aiohttp_jinja2.render_template(template, request, {**base, **context}, status=status)
     response.headers.update(SECURITY_HEADERS)
     return response

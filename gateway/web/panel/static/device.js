@@ -31,7 +31,7 @@
     $("reported-power").textContent = row.power == null ? "–" : (row.power ? "on" : "off");
     $("reported-fan").textContent = fmtNumber(row.fanSpeed, 0);
     const d = row.desired;
-    $("desired").textContent = d ? `${d.power ? "on" : "off"}, fan ${d.fanSpeed} (${d.layer})` : "–";
+    $("desired").textContent = d ? `${d.powerOn ? "on" : "off"}, fan ${d.fanSpeed} (${d.layer})` : "–";
     for (const b of document.querySelectorAll("button.speed")) {
       b.setAttribute("aria-pressed", String(row.power !== false && Number(b.dataset.value) === row.fanSpeed));
     }
@@ -257,10 +257,12 @@
   const charts = new Map();
   let span = "hour";
   let seriesData = null;
+  let chartRange = [0, 1];
   function chartWidth(fig) { return Math.max(240, fig.clientWidth - 8); }
   async function loadCharts() {
     const r = await api("GET", `/panel/series/${encodeURIComponent(device)}?span=${span}`);
     seriesData = r.data.series;
+    chartRange = [r.data.from, r.data.to];
     for (const fig of document.querySelectorAll("figure.chart")) {
       const metric = fig.dataset.metric;
       const values = seriesData[metric];
@@ -271,8 +273,9 @@
       if (fig.hidden) continue;
       const opts = {
         width: chartWidth(fig), height: 160, legend: { show: false }, cursor: { drag: { x: false, y: false } },
-        scales: { x: { time: true } },
-        series: [{}, { label: metric, stroke: "#1f6feb", width: 2, spanGaps: false, points: { show: false } }],
+        scales: { x: { time: true, range: () => chartRange } }, // the whole span, however few points
+        series: [{}, { label: metric, stroke: "#1f6feb", width: 2, spanGaps: false,
+                       points: { show: values.filter((v) => v !== null).length < 60 } }],
         axes: [{ stroke: "#555" }, { stroke: "#555", size: 50 }],
         tzDate: (ts) => uPlot.tzDate(new Date(ts * 1e3), window.panel.meta("gateway-timezone") || "UTC"),
       };
@@ -287,6 +290,7 @@
     const ts = seriesData.ts;
     if (ts.length && ts[ts.length - 1] >= bucket) return;
     ts.push(bucket);
+    chartRange = [Math.max(chartRange[0], r.ts - 3600), Math.max(chartRange[1], r.ts)];
     for (const [metric, chart] of charts) {
       const v = r[metric];
       seriesData[metric].push(typeof v === "number" ? v : null);
