@@ -3,7 +3,8 @@ audit log, schedule runs, quarantine.
 
 Each takes an open connection (the API's own read-only one: WAL lets it read beside the writer) and
 returns plain JSON-ready dicts in the API's camelCase form. Ranges are inclusive at both ends and use
-the reading's own time ``ts`` (epoch seconds); ``None`` leaves that end open. Newest first everywhere.
+the reading's own time ``ts`` (epoch seconds); ``None`` leaves that end open. Newest first everywhere but
+in the chart series (oldest first, as a chart draws them).
 """
 
 from __future__ import annotations

@@ -37,6 +37,12 @@ def _store(figures: dict[str, Any], mode: str) -> None:
     assert len(figures["rounds"]) == (1 if mode == "smoke" else 3)
 
 
+def _panel(figures: dict[str, Any], mode: str) -> None:
+    # every stream received the readings of the window (coalescing may merge a device's two readings)
+    assert figures["events_received_share"] > 0.5
+    assert figures["streams"] == (3 if mode == "smoke" else 20)
+
+
 @dataclass(frozen=True)
 class Bench:
     module: str  # tests.bench.<module>
@@ -58,11 +64,14 @@ CONTROL = Bench("bench_control", 180, ("API command -> ack -> API response",), (
 STORE = Bench("bench_store", 120, ("store writer alone", "median: flat out"), (
     "rate", "cpu_us_per_reading", "records_per_commit", "trickle_cpu_us_per_reading",
     "trickle_status_cpu_us_per_step"), _store)
+PANEL = Bench("bench_panel", 120, ("panel benchmark", "open live streams"), (
+    "overview_ms_p50", "overview_ms_max", "cpu_pct_without_panels", "cpu_pct_with_panels", "cpu_pct_panels_cost",
+    "events_per_s", "rss_mb_before", "rss_mb_after", "rss_mb_growth"), _panel)
 
 CASES = [
     pytest.param(bench, mode, id=f"{bench.module.removeprefix('bench_')}-{mode}",
                  marks=mode_marks(mode, bench.smoke_timeout))
-    for bench in (INGEST, UPLINK, CONTROL, STORE)
+    for bench in (INGEST, UPLINK, CONTROL, STORE, PANEL)
     for mode in MODES
 ]
 
