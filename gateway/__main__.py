@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     check = sub.add_parser("check-config", help="validate a config file; exit 2 listing every error")
     check.add_argument("path")
 
-    hashp = sub.add_parser("hash-password", help="print an argon2 hash for a device password")
+    hashp = sub.add_parser("hash-password", help="print an argon2 hash of a password (a device's, or a panel user's)")
     hashp.add_argument("--password", help="the password (default: prompt, or read one line from stdin)")
 
     demo = sub.add_parser("demo", help="run the gateway with simulated purifiers (no cloud needed)")
@@ -78,7 +78,7 @@ def _hash_password(password: str | None) -> int:
 
     if password is None:
         if sys.stdin.isatty():
-            password = getpass.getpass("Device password: ")
+            password = getpass.getpass("Password: ")
             if getpass.getpass("Again: ") != password:
                 print("passwords differ", file=sys.stderr)
                 return 1

@@ -18,7 +18,7 @@ from gateway.broker.device_link import LanBrokerLink
 from gateway.cloud_methods import register_control_methods, register_gateway_methods
 from gateway.control.service import Controller
 from gateway.core.clock import Clock, SystemClock
-from gateway.core.device_commands import DeviceCommand
+from gateway.core.device_commands import DeviceCommand, TurnOn
 from gateway.core.errors import ConfigError, StartupError
 from gateway.core.links import DeviceDriver, DeviceLinks, MqttDeviceDriver
 from gateway.core.metrics import Metrics
@@ -139,6 +139,13 @@ class Gateway:
         driver = self._driver_of(device_id)
         if driver is not None:
             driver.check_command(command)
+
+    def _takes_commands(self, device_id: str) -> bool:
+        try:
+            self._check_command(device_id, TurnOn())
+        except ValueError:
+            return False
+        return True
 
     def _rpc_methods(self) -> Dispatcher:
         """The cloud's JSON-RPC methods (CONTRACT section 2)."""
@@ -319,7 +326,7 @@ class Gateway:
             registry=self.registry, settings=lambda: self.settings, health=self.health,
             uplink=lambda: self.uplink.state if self.uplink is not None else None,
             clients_connected=self.broker.clients_connected, db_path=self.loaded.db_path, clock=self.clock,
-            started_at=self.started_at,
+            started_at=self.started_at, takes_commands=self._takes_commands,
         ), config_path=str(self.loaded.path))
         try:
             await api.start()

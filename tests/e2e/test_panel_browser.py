@@ -35,13 +35,14 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 RESULTS = Path(os.environ.get("PANEL_SCREENSHOTS", Path(__file__).resolve().parent / "results"))
 DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 390, "height": 844}
-DEVICES = ["AP-01", "AP-02", "AP-03", *(f"AP-{i:03d}" for i in range(4, 101))]
+DEVICES = ["AP-01", "AP-02", "AP-03", *(f"AP-{i:03d}" for i in range(4, 100)), "S-01"]
 ROOMS = {"AP-01": "Lobby", "AP-02": "Meeting room 1", "AP-03": "Lobby"}
 LIVE_SAMPLES = 5
 
 
 def _device_lines() -> dict[str, str]:
-    return {d: f'name = "Purifier {d}"\nroom = "{ROOMS.get(d, f"Floor {int(d[3:]) % 4 + 1}")}"' for d in DEVICES}
+    return {d: f'name = "{"Sensor" if d.startswith("S") else "Purifier"} {d}"\n'
+               f'room = "{ROOMS.get(d, f"Floor {int(d[-2:]) % 4 + 1}")}"' for d in DEVICES}
 
 
 async def _seed_history(gw: RunningGateway, device: str) -> None:
@@ -129,7 +130,7 @@ def browser_ready() -> None:
 @pytest.mark.timeout(90)
 @pytest.mark.usefixtures("browser_ready")
 async def test_a_facility_manager_runs_the_building_from_the_panel(gateway_factory: GatewayFactory) -> None:
-    gw = await gateway_factory(devices=DEVICES, device_lines=_device_lines(),
+    gw = await gateway_factory(devices=DEVICES, kinds={"S-01": "sensor"}, device_lines=_device_lines(),
                                extra=users_config(panel="keepalive_seconds = 2"))
     base = base_url(gw)
     await _seed_history(gw, "AP-01")
@@ -140,6 +141,8 @@ async def test_a_facility_manager_runs_the_building_from_the_panel(gateway_facto
             context = await browser.new_context(viewport=DESKTOP)
             page = await context.new_page()
             page.on("dialog", lambda dialog: dialog.accept())
+            errors: list[str] = []
+            context.on("weberror", lambda error: errors.append(str(error.error)))
             await page.goto(base + "/login")
             await _shoot(page, "login")
             baseline = []  # the login page: the same stylesheet, a handful of elements
@@ -218,12 +221,28 @@ async def test_a_facility_manager_runs_the_building_from_the_panel(gateway_facto
             await _text_is(page, "document.getElementById('preclean-state')", "Not running.")
             await _shoot(page, "device")
 
+            # --- the live stream drops: the page says it is stale, then reconnects by itself
+            assert gw.gateway.api is not None and gw.gateway.api._runner is not None
+            server = gw.gateway.api._runner.server
+            assert server is not None
+            for connection in server.connections:  # every connection cut, as a network outage would
+                assert connection.transport is not None
+                connection.transport.abort()
+            await page.wait_for_selector("#live-status[data-state='stale']", timeout=10_000)
+            assert "Stale since" in (await page.locator("#live-status").text_content() or "")
+            await page.wait_for_selector("#live-status[data-state='live']", timeout=10_000)
+
             # --- gateway page (an admin sees the details), then log out
             await page.get_by_role("link", name="Gateway").click()
             await page.wait_for_url(base + "/gateway")
             assert await page.locator("#clients").text_content() == "2"
             assert await page.locator("#quarantine tbody tr").count() == 3
             await _shoot(page, "gateway")
+            await page.goto(base + "/device/S-01")  # a sensor: readings and charts, no controls
+            await page.get_by_text("takes no commands").wait_for()
+            assert await page.locator("#command-status").count() == 0
+            await page.wait_for_selector("#live-status[data-state='live']")
+            assert errors == [], errors  # no script failed on any page
             await page.get_by_role("button", name="Log out").click()
             await page.wait_for_url(base + "/login")
             await page.goto(base + "/")

@@ -226,3 +226,19 @@ async def test_panel_over_tls_marks_its_cookies_secure(gateway_factory: GatewayF
         with pytest.raises(aiohttp.ClientError):
             async with plain.get(base_url(gw) + "/login") as resp:
                 await resp.read()
+
+
+async def test_device_pages_offer_control_only_where_the_driver_takes_commands(gateway_factory: GatewayFactory) -> None:
+    gw = await gateway_factory(devices=("AP-01", "S-01"), kinds={"S-01": "sensor"}, extra=users_config())
+    async with client(gw) as c:
+        assert (await c.login("otto"))[0] == 200
+        status, page = await c.call("GET", "/device/S-01")
+        assert status == 200 and "takes no commands" in page and 'id="command-status"' not in page
+        status, page = await c.call("GET", "/device/AP-01")
+        assert status == 200 and 'id="command-status"' in page and 'id="schedule-form"' in page
+        status, page = await c.call("GET", "/device/NOPE")
+        assert status == 404 and "No device NOPE" in page
+        status, data = await c.call("GET", "/panel/series/AP-01?span=year")
+        assert status == 400 and data["error"]["field"] == "span"
+        status, data = await c.call("GET", "/panel/series/AP-01?span=week")
+        assert status == 200 and data["bucketSeconds"] == 1800 and data["series"]["ts"] == []

@@ -61,6 +61,7 @@ async def device(request: web.Request, panel: Panel, session: Session) -> web.St
     }
     return render_page(request, "device.html", session, {
         "device": settings, "row": data["row"], "data": data, "history": history,
+        "commands": panel.sources.takes_commands(device_id),
         "spans": list(SPANS), "chart_metrics": CHART_METRICS,
     })
 

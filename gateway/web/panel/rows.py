@@ -45,6 +45,7 @@ class PanelSources:
     db_path: Path
     clock: Clock
     started_at: float
+    takes_commands: Callable[[str], bool] = lambda device_id: True  # False: its driver takes none (a sensor)
 
 
 def device_row(device: DeviceSettings, state: DeviceState | None, desired: dict[str, Any] | None) -> dict[str, Any]:

@@ -10,6 +10,7 @@
   const gatewayNow = () => Date.now() / 1000 + clockOffset;
   const $ = (id) => document.getElementById(id);
   const DAYS = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+  const controlled = $("command-status") !== null; // false for a device that takes no commands (a sensor)
 
   // ------------------------------------------------------------------------------- live readings
   let row = data.row;
@@ -28,6 +29,7 @@
       fresh.append(dt, dd);
     }
     list.replaceChildren(fresh);
+    if (!controlled) return;
     $("reported-power").textContent = row.power == null ? "–" : (row.power ? "on" : "off");
     $("reported-fan").textContent = fmtNumber(row.fanSpeed, 0);
     const d = row.desired;
@@ -80,6 +82,7 @@
   const precleanState = $("preclean-state");
   const cancel = $("preclean-cancel");
   function drawPreclean() {
+    if (!controlled) return;
     if (!preclean.active) { precleanState.textContent = "Not running."; cancel.hidden = true; return; }
     const left = Math.max(0, Math.round(preclean.endsAt - gatewayNow()));
     const m = Math.floor(left / 60), s = String(left % 60).padStart(2, "0");
@@ -95,7 +98,7 @@
     drawPreclean();
   }
   setInterval(() => { if (preclean.active) drawPreclean(); }, 1000);
-  $("preclean-form").addEventListener("submit", async (event) => {
+  if (controlled) $("preclean-form").addEventListener("submit", async (event) => {
     event.preventDefault();
     try {
       preclean = (await api("POST", "/api/preclean", {
@@ -105,7 +108,7 @@
       refreshHistory();
     } catch (err) { precleanState.textContent = "Refused: " + err.message; }
   });
-  cancel.addEventListener("click", async () => {
+  if (controlled) cancel.addEventListener("click", async () => {
     try { preclean = (await api("POST", "/api/preclean/cancel", { deviceId: device })).data; drawPreclean(); refreshHistory(); }
     catch (err) { precleanState.textContent = "Cancel refused: " + err.message; }
   });
@@ -178,6 +181,7 @@
     week.replaceChildren(...parts);
   }
   function drawSchedules() {
+    if (!controlled) return;
     const body = $("schedules").tBodies[0];
     const fresh = document.createDocumentFragment();
     for (const s of schedules) {
@@ -327,7 +331,7 @@
       appendLive(update);
       if (controlChanged) {
         refreshHistory();
-        if ((update.desired && update.desired.layer === "preclean") !== preclean.active) refreshPreclean();
+        if (controlled && (update.desired && update.desired.layer === "preclean") !== preclean.active) refreshPreclean();
       }
     },
   });
