@@ -7,14 +7,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import pytest
 
 from gateway.core.clock import ManualClock
 from gateway.core.models import Reading
 from gateway.core.registry import Change
+from gateway.web.panel import live
 from gateway.web.panel.context import PANEL
 from tests.fixtures.gateway import GatewayFactory, RunningGateway, wait_for
 from tests.fixtures.panel import PanelClient, base_url, users_config
@@ -138,3 +141,30 @@ async def test_a_slow_reader_gets_the_latest_row_of_each_device_once(gateway_fac
         assert b'"pm25":999.0' in event and feed.event("AP-01") is event  # built once, shared by all streams
     finally:
         feed.close(s)
+
+
+async def test_a_page_that_stops_reading_loses_its_stream(gateway_factory: GatewayFactory,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(live, "SEND_TIMEOUT_S", 0.5)
+    gw = await gateway_factory(extra=users_config())
+    assert gw.gateway.api is not None
+    feed = gw.gateway.api.app[PANEL].feed
+    async with logged_in(gw) as c:
+        cookie = c.cookie("eg_session")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a page that reads nothing fills up fast
+    sock.connect(("127.0.0.1", gw.gateway.api.port))
+    sock.setblocking(False)
+    _, writer = await asyncio.open_connection(sock=sock)
+    try:
+        writer.write(f"GET /panel/events HTTP/1.1\r\nHost: x\r\nCookie: eg_session={cookie}\r\n\r\n".encode())
+        await wait_for(lambda: feed.open_streams == 1)
+        blob = "x" * 100_000
+        for i in range(200):  # 20 MB of events, more than the socket buffers hold
+            gw.gateway.registry.reading(Reading("AP-01", 1_763_800_000.0 + i, {"blob": blob}, 1_763_800_000.0 + i))
+            await asyncio.sleep(0)
+            if feed.open_streams == 0:
+                break
+        await wait_for(lambda: feed.open_streams == 0)
+    finally:
+        writer.close()
