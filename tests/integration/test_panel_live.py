@@ -159,9 +159,9 @@ async def test_a_page_that_stops_reading_loses_its_stream(gateway_factory: Gatew
     try:
         writer.write(f"GET /panel/events HTTP/1.1\r\nHost: x\r\nCookie: eg_session={cookie}\r\n\r\n".encode())
         await wait_for(lambda: feed.open_streams == 1)
-        blob = "x" * 100_000
+        many: dict[str, float | int | bool] = {f"metric{i}": 1.5 for i in range(6000)}  # ~100 KB per event
         for i in range(200):  # 20 MB of events, more than the socket buffers hold
-            gw.gateway.registry.reading(Reading("AP-01", 1_763_800_000.0 + i, {"blob": blob}, 1_763_800_000.0 + i))
+            gw.gateway.registry.reading(Reading("AP-01", 1_763_800_000.0 + i, many, 1_763_800_000.0 + i))
             await asyncio.sleep(0)
             if feed.open_streams == 0:
                 break
