@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 
 from gateway.core.clock import ManualClock
+from gateway.core.errors import StartupError
 from tests.fixtures.gateway import GatewayFactory, RunningGateway
 from tests.fixtures.panel import TOKENS, PanelClient, base_url, users_config
 
@@ -242,3 +243,13 @@ async def test_device_pages_offer_control_only_where_the_driver_takes_commands(g
         assert status == 400 and data["error"]["field"] == "span"
         status, data = await c.call("GET", "/panel/series/AP-01?span=week")
         assert status == 200 and data["bucketSeconds"] == 1800 and data["series"]["ts"] == []
+
+
+async def test_a_panel_certificate_that_does_not_load_stops_the_start_with_its_name(
+        gateway_factory: GatewayFactory, tmp_path: Path) -> None:
+    certfile, keyfile = tmp_path / "panel.pem", tmp_path / "panel.key"
+    certfile.write_text("not a certificate\n")
+    keyfile.write_text("not a key\n")
+    with pytest.raises(StartupError) as failed:
+        await gateway_factory(extra=users_config(panel=f'certfile = "{certfile}"\nkeyfile = "{keyfile}"'))
+    assert failed.value.phase == f"panel TLS certificate {certfile}"
