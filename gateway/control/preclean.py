@@ -15,7 +15,7 @@ from typing import Any
 
 import structlog
 
-from gateway.control.commands import CommandError, Source
+from gateway.control.commands import CommandError
 from gateway.control.desired import FanState, Layer
 from gateway.control.layers import Layers
 from gateway.control.loop import Enqueue
@@ -28,7 +28,8 @@ log = structlog.get_logger(__name__)
 
 PRECLEAN_MINUTES_MAX = 24 * 60
 
-LayerChanged = Callable[[str, float, Source | None], None]
+# (device, now, the label of the layer that ended, if one did)
+LayerChanged = Callable[[str, float, str | None], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,8 +70,9 @@ class Precleans:
             self._layers.desired.set_layer(stored.device, Layer.PRECLEAN, value, expires_at)
             self._runs[stored.device] = _Run(stored.fan_speed, stored.started_at, expires_at, stored.source)
             log.info("preclean.resumed", device_id=stored.device, remaining_s=round(expires_at - now, 1))
-        else:  # it ended while the gateway was down: say so, and the reconciler restores
+        else:  # it ended while the gateway was down: say so, and the reconciler restores (its doing)
             self._ended(stored.device, stored.fan_speed, stored.started_at, expires_at, "expired", now)
+            self._layer_changed(stored.device, now, Layer.PRECLEAN.label)
 
     def status(self, device: str, now: float) -> PrecleanStatus:
         run = self._runs.get(device)
@@ -103,7 +105,7 @@ class Precleans:
             raise ConflictError(f"no pre-clean is running on {device}")
         self._layers.desired.clear_layer(device, Layer.PRECLEAN)
         self._ended(device, run.fan_speed, run.started_at, run.ends_at, "cancelled", now, source=source)
-        self._layer_changed(device, now, "preclean")
+        self._layer_changed(device, now, Layer.PRECLEAN.label)
 
     def expired(self, device: str, now: float) -> None:
         """The layer's time is up (the caller purged it and re-drives the device)."""

@@ -108,7 +108,7 @@ async def test_device_controlled_text_round_trips_byte_exact(tmp_path: Path, pat
         assert events["quarantine"][1]["topic"] == f"device/{text}/data"
         assert (f'"{text}"', f"method {text}", json.dumps({"result": text}), 1763800003.0 + i) in rows["rpc_log"]
         [command] = [r for r in rows["command_log"] if r[0] == f"c{i} {text}"]
-        assert command[1:3] == (device, text) and command[12:] == (json.dumps({"text": text}, ensure_ascii=False,
+        assert command[1:3] == (device, text) and command[12:14] == (json.dumps({"text": text}, ensure_ascii=False,
                                                                                 separators=(",", ":")), text)
         [state] = [r for r in rows["device_state"] if r[0] == device]
         assert state[1:3] == (1, 1763800002.0 + i)
