@@ -29,6 +29,7 @@ from gateway.core.tasks import cancel_until_done
 from gateway.ingest.mqtt_intake import MqttIntake
 from gateway.ingest.service import Ingest
 from gateway.logs import configure_logging
+from gateway.loop_lag import measure_loop_lag
 from gateway.malloc_tuning import trim_periodically
 from gateway.settings import LoadedSettings, Settings, load_settings
 from gateway.store.queries import load_device_states
@@ -263,7 +264,8 @@ class Gateway:
                 self._stop.set()
             else:
                 background = [tg.create_task(self._watchdog(), name="systemd-watchdog"),
-                              tg.create_task(trim_periodically(), name="malloc-trim")]
+                              tg.create_task(trim_periodically(), name="malloc-trim"),
+                              tg.create_task(measure_loop_lag(self.metrics), name="loop-lag")]
                 self.ready.set()
                 self.notifier.ready("running")
                 log.info("gateway.started", version=__version__, gateway_id=self.settings.gateway.id,
@@ -307,7 +309,7 @@ class Gateway:
         api = ApiServer(
             self.settings.api, controller=self.controller, db_path=self.loaded.db_path,
             devices=self.registry.summary, device_state=self.device_state, health=self.health,
-            clock=self.clock,
+            clock=self.clock, metrics=self.metrics,
         )
         try:
             await api.start()

@@ -269,6 +269,12 @@ class StatisticsQuery(_Range):
     """Without ``from``, the range is the last 24 hours before ``to`` (default: now)."""
 
 
+class ScheduleListQuery(Query):
+    deviceId: Annotated[str | None, Field(pattern=DEVICE_ID_PATTERN)] = Field(
+        None, validation_alias=AliasChoices("deviceId", "device"),
+        description='Only this device\'s schedules (the key "device" is accepted too).')
+
+
 class CommandsQuery(Query):
     limit: Annotated[int, Field(ge=1, le=COMMANDS_LIMIT_MAX, description="Rows at most (newest first).")] = (
         COMMANDS_LIMIT_DEFAULT

@@ -96,6 +96,8 @@ async def test_command_log_rows_in_the_controllers_json_form_newest_first(db: ai
     }
     assert log[0]["state"] is None and log[0]["note"].startswith("queued")
     assert [r["commandId"] for r in await rq.command_log(db, "AP-01", limit=1)] == ["c2"]
+    assert await rq.command(db, "c3") == (await rq.command_log(db, "AP-02", limit=1))[0]
+    assert await rq.command(db, "nope") is None
 
 
 async def test_schedule_runs_newest_first_capped_at_fifty(db: aiosqlite.Connection) -> None:
