@@ -221,7 +221,7 @@ class CommandService:
             r = item.record
             await self._put(DeviceEvent(r.finished_at or self._clock.now(), r.device, "command.result", {
                 "commandId": r.command_id, "action": r.action, "value": r.value, "source": r.source,
-                "status": r.status.value, "attempts": r.attempts, "error": r.error, "state": r.state,
+                "cause": r.cause, "status": r.status.value, "attempts": r.attempts, "error": r.error, "state": r.state,
             }))
         elif isinstance(item, Ignored):
             self._metrics.inc("gateway_acks_ignored_total", 1, "acks no command waited for")

@@ -41,7 +41,7 @@ class PrecleanStatus:
     fan_speed: int | None
     started_at: float | None
     ends_at: float | None
-    remaining_seconds: float  # the whole number 0 when inactive
+    remaining_seconds: float  # to the millisecond; a whole number (0 when inactive) is an int
     source: str | None
 
 
@@ -78,8 +78,9 @@ class Precleans:
         run = self._runs.get(device)
         if run is None or run.ends_at <= now:
             return PrecleanStatus(device, False, None, None, None, 0, None)
+        remaining = round(run.ends_at - now, 3)
         return PrecleanStatus(device, True, run.fan_speed, run.started_at, run.ends_at,
-                              round(run.ends_at - now, 3), run.source)
+                              int(remaining) if remaining.is_integer() else remaining, run.source)
 
     def start(self, device: str, fan_speed: int, minutes: int, source: str, now: float) -> None:
         """Start (or replace) the device's pre-clean; raises CommandError naming a bad argument."""

@@ -213,7 +213,11 @@ def openapi_document(routes: Sequence[Route], *, title: str, version: str) -> di
             "version": version,
             "description": "Local REST API of the edge gateway. JSON in, JSON out; errors are "
                            '{"error": {"status", "message", "field"?}}. No login yet: it listens on '
-                           "127.0.0.1 unless the installer says otherwise.",
+                           "127.0.0.1 unless the installer says otherwise. The paths are the Praan "
+                           "air-purifier backend's and its request names are accepted beside ours: deviceId "
+                           "(device), fanMode (fanSpeed) and duration (minutes) of a pre-clean, day (days: [day]), "
+                           "startTime (start), endTime (end) and isActive (enabled) of a schedule; each body "
+                           "field's description names its other key.",
         },
         "paths": paths,
         "components": {"schemas": schemas},

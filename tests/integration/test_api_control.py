@@ -117,6 +117,7 @@ async def test_the_praan_backends_bodies_are_accepted_beside_ours(gateway_factor
         started = await api.ok("POST", "/api/preclean", {"deviceId": "AP-01", "fanMode": 5, "duration": 10}, 201)
         assert (started["fanSpeed"], started["remainingSeconds"], started["endsAt"]) == (5, 600, MONDAY_0830 + 600)
         assert started["willEndAt"] == "2026-11-23T08:40:00.000Z"
+        assert isinstance(started["remainingSeconds"], int)  # 600, not 600.0
         praan = {"deviceId": "AP-02", "day": "monday", "startTime": "07:30", "endTime": "09:00", "fanSpeed": 3,
                  "isActive": True}
         created = await api.ok("POST", "/api/schedule", praan, 201)
