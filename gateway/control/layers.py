@@ -81,10 +81,14 @@ class Layers:
         remaining = list(still_live)
         live_ids = {r.command_id for r in remaining} | {command_id}
         trail = [item for item in trail if item[0] in live_ids]
-        value = trail[0][1]
-        for request in remaining:
+        value = trail[0][1]  # the setting before the earliest command still under way
+        in_trail = {cid for cid, _ in trail}
+        replayed: list[tuple[str, FanState | None]] = []
+        for request in remaining:  # each one's "before" is now without the cancelled command
+            if request.command_id in in_trail:
+                replayed.append((request.command_id, value))
             value = self._applied(device, value, request)
-        self._trail[device] = [item for item in trail if item[0] != command_id]
+        self._trail[device] = replayed
         if value is not None:
             self.set_manual(device, value, self._manual_source.get(device, "api"), now)
         elif self.desired.clear_layer(device, Layer.MANUAL):
