@@ -13,10 +13,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.cloud_methods import register_control_methods
 from gateway.core.clock import ManualClock
 from gateway.uplink.rpc import Dispatcher, parse_request
-from tests.fixtures.gateway import GatewayFactory, device_password, wait_for
+from tests.fixtures.gateway import GatewayFactory, device_password, free_port, wait_for
 from tests.fixtures.purifiers import purifier
 from tests.integration.test_api import MONDAY_0830, api_for
 from tests.integration.test_control_edges import ScriptedDevice
+from tests.integration.test_uplink import uplink_config
 
 ONE_ATTEMPT = "command_timeout_seconds = 1\ncommand_attempts = 1"
 
@@ -184,3 +185,13 @@ async def test_metrics_are_served_in_prometheus_text_format(gateway_factory: Gat
 
         health = await api.ok("GET", "/health")  # counters are whole numbers
         assert isinstance(health["readingsCommitted"], int) and health["readingsCommitted"] >= 1
+
+
+async def test_metrics_show_the_cloud_link_and_its_outbox(gateway_factory: GatewayFactory) -> None:
+    gw = await gateway_factory(extra=uplink_config(free_port()))  # nobody listens there: the link stays down
+    await wait_for(lambda: gw.counter("gateway_uplink_reconnects_total") >= 1)
+    async with api_for(gw) as api, api.session.get(api.base + "/metrics") as resp:
+        text = await resp.text()
+    samples = {s.name: s.value for family in text_string_to_metric_families(text) for s in family.samples}
+    assert samples["gateway_uplink_connected"] == 0 and samples["gateway_uplink_reconnects_total"] >= 1
+    assert {"gateway_uplink_backlog_rows", "gateway_outbox_oldest_unsent_age_seconds"} <= set(samples)
