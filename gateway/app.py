@@ -20,7 +20,7 @@ from gateway.control.service import Controller
 from gateway.core.clock import Clock, SystemClock
 from gateway.core.device_commands import DeviceCommand
 from gateway.core.errors import ConfigError, StartupError
-from gateway.core.links import DeviceDriver, DeviceLinks, MqttDeviceDriver
+from gateway.core.links import DeviceDriver, DeviceLink, DeviceLinks, MqttDeviceDriver
 from gateway.core.metrics import Metrics
 from gateway.core.models import OutboxPrune, StatusChange
 from gateway.core.registry import DeviceRegistry
@@ -30,6 +30,7 @@ from gateway.ingest.mqtt_intake import MqttIntake
 from gateway.ingest.service import Ingest
 from gateway.logs import configure_logging
 from gateway.malloc_tuning import trim_periodically
+from gateway.modbus_setup import build_modbus_link
 from gateway.settings import LoadedSettings, Settings, load_settings
 from gateway.store.queries import load_device_states
 from gateway.store.writer import StoreWriter
@@ -70,7 +71,7 @@ class Gateway:
             outbox=s.uplink.enabled,
             clock=self.clock,
         )
-        kinds = {d.id: d.kind for d in s.devices}
+        kinds = {d.id: d.kind for d in s.devices} | s.modbus.device_kinds()
         self.registry = DeviceRegistry(kinds)
         self.drivers = driver_registry.load_all(kinds.values())
         self.supervisor = Supervisor(clock=self.clock, metrics=self.metrics)
@@ -85,12 +86,14 @@ class Gateway:
             max_json_depth=s.ingest.max_json_depth,
         )
         self.broker = create_lan_broker(s.broker, s.devices, sink=self.mqtt_intake, metrics=self.metrics)
-        self.links = DeviceLinks(
-            {"mqtt": LanBrokerLink(send=self.broker.send,
-                                   command_ready=self.broker.command_ready,
-                                   driver_of=self._mqtt_driver_of)},
-            transport_of=self._transport_of,
-        )
+        links: dict[str, DeviceLink] = {
+            "mqtt": LanBrokerLink(send=self.broker.send, command_ready=self.broker.command_ready,
+                                  driver_of=self._mqtt_driver_of)}
+        modbus = build_modbus_link(s.modbus, loaded.path.parent, intake=self.ingest, clock=self.clock,
+                                   metrics=self.metrics, supervisor=self.supervisor)
+        if modbus is not None:
+            links["modbus"] = modbus
+        self.links = DeviceLinks(links, transport_of=self._transport_of)
         self.controller = Controller(
             s.control,
             timezone=s.gateway.timezone,
@@ -153,7 +156,7 @@ class Gateway:
 
     def device_state(self, device_id: str) -> dict[str, Any] | None:
         """The state page of one configured device (None for any other id)."""
-        if self.settings.device(device_id) is None:
+        if self.registry.kind(device_id) is None:
             return None
         return device_state_json(device_id, self.registry.get(device_id))
 
@@ -169,7 +172,7 @@ class Gateway:
             "version": __version__,
             "gatewayId": self.settings.gateway.id,
             "uptimeSeconds": round(self.clock.now() - self.started_at, 3),
-            "devices": len(self.settings.devices),
+            "devices": len(self.registry.configured()),
             "devicesOnline": self.registry.online_count(),
             "links": self.supervisor.report(),
             "storeQueue": self.writer.queue_depth,
@@ -197,14 +200,14 @@ class Gateway:
         old = self.loaded.settings
         s = new.settings
         self.broker.update_devices(device_logins(s.devices), allow_anonymous=s.broker.allow_anonymous)
-        kinds = {d.id: d.kind for d in s.devices}
+        kinds = {d.id: d.kind for d in s.devices} | s.modbus.device_kinds()
         for kind in set(kinds.values()) - set(self.drivers):
             self.drivers[kind] = driver_registry.load(kind)
         self.registry.set_devices(kinds)  # control and the uplink follow its change event
         if s.logging != old.logging:
             configure_logging(s.logging.level, s.logging.format)
         needs_restart = [
-            name for name in ("gateway", "storage", "ingest", "uplink", "outbox", "control", "api")
+            name for name in ("gateway", "storage", "ingest", "uplink", "outbox", "control", "api", "modbus")
             if getattr(s, name) != getattr(old, name)
         ]
         if s.broker.listeners != old.broker.listeners or s.broker.keepalive_grace != old.broker.keepalive_grace:

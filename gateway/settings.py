@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from gateway.core.errors import ConfigError
 from gateway.core.passwords import argon2_hash_problem
+from gateway.settings_modbus import ModbusSection, check_maps
 
 # Device ids appear in MQTT topics and as usernames: no wildcards, separators or spaces.
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
@@ -251,6 +252,7 @@ class Settings(_Strict):
     outbox: OutboxSection = Field(default_factory=OutboxSection)
     control: ControlSection = Field(default_factory=ControlSection)
     api: ApiSection = Field(default_factory=ApiSection)
+    modbus: ModbusSection = Field(default_factory=ModbusSection)
 
     def cross_check(self) -> list[tuple[str, str]]:
         """Rules spanning sections, as (field path, message): pydantic cannot place these on a field."""
@@ -265,6 +267,7 @@ class Settings(_Strict):
                 problems.append(
                     (f"{where}.password_hash", "required while broker.allow_anonymous is false")
                 )
+        problems += self.modbus.cross_check(list(seen), {d.id: d.kind for d in self.devices})
         return problems
 
     def device(self, device_id: str) -> DeviceSettings | None:
@@ -309,6 +312,9 @@ def load_settings(path: Path | str) -> LoadedSettings:
     problems = settings.cross_check()
     if problems:
         raise ConfigError([f"{path}: {where}: {message}" for where, message in problems])
+    map_errors = check_maps(settings.modbus, path)
+    if map_errors:
+        raise ConfigError(map_errors)
     return LoadedSettings(settings=settings, path=path.resolve())
 
 
