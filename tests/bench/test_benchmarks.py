@@ -37,6 +37,12 @@ def _store(figures: dict[str, Any], mode: str) -> None:
     assert len(figures["rounds"]) == (1 if mode == "smoke" else 3)
 
 
+def _modbus(figures: dict[str, Any], mode: str) -> None:
+    # every cycle delivered every point (the bench asserts it per cycle), and merging cut the requests
+    assert figures["merged_9600_requests"] * 20 == figures["single_9600_requests"]
+    assert figures["shipped_maps_request_ratio"] >= 3
+
+
 @dataclass(frozen=True)
 class Bench:
     module: str  # tests.bench.<module>
@@ -58,11 +64,14 @@ CONTROL = Bench("bench_control", 180, ("API command -> ack -> API response",), (
 STORE = Bench("bench_store", 120, ("store writer alone", "median: flat out"), (
     "rate", "cpu_us_per_reading", "records_per_commit", "trickle_cpu_us_per_reading",
     "trickle_status_cpu_us_per_step"), _store)
+MODBUS = Bench("bench_modbus", 180, ("Modbus poll cycle", "shipped maps", "RSS"), (
+    "merged_9600_ratio_to_wire", "merged_115200_ratio_to_wire", "single_9600_ratio_to_wire", "cpu_us_per_point",
+    "merged_9600_cycle_s", "single_9600_cycle_s", "rss_mb_added"), _modbus)
 
 CASES = [
     pytest.param(bench, mode, id=f"{bench.module.removeprefix('bench_')}-{mode}",
                  marks=mode_marks(mode, bench.smoke_timeout))
-    for bench in (INGEST, UPLINK, CONTROL, STORE)
+    for bench in (INGEST, UPLINK, CONTROL, STORE, MODBUS)
     for mode in MODES
 ]
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -209,3 +210,25 @@ async def test_a_port_that_cannot_be_opened_fails_the_run(tmp_path: Path) -> Non
     bus = make_bus(str(tmp_path / "no-such-tty"), intake=RecordingIntake())
     with pytest.raises(BusDown, match="cannot open"):
         await bus.run(Health("test"))
+
+
+async def test_the_simulator_command_serves_its_slaves_and_faults_on_a_pty(tmp_path: Path) -> None:
+    """`edge-gateway-sim modbus` as an installer runs it: the default slaves, one of them silent."""
+    path = tmp_path / "ttySIM"
+    sim = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "firmware_sim", "modbus", "--pty", str(path), "--fault", "2=silent", "--duration", "30",
+        stderr=asyncio.subprocess.PIPE)
+    try:
+        await wait_for(path.exists, timeout=10)
+        intake = RecordingIntake()
+        bus = make_bus(str(path), intake=intake, clock=ManualClock(), timeout=0.3)
+        async with opened(bus):
+            assert await bus.poll_due() == 4
+        assert {r.device_id for r in intake.readings} == {"co2-1", "meter-3", "purifier-4"}
+        assert bus.slaves[1].stats.timeouts == 1
+    finally:
+        sim.terminate()
+        _, stderr = await asyncio.wait_for(sim.communicate(), 10)
+    assert sim.returncode == 0, stderr.decode()
+    served = f"slave 1: {len(bus.slaves[0].plan)} requests, slave 2: 1 requests, slave 3: {len(bus.slaves[2].plan)}"
+    assert served.encode() in stderr

@@ -187,3 +187,9 @@ def test_a_good_modbus_config_loads(tmp_path: Path) -> None:
     s = load_settings(config).settings
     assert s.modbus.device_kinds() == {"pur-1": "modbus-purifier"}
     assert s.modbus.buses[0].gap_seconds == pytest.approx(3.5 * 11 / 19200)
+
+
+def test_the_readme_simulator_config_is_valid() -> None:
+    s = load_settings(MAPS.parent / "modbus-sim.example.toml").settings
+    assert s.modbus.device_kinds() == {"co2-101": "modbus-sensor", "pm-101": "modbus-sensor",
+                                       "meter-main": "modbus-sensor", "purifier-101": "modbus-purifier"}
