@@ -179,4 +179,7 @@ def check_maps(section: ModbusSection, config_path: Path) -> list[str]:
                     point = register_map.point(metric)
                     if point is None or not point.writable:
                         errors.append(f"{where}.map: a {logical.kind} needs a writable point {metric!r} in {path}")
+                    elif metric == "powerOn" and point.resolved_type != "bool":
+                        errors.append(f"{where}.map: 'powerOn' in {path} must be a bool (a coil, or a register "
+                                      f"with data_type = \"bool\"), not {point.resolved_type}")
     return errors

@@ -15,6 +15,11 @@ and never reconnects on its own (reconnect_delay=0): this class decides.
 * Failure: a port that cannot be opened or is lost (an unplugged adapter, a closed pty) makes `run()`
   raise; its devices go offline, and the supervisor reopens it with back-off (logging once).
 
+Time: which slave is due, and its back-off, are decided on the injected clock's monotonic seconds; the
+inter-frame gap and the answer timeouts are the line's own time (the event loop's).
+pymodbus 3.16 keeps its answer timer in `client.ctx.comm_params.timeout_connect`; the bus sets it per
+request (checked when a bus is built: IncompatibleLibraryError, and the daemon does not start).
+
 `port` is a device path or any pyserial URL: `socket://host:port` reaches an RS-485-to-Ethernet
 converter (or the simulator) with RTU framing over TCP.
 """
@@ -28,10 +33,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import pymodbus
 import structlog
 from pymodbus.client import AsyncModbusSerialClient
 from pymodbus.exceptions import ConnectionException, ModbusIOException
 from pymodbus.framer import FramerType
+from pymodbus.transaction import TransactionManager
+from pymodbus.transport import CommParams
 
 from drivers.modbus.driver import command_write
 from drivers.modbus.planner import ReadRequest
@@ -40,7 +48,7 @@ from drivers.modbus.slaves import PolledSlave, SlaveConfig
 from drivers.modbus.timing import inter_frame_gap
 from gateway.core.clock import Clock
 from gateway.core.device_commands import Ack, OutgoingCommand
-from gateway.core.errors import PayloadError
+from gateway.core.errors import IncompatibleLibraryError, PayloadError
 from gateway.core.links import DeviceIntake, LinkError
 from gateway.core.metrics import Metrics
 from gateway.core.models import MetricValue, Reading
@@ -71,6 +79,14 @@ class BusConfig:
     backoff_max: float = 60.0
 
 
+def check_pymodbus() -> None:
+    """The pymodbus internal the bus sets is there (the version range is pinned in pyproject.toml)."""
+    fields = getattr(CommParams, "__dataclass_fields__", {})
+    if "timeout_connect" not in fields or not hasattr(TransactionManager, "execute"):
+        raise IncompatibleLibraryError("pymodbus", pymodbus.__version__,
+                                       ["CommParams.timeout_connect (the answer timer the bus sets per slave)"])
+
+
 class BusDown(Exception):
     """The port is not open (or was lost)."""
 
@@ -78,6 +94,7 @@ class BusDown(Exception):
 class ModbusBus:
     def __init__(self, config: BusConfig, slaves: Sequence[SlaveConfig], *, intake: DeviceIntake, clock: Clock,
                  metrics: Metrics) -> None:
+        check_pymodbus()
         self.config = config
         self.slaves = [PolledSlave(s) for s in slaves]
         self._by_device = {d: s for s in self.slaves for d in s.targets}

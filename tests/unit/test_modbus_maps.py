@@ -193,3 +193,15 @@ def test_the_readme_simulator_config_is_valid() -> None:
     s = load_settings(MAPS.parent / "modbus-sim.example.toml").settings
     assert s.modbus.device_kinds() == {"co2-101": "modbus-sensor", "pm-101": "modbus-sensor",
                                        "meter-main": "modbus-sensor", "purifier-101": "modbus-purifier"}
+
+
+def test_a_purifiers_power_point_must_be_a_bool(tmp_path: Path) -> None:
+    text = (MAPS / "rs485_purifier.toml").read_text(encoding="utf-8").replace(
+        'address = 0\ninput_type = "coil"', 'address = 5\ninput_type = "holding"\ndata_type = "uint16"')
+    pmap = _write(tmp_path, text, "purifier16.toml")
+    device = 'id = "p-1"\nkind = "modbus-purifier"'
+    config = _config(tmp_path, BUS.format(bus="", slave=4, map=pmap.name, device=device))
+    with pytest.raises(ConfigError) as err:
+        load_settings(config)
+    assert err.value.errors == [f"{config}: modbus.buses.0.devices.0[id=p-1].map: 'powerOn' in {pmap} must be a bool "
+                                f'(a coil, or a register with data_type = "bool"), not uint16']
