@@ -232,3 +232,42 @@ async def test_the_simulator_command_serves_its_slaves_and_faults_on_a_pty(tmp_p
     assert sim.returncode == 0, stderr.decode()
     served = f"slave 1: {len(bus.slaves[0].plan)} requests, slave 2: 1 requests, slave 3: {len(bus.slaves[2].plan)}"
     assert served.encode() in stderr
+
+
+async def test_the_link_supervises_each_bus_apart_and_routes_commands(sim_line: SimLine) -> None:
+    """Two buses (a pty, and RTU over TCP): the pty's loss leaves the other bus polling and commandable."""
+    from drivers.modbus.link import ModbusLink
+    from gateway.core.links import DeviceLinks
+
+    tcp_sim = SimBus([load_slave(9, "purifier", MAPS)])
+    server = await tcp_sim.serve_tcp("127.0.0.1", 0)
+    tcp_port = server.sockets[0].getsockname()[1]
+    intake = RecordingIntake()
+    clock = SystemClock()
+    pty_bus = make_bus(str(sim_line.path), [(4, "rs485_purifier.toml", "purifier-4")], intake=intake, clock=clock,
+                       timeout=0.2, interval=0.05)
+    tcp_bus = ModbusBus(BusConfig("tcp-bus", f"socket://127.0.0.1:{tcp_port}", timeout=0.2),
+                        [SlaveConfig(9, load_map(MAPS / "rs485_purifier.toml"),
+                                     (LogicalDevice("purifier-9", "modbus-purifier"),), 0.05, 0.2)],
+                        intake=intake, clock=clock, metrics=Metrics())
+    supervisor = Supervisor(clock=clock, metrics=Metrics(), initial_backoff=0.05, max_backoff=0.2, jitter=lambda: 1.0)
+    link = ModbusLink([pty_bus, tcp_bus], supervisor)
+    links = DeviceLinks({"modbus": link}, transport_of=lambda device_id: "modbus")
+    task = asyncio.create_task(link.run(), name="modbus-link")
+    try:
+        await wait_for(lambda: links.command_ready("purifier-9") and links.command_ready("purifier-4"))
+        sim_line.port.unplug()
+        await wait_for(lambda: supervisor.health["modbus:test-bus"].state == "failing")
+        count = len(intake.of("purifier-9"))
+        await wait_for(lambda: len(intake.of("purifier-9")) > count + 2)  # the other bus polls on
+        assert supervisor.health["modbus:tcp-bus"].state == "up"
+        assert not links.command_ready("purifier-4") and links.command_ready("purifier-9")
+        ack = await links.send(OutgoingCommand("c-1", "purifier-9", SetFanSpeed(5), 0.0))
+        assert ack is not None and ack.ok and tcp_sim.slaves[9].registers["holding"][0] == 5
+        with pytest.raises(LinkError, match="bus test-bus"):  # not sent: retried at the command's deadline
+            await links.send(OutgoingCommand("c-2", "purifier-4", SetFanSpeed(1), 0.0))
+    finally:
+        supervisor.stop()
+        await cancel_until_done([task], 5)
+        server.close()
+        await server.wait_closed()

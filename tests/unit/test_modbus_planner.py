@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from drivers.modbus.planner import ReadLimits, ReadRequest, plan_per_point, plan_reads
 from drivers.modbus.register_maps import InputType
@@ -73,3 +75,23 @@ def test_sdm_reads_start_even_and_count_even() -> None:
         m = shipped_map(name)
         for r in plan_reads(m.points(), ReadLimits(80, 2000, m.spec.max_gap)):
             assert r.address % 2 == 0 and r.count % 2 == 0 and r.count <= 80
+
+
+@settings(max_examples=200, deadline=None)
+@given(points=st.lists(st.tuples(st.sampled_from(["holding", "input", "coil"]), st.integers(0, 400),
+                                 st.sampled_from([1, 2, 4])), min_size=1, max_size=60),
+       max_gap=st.integers(0, 20), max_registers=st.integers(4, 125))
+def test_any_plan_covers_every_point_within_the_limits(points: list[tuple[InputType, int, int]], max_gap: int,
+                                                       max_registers: int) -> None:
+    placed = [P(table, address, 1 if table == "coil" else span) for table, address, span in points]
+    plan = plan_reads(placed, ReadLimits(max_registers, 2000, max_gap))
+    assert sorted(i for r in plan for i, _ in r.points) == list(range(len(placed)))
+    for r in plan:
+        assert r.count <= (2000 if r.table == "coil" else max_registers)
+        spans = sorted((placed[i].address, placed[i].address + placed[i].span) for i, _ in r.points)
+        covered_to = spans[0][1]
+        for start, end in spans[1:]:
+            assert start - covered_to <= max_gap  # never bridges more unused registers than the device allows
+            covered_to = max(covered_to, end)
+        for index, offset in r.points:
+            assert placed[index].input_type == r.table and placed[index].address == r.address + offset
