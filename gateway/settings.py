@@ -193,6 +193,9 @@ class UplinkSection(_Strict):
     batch_max_readings: Annotated[int, Field(ge=1, le=10_000)] = 200
     batch_max_bytes: Annotated[int, Field(ge=1024, le=10_000_000)] = 128 * 1024
     reconnect_max_seconds: Annotated[float, Field(ge=1, le=3600)] = 60.0
+    # While the cloud is unreachable, a bare TCP connect this often (jittered) ends the back-off as soon as
+    # it is back (uplink/reachability.py).
+    probe_interval_seconds: Annotated[float, Field(ge=0.1, le=60)] = 1.0
 
     @model_validator(mode="after")
     def _tls_files(self) -> UplinkSection:

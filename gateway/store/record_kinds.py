@@ -8,7 +8,7 @@ only add rows to the plan (planner.BatchPlan); they run again for every attempt 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from gateway.core.models import (
@@ -91,7 +91,23 @@ def plan_quarantined(rec: Quarantined, plan: BatchPlan) -> None:
 
 
 def plan_outbox_done(rec: OutboxDone, plan: BatchPlan) -> None:
-    plan.rows(DELETE_OUTBOX).extend((seq,) for seq in rec.seqs)
+    plan.rows(DELETE_OUTBOX).extend(seq_runs(rec.seqs))
+
+
+def seq_runs(seqs: Iterable[int]) -> list[tuple[int, int]]:
+    """(first, last) of each run of consecutive seqs, in ascending order (duplicates fold into their run)."""
+    runs: list[tuple[int, int]] = []
+    first = last = None
+    for seq in sorted(seqs):
+        if last is not None and seq <= last + 1:
+            last = max(last, seq)
+            continue
+        if first is not None and last is not None:
+            runs.append((first, last))
+        first = last = seq
+    if first is not None and last is not None:
+        runs.append((first, last))
+    return runs
 
 
 def plan_rpc_done(rec: RpcDone, plan: BatchPlan) -> None:

@@ -72,10 +72,10 @@ INSERT_QUARANTINE = insert_write(
 # Rows: (seq, kind, device_id, ts, body, size, created_at)
 INSERT_OUTBOX = insert_write("outbox", 60, "INSERT INTO outbox (seq, kind, device_id, ts, body, size, created_at)", 7)
 
-# Rows: (seq,)
-DELETE_OUTBOX = Write(
-    "outbox_done", 70, 1, "DELETE FROM outbox WHERE seq = ?", "DELETE FROM outbox WHERE seq IN ({rows})"
-)
+# Rows: (first seq, last seq) of a run of consecutive seqs. The cloud acknowledges messages in the order they
+# were sent, so a batch's seqs are a run or a few: one range delete each, by the primary key, instead of a
+# statement (or a bound IN list) per seq. No bulk form: a batch has a handful of runs.
+DELETE_OUTBOX = Write("outbox_done", 70, 2, "DELETE FROM outbox WHERE seq BETWEEN ? AND ?")
 
 # Rows: (request_id, method, response, at); the first answer to a request id is kept.
 INSERT_RPC = insert_write("rpc", 80, "INSERT OR IGNORE INTO rpc_log (request_id, method, response, at)", 4)
