@@ -15,6 +15,7 @@ from gateway.core.links import DeviceDriver
 _BUILTIN: dict[str, str] = {
     "purifier": "drivers.purifier:PurifierDriver",
     "sensor": "drivers.sensor:SensorDriver",
+    "hub": "drivers.hub:HubDriver",
 }
 _registered: dict[str, Callable[[], DeviceDriver]] = {}
 

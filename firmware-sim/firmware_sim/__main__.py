@@ -1,6 +1,7 @@
 """`edge-gateway-sim`: run simulated devices against an MQTT broker.
 
     edge-gateway-sim purifiers --count 3 --interval 120 --host 127.0.0.1 --port 1883
+    edge-gateway-sim hub --hub-id HUB-1 --beacons 2000 --per-part 30 --out-of-order --duplicates 5
 
 Each purifier logs in as its id (AP-01, AP-02, ...) with the password from --password-template.
 SIGINT/SIGTERM (or --duration) stop every purifier cleanly: each publishes "offline" first.
@@ -15,6 +16,7 @@ import logging
 import signal
 from collections.abc import Sequence
 
+from firmware_sim import hub
 from firmware_sim.purifier import SimulatedPurifier
 
 log = logging.getLogger("firmware_sim")
@@ -60,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--summary-interval", type=_positive_float, default=60.0, help="seconds between summary log lines (default 60)"
     )
+    hub.add_parser(sub)
     return parser
 
 
@@ -149,6 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "purifiers":
         return asyncio.run(run_purifiers(args))
+    if args.command == "hub":
+        return asyncio.run(hub.run_hub(args))
     raise AssertionError(f"unhandled command {args.command!r}")
 
 
