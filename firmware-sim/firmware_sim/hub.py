@@ -20,8 +20,10 @@ import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import aiomqtt
+if TYPE_CHECKING:
+    import aiomqtt  # imported when a hub connects: the batch functions are used without MQTT too
 
 log = logging.getLogger("firmware_sim.hub")
 
@@ -100,6 +102,8 @@ class SimulatedHub:
         self.sent_parts = 0
 
     def client(self) -> aiomqtt.Client:
+        import aiomqtt
+
         o = self.options
         # max_inflight: a real hub's window; the gateway acknowledges each part once it is stored
         return aiomqtt.Client(o.host, o.port, identifier=o.hub_id, username=o.hub_id, password=o.password,

@@ -3,12 +3,13 @@
     .venv/bin/python -m tests.bench.bench_hub            # 2,000-beacon batches, 20 timed, 10 hubs x 5 open
     .venv/bin/python -m tests.bench.bench_hub --smoke    # seconds; what the test suite runs
 
-The gateway runs in this process (its BLE decoders are not wired in yet, so relayed adverts are decoded by
-the tests' small BTHome decoder, tests/fixtures/bthome_min.py); the hubs are the firmware simulator's batches
-sent by aiomqtt clients at QoS 1 with a window of 20. Prints (asserts nothing about time):
-  * last part -> committed: from the publish of a batch's last missing part to the commit of the whole
-    batch (2,000 readings in 67 parts of 30, sent out of order with 5 parts twice): p50 and max;
-  * memory: process RSS with 10 hubs connected, then with 10 hubs x 5 open batches (each half sent: 34 of
+The gateway runs as its own process (tests/bench/hub_probe.py: `edge-gateway run` with the tests' small BTHome
+decoder for relayed adverts, the gateway's own BLE decoders not being wired in yet); the hubs are the firmware
+simulator's batches sent by aiomqtt clients at QoS 1 with a window of 20. Prints (asserts nothing about time):
+  * last part -> committed: from the publish of a batch's last missing part to its PUBACK, which the gateway
+    sends once the whole batch is committed (2,000 readings in 67 parts of 30, sent out of order with 5
+    parts twice): p50 and max;
+  * memory: gateway RSS with 10 hubs connected, then with 10 hubs x 5 open batches (each half sent: 34 of
     67 parts held), and after they completed; the bytes of parts held;
   * loss check: every reading of every batch stored exactly once.
 """
@@ -22,121 +23,118 @@ import logging
 import random
 import sqlite3
 import statistics
+import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiomqtt
-import structlog
-from firmware_sim.hub import batch_parts, beacon_mac, beacon_readings, delivery_order
+import psutil
+from firmware_sim.hub import batch_parts, beacon_readings, delivery_order
 
-from gateway.app import Gateway
-from gateway.core.models import HubBatchClosed
-from gateway.settings import load_settings
+from tests.bench.bench_ingest import HOST, stop_process, wait_port
 from tests.bench.common import percentile, run_and_report
-from tests.fixtures.bthome_min import MiniBthomeDecoder
-from tests.fixtures.gateway import device_password, write_config
+from tests.fixtures.gateway import device_password, free_port, write_config
 
 HUBS = [f"HUB-{n:02d}" for n in range(1, 11)]
 LOGICAL = [f"T-{n}" for n in range(1, 21)]
+QUIET = logging.getLogger("bench_hub.mqtt")  # aiomqtt warns of every publish queued behind the window of 20
+QUIET.setLevel(logging.ERROR)
 
 
-def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+@dataclass
+class Target:
+    proc: asyncio.subprocess.Process
+    port: int
+    db: Path
+
+    def rss_mb(self) -> float:
+        return float(psutil.Process(self.proc.pid).memory_info().rss) / 2**20
 
 
 @contextlib.asynccontextmanager
-async def gateway(folder: Path, beacons: int) -> AsyncIterator[Gateway]:
+async def gateway_process(folder: Path, beacons: int) -> AsyncIterator[Target]:
+    port = free_port()
     kinds = {**{h: "hub" for h in HUBS}, **{d: "sensor" for d in LOGICAL}}
-    config = write_config(folder, devices=[*HUBS, *LOGICAL], kinds=kinds, api="enabled = false",
-                          extra="[hubs]\nmax_bytes_held = 1048576\nmax_open_batches = 8")
-    gw = Gateway(load_settings(config))
-    gw.hubs.set_decoder(MiniBthomeDecoder({beacon_mac(n): LOGICAL[n % 20] for n in range(beacons)}))
-    task = asyncio.create_task(gw.run(install_signals=False))
-    await asyncio.wait_for(gw.ready.wait(), 20)
+    config = write_config(folder, devices=[*HUBS, *LOGICAL], kinds=kinds, port=port, api="enabled = false",
+                          extra="[hubs]")  # the default limits: 8 open batches, 1 MiB held per hub
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "tests.bench.hub_probe", str(config),
+                                                str(beacons), stdout=asyncio.subprocess.DEVNULL)
     try:
-        yield gw
+        await wait_port(port, proc)
+        yield Target(proc, port, folder / "data" / "gateway.db")
     finally:
-        gw.stop()
-        await task
+        await stop_process(proc)
 
 
 def client(port: int, hub_id: str) -> aiomqtt.Client:
-    return aiomqtt.Client("127.0.0.1", port, identifier=hub_id, username=hub_id, password=device_password(hub_id),
-                          max_inflight_messages=20, max_queued_outgoing_messages=0)
+    return aiomqtt.Client(HOST, port, identifier=hub_id, username=hub_id, password=device_password(hub_id),
+                          max_inflight_messages=20, logger=QUIET)
 
 
-def make_batch(batch_id: str, beacons: int, heard_at: float, rng: random.Random) -> tuple[list[bytes], list[int]]:
-    parts = batch_parts(batch_id, beacon_readings(beacons, heard_at, rng), 30)
-    return parts, delivery_order(len(parts), rng, out_of_order=True, duplicates=5)
+class Batches:
+    """Batches whose readings never share a time: each batch's beacons heard in its own 10 s slot, in the past."""
+
+    def __init__(self, beacons: int, rng: random.Random) -> None:
+        self.beacons, self.rng, self.made = beacons, rng, 0
+        self.start = time.time() - 5000.0
+
+    def make(self, batch_id: str) -> tuple[list[bytes], list[int]]:
+        heard_at = self.start + 10.0 * self.made
+        self.made += 1
+        parts = batch_parts(batch_id, beacon_readings(self.beacons, heard_at, self.rng), 30)
+        return parts, delivery_order(len(parts), self.rng, out_of_order=True, duplicates=5)
 
 
-async def last_part_latency(gw: Gateway, batches: int, beacons: int, rng: random.Random) -> list[float]:
-    """Seconds from the publish of each batch's last missing part to the commit of the whole batch."""
-    loop = asyncio.get_running_loop()
-    committed: dict[str, float] = {}
-
-    def on_commit(records: Any) -> None:
-        for rec in records:
-            if isinstance(rec, HubBatchClosed):
-                committed[rec.batch_id] = loop.time()
-
-    gw.writer.on_commit.append(on_commit)
+async def last_part_latency(target: Target, batches: int, make: Batches) -> list[float]:
+    """Seconds from the publish of each batch's last missing part to its PUBACK (sent once all is committed)."""
     out = []
     topic = "device/HUB-01/batch"
-    async with client(gw.broker.bound_ports()[0], "HUB-01") as hub:
+    async with client(target.port, "HUB-01") as hub:
         for n in range(batches):
-            batch_id = f"lat-{n}"
-            parts, order = make_batch(batch_id, beacons, gw.clock.now() - 5, rng)
+            parts, order = make.make(f"lat-{n}")
             last = order[-1]
             await asyncio.gather(*(hub.publish(topic, parts[i], qos=1) for i in order if i != last))
-            await gw.writer.flush()
-            t0 = loop.time()
+            t0 = time.perf_counter()
             await hub.publish(topic, parts[last], qos=1)
-            out.append(committed[batch_id] - t0)
-    gw.writer.on_commit.remove(on_commit)
+            out.append(time.perf_counter() - t0)
     return out
 
 
-async def open_batches(gw: Gateway, per_hub: int, beacons: int, rng: random.Random) -> dict[str, float]:
-    """RSS with every hub connected, then with `per_hub` half-sent batches each, then after they completed."""
-    port = gw.broker.bound_ports()[0]
+async def open_batches(target: Target, per_hub: int, make: Batches) -> dict[str, float]:
+    """Gateway RSS with every hub connected, then with `per_hub` half-sent batches each, then once completed."""
     async with contextlib.AsyncExitStack() as stack:
-        hubs = [await stack.enter_async_context(client(port, h)) for h in HUBS]
-        await gw.writer.flush()
-        figures = {"rss_mb_hubs_connected": rss_mb()}
-        held: list[tuple[aiomqtt.Client, str, list[bytes], list[int]]] = []
+        hubs = [await stack.enter_async_context(client(target.port, h)) for h in HUBS]
+        figures = {"rss_mb_hubs_connected": target.rss_mb()}
+        rest: list[tuple[aiomqtt.Client, str, list[bytes], list[int]]] = []
+        held = 0
         for hub_id, hub in zip(HUBS, hubs, strict=True):
             for n in range(per_hub):
-                parts, order = make_batch(f"{hub_id}-open-{n}", beacons, gw.clock.now() - 5, rng)
+                parts, order = make.make(f"{hub_id}-open-{n}")
                 half = len(order) // 2
+                sent = {i: parts[i] for i in order[:half]}
+                held += sum(len(p) for p in sent.values())
                 await asyncio.gather(*(hub.publish(f"device/{hub_id}/batch", parts[i], qos=1) for i in order[:half]))
-                held.append((hub, hub_id, parts, order[half:]))
-        await gw.writer.flush()
-        figures["rss_mb_open_batches"] = rss_mb()
-        figures["held_mb"] = gw.hubs.demux.held_bytes() / 2**20
-        figures["open_batches"] = float(sum(len(gw.hubs.demux.open_batches(h)) for h in HUBS))
-        for hub, hub_id, parts, rest in held:
-            await asyncio.gather(*(hub.publish(f"device/{hub_id}/batch", parts[i], qos=1) for i in rest))
-        await gw.writer.flush()
-        figures["rss_mb_after_completed"] = rss_mb()
-        figures["held_mb_after_completed"] = gw.hubs.demux.held_bytes() / 2**20
+                rest.append((hub, hub_id, parts, order[half:]))
+        figures["rss_mb_open_batches"] = target.rss_mb()  # every part so far acknowledged: stored and held
+        figures["held_mb"] = held / 2**20
+        for hub, hub_id, parts, order in rest:
+            await asyncio.gather(*(hub.publish(f"device/{hub_id}/batch", parts[i], qos=1) for i in order))
+        figures["rss_mb_after_completed"] = target.rss_mb()
     return figures
 
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
     beacons, batches, per_hub = (300, 3, 5) if args.smoke else (args.beacons, args.batches, 5)
-    rng = random.Random(11)
+    make = Batches(beacons, random.Random(11))
     with tempfile.TemporaryDirectory(prefix="bench-hub-") as tmp:
-        async with gateway(Path(tmp), beacons) as gw:
-            latencies = await last_part_latency(gw, batches, beacons, rng)
-            memory = await open_batches(gw, per_hub, beacons, rng)
-            db = gw.loaded.db_path
-        with sqlite3.connect(db) as conn:
+        async with gateway_process(Path(tmp), beacons) as target:
+            latencies = await last_part_latency(target, batches, make)
+            memory = await open_batches(target, per_hub, make)
+        with sqlite3.connect(target.db) as conn:
             stored, distinct = conn.execute(
                 "SELECT count(*), count(DISTINCT device_id || '@' || ts) FROM readings").fetchone()
             quarantined = conn.execute("SELECT count(*) FROM quarantine").fetchone()[0]
@@ -148,6 +146,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "last_part_to_commit_mean_ms": statistics.fmean(latencies) * 1000,
         **memory,
         "rss_mb_growth_open_batches": memory["rss_mb_open_batches"] - memory["rss_mb_hubs_connected"],
+        "open_batches": float(len(HUBS) * per_hub),
         "readings_expected": expected, "readings_stored": stored, "readings_distinct": distinct,
         "quarantined": quarantined, "lost": expected - distinct, "doubled": stored - distinct,
     }
@@ -172,7 +171,6 @@ def main() -> None:
     parser.add_argument("--beacons", type=int, default=2000, help="beacons per batch")
     parser.add_argument("--batches", type=int, default=20, help="batches timed from last part to commit")
     parser.add_argument("--json", type=Path, help="also write the figures here")
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     run_and_report(parser.parse_args(), bench, report)
 
 

@@ -37,6 +37,12 @@ def _store(figures: dict[str, Any], mode: str) -> None:
     assert len(figures["rounds"]) == (1 if mode == "smoke" else 3)
 
 
+def _hub(figures: dict[str, Any], mode: str) -> None:
+    # every relayed reading of every batch (timed, and the 10 hubs x 5 open ones) stored exactly once
+    assert figures["lost"] == 0 and figures["doubled"] == 0 and figures["quarantined"] == 0
+    assert figures["readings_stored"] == figures["readings_expected"] > 0
+
+
 @dataclass(frozen=True)
 class Bench:
     module: str  # tests.bench.<module>
@@ -59,10 +65,14 @@ STORE = Bench("bench_store", 120, ("store writer alone", "median: flat out"), (
     "rate", "cpu_us_per_reading", "records_per_commit", "trickle_cpu_us_per_reading",
     "trickle_status_cpu_us_per_step"), _store)
 
+HUB = Bench("bench_hub", 120, ("last part -> committed", "memory: RSS"), (
+    "last_part_to_commit_p50_ms", "last_part_to_commit_max_ms", "rss_mb_hubs_connected", "rss_mb_open_batches",
+    "rss_mb_growth_open_batches", "rss_mb_after_completed", "held_mb"), _hub)
+
 CASES = [
     pytest.param(bench, mode, id=f"{bench.module.removeprefix('bench_')}-{mode}",
                  marks=mode_marks(mode, bench.smoke_timeout))
-    for bench in (INGEST, UPLINK, CONTROL, STORE)
+    for bench in (INGEST, UPLINK, CONTROL, STORE, HUB)
     for mode in MODES
 ]
 

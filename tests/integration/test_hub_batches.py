@@ -4,6 +4,7 @@ list over REST, and a restart in the middle of a batch."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 from collections.abc import Sequence
@@ -236,3 +237,14 @@ async def test_open_batches_resume_and_closed_ones_are_remembered_across_a_resta
         [(reason,)] = gw.query("SELECT reason FROM quarantine")
         assert reason.startswith("batch 'o-1' incomplete 60 s after its first part: 1 of 2 parts arrived")
         assert count(gw, "hub_parts") == 0 and count(gw, "readings") == 4
+
+
+async def test_a_hub_may_not_publish_a_batch_for_another_hub(gateway_factory: GatewayFactory) -> None:
+    gw = await gateway_factory(**hub_gateway(api="enabled = false"))
+    with contextlib.suppress(aiomqtt.MqttError):  # the broker ends a connection that publishes outside its topics
+        async with hub_client(gw, "HUB-2") as hub:
+            await hub.publish("device/HUB-1/batch", part("x-1", 1, 2, []), qos=1)
+    await wait_for(lambda: gw.counter("gateway_broker_acl_denied_total", action="publish") == 1)
+    await gw.flush()
+    assert count(gw, "hub_parts") == 0 and count(gw, "quarantine") == 0
+    assert gw.gateway.hubs.demux.open_batches("HUB-1") == []
