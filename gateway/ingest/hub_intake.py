@@ -120,7 +120,16 @@ class HubIntake:
                 self.wake()  # the timer sleeps past this batch's deadline
         elif offer.verdict is Verdict.COMPLETE:
             assert offer.batch is not None
-            await self._complete(offer.batch, driver, topic, now)
+            try:
+                await self._complete(offer.batch, driver, topic, now)
+            except (PayloadError, StoreClosedError):
+                raise
+            except Exception as exc:
+                # A bug while applying it: the batch is closed already, so it is kept the way a batch given up
+                # is (its parts quarantined, the reason saying why) rather than left in hub_parts.
+                log.exception("hubs.batch_failed", hub_id=hub_id, batch_id=header.batch_id)
+                await self._give_up(offer.batch, f"could not be applied: internal error: {type(exc).__name__}: "
+                                    f"{exc}"[:300], now, "error")
         elif offer.verdict is Verdict.REFUSED:
             raise PayloadError(offer.reason)
         # DUPLICATE: nothing new. The receipt the broker waits for covers the first copy's row too.

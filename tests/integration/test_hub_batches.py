@@ -12,7 +12,8 @@ from typing import Any
 
 import aiohttp
 import aiomqtt
-from firmware_sim.hub import HubOptions, SimulatedHub, batch_parts, beacon_mac, beacon_readings, delivery_order
+from firmware_sim.__main__ import build_parser
+from firmware_sim.hub import HubOptions, SimulatedHub, batch_parts, beacon_mac, beacon_readings, delivery_order, run_hub
 
 from gateway.core.clock import ManualClock
 from gateway.core.models import HubBatchClosed, Reading, StoreRecord
@@ -248,3 +249,40 @@ async def test_a_hub_may_not_publish_a_batch_for_another_hub(gateway_factory: Ga
     await gw.flush()
     assert count(gw, "hub_parts") == 0 and count(gw, "quarantine") == 0
     assert gw.gateway.hubs.demux.open_batches("HUB-1") == []
+
+
+async def test_the_hub_simulator_cli_relays_batches_out_of_order_with_duplicates(
+    gateway_factory: GatewayFactory,
+) -> None:
+    gw = with_decoder(await gateway_factory(**hub_gateway(api="enabled = false")), beacons=300)
+    args = build_parser().parse_args([
+        "hub", "--hub-id", "HUB-1", "--password-template", "pw-{id}", "--port", str(gw.port), "--beacons", "300",
+        "--batches", "2", "--interval", "0", "--out-of-order", "--duplicates", "3", "--seed", "4"])
+    assert await run_hub(args) == 0
+    await gw.flush()
+    rows = gw.query("SELECT device_id, ts FROM readings")
+    assert len(rows) == len(set(rows)) == 600
+    assert count(gw, "quarantine") == 0 and count(gw, "hub_parts") == 0
+    assert gw.counter("gateway_hub_parts_total", verdict="duplicate") == 6
+
+
+class BuggyDecoder(MiniBthomeDecoder):
+    """A decoder with a bug for one MAC: the rest of the batch must still be stored."""
+
+    def decode_raw(self, mac: str, adv: bytes, received_at: float) -> Reading | None:
+        if mac == beacon_mac(3):
+            raise IndexError("a decoder bug")
+        return super().decode_raw(mac, adv, received_at)
+
+
+async def test_a_decoder_bug_quarantines_only_its_reading(gateway_factory: GatewayFactory) -> None:
+    gw = await gateway_factory(**hub_gateway(api="enabled = false"))
+    gw.gateway.hubs.set_decoder(BuggyDecoder({beacon_mac(n): LOGICAL[n] for n in range(10)}))
+    async with hub_client(gw) as hub:
+        readings = beacon_readings(10, gw.gateway.clock.now() - 5, random.Random(2))
+        await hub.publish("device/HUB-1/batch", part("d-1", 1, 1, readings), qos=1)
+    await gw.flush()
+    assert count(gw, "readings") == 9
+    [(device_id, reason)] = gw.query("SELECT device_id, reason FROM quarantine")
+    assert device_id == "HUB-1"
+    assert reason == "batch 'd-1' part 1: internal error in the BLE decoder: IndexError: a decoder bug"
