@@ -213,6 +213,8 @@ class Gateway:
             name for name in ("gateway", "storage", "ingest", "uplink", "outbox", "control", "api")
             if getattr(s, name) != getattr(old, name)
         ]
+        if s.hubs.model_copy(update={"mappings": []}) != old.hubs.model_copy(update={"mappings": []}):
+            needs_restart.append("hubs (limits; mappings are applied)")
         if s.broker.listeners != old.broker.listeners or s.broker.keepalive_grace != old.broker.keepalive_grace:
             needs_restart.append("broker.listeners")
         self.loaded = new

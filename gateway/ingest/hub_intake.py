@@ -34,7 +34,7 @@ from gateway.core.hub_batches import AdvertDecoder, HubDriver
 from gateway.core.metrics import Metrics
 from gateway.core.models import HubBatchClosed, HubPartHeld, Quarantined, StoreRecord
 from gateway.ingest.demux import Demux, DemuxLimits, OpenBatch, Verdict
-from gateway.ingest.hub_readings import BatchResolver, HubMap
+from gateway.ingest.hub_readings import BatchResolver, HubMap, Resolved
 from gateway.ingest.service import Ingest
 from gateway.ingest.unmapped import UnmappedDevices
 
@@ -42,6 +42,7 @@ log = structlog.get_logger(__name__)
 
 MAX_SLEEP_S = 60.0  # the timer looks again at least this often (a stepped wall clock)
 MISSING_LISTED = 20  # missing part numbers named in a quarantine reason
+PARTS_PER_TURN = 8  # parts of a complete batch resolved before other tasks get a turn (~240 readings)
 
 Put = Callable[[StoreRecord], Awaitable[None]]
 HeldRow = tuple[str, str, int, int, bytes, float]  # hub, batch, part, parts, payload, received_at
@@ -135,7 +136,12 @@ class HubIntake:
         # DUPLICATE: nothing new. The receipt the broker waits for covers the first copy's row too.
 
     async def _complete(self, batch: OpenBatch, driver: HubDriver, topic: str, now: float) -> None:
-        resolved = self._resolver.resolve(batch, driver, self._maps.get(batch.hub_id) or HubMap(), topic)
+        hub_map = self._maps.get(batch.hub_id) or HubMap()
+        resolved = Resolved()
+        for n, (number, held) in enumerate(batch.in_order(), 1):
+            self._resolver.resolve_part(resolved, batch, number, held, driver, hub_map, topic)
+            if n % PARTS_PER_TURN == 0:
+                await asyncio.sleep(0)  # a 2,000-reading batch takes tens of ms: let the other devices in between
         self._metrics.inc("gateway_hub_batches_total", 1, "hub batches closed", outcome="complete")
         await self._ingest.accept_batch(HubBatchClosed(
             batch.hub_id, batch.batch_id, now, True, tuple(resolved.readings), tuple(resolved.quarantined),

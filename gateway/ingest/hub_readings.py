@@ -18,7 +18,7 @@ from typing import Any
 from gateway.core.errors import PayloadError
 from gateway.core.hub_batches import AdvertDecoder, AdvertEntry, HubDriver, NamedEntry
 from gateway.core.models import Quarantined, Reading
-from gateway.ingest.demux import OpenBatch
+from gateway.ingest.demux import HeldPart, OpenBatch
 from gateway.ingest.unmapped import UnmappedDevices
 
 
@@ -50,43 +50,42 @@ class BatchResolver:
         self._configured = configured  # is this a configured device id?
         self._unmapped = unmapped
 
-    def resolve(self, batch: OpenBatch, driver: HubDriver, hub_map: HubMap, topic: str) -> Resolved:
-        out = Resolved()
+    def resolve_part(self, out: Resolved, batch: OpenBatch, number: int, held: HeldPart, driver: HubDriver,
+                     hub_map: HubMap, topic: str) -> None:
+        """Part `number` of the batch into `out` (a batch is resolved part by part, in part order)."""
         hub_id = batch.hub_id
-        for number, held in batch.in_order():
-            at = held.received_at
-            where = f"batch {batch.batch_id!r} part {number}"
+        at = held.received_at
+        where = f"batch {batch.batch_id!r} part {number}"
+        try:
+            entries = driver.decode_entries(held.payload)
+        except PayloadError as exc:  # checked on arrival; a part restored from an older version may differ
+            out.quarantined.append(Quarantined(at, hub_id, topic, held.payload, f"{where}: {exc}", hub_id))
+            return
+        for entry in entries:
+            device_id = hub_id  # whose quarantine row it is
             try:
-                entries = driver.decode_entries(held.payload)
-            except PayloadError as exc:  # checked on arrival; a part restored from an older version may differ
-                out.quarantined.append(Quarantined(at, hub_id, topic, held.payload, f"{where}: {exc}", hub_id))
+                if isinstance(entry, NamedEntry):
+                    mapped = hub_map.devices.get(entry.name)
+                    if mapped is None:
+                        self._note(hub_id, "device", entry.name, "no mapping for this name in the hub's "
+                                   "config", at, entry.body)
+                        continue
+                    device_id = mapped
+                    reading = driver.decode_named(mapped, entry, at)
+                elif isinstance(entry, AdvertEntry):
+                    found = self._advert(hub_id, entry, hub_map, at)
+                    if found is None:
+                        continue
+                    reading = found
+                    device_id = reading.device_id
+                else:
+                    raise PayloadError(entry.reason)
+                self._admit(reading)
+            except PayloadError as exc:
+                out.quarantined.append(Quarantined(at, hub_id, topic, _text(entry.body).encode(), f"{where}: {exc}",
+                                                   device_id))
                 continue
-            for entry in entries:
-                device_id = hub_id  # whose quarantine row it is
-                try:
-                    if isinstance(entry, NamedEntry):
-                        mapped = hub_map.devices.get(entry.name)
-                        if mapped is None:
-                            self._note(hub_id, "device", entry.name, "no mapping for this name in the hub's "
-                                       "config", at, entry.body)
-                            continue
-                        device_id = mapped
-                        reading = driver.decode_named(mapped, entry, at)
-                    elif isinstance(entry, AdvertEntry):
-                        found = self._advert(hub_id, entry, hub_map, at)
-                        if found is None:
-                            continue
-                        reading = found
-                        device_id = reading.device_id
-                    else:
-                        raise PayloadError(entry.reason)
-                    self._admit(reading)
-                except PayloadError as exc:
-                    out.quarantined.append(Quarantined(at, hub_id, topic, _text(entry.body).encode(), f"{where}: {exc}",
-                                                       device_id))
-                    continue
-                out.readings.append(reading)
-        return out
+            out.readings.append(reading)
 
     def _advert(self, hub_id: str, entry: AdvertEntry, hub_map: HubMap, at: float) -> Reading | None:
         """The advertisement's reading under its device's id; None when it is unmapped (noted)."""

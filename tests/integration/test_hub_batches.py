@@ -286,3 +286,18 @@ async def test_a_decoder_bug_quarantines_only_its_reading(gateway_factory: Gatew
     [(device_id, reason)] = gw.query("SELECT device_id, reason FROM quarantine")
     assert device_id == "HUB-1"
     assert reason == "batch 'd-1' part 1: internal error in the BLE decoder: IndexError: a decoder bug"
+
+
+async def test_a_config_reload_applies_new_mappings(gateway_factory: GatewayFactory) -> None:
+    gw = await gateway_factory(**hub_gateway(api="enabled = false"))
+    now = gw.gateway.clock.now()
+    reading = {"device": "beacon-new", "ts": now - 5, "metrics": {"t": 1}}
+    async with hub_client(gw) as hub:
+        await hub.publish("device/HUB-1/batch", part("m-1", 1, 1, [reading]), qos=1)
+        view = gw.gateway.hubs.view_unmapped("HUB-1")
+        assert view is not None and [d["name"] for d in view["devices"]] == ["beacon-new"]
+        text = gw.config_path.read_text().replace('"beacon-a2" = "T-2"', '"beacon-a2" = "T-2", "beacon-new" = "T-3"')
+        gw.config_path.write_text(text)
+        assert gw.gateway.reload()
+        await hub.publish("device/HUB-1/batch", part("m-2", 1, 1, [{**reading, "ts": now - 4}]), qos=1)
+    assert gw.query("SELECT device_id FROM readings") == [("T-3",)]
