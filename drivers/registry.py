@@ -18,6 +18,7 @@ _BUILTIN: dict[str, str] = {
     "modbus-sensor": "drivers.modbus.driver:ModbusSensorDriver",
     "modbus-purifier": "drivers.modbus.driver:ModbusPurifierDriver",
     "modbus-switch": "drivers.modbus.driver:ModbusSwitchDriver",
+    "hub": "drivers.hub:HubDriver",
 }
 _registered: dict[str, Callable[[], DeviceDriver]] = {}
 

@@ -26,6 +26,7 @@ from gateway.core.models import OutboxPrune, StatusChange
 from gateway.core.registry import DeviceRegistry
 from gateway.core.supervisor import Health, Supervisor
 from gateway.core.tasks import cancel_until_done
+from gateway.hub_wiring import build_hub_intake, hub_maps, restore_hub_batches
 from gateway.ingest.mqtt_intake import MqttIntake
 from gateway.ingest.service import Ingest
 from gateway.logs import configure_logging
@@ -81,9 +82,13 @@ class Gateway:
             earliest_ts=datetime.combine(s.ingest.earliest_timestamp, time(), UTC).timestamp(),
             max_future_s=s.ingest.max_future_minutes * 60.0,
         )
+        # Hub batches (CONTRACT section 3); decoder=None: relayed BLE adverts count as unmapped until the BLE
+        # decoders are wired in.
+        self.hubs = build_hub_intake(s.hubs, ingest=self.ingest, put=self.writer.put, registry=self.registry,
+                                     driver_of=self._driver_of, decoder=None, clock=self.clock, metrics=self.metrics)
         self.mqtt_intake = MqttIntake(
             intake=self.ingest, driver_of=self._mqtt_driver_of, metrics=self.metrics, clock=self.clock,
-            max_json_depth=s.ingest.max_json_depth,
+            max_json_depth=s.ingest.max_json_depth, batches=self.hubs.part,
         )
         self.broker = create_lan_broker(s.broker, s.devices, sink=self.mqtt_intake, metrics=self.metrics)
         links: dict[str, DeviceLink] = {
@@ -204,12 +209,15 @@ class Gateway:
         for kind in set(kinds.values()) - set(self.drivers):
             self.drivers[kind] = driver_registry.load(kind)
         self.registry.set_devices(kinds)  # control and the uplink follow its change event
+        self.hubs.set_maps(hub_maps(s.hubs))
         if s.logging != old.logging:
             configure_logging(s.logging.level, s.logging.format)
         needs_restart = [
             name for name in ("gateway", "storage", "ingest", "uplink", "outbox", "control", "api", "modbus")
             if getattr(s, name) != getattr(old, name)
         ]
+        if s.hubs.model_copy(update={"mappings": []}) != old.hubs.model_copy(update={"mappings": []}):
+            needs_restart.append("hubs (limits; mappings are applied)")
         if s.broker.listeners != old.broker.listeners or s.broker.keepalive_grace != old.broker.keepalive_grace:
             needs_restart.append("broker.listeners")
         self.loaded = new
@@ -236,6 +244,7 @@ class Gateway:
             conn = await self.writer.open()
             self.registry.restore((await load_device_states(conn)).values())
             await self.controller.load(conn)
+            await restore_hub_batches(self.hubs, conn, self.clock.now())
         except Exception as exc:
             # Close what did open (its database thread would keep the process alive): the writer's loop runs
             # just long enough to see close().
@@ -257,6 +266,7 @@ class Gateway:
             for device_id in self.registry.mark_all_offline(now):
                 await self.writer.put(StatusChange(device_id, False, now, "gateway-restart"))
             control = tg.create_task(self.controller.run(), name="control")
+            hub_timer = tg.create_task(self.hubs.run(), name="hub-batches")
             background: list[asyncio.Task[None]] = []
             try:
                 await self._start_listeners()
@@ -281,7 +291,8 @@ class Gateway:
             if self._broker_started:
                 await self.broker.stop_intake()
             control.cancel()
-            await asyncio.wait([control], timeout=SHUTDOWN_BUDGET_S / 10)
+            hub_timer.cancel()
+            await asyncio.wait([control, hub_timer], timeout=SHUTDOWN_BUDGET_S / 10)
             await self.controller.flush_records()  # audit rows and events not yet handed to the store
             # Unacknowledged rows stay in the outbox for the next start; deletions already under way land.
             if self.uplink is not None:
@@ -310,7 +321,7 @@ class Gateway:
         api = ApiServer(
             self.settings.api, controller=self.controller, db_path=self.loaded.db_path,
             devices=self.registry.summary, device_state=self.device_state, health=self.health,
-            clock=self.clock,
+            clock=self.clock, hubs_unmapped=self.hubs.view_unmapped,
         )
         try:
             await api.start()

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from gateway.core.errors import ConfigError
 from gateway.core.passwords import argon2_hash_problem
+from gateway.settings_hubs import HubsSection
 from gateway.settings_modbus import ModbusSection, check_maps
 
 # Device ids appear in MQTT topics and as usernames: no wildcards, separators or spaces.
@@ -256,17 +257,19 @@ class Settings(_Strict):
     control: ControlSection = Field(default_factory=ControlSection)
     api: ApiSection = Field(default_factory=ApiSection)
     modbus: ModbusSection = Field(default_factory=ModbusSection)
+    hubs: HubsSection = Field(default_factory=HubsSection)
 
     def cross_check(self) -> list[tuple[str, str]]:
         """Rules spanning sections, as (field path, message): pydantic cannot place these on a field."""
-        problems: list[tuple[str, str]] = []
+        problems: list[tuple[str, str]] = self.hubs.problems({d.id: d.kind for d in self.devices})
         seen: set[str] = set()
+        through_hubs = self.hubs.reached_through_hubs()  # they never log in
         for index, device in enumerate(self.devices):
             where = f"devices.{index}[id={device.id}]"
             if device.id in seen:
                 problems.append((f"{where}.id", f"device id {device.id!r} appears more than once"))
             seen.add(device.id)
-            if device.password_hash is None and not self.broker.allow_anonymous:
+            if device.password_hash is None and not self.broker.allow_anonymous and device.id not in through_hubs:
                 problems.append(
                     (f"{where}.password_hash", "required while broker.allow_anonymous is false")
                 )
