@@ -15,6 +15,10 @@ from gateway.core.links import DeviceDriver
 _BUILTIN: dict[str, str] = {
     "purifier": "drivers.purifier:PurifierDriver",
     "sensor": "drivers.sensor:SensorDriver",
+    "modbus-sensor": "drivers.modbus.driver:ModbusSensorDriver",
+    "modbus-purifier": "drivers.modbus.driver:ModbusPurifierDriver",
+    "modbus-switch": "drivers.modbus.driver:ModbusSwitchDriver",
+    "hub": "drivers.hub:HubDriver",
 }
 _registered: dict[str, Callable[[], DeviceDriver]] = {}
 

@@ -69,7 +69,8 @@ def _check_config(path: str) -> int:
     if loaded is None:
         return EXIT_CONFIG
     s = loaded.settings
-    print(f"{path}: OK (gateway {s.gateway.id}, {len(s.devices)} devices, data in {loaded.data_dir})")
+    devices = len(s.devices) + len(s.modbus.device_kinds())
+    print(f"{path}: OK (gateway {s.gateway.id}, {devices} devices, data in {loaded.data_dir})")
     return 0
 
 

@@ -10,7 +10,7 @@ connection (WAL: they never wait for the writer); everything live comes from the
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -346,7 +346,7 @@ def _endpoint(route: Route) -> Callable[[web.Request], Awaitable[web.StreamRespo
 # ------------------------------------------------------------------------------------------ server
 
 
-def build_app(ctx: ApiContext, routes: Sequence[Route] = ROUTES) -> web.Application:
+def build_app(ctx: ApiContext, routes: tuple[Route, ...] = ROUTES) -> web.Application:
     app = web.Application(middlewares=[errors, same_origin_json])
     app[CONTEXT] = ctx
     for route in routes:

@@ -84,7 +84,7 @@ async def test_openapi_document_matches_the_router_both_ways(api: Api) -> None:
                   if r.method != "HEAD" and r.resource is not None}
     documented = {(method.upper(), path) for path, ops in doc["paths"].items() for method in ops}
     assert registered == documented
-    assert len(registered) == len(ALL_ROUTES) == 21  # api.py's 17, and control_routes.py's and /metrics
+    assert len(registered) == len(ALL_ROUTES) == 22  # api.py's 17, the hubs', control_routes.py's and /metrics
 
     schemas = doc["components"]["schemas"]
     for path, ops in doc["paths"].items():
