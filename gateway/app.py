@@ -38,6 +38,7 @@ from gateway.uplink.rpc import Dispatcher
 from gateway.web.views import device_state_json
 
 if TYPE_CHECKING:
+    from drivers.ble.link import BleBackends, BleLink
     from gateway.uplink.client import Uplink
     from gateway.web.server import ApiServer
 
@@ -50,7 +51,8 @@ SHUTDOWN_BUDGET_S = 5.0
 class Gateway:
     """One running gateway. `run()` returns after `stop()` (or SIGTERM/SIGINT) once everything is closed."""
 
-    def __init__(self, loaded: LoadedSettings, *, clock: Clock | None = None, notifier: SystemdNotifier | None = None):
+    def __init__(self, loaded: LoadedSettings, *, clock: Clock | None = None, notifier: SystemdNotifier | None = None,
+                 ble_backends: BleBackends | None = None):
         self.loaded = loaded
         self.clock = clock or SystemClock()
         self.metrics = Metrics()
@@ -70,7 +72,7 @@ class Gateway:
             outbox=s.uplink.enabled,
             clock=self.clock,
         )
-        kinds = {d.id: d.kind for d in s.devices}
+        kinds = s.device_kinds()
         self.registry = DeviceRegistry(kinds)
         self.drivers = driver_registry.load_all(kinds.values())
         self.supervisor = Supervisor(clock=self.clock, metrics=self.metrics)
@@ -85,10 +87,17 @@ class Gateway:
             max_json_depth=s.ingest.max_json_depth,
         )
         self.broker = create_lan_broker(s.broker, s.devices, sink=self.mqtt_intake, metrics=self.metrics)
+        self.ble: BleLink | None = None
+        if s.ble.devices:  # bleak is imported only when BLE devices are configured
+            from drivers.ble.link import build_ble_link
+
+            self.ble = build_ble_link(s.ble, intake=self.ingest, clock=self.clock, metrics=self.metrics,
+                                      supervisor=self.supervisor, backends=ble_backends)
         self.links = DeviceLinks(
             {"mqtt": LanBrokerLink(send=self.broker.send,
                                    command_ready=self.broker.command_ready,
-                                   driver_of=self._mqtt_driver_of)},
+                                   driver_of=self._mqtt_driver_of),
+             **({"ble": self.ble} if self.ble is not None else {})},
             transport_of=self._transport_of,
         )
         self.controller = Controller(
@@ -153,7 +162,7 @@ class Gateway:
 
     def device_state(self, device_id: str) -> dict[str, Any] | None:
         """The state page of one configured device (None for any other id)."""
-        if self.settings.device(device_id) is None:
+        if self.registry.kind(device_id) is None:
             return None
         return device_state_json(device_id, self.registry.get(device_id))
 
@@ -197,14 +206,14 @@ class Gateway:
         old = self.loaded.settings
         s = new.settings
         self.broker.update_devices(device_logins(s.devices), allow_anonymous=s.broker.allow_anonymous)
-        kinds = {d.id: d.kind for d in s.devices}
+        kinds = s.device_kinds()
         for kind in set(kinds.values()) - set(self.drivers):
             self.drivers[kind] = driver_registry.load(kind)
         self.registry.set_devices(kinds)  # control and the uplink follow its change event
         if s.logging != old.logging:
             configure_logging(s.logging.level, s.logging.format)
         needs_restart = [
-            name for name in ("gateway", "storage", "ingest", "uplink", "outbox", "control", "api")
+            name for name in ("gateway", "storage", "ingest", "uplink", "outbox", "control", "api", "ble")
             if getattr(s, name) != getattr(old, name)
         ]
         if s.broker.listeners != old.broker.listeners or s.broker.keepalive_grace != old.broker.keepalive_grace:

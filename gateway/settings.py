@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from gateway.core.errors import ConfigError
 from gateway.core.passwords import argon2_hash_problem
+from gateway.settings_ble import BleSection
 
 # Device ids appear in MQTT topics and as usernames: no wildcards, separators or spaces.
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
@@ -251,6 +252,7 @@ class Settings(_Strict):
     outbox: OutboxSection = Field(default_factory=OutboxSection)
     control: ControlSection = Field(default_factory=ControlSection)
     api: ApiSection = Field(default_factory=ApiSection)
+    ble: BleSection = Field(default_factory=BleSection)
 
     def cross_check(self) -> list[tuple[str, str]]:
         """Rules spanning sections, as (field path, message): pydantic cannot place these on a field."""
@@ -265,7 +267,16 @@ class Settings(_Strict):
                 problems.append(
                     (f"{where}.password_hash", "required while broker.allow_anonymous is false")
                 )
+        for index, ble_device in enumerate(self.ble.devices):
+            if ble_device.id in seen:
+                problems.append((f"ble.devices.{index}[id={ble_device.id}].id",
+                                 f"device id {ble_device.id!r} appears more than once"))
+            seen.add(ble_device.id)
         return problems
+
+    def device_kinds(self) -> dict[str, str]:
+        """Every configured device (LAN broker and BLE) -> its driver kind."""
+        return {**{d.id: d.kind for d in self.devices}, **self.ble.kinds()}
 
     def device(self, device_id: str) -> DeviceSettings | None:
         for device in self.devices:
