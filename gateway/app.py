@@ -38,6 +38,7 @@ from gateway.uplink.rpc import Dispatcher
 from gateway.web.views import device_state_json
 
 if TYPE_CHECKING:
+    from drivers.ble.hub_adverts import BleAdvertDecoder
     from drivers.ble.link import BleBackends, BleLink
     from gateway.uplink.client import Uplink
     from gateway.web.server import ApiServer
@@ -87,12 +88,20 @@ class Gateway:
             max_json_depth=s.ingest.max_json_depth,
         )
         self.broker = create_lan_broker(s.broker, s.devices, sink=self.mqtt_intake, metrics=self.metrics)
+        # The BLE devices' advert decoders, one instance for the gateway's own scanner and the hub demultiplexer
+        # (the repeat and replay state is shared); bleak is imported only when the gateway's radio is used.
+        self.ble_adverts: BleAdvertDecoder | None = None
         self.ble: BleLink | None = None
-        if s.ble.devices:  # bleak is imported only when BLE devices are configured
-            from drivers.ble.link import build_ble_link
+        if s.ble.devices:
+            from drivers.ble.hub_adverts import BleAdvertDecoder
 
-            self.ble = build_ble_link(s.ble, intake=self.ingest, clock=self.clock, metrics=self.metrics,
-                                      supervisor=self.supervisor, backends=ble_backends)
+            self.ble_adverts = BleAdvertDecoder(s.ble.devices)
+            if s.ble.radio:
+                from drivers.ble.link import build_ble_link
+
+                self.ble = build_ble_link(s.ble, intake=self.ingest, clock=self.clock, metrics=self.metrics,
+                                          supervisor=self.supervisor, backends=ble_backends,
+                                          decoder=self.ble_adverts)
         self.links = DeviceLinks(
             {"mqtt": LanBrokerLink(send=self.broker.send,
                                    command_ready=self.broker.command_ready,
@@ -178,7 +187,7 @@ class Gateway:
             "version": __version__,
             "gatewayId": self.settings.gateway.id,
             "uptimeSeconds": round(self.clock.now() - self.started_at, 3),
-            "devices": len(self.settings.devices),
+            "devices": len(self.registry.configured()),
             "devicesOnline": self.registry.online_count(),
             "links": self.supervisor.report(),
             "storeQueue": self.writer.queue_depth,
@@ -276,7 +285,7 @@ class Gateway:
                 self.ready.set()
                 self.notifier.ready("running")
                 log.info("gateway.started", version=__version__, gateway_id=self.settings.gateway.id,
-                         db=str(self.loaded.db_path), devices=len(self.settings.devices))
+                         db=str(self.loaded.db_path), devices=len(self.registry.configured()))
             await self._stop.wait()
             self.notifier.stopping()
             self.supervisor.stop()

@@ -89,6 +89,9 @@ class BleDeviceSettings(_Strict):
 
 
 class BleSection(_Strict):
+    # false: the gateway's own adapter is not used; BLE devices are heard only through hubs (no scanner, no
+    # GATT, bleak not even imported: ~12 MB less RSS).
+    radio: bool = True
     # The Bluetooth adapter (BlueZ name). The BLE link runs only when BLE devices are configured.
     adapter: str = "hci0"
     # passive: listen only (BlueZ advertisement monitor, needs BlueZ >= 5.56 with experimental features);
@@ -103,6 +106,12 @@ class BleSection(_Strict):
     gatt_timeout_seconds: Annotated[float, Field(gt=0, le=120)] = 20.0
     reconnect_max_seconds: Annotated[float, Field(ge=1, le=3600)] = 300.0
     devices: list[BleDeviceSettings] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _gatt_needs_the_radio(self) -> BleSection:
+        if not self.radio and any(d.gatt for d in self.devices):
+            raise ValueError("GATT devices need the gateway's own radio (radio = true)")
+        return self
 
     @field_validator("devices")
     @classmethod

@@ -33,11 +33,11 @@ def decode_plain(data: bytes) -> dict[str, Any]:
     if len(data) == ATC1441_SIZE:
         mac, t, h, battery, mv, counter = _ATC1441.unpack(data)
         return {"temperature": t / 10, "humidity": h, "battery": battery, "battery_voltage": mv / 1000,
-                "counter": counter, "mac": ":".join(f"{b:02X}" for b in mac)}
+                "counter": counter, "mac": mac.hex(":").upper()}
     if len(data) == PVVX_SIZE:
         mac, t, h, mv, battery, counter, flags = _PVVX.unpack(data)
         return {"temperature": t / 100, "humidity": h / 100, "battery_voltage": mv / 1000, "battery": battery,
-                "counter": counter, "flags": flags, "mac": ":".join(f"{b:02X}" for b in mac[::-1])}
+                "counter": counter, "flags": flags, "mac": mac[::-1].hex(":").upper()}
     raise PayloadError(f"ATC/pvvx: service data of {len(data)} bytes (13: ATC1441, 15: pvvx, 11: pvvx encrypted)")
 
 

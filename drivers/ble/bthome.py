@@ -18,6 +18,7 @@ from decimal import Decimal
 from typing import Any
 
 from gateway.core.errors import PayloadError
+from gateway.core.models import MetricValue
 
 BTHOME_UUID_LE = b"\xd2\xfc"
 
@@ -132,8 +133,42 @@ def nonce(mac: bytes, frame: BthomeFrame) -> bytes:
     return mac + BTHOME_UUID_LE + bytes((frame.info,)) + frame.counter_bytes
 
 
+def decode_objects(body: bytes) -> tuple[dict[str, MetricValue], dict[str, str]]:
+    """The objects of a (decrypted) payload -> (numeric and boolean values, text values); raises PayloadError
+    for a truncated object.
+
+    The per-advert hot path: an advertisement of numbers only, each name once (what sensors send), is read in
+    one pass; anything else (binary sensors, events, text, a repeated name, an unknown id) by `parse_objects`.
+    """
+    metrics: dict[str, MetricValue] = {}
+    count = 0
+    pos = 0
+    end = len(body)
+    get = OBJECTS.get
+    while pos < end:
+        spec = get(body[pos])
+        if spec is None or spec[0] != _NUM:
+            break
+        _, name, length, signed, factor, decimals = spec
+        start = pos + 1
+        stop = start + length
+        if stop > end:
+            break  # parse_objects says what is wrong
+        raw = int.from_bytes(body[start:stop], "little", signed=signed)
+        metrics[name] = raw if factor == 1 else round(raw * factor, decimals)
+        count += 1
+        pos = stop
+    else:
+        if len(metrics) == count:
+            return metrics, {}
+    values = parse_objects(body)
+    return ({k: v for k, v in values.items() if type(v) is not str},
+            {k: v for k, v in values.items() if type(v) is str})
+
+
 def parse_objects(body: bytes) -> dict[str, Any]:
-    """The objects of a (decrypted) payload -> {name: value}; raises PayloadError for a truncated object."""
+    """The objects of a (decrypted) payload -> {name: value} in order, repeated names numbered; raises
+    PayloadError for a truncated object."""
     names: list[str] = []
     values: list[Any] = []
     end = len(body)

@@ -77,19 +77,20 @@ def make_cipher(bindkey: bytes) -> AESCCM:
     return AESCCM(bindkey, tag_length=4)
 
 
-def split_values(values: dict[str, Any]) -> tuple[dict[str, MetricValue], dict[str, Any]]:
-    """Numbers and booleans are metrics; text (events, MACs, versions) goes beside them; None (not available)
-    is left out."""
-    metrics: dict[str, MetricValue] = {}
-    extra: dict[str, Any] = {}
-    for name, value in values.items():
-        if value is None:
-            continue
-        if isinstance(value, int | float):
-            metrics[name] = value
-        else:
-            extra[name] = value
-    return metrics, extra
+Values = tuple[dict[str, MetricValue], dict[str, Any]]  # numbers and booleans (metrics); text (extra)
+
+
+def split_values(values: dict[str, Any], text: tuple[str, ...] = ("mac", "mac_lsb24")) -> Values:
+    """A decoder's values -> (metrics, extra): the `text` keys (MACs) go beside the metrics; None (not
+    available) is left out. Reuses `values` as the metrics (the per-advert path allocates no second dict)."""
+    extra = {}
+    for key in text:
+        value = values.pop(key, None)
+        if value is not None:
+            extra[key] = value
+    if None in values.values():
+        values = {k: v for k, v in values.items() if v is not None}
+    return values, extra
 
 
 class DeviceAdvertDecoder:
@@ -107,7 +108,7 @@ class DeviceAdvertDecoder:
         self._cipher = make_cipher(bytes.fromhex(device.bindkey)) if device.bindkey else None
         self._min_interval = device.min_interval_seconds
         self._repeat_unchanged = device.unchanged_repeat_seconds
-        self._decode: Callable[[bytes, float], dict[str, Any] | None] = {
+        self._decode: Callable[[bytes, float], Values | None] = {
             "bthome": self._bthome, "ruuvi": self._ruuvi, "atc": self._atc, "pvvx": self._atc,
         }[device.format]
         # state
@@ -144,13 +145,13 @@ class DeviceAdvertDecoder:
             self._repeat()
             return None
         values = self._decode(payload, received_at)
-        if not values:
+        if values is None:
+            return None
+        metrics, extra = values
+        if not metrics and not extra:
             return None
         if self._stored_at is not None and received_at - self._stored_at < self._min_interval:
             self._repeat()
-            return None
-        metrics, extra = split_values(values)
-        if not metrics and not extra:
             return None
         self._stored_payload = payload
         self._stored_at = received_at
@@ -159,18 +160,24 @@ class DeviceAdvertDecoder:
     def _repeat(self) -> None:
         self.repeats += 1
 
-    def _bthome(self, payload: bytes, received_at: float) -> dict[str, Any] | None:
-        frame = bthome.split_frame(payload)
-        if frame.encrypted:
-            body = self._decrypt_bthome(payload, frame)
-            if body is None:
-                return None
-        elif self._cipher is not None:
-            raise PayloadError("BTHome: unencrypted advertisement from a device with a bindkey (downgrade refused)")
+    def _bthome(self, payload: bytes, received_at: float) -> Values | None:
+        frame = None
+        if payload[:1] == b"\x40" and self._cipher is None:  # plain, no MAC inside: the common case
+            body = payload[1:]
         else:
-            body = frame.body
-        values = bthome.parse_objects(body)
-        packet_id = values.get("packet_id")
+            frame = bthome.split_frame(payload)
+            if frame.encrypted:
+                decrypted = self._decrypt_bthome(payload, frame)
+                if decrypted is None:
+                    return None
+                body = decrypted
+            elif self._cipher is not None:
+                raise PayloadError("BTHome: unencrypted advertisement from a device with a bindkey "
+                                   "(downgrade refused)")
+            else:
+                body = frame.body
+        values = bthome.decode_objects(body)
+        packet_id = values[0].get("packet_id")
         if isinstance(packet_id, int):
             if (self._packet_id is not None and received_at - self._packet_at <= PACKET_ID_WINDOW_S
                     and not 0 < (packet_id - self._packet_id) % 256 < 64):
@@ -178,8 +185,8 @@ class DeviceAdvertDecoder:
                 return None
             self._packet_id = packet_id
             self._packet_at = received_at
-        if frame.encrypted:
-            values["encryption_counter"] = frame.counter
+        if frame is not None and frame.counter is not None:
+            values[0]["encryption_counter"] = frame.counter
         return values
 
     def _decrypt_bthome(self, payload: bytes, frame: bthome.BthomeFrame) -> bytes | None:
@@ -200,14 +207,14 @@ class DeviceAdvertDecoder:
         self._authentic_payload = payload
         return body
 
-    def _ruuvi(self, payload: bytes, received_at: float) -> dict[str, Any] | None:
-        return ruuvi.decode_ruuvi(payload)
+    def _ruuvi(self, payload: bytes, received_at: float) -> Values | None:
+        return split_values(ruuvi.decode_ruuvi(payload))
 
-    def _atc(self, payload: bytes, received_at: float) -> dict[str, Any] | None:
+    def _atc(self, payload: bytes, received_at: float) -> Values | None:
         if len(payload) != atc.PVVX_ENCRYPTED_SIZE:
             if self._cipher is not None:
                 raise PayloadError("pvvx: unencrypted advertisement from a device with a bindkey (downgrade refused)")
-            return atc.decode_plain(payload)
+            return split_values(atc.decode_plain(payload))
         if self._cipher is None:
             raise PayloadError("pvvx: encrypted advertisement but no bindkey configured for this device")
         if payload == self._authentic_payload:
@@ -224,7 +231,7 @@ class DeviceAdvertDecoder:
         self._counter = counter
         self._counter_at = received_at
         self._authentic_payload = payload
-        return atc.decode_decrypted(plain, counter)
+        return split_values(atc.decode_decrypted(plain, counter))
 
     @staticmethod
     def _aes_ccm(cipher: AESCCM, nonce: bytes, data: bytes, aad: bytes | None, name: str) -> bytes:

@@ -23,7 +23,7 @@ _LUX_DELTA = math.log(65536) / 254  # DF6 luminosity: logarithmic code 0..254
 
 
 def _mac(raw: bytes) -> str | None:
-    return None if raw == b"\xff" * len(raw) else ":".join(f"{b:02X}" for b in raw)
+    return None if raw == b"\xff" * len(raw) else raw.hex(":").upper()
 
 
 def decode_ruuvi(data: bytes) -> dict[str, Any]:
@@ -84,7 +84,7 @@ def _df6(data: bytes) -> dict[str, Any]:
         "illuminance": None if lux == 0xFF else (0.0 if lux == 0 else round(math.exp(lux * _LUX_DELTA) - 1, 2)),
         "measurement_sequence": seq,  # every value is valid in format 6
         "calibration_in_progress": bool(flags & 1),
-        "mac_lsb24": ":".join(f"{b:02X}" for b in mac),
+        "mac_lsb24": mac.hex(":").upper(),
     }
 
 

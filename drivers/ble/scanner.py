@@ -33,6 +33,7 @@ from gateway.core.links import DeviceIntake
 from gateway.core.metrics import Metrics
 from gateway.core.models import Reading
 from gateway.core.supervisor import Health
+from gateway.core.tasks import cancel_until_done
 
 log = structlog.get_logger(__name__)
 
@@ -82,11 +83,18 @@ class BleScanner:
                                "scanner restarts by the watchdog (nothing heard for watchdog_seconds)")
 
     async def run(self, health: Health) -> None:
-        """Scan until cancelled; raises when the adapter cannot scan (the supervisor restarts it)."""
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._deliver(), name="ble-deliver")
-            tg.create_task(self._watch(), name="ble-watch")
-            await self._scan(health)
+        """Scan until cancelled; raises when the adapter cannot scan (the supervisor restarts it) with that
+        error itself, not wrapped in a group, so the supervisor's one log line names it."""
+        parts = [asyncio.create_task(self._scan(health), name="ble-scan"),
+                 asyncio.create_task(self._deliver(), name="ble-deliver"),
+                 asyncio.create_task(self._watch(), name="ble-watch")]
+        try:
+            done, _ = await asyncio.wait(parts, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            await cancel_until_done(parts, 5.0)
+        for task in done:
+            task.result()  # the part's error
+        raise RuntimeError("a part of the BLE scanner ended on its own")
 
     # --- scanning -----------------------------------------------------------------------------------
 

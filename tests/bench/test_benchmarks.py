@@ -37,6 +37,11 @@ def _store(figures: dict[str, Any], mode: str) -> None:
     assert len(figures["rounds"]) == (1 if mode == "smoke" else 3)
 
 
+def _ble(figures: dict[str, Any], mode: str) -> None:
+    # every distinct advert was stored (bench_ble asserts it per format); each import cost was measured
+    assert all(figures[f"import_mb[{modules}]"] > 0 for modules in ("drivers.ble.formats", "drivers.ble.link"))
+
+
 @dataclass(frozen=True)
 class Bench:
     module: str  # tests.bench.<module>
@@ -59,10 +64,14 @@ STORE = Bench("bench_store", 120, ("store writer alone", "median: flat out"), (
     "rate", "cpu_us_per_reading", "records_per_commit", "trickle_cpu_us_per_reading",
     "trickle_status_cpu_us_per_step"), _store)
 
+BLE = Bench("bench_ble", 120, ("BLE decoders", "import cost"), tuple(
+    f"{name}_{key}" for name in ("bthome", "bthome_encrypted", "ruuvi_df5", "atc1441", "pvvx", "pvvx_encrypted")
+    for key in ("rate", "raw_rate")), _ble)
+
 CASES = [
     pytest.param(bench, mode, id=f"{bench.module.removeprefix('bench_')}-{mode}",
                  marks=mode_marks(mode, bench.smoke_timeout))
-    for bench in (INGEST, UPLINK, CONTROL, STORE)
+    for bench in (INGEST, UPLINK, CONTROL, STORE, BLE)
     for mode in MODES
 ]
 
