@@ -138,13 +138,17 @@ class DeviceAdvertDecoder:
     # --- decoding ---------------------------------------------------------------------------------
 
     def decode(self, payload: bytes, received_at: float) -> Reading | None:
-        """One payload of this device's format -> a Reading to store, None, or PayloadError."""
-        self.heard_at = received_at
+        """One payload of this device's format -> a Reading to store, None, or PayloadError.
+
+        `heard_at` moves for every payload not refused (a repeat too): a forged or replayed advert does not
+        keep a device online."""
         if (payload == self._stored_payload and self._stored_at is not None
                 and received_at - self._stored_at < self._repeat_unchanged):
+            self.heard_at = received_at
             self._repeat()
             return None
         values = self._decode(payload, received_at)
+        self.heard_at = received_at
         if values is None:
             return None
         metrics, extra = values

@@ -79,6 +79,8 @@ class BleScanner:
                                "adverts heard from advertisers that are not configured (counted, not stored)")
         metrics.gauge_callback("gateway_ble_dropped_total", lambda: self.dropped,
                                "adverts dropped because the intake fell behind")
+        metrics.gauge_callback("gateway_ble_repeats_total", lambda: sum(d.repeats for d in decoder.devices()),
+                               "adverts not stored twice (the same advert, an older packet id, the minimum interval)")
         metrics.gauge_callback("gateway_ble_scanner_restarts_total", lambda: self.restarts,
                                "scanner restarts by the watchdog (nothing heard for watchdog_seconds)")
 

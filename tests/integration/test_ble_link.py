@@ -278,3 +278,23 @@ async def test_gatt_keeps_to_the_connection_limit_and_unreachable_devices_do_not
     await wait_for(lambda: all(len(h.intake.of(f"G-{i}")) >= 2 for i in range(4)))
     assert radio.most_connections == 2
     assert h.supervisor.health["ble:gatt:G-away"].state == "failing"
+
+
+async def test_a_forged_advert_does_not_keep_a_silent_encrypted_device_online(make_link: MakeLink) -> None:
+    sensor = SimulatedBleSensor("54:48:E6:8F:80:A6", "bthome", bindkey=KEY, seed=12)
+    forger = SimulatedBleSensor("54:48:E6:8F:80:A6", "bthome", bindkey=bytes(16), seed=13)  # wrong key
+    radio = SimulatedRadio([sensor], advert_interval=None)
+    h = await make_link(_section([_device("BT-F", sensor.mac, "bthome", bindkey=KEY.hex())]), radio)
+    scanner = h.link.scanner
+    assert scanner is not None
+    radio.emit(sensor)
+    await wait_for(lambda: len(h.intake.readings) == 1)
+    await scanner.check()
+    h.clock.advance(100)
+    forger.step()
+    radio.emit(forger)
+    await wait_for(lambda: len(h.intake.quarantined) == 1)
+    h.clock.advance(20)  # 120 s after the last authentic advert
+    await scanner.check()
+    assert h.intake.presence_events == [("BT-F", True, "advertising"), ("BT-F", False, "silent")]
+    assert "decryption failed" in h.intake.quarantined[0]["reason"]
