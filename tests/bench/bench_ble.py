@@ -44,6 +44,7 @@ IMPORTS: dict[str, str] = {
     "drivers.ble.formats": "our decoders",
     "drivers.ble.formats,cryptography.hazmat.primitives.ciphers.aead": "our decoders + AES-CCM",
     "drivers.ble.link": "our BLE link (bleak)",
+    "drivers.ble.link,bleak.backends.bluezdbus.scanner,bleak.backends.bluezdbus.client": "... + BlueZ backend",
     "bthome_ble": "bthome-ble",
     "ruuvitag_sensor.decoder": "ruuvitag-sensor's decoder",
 }
@@ -143,7 +144,8 @@ import sys
 def rss():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * 4096 / 1e6
-import gateway.core.models, gateway.core.errors  # what every gateway process has already
+# what every gateway process has loaded already
+import asyncio, structlog, gateway.core.supervisor, gateway.core.links, gateway.core.models
 before = rss()
 try:
     for name in sys.argv[1].split(","):

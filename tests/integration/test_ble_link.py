@@ -298,3 +298,19 @@ async def test_a_forged_advert_does_not_keep_a_silent_encrypted_device_online(ma
     await scanner.check()
     assert h.intake.presence_events == [("BT-F", True, "advertising"), ("BT-F", False, "silent")]
     assert "decryption failed" in h.intake.quarantined[0]["reason"]
+
+
+async def test_gatt_value_that_does_not_fit_its_type_is_quarantined_and_the_rest_stored(make_link: MakeLink) -> None:
+    peripheral = SimulatedPeripheral("D0:00:00:00:00:21", seed=21)
+    radio = SimulatedRadio([], [peripheral], advert_interval=None)
+    device = _gatt_device(
+        "GATT-Q", peripheral.mac,
+        GattCharacteristicSettings(uuid="2a19", metric="battery", type="uint16", interval_seconds=3600),  # 1 byte
+        GattCharacteristicSettings(uuid="2a6f", metric="humidity", type="uint16", scale=0.01, interval_seconds=3600),
+    )
+    h = await make_link(_section([device]), radio)
+    await wait_for(lambda: len(h.intake.readings) == 1 and len(h.intake.quarantined) == 1)
+    assert h.intake.readings[0].metrics == {"humidity": 40.0}
+    [refused] = h.intake.quarantined
+    assert refused["topic"] == "ble/D0:00:00:00:00:21/gatt/00002a19-0000-1000-8000-00805f9b34fb"
+    assert refused["reason"] == "GATT value of 1 bytes, a uint16 needs 2"
