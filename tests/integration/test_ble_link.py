@@ -19,6 +19,7 @@ from firmware_sim.ble.radio import SimulatedRadio
 from firmware_sim.ble.sensors import SimulatedBleSensor
 
 from drivers.ble.link import BleBackends, BleLink, build_ble_link
+from drivers.ble.scanner import QUEUE_SIZE
 from gateway.core.clock import ManualClock
 from gateway.core.device_commands import Ack
 from gateway.core.metrics import Metrics
@@ -314,3 +315,44 @@ async def test_gatt_value_that_does_not_fit_its_type_is_quarantined_and_the_rest
     [refused] = h.intake.quarantined
     assert refused["topic"] == "ble/D0:00:00:00:00:21/gatt/00002a19-0000-1000-8000-00805f9b34fb"
     assert refused["reason"] == "GATT value of 1 bytes, a uint16 needs 2"
+
+
+async def test_a_beacon_heard_directly_and_relayed_by_a_hub_is_stored_once(make_link: MakeLink) -> None:
+    """The hub demultiplexer decodes with the same BleAdvertDecoder (gateway.ble_adverts) as the scanner."""
+    sensor = SimulatedBleSensor("54:48:E6:8F:80:B1", "bthome", bindkey=KEY, seed=14)
+    radio = SimulatedRadio([sensor], advert_interval=None)
+    h = await make_link(_section([_device("BT-H", sensor.mac, "bthome", bindkey=KEY.hex())]), radio)
+    radio.emit(sensor)
+    await wait_for(lambda: len(h.intake.readings) == 1)
+    relayed = sensor.advert().raw  # the same advertisement, as a hub relays it
+    assert h.link.decoder.decode_raw(sensor.mac.lower(), relayed, h.clock.now() + 1) is None
+    assert h.link.decoder.is_configured(sensor.mac)  # None here means "nothing new", not "unmapped"
+    sensor.step()  # the hub hears the next one first; the scanner then hears it too
+    reading = h.link.decoder.decode_raw(sensor.mac, sensor.advert().raw, h.clock.now() + 2)
+    assert reading is not None and reading.device_id == "BT-H" and reading.metrics["encryption_counter"] == 1
+    radio.emit(sensor)
+    assert h.link.scanner is not None and h.link.decoder.lookup(sensor.mac) is not None
+    await wait_for(lambda: h.link.decoder.lookup(sensor.mac).repeats == 2)  # type: ignore[union-attr]
+    assert len(h.intake.readings) == 1 and not h.intake.quarantined
+
+
+async def test_adverts_beyond_the_queue_bound_are_dropped_and_counted(make_link: MakeLink) -> None:
+    sensor = SimulatedBleSensor("A4:C1:38:00:00:31", "atc", seed=31)
+    radio = SimulatedRadio([sensor], advert_interval=None)
+    h = await make_link(_section([_device("ATC-Q", sensor.mac, "atc")]), radio)
+    release = asyncio.Event()
+    accept = h.intake.accept
+
+    async def slow_accept(reading: Reading) -> None:
+        await release.wait()  # the store is stuck
+        await accept(reading)
+
+    h.intake.accept = slow_accept  # type: ignore[method-assign]
+    for _ in range(QUEUE_SIZE + 11):
+        sensor.step()
+        radio.emit(sensor)
+    scanner = h.link.scanner
+    assert scanner is not None
+    assert scanner.dropped == 11  # heard in one go: QUEUE_SIZE wait for the intake, the rest are dropped
+    release.set()
+    await wait_for(lambda: len(h.intake.readings) == QUEUE_SIZE)
