@@ -93,15 +93,11 @@ class Gateway:
         self.ble_adverts: BleAdvertDecoder | None = None
         self.ble: BleLink | None = None
         if s.ble.devices:
-            from drivers.ble.hub_adverts import BleAdvertDecoder
+            from drivers.ble.wiring import build_ble
 
-            self.ble_adverts = BleAdvertDecoder(s.ble.devices)
-            if s.ble.radio:
-                from drivers.ble.link import build_ble_link
-
-                self.ble = build_ble_link(s.ble, intake=self.ingest, clock=self.clock, metrics=self.metrics,
-                                          supervisor=self.supervisor, backends=ble_backends,
-                                          decoder=self.ble_adverts)
+            self.ble_adverts, self.ble = build_ble(s.ble, radio=s.ble.radio, intake=self.ingest, clock=self.clock,
+                                                   metrics=self.metrics, supervisor=self.supervisor,
+                                                   backends=ble_backends)
         self.links = DeviceLinks(
             {"mqtt": LanBrokerLink(send=self.broker.send,
                                    command_ready=self.broker.command_ready,

@@ -1,7 +1,7 @@
 """The BLE link (transport "ble"): the scanner and the GATT sessions of the configured BLE devices.
 
-`build_ble_link(section, ...)` is what the composition root calls when `[ble]` configures devices. The link's
-`run` hosts the scanner (`ble:scanner`) and one GATT session per connectable device (`ble:gatt:{id}`), each
+`build_ble_link` builds it (drivers/ble/wiring.py calls it for the composition root). The link's `run` hosts
+the scanner (`ble:scanner`) and one GATT session per connectable device (`ble:gatt:{id}`), each
 under the gateway's supervisor, so a wedged adapter and an unreachable peripheral restart on their own and
 show in /health. BLE sensors take no commands. `backends` swaps bleak's BlueZ backend for another one through
 bleak's public `backend=` argument (the simulated radio of firmware_sim in the demo and tests).
