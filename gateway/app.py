@@ -41,6 +41,8 @@ from gateway.uplink.rpc import Dispatcher
 from gateway.web.views import device_state_json
 
 if TYPE_CHECKING:
+    from drivers.ble.hub_adverts import BleAdvertDecoder
+    from drivers.ble.link import BleBackends, BleLink
     from gateway.uplink.client import Uplink
     from gateway.web.server import ApiServer
 
@@ -53,7 +55,8 @@ SHUTDOWN_BUDGET_S = 5.0
 class Gateway:
     """One running gateway. `run()` returns after `stop()` (or SIGTERM/SIGINT) once everything is closed."""
 
-    def __init__(self, loaded: LoadedSettings, *, clock: Clock | None = None, notifier: SystemdNotifier | None = None):
+    def __init__(self, loaded: LoadedSettings, *, clock: Clock | None = None, notifier: SystemdNotifier | None = None,
+                 ble_backends: BleBackends | None = None):
         self.loaded = loaded
         self.clock = clock or SystemClock()
         self.metrics = Metrics()
@@ -73,7 +76,7 @@ class Gateway:
             outbox=s.uplink.enabled,
             clock=self.clock,
         )
-        kinds = {d.id: d.kind for d in s.devices} | s.modbus.device_kinds()
+        kinds = s.device_kinds()
         self.registry = DeviceRegistry(kinds)
         self.drivers = driver_registry.load_all(kinds.values())
         self.supervisor = Supervisor(clock=self.clock, metrics=self.metrics)
@@ -83,10 +86,21 @@ class Gateway:
             earliest_ts=datetime.combine(s.ingest.earliest_timestamp, time(), UTC).timestamp(),
             max_future_s=s.ingest.max_future_minutes * 60.0,
         )
-        # Hub batches (CONTRACT section 3); decoder=None: relayed BLE adverts count as unmapped until the BLE
-        # decoders are wired in.
+        # The BLE devices' advert decoders, one instance for the gateway's own scanner and the hub demultiplexer
+        # (the repeat and replay state is shared); bleak is imported only when the gateway's radio is used.
+        self.ble_adverts: BleAdvertDecoder | None = None
+        self.ble: BleLink | None = None
+        if s.ble.devices:
+            from drivers.ble.wiring import build_ble
+
+            self.ble_adverts, self.ble = build_ble(s.ble, radio=s.ble.radio, intake=self.ingest, clock=self.clock,
+                                                   metrics=self.metrics, supervisor=self.supervisor,
+                                                   backends=ble_backends)
+        # Hub batches (CONTRACT section 3): relayed adverts go through the same decoders as the gateway's own
+        # radio; with no BLE devices configured they count as unmapped.
         self.hubs = build_hub_intake(s.hubs, ingest=self.ingest, put=self.writer.put, registry=self.registry,
-                                     driver_of=self._driver_of, decoder=None, clock=self.clock, metrics=self.metrics)
+                                     driver_of=self._driver_of, decoder=self.ble_adverts, clock=self.clock,
+                                     metrics=self.metrics)
         self.mqtt_intake = MqttIntake(
             intake=self.ingest, driver_of=self._mqtt_driver_of, metrics=self.metrics, clock=self.clock,
             max_json_depth=s.ingest.max_json_depth, batches=self.hubs.part,
@@ -99,6 +113,8 @@ class Gateway:
                                    metrics=self.metrics, supervisor=self.supervisor)
         if modbus is not None:
             links["modbus"] = modbus
+        if self.ble is not None:
+            links["ble"] = self.ble
         self.links = DeviceLinks(links, transport_of=self._transport_of)
         self.controller = Controller(
             s.control,
@@ -206,7 +222,7 @@ class Gateway:
         old = self.loaded.settings
         s = new.settings
         self.broker.update_devices(device_logins(s.devices), allow_anonymous=s.broker.allow_anonymous)
-        kinds = {d.id: d.kind for d in s.devices} | s.modbus.device_kinds()
+        kinds = s.device_kinds()
         for kind in set(kinds.values()) - set(self.drivers):
             self.drivers[kind] = driver_registry.load(kind)
         self.registry.set_devices(kinds)  # control and the uplink follow its change event
@@ -214,7 +230,7 @@ class Gateway:
         if s.logging != old.logging:
             configure_logging(s.logging.level, s.logging.format)
         needs_restart = [
-            name for name in ("gateway", "storage", "ingest", "uplink", "outbox", "control", "api", "modbus")
+            name for name in ("gateway", "storage", "ingest", "uplink", "outbox", "control", "api", "modbus", "ble")
             if getattr(s, name) != getattr(old, name)
         ]
         if s.hubs.model_copy(update={"mappings": []}) != old.hubs.model_copy(update={"mappings": []}):
@@ -282,7 +298,7 @@ class Gateway:
                 self.ready.set()
                 self.notifier.ready("running")
                 log.info("gateway.started", version=__version__, gateway_id=self.settings.gateway.id,
-                         db=str(self.loaded.db_path), devices=len(self.settings.devices))
+                         db=str(self.loaded.db_path), devices=len(self.registry.configured()))
             await self._stop.wait()
             self.notifier.stopping()
             self.supervisor.stop()

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from gateway.core.errors import ConfigError
 from gateway.core.passwords import argon2_hash_problem
+from gateway.settings_ble import BleSection
 from gateway.settings_hubs import HubsSection
 from gateway.settings_modbus import ModbusSection, check_maps
 
@@ -261,6 +262,7 @@ class Settings(_Strict):
     api: ApiSection = Field(default_factory=ApiSection)
     modbus: ModbusSection = Field(default_factory=ModbusSection)
     hubs: HubsSection = Field(default_factory=HubsSection)
+    ble: BleSection = Field(default_factory=BleSection)
 
     def cross_check(self) -> list[tuple[str, str]]:
         """Rules spanning sections, as (field path, message): pydantic cannot place these on a field."""
@@ -277,7 +279,17 @@ class Settings(_Strict):
                     (f"{where}.password_hash", "required while broker.allow_anonymous is false")
                 )
         problems += self.modbus.cross_check(list(seen), {d.id: d.kind for d in self.devices})
+        seen.update(self.modbus.device_kinds())
+        for index, ble_device in enumerate(self.ble.devices):
+            if ble_device.id in seen:
+                problems.append((f"ble.devices.{index}[id={ble_device.id}].id",
+                                 f"device id {ble_device.id!r} appears more than once"))
+            seen.add(ble_device.id)
         return problems
+
+    def device_kinds(self) -> dict[str, str]:
+        """Every configured device (LAN broker, Modbus and BLE) -> its driver kind."""
+        return {**{d.id: d.kind for d in self.devices}, **self.modbus.device_kinds(), **self.ble.kinds()}
 
     def device(self, device_id: str) -> DeviceSettings | None:
         for device in self.devices:

@@ -77,6 +77,12 @@ class AdvertDecoder(Protocol):
     """The BLE decoders (drivers/ble): a raw advertisement of a MAC -> the reading of its configured device."""
 
     def decode_raw(self, mac: str, adv: bytes, received_at: float) -> Reading | None:
-        """None: no device is configured with this MAC. Raises PayloadError for an advertisement it cannot
-        accept (malformed, a replayed counter): that reading is quarantined with the reason."""
+        """None: no device is configured with this MAC, or it is, and this advertisement is nothing new (a
+        repeat, heard directly or through another hub, or within the device's minimum interval). Raises
+        PayloadError for an advertisement it cannot accept (malformed, a replayed counter): that reading is
+        quarantined with the reason."""
+        ...
+
+    def is_configured(self, mac: str) -> bool:
+        """Is a device configured with this MAC (tells a repeat from an unmapped advertiser)?"""
         ...

@@ -99,8 +99,9 @@ class BatchResolver:
         except Exception as exc:  # a decoder's bug must not lose the rest of the batch: this one is quarantined
             raise PayloadError(f"internal error in the BLE decoder: {type(exc).__name__}: {exc}"[:300]) from exc
         if decoded is None:
-            self._note(hub_id, "mac", entry.mac, "no BLE device is configured with this MAC", at, entry.body)
-            return None
+            if not self.decoder.is_configured(entry.mac):
+                self._note(hub_id, "mac", entry.mac, "no BLE device is configured with this MAC", at, entry.body)
+            return None  # else a repeat of what this device already said: nothing new to store
         device_id = hub_map.macs.get(entry.mac, decoded.device_id)
         if not self._configured(device_id):
             self._note(hub_id, "mac", entry.mac, f"decoded as {device_id!r}, which is not a configured device", at,

@@ -49,6 +49,11 @@ def _hub(figures: dict[str, Any], mode: str) -> None:
     assert figures["readings_stored"] == figures["readings_expected"] > 0
 
 
+def _ble(figures: dict[str, Any], mode: str) -> None:
+    # every distinct advert was stored (bench_ble asserts it per format); each import cost was measured
+    assert all(figures[f"import_mb[{modules}]"] > 0 for modules in ("drivers.ble.formats", "drivers.ble.link"))
+
+
 @dataclass(frozen=True)
 class Bench:
     module: str  # tests.bench.<module>
@@ -78,10 +83,14 @@ HUB = Bench("bench_hub", 120, ("last part -> committed", "memory: RSS"), (
     "last_part_to_commit_p50_ms", "last_part_to_commit_max_ms", "rss_mb_hubs_connected", "rss_mb_open_batches",
     "rss_mb_growth_open_batches", "rss_mb_after_completed", "held_mb"), _hub)
 
+BLE = Bench("bench_ble", 120, ("BLE decoders", "import cost"), tuple(
+    f"{name}_{key}" for name in ("bthome", "bthome_encrypted", "ruuvi_df5", "atc1441", "pvvx", "pvvx_encrypted")
+    for key in ("rate", "raw_rate")), _ble)
+
 CASES = [
     pytest.param(bench, mode, id=f"{bench.module.removeprefix('bench_')}-{mode}",
                  marks=mode_marks(mode, bench.smoke_timeout))
-    for bench in (INGEST, UPLINK, CONTROL, STORE, MODBUS, HUB)
+    for bench in (INGEST, UPLINK, CONTROL, STORE, MODBUS, HUB, BLE)
     for mode in MODES
 ]
 

@@ -301,3 +301,30 @@ async def test_a_config_reload_applies_new_mappings(gateway_factory: GatewayFact
         assert gw.gateway.reload()
         await hub.publish("device/HUB-1/batch", part("m-2", 1, 1, [{**reading, "ts": now - 4}]), qos=1)
     assert gw.query("SELECT device_id FROM readings") == [("T-3",)]
+
+
+async def test_relayed_adverts_go_through_the_gateways_ble_decoders_and_a_repeat_is_not_unmapped(
+    gateway_factory: GatewayFactory,
+) -> None:
+    """The hub and the gateway's own radio share one BleAdvertDecoder: a BLE device configured by MAC is
+    decoded from a relayed advert; the same advert relayed again is a repeat (stored once, not listed as
+    unmapped); an unknown MAC is listed as unmapped."""
+    ble = ('\n[ble]\nradio = false\n[[ble.devices]]\nid = "B-1"\nformat = "bthome"\n'
+           f'mac = "{beacon_mac(1)}"\n')
+    gw = await gateway_factory(**hub_gateway(extra=HUBS + ble))
+    now = gw.gateway.clock.now()
+    advert = {"mac": beacon_mac(1), "rssi": -60, "adv": bthome_advert(21.5, 40.0, 90).hex()}
+    stranger = {"mac": beacon_mac(2), "adv": bthome_advert(19.0).hex()}
+    async with hub_client(gw) as hub:
+        await hub.publish("device/HUB-1/batch", part("r-1", 1, 1, [advert]), qos=1)
+        await hub.publish("device/HUB-1/batch", part("r-2", 1, 1, [advert, stranger]), qos=1)
+    await gw.flush()
+    rows = gw.query("SELECT device_id, metrics FROM readings")
+    assert [d for d, _ in rows] == ["B-1"]
+    assert json.loads(rows[0][1])["temperature"] == 21.5
+    view = gw.gateway.hubs.view_unmapped("HUB-1")
+    assert view is not None
+    assert [(d["name"], d["reason"]) for d in view["devices"]] == [
+        (beacon_mac(2), "no BLE device is configured with this MAC")]
+    assert count(gw, "quarantine") == 0
+    assert now <= float(gw.query("SELECT received_at FROM readings")[0][0])
