@@ -34,6 +34,7 @@ from gateway.control.commands import (
     StateReported,
 )
 from gateway.control.loop import Enqueue, Item
+from gateway.control.sends import DeviceSends
 from gateway.core.clock import Clock
 from gateway.core.device_commands import Ack, OutgoingCommand, acked_state, device_command
 from gateway.core.errors import NotFoundError
@@ -80,6 +81,7 @@ class CommandService:
         # device -> Finished effects queued and not yet performed: its command is over in the executor, but
         # nobody (waiters, the reconciler) has been told yet, so the device still counts as busy.
         self._finishing: dict[str, int] = {}
+        self.sends = DeviceSends(self._attempt)
 
     # --------------------------------------------------------------------------------------- queries
 
@@ -199,17 +201,7 @@ class CommandService:
     async def perform(self, item: Effect | StoreRecord) -> None:
         """Carry out one queued effect (the control loop calls this, in queue order)."""
         if isinstance(item, Send):
-            try:
-                ack = await self._send(item.command)
-            except LinkError as exc:
-                # Not sent: the attempt stays unanswered and the executor retries it at its deadline.
-                log.warning("command.not_sent", command_id=item.command_id, device_id=item.command.device_id,
-                            error=str(exc))
-                self._queue(*self.executor.not_sent(item.command_id, item.attempt, str(exc)))
-                return
-            self._metrics.inc("gateway_commands_published_total", 1, "command messages sent to devices")
-            if ack is not None:  # the link's reply is the acknowledgement (a Modbus write)
-                self.ack(item.command.device_id, ack, self._clock.now())
+            self.sends.start(item)  # in its own task: a slow link must not hold up the control loop
         elif isinstance(item, Audit):
             self._remember(item.record)
             await self._put(control_repo.command_row(item.record))
@@ -228,6 +220,20 @@ class CommandService:
             log.warning("command.ack_ignored", device_id=item.device, command_id=item.command_id, reason=item.reason)
         else:
             await self._put(item)
+
+    async def _attempt(self, item: Send) -> None:
+        """One attempt through the device's link (a DeviceSends task)."""
+        try:
+            ack = await self._send(item.command)
+        except LinkError as exc:
+            # Not sent: the attempt stays unanswered and the executor retries it at its deadline.
+            log.warning("command.not_sent", command_id=item.command_id, device_id=item.command.device_id,
+                        error=str(exc))
+            self._queue(*self.executor.not_sent(item.command_id, item.attempt, str(exc)))
+            return
+        self._metrics.inc("gateway_commands_published_total", 1, "command messages sent to devices")
+        if ack is not None:  # the link's reply is the acknowledgement (a Modbus write)
+            self.ack(item.command.device_id, ack, self._clock.now())
 
     def _remember(self, record: CommandRecord) -> None:
         self._records[record.command_id] = record

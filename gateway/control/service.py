@@ -335,11 +335,16 @@ class Controller:
     # ------------------------------------------------------------------------------------ the task
 
     async def run(self) -> None:
-        await self.loop.run()
+        try:
+            await self.loop.run()
+        finally:
+            await self.commands.sends.cancel()
 
     async def drained(self) -> None:
-        """Wait until what was queued so far has been handed to the store (API answers after that)."""
+        """Wait until what was queued so far has been handed to the store, and its commands to their links
+        (API answers after that)."""
         await self.loop.drained()
+        await self.commands.sends.idle()
 
     def wake(self) -> None:
         """Re-evaluate now (after a test moved its clock)."""
