@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 # structlog renders exceptions with rich when it can import it (rich comes with amqtt's command-line
 # dependencies): 3-4 MB of RSS in a daemon with a 60 MB budget, for colours nobody sees in a journal.
@@ -18,6 +19,9 @@ sys.modules.setdefault("rich", None)  # type: ignore[arg-type]
 from gateway import __version__  # noqa: E402
 from gateway.core.errors import ConfigError, IncompatibleLibraryError, StartupError  # noqa: E402
 from gateway.settings import LoadedSettings, load_settings  # noqa: E402
+
+if TYPE_CHECKING:
+    from drivers.ble.link import BleBackends
 
 EXIT_CONFIG = 2
 EXIT_STARTUP = 3  # a port in use, an unwritable data dir, a database that cannot be opened, a wrong library
@@ -69,7 +73,7 @@ def _check_config(path: str) -> int:
     if loaded is None:
         return EXIT_CONFIG
     s = loaded.settings
-    print(f"{path}: OK (gateway {s.gateway.id}, {len(s.devices)} devices, data in {loaded.data_dir})")
+    print(f"{path}: OK (gateway {s.gateway.id}, {len(s.device_kinds())} devices, data in {loaded.data_dir})")
     return 0
 
 
@@ -146,7 +150,7 @@ async def _demo_async(loaded: LoadedSettings, count: int, interval: float, durat
     from gateway.app import Gateway
 
     loaded, demo_password = _with_demo_login(loaded)
-    gateway = Gateway(loaded)
+    gateway = Gateway(loaded, ble_backends=_simulated_ble(loaded, interval))
     run_task = asyncio.create_task(gateway.run(), name="gateway")
     ready = asyncio.create_task(gateway.ready.wait())
     await asyncio.wait({run_task, ready}, return_when=asyncio.FIRST_COMPLETED)
@@ -162,6 +166,9 @@ async def _demo_async(loaded: LoadedSettings, count: int, interval: float, durat
     )
     print(f"demo: gateway on port {port}, {count} simulated purifiers every {interval:g} s; "
           f"readings go to {loaded.db_path}. Ctrl-C stops.", flush=True)
+    if loaded.settings.ble.devices:
+        ble_ids = ", ".join(d.id for d in loaded.settings.ble.devices)
+        print(f"demo: simulated BLE sensors {ble_ids} on a simulated radio (bleak backend)", flush=True)
     if gateway.api is not None:
         api = loaded.settings.api
         scheme = "https" if loaded.settings.panel.tls else "http"
@@ -190,6 +197,27 @@ async def _demo_async(loaded: LoadedSettings, count: int, interval: float, durat
         gateway.stop()
         await run_task
     return 0
+
+
+def _simulated_ble(loaded: LoadedSettings, interval: float) -> BleBackends | None:
+    """The demo's BLE radio: a simulated sensor for each configured BLE device (its format and bindkey) and a
+    GATT peripheral for each connectable one, as bleak backends (firmware_sim, bleak's backend= argument)."""
+    devices = loaded.settings.ble.devices
+    if not devices:
+        return None
+    from firmware_sim.ble.peripheral import SimulatedPeripheral
+    from firmware_sim.ble.radio import SimulatedRadio
+    from firmware_sim.ble.sensors import SimulatedBleSensor
+
+    from drivers.ble.link import BleBackends
+
+    radio = SimulatedRadio(
+        [SimulatedBleSensor(d.mac, d.format, bindkey=bytes.fromhex(d.bindkey) if d.bindkey else None, seed=n)
+         for n, d in enumerate(devices) if d.format is not None],
+        [SimulatedPeripheral(d.mac, seed=n) for n, d in enumerate(devices) if d.gatt],
+        advert_interval=interval,
+    )
+    return BleBackends(radio.scanner_backend, radio.client_backend)
 
 
 if __name__ == "__main__":

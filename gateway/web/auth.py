@@ -213,7 +213,7 @@ def csrf_ok(request: web.Request, expected: str) -> bool:
 
 
 def _is_api(path: str) -> bool:
-    return path.startswith("/api/") or path == "/health"
+    return path.startswith("/api/") or path in ("/health", "/metrics")
 
 
 @web.middleware

@@ -12,14 +12,14 @@ from typing import Any
 from gateway.control.commands import CommandStatus
 from gateway.store import read_queries
 from gateway.web.aiohttp_web import web
-from gateway.web.api import CONTEXT
+from gateway.web.api import CONTEXT, schedule_view
 from gateway.web.auth import Session
 from gateway.web.panel.context import PANEL, Panel
 from gateway.web.panel.live import serve_stream
 from gateway.web.panel.login import page, render_page
 from gateway.web.panel.rows import ROW_METRICS, device_row, device_rows
 from gateway.web.requests import ApiError
-from gateway.web.views import device_control_json, preclean_json, schedule_json
+from gateway.web.views import device_control_json, preclean_json
 
 QUARANTINE_ROWS = 100
 HISTORY_ROWS = 50
@@ -54,7 +54,8 @@ async def device(request: web.Request, panel: Panel, session: Session) -> web.St
         "row": device_row(settings, registry.get(device_id), registry.desired(device_id)),
         "control": device_control_json(controller.device_control(device_id)),
         "preclean": preclean_json(controller.preclean_status(device_id)),
-        "schedules": [schedule_json(s) for s in sorted(controller.schedules_for(device_id), key=lambda s: s.id)],
+        "schedules": [schedule_view(controller, s)
+                      for s in sorted(controller.schedules_for(device_id), key=lambda s: s.id)],
         "history": history,
         "now": panel.sources.clock.now(),
         "finished": [s.value for s in CommandStatus if s.finished],

@@ -72,7 +72,13 @@
         refreshHistory();
         if (state === "pending") follow(r.data);
       } catch (err) {
-        showCommand(`${describe(body)}: refused: ${err.message}`, "failed");
+        if (err.data && err.data.commandId) { // 502 / 504: the device refused it or never answered
+          const [text, state] = outcome(err.data);
+          showCommand(`${describe(err.data)}: ${text}`, state);
+          refreshHistory();
+        } else {
+          showCommand(`${describe(body)}: refused: ${err.message}`, "failed");
+        }
       }
     });
   }

@@ -29,7 +29,7 @@
     const data = text ? JSON.parse(text) : null;
     if (!response.ok) {
       const message = data && data.error ? data.error.message : response.statusText;
-      const error = new Error(message); error.status = response.status; throw error;
+      const error = new Error(message); error.status = response.status; error.data = data; throw error;
     }
     return { status: response.status, data };
   }
