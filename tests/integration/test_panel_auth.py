@@ -47,7 +47,8 @@ async def test_without_users_the_api_stays_open_and_the_panel_explains_the_setup
 async def test_with_users_nothing_answers_without_a_login(gateway_factory: GatewayFactory) -> None:
     gw = await gateway_factory(extra=users_config())
     async with client(gw) as c:
-        for path in ("/api/device/list/all", "/health", "/api/openapi.json", "/api/device/AP-01/state"):
+        for path in ("/api/device/list/all", "/health", "/metrics", "/api/openapi.json", "/api/device/AP-01/state",
+                     "/api/schedule"):
             status, data = await c.call("GET", path)
             assert status == 401 and data["error"]["status"] == 401, path
         assert (await c.call("POST", "/api/device/AP-01/command", COMMAND))[0] == 401
@@ -120,6 +121,8 @@ async def test_api_tokens_need_no_csrf_and_carry_their_role(gateway_factory: Gat
     viewer = {"Authorization": f"Bearer {TOKENS['script-view'][1]}"}
     async with client(gw) as c:
         assert (await c.call("GET", "/health", headers=viewer))[0] == 200
+        status, text = await c.call("GET", "/metrics", headers=viewer)  # Prometheus scrapes with a token
+        assert status == 200 and "gateway_" in text
         status, record = await c.call("POST", "/api/device/AP-01/command", COMMAND, headers=operator)
         assert status == 202 and record["source"] == "api"
         assert (await c.call("POST", "/api/device/AP-01/command", COMMAND, headers=viewer))[0] == 403
