@@ -127,8 +127,10 @@
       const tr = document.createElement("tr");
       tr.dataset.command = c.commandId;
       const [text, state] = outcome(c);
-      for (const [value, cls] of [[fmtTime(c.createdAt), ""], [describe(c), ""], [c.source, ""],
-                                  [c.status, "status-" + state], [String(c.attempts), ""], [c.error || c.note || "", ""]]) {
+      const source = c.cause && c.cause !== c.source ? `${c.source} (${c.cause})` : c.source; // reconcile (preclean)
+      const cells = [[fmtTime(c.createdAt), ""], [describe(c), ""], [source, ""], [c.status, "status-" + state],
+                     [String(c.attempts), ""], [c.error || c.note || "", ""]];
+      for (const [value, cls] of cells) {
         const td = document.createElement("td"); td.textContent = value; if (cls) td.className = cls; tr.append(td);
       }
       tr.title = text;
