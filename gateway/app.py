@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, cast
 import structlog
 
 from drivers import registry as driver_registry
-from gateway import __version__
+from gateway import __version__, demo_credentials
 from gateway.broker import create_lan_broker, device_logins
 from gateway.broker.device_link import LanBrokerLink
 from gateway.cloud_methods import register_control_methods, register_gateway_methods
@@ -50,7 +50,11 @@ SHUTDOWN_BUDGET_S = 5.0
 class Gateway:
     """One running gateway. `run()` returns after `stop()` (or SIGTERM/SIGINT) once everything is closed."""
 
-    def __init__(self, loaded: LoadedSettings, *, clock: Clock | None = None, notifier: SystemdNotifier | None = None):
+    def __init__(self, loaded: LoadedSettings, *, clock: Clock | None = None, notifier: SystemdNotifier | None = None,
+                 demo: bool = False):
+        # The demo's published credentials are refused outside `edge-gateway demo` (at start and on reload).
+        self._demo = demo
+        _refuse_demo_credentials(loaded, demo)
         self.loaded = loaded
         self.clock = clock or SystemClock()
         self.metrics = Metrics()
@@ -189,6 +193,7 @@ class Gateway:
         self.notifier.reloading()
         try:
             new = load_settings(self.loaded.path)
+            _refuse_demo_credentials(new, self._demo)
         except ConfigError as exc:
             log.error("config.reload_rejected", errors=exc.errors, kept="previous configuration")
             self.metrics.inc("gateway_config_reloads_total", 1, "config reloads", result="rejected")
@@ -345,6 +350,12 @@ class Gateway:
             # Only a loop that still turns can ping: a stuck event loop lets systemd restart us.
             self.notifier.watchdog()
             await asyncio.sleep(interval)
+
+
+def _refuse_demo_credentials(loaded: LoadedSettings, demo: bool) -> None:
+    lines = [] if demo else demo_credentials.refusal(loaded.path, loaded.settings)
+    if lines:
+        raise ConfigError(lines)
 
 
 def _link_runner(run: Callable[[], Awaitable[None]]) -> Callable[[Health], Awaitable[None]]:
