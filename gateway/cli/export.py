@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import json
 import os
 import sqlite3
@@ -123,6 +122,8 @@ def _iso(epoch: float) -> str:
 def write_csv(out: IO[str], rows: Iterable[Row], metrics: list[str]) -> int:
     """Columns deviceId, time (ISO-8601 UTC), ts, receivedAt, then one per metric (empty where a reading has
     none; booleans as true/false)."""
+    import csv
+
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["deviceId", "time", "ts", "receivedAt", *metrics])
     count = 0

@@ -10,8 +10,6 @@ import argparse
 import json
 import sqlite3
 import time
-import urllib.error
-import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -49,8 +47,8 @@ def run(args: argparse.Namespace) -> int:
     if url is not None:
         try:
             status |= from_api(url.rstrip("/") + "/health", args.timeout)
-        except (OSError, ValueError) as exc:
-            problem = f"not answering at {url} ({getattr(exc, 'reason', exc)})"
+        except OSError as exc:
+            problem = f"not answering at {url} ({exc})"
     if "running" not in status:
         try:
             status |= from_database(loaded.db_path)
@@ -77,8 +75,18 @@ def _loopback(host: str) -> str:
 
 
 def from_api(url: str, timeout: float) -> dict[str, Any]:
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        health = json.loads(response.read())
+    """The gateway's /health in status form; OSError naming the cause when it does not answer with one."""
+    # Imported here, not at the top: the daemon (which imports every command module) never needs them.
+    import http.client
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            health = json.loads(response.read())
+    except (OSError, ValueError, http.client.HTTPException) as exc:
+        raise OSError(getattr(exc, "reason", None) or exc) from exc
+    if not isinstance(health, dict):
+        raise OSError(f"not a health answer: {str(health)[:80]}")
     uplink = health.get("uplink")
     return {
         "source": url, "running": health.get("status") == "ok", "state": health.get("status"),
