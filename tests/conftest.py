@@ -3,4 +3,5 @@ pytest_plugins = [
     "tests.fixtures.gateway",
     "tests.fixtures.hang_report",
     "tests.fixtures.leaks",
+    "tests.fixtures.modbus",
 ]

@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
         for line in demo:
             print(line, file=sys.stderr)
         return EXIT_CONFIG
-    print(f"{args.path}: OK (gateway {s.gateway.id}, {len(s.devices)} devices, data in {loaded.data_dir})")
+    print(f"{args.path}: OK (gateway {s.gateway.id}, {len(s.device_kinds())} devices, data in {loaded.data_dir})")
     if demo:
         print(f"{args.path}: note: demo credentials: `edge-gateway demo` uses this config, `run` refuses it",
               file=sys.stderr)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.cli.common import EXAMPLE_CONFIG, EXIT_CONFIG, EXIT_STARTUP, add_config_option, load_or_report
 
 if TYPE_CHECKING:
+    from drivers.ble.link import BleBackends
     from gateway.settings import LoadedSettings
 
 
@@ -112,7 +113,7 @@ async def relay_simulator_log(stream: asyncio.StreamReader) -> None:
 async def _demo(loaded: LoadedSettings, simulate: int, interval: float, duration: float | None) -> int:
     from gateway.app import Gateway
 
-    gateway = Gateway(loaded, demo=True)
+    gateway = Gateway(loaded, ble_backends=_simulated_ble(loaded, interval), demo=True)
     run_task = asyncio.create_task(gateway.run(), name="gateway")
     ready = asyncio.create_task(gateway.ready.wait())
     await asyncio.wait({run_task, ready}, return_when=asyncio.FIRST_COMPLETED)
@@ -137,8 +138,13 @@ async def _demo(loaded: LoadedSettings, simulate: int, interval: float, duration
     configured = len(loaded.settings.devices)
     print(f"demo: gateway on port {port}, {simulate} simulated purifiers every {interval:g} s; "
           f"readings go to {loaded.db_path}. Ctrl-C stops.", flush=True)
+    if loaded.settings.ble.devices:
+        ble_ids = ", ".join(d.id for d in loaded.settings.ble.devices)
+        print(f"demo: simulated BLE sensors {ble_ids} on a simulated radio (bleak backend)", flush=True)
+    purifiers = [d.id for d in loaded.settings.devices]
     if simulate < configured:
-        print(f"demo: AP-{simulate + 1:02d}..AP-{configured:02d} wait for a simulator: edge-gateway-sim purifiers "
+        waiting = purifiers[simulate] if simulate + 1 == configured else f"{purifiers[simulate]}..{purifiers[-1]}"
+        print(f"demo: {waiting} wait for a simulator: edge-gateway-sim purifiers "
               f"--start {simulate + 1} --count {configured - simulate} --port {port}", flush=True)
     if gateway.api is not None:
         api = loaded.settings.api
@@ -151,7 +157,9 @@ async def _demo(loaded: LoadedSettings, simulate: int, interval: float, duration
             await asyncio.wait({run_task}, timeout=interval)
             online = gateway.registry.online_count()
             committed = int(gateway.metrics.value("gateway_readings_committed_total"))
-            print(f"demo: {committed} readings committed, {online} devices online", flush=True)
+            on = sum(1 for device_id in purifiers if (st := gateway.registry.get(device_id)) and st.online)
+            print(f"demo: {committed} readings committed, {online} devices online ({on} of {configured} purifiers)",
+                  flush=True)
             if duration is not None and loop.time() - started >= duration:
                 break  # the simulator stops first, so its purifiers say "offline" to a running gateway
     finally:
@@ -166,3 +174,24 @@ async def _demo(loaded: LoadedSettings, simulate: int, interval: float, duration
         gateway.stop()
         await run_task
     return 0
+
+
+def _simulated_ble(loaded: LoadedSettings, interval: float) -> BleBackends | None:
+    """The demo's BLE radio: a simulated sensor for each configured BLE device (its format and bindkey) and a
+    GATT peripheral for each connectable one, as bleak backends (firmware_sim, bleak's backend= argument)."""
+    devices = loaded.settings.ble.devices
+    if not devices:
+        return None
+    from firmware_sim.ble.peripheral import SimulatedPeripheral
+    from firmware_sim.ble.radio import SimulatedRadio
+    from firmware_sim.ble.sensors import SimulatedBleSensor
+
+    from drivers.ble.link import BleBackends
+
+    radio = SimulatedRadio(
+        [SimulatedBleSensor(d.mac, d.format, bindkey=bytes.fromhex(d.bindkey) if d.bindkey else None, seed=n)
+         for n, d in enumerate(devices) if d.format is not None],
+        [SimulatedPeripheral(d.mac, seed=n) for n, d in enumerate(devices) if d.gatt],
+        advert_interval=interval,
+    )
+    return BleBackends(radio.scanner_backend, radio.client_backend)

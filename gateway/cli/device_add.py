@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.cli.common import EXIT_CONFIG, EXIT_FAILED, add_config_option, fail, load_or_report, read_password
+from gateway.cli.toml_layout import DEVICES_NOTE, tables
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")  # as settings.DEVICE_ID_PATTERN, checked again on load
 
@@ -82,21 +83,38 @@ def run(args: argparse.Namespace) -> int:
 
 
 def append_device(text: str, device: dict[str, str]) -> str:
-    """`text` with one more [[devices]] table at the end of the array (fields left empty are omitted)."""
+    """`text` with one more [[devices]] table (fields left empty are omitted), right after the last one (or at
+    the end): the comments introducing the next section stay with it, every other line stays as it is.
+
+    tomlkit checks that `devices` is an array of tables (not an inline array) and renders the new table;
+    the text is then placed by lines, since tomlkit would put it after the comments that follow the last
+    table, i.e. between the next section and its introduction.
+    """
     import tomlkit
 
     doc = tomlkit.parse(text)
+    if "devices" in doc and not isinstance(doc["devices"], tomlkit.items.AoT):
+        raise ValueError("`devices` is not written as [[devices]] tables: add the device by hand")
     table = tomlkit.table()
-    table.trivia.indent = "\n"  # a blank line before its [[devices]] header, like the tables above it
     for key, value in device.items():
         if value:
             table.add(key, value)
-    devices = doc.get("devices")
-    if devices is None:
-        doc.add("devices", tomlkit.aot())
-        devices = doc["devices"]
-    devices.append(table)
-    return tomlkit.dumps(doc)
+    rendered = tomlkit.dumps({"devices": [table]})
+    lines = text.splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines[-1] += "\n"
+    devices = [t for t in tables(lines) if t.name == "devices"]
+    at = devices[-1].end if devices else _after_devices_note(lines)
+    lines[at:at] = ["\n", rendered]
+    return "".join(lines)
+
+
+def _after_devices_note(lines: list[str]) -> int:
+    """The line after the comment paragraph on [[devices]] tables (init-config writes one), else the end."""
+    note = next((i for i, line in enumerate(lines) if line.startswith(DEVICES_NOTE)), None)
+    if note is None:
+        return len(lines)
+    return next((i for i in range(note, len(lines)) if not lines[i].startswith("#")), len(lines))
 
 
 def _write_like(tmp: Path, text: str, original: Path) -> None:

@@ -13,15 +13,18 @@ from pathlib import Path
 from typing import Any
 
 from gateway.cli.common import EXAMPLE_CONFIG, EXIT_CONFIG, fail, load_or_report
+from gateway.cli.toml_layout import DEVICES_NOTE, tables
 
 _GATEWAY_ID = re.compile(r'^id = "[^"]*"', re.M)  # the first `id =` line: [gateway] comes first
 _DATA_DIR = re.compile(r'^# data_dir = "[^"]*"', re.M)
-_DEVICES = "# One [[devices]] table per device."
+# The example's demo devices: purifiers with published passwords, the demo's simulated BLE sensors.
+DEMO_TABLES = ("devices", "ble.devices", "ble.devices.gatt")
 _NO_DEVICES = """\
 # One [[devices]] table per device. The device logs in with username = id and its own password, and may only
 # use the topics device/{id}/... (see CONTRACT.md). None yet: the broker accepts no login. Add one with
 #   sudo edge-gateway device add AP-01 --config %(config)s
 # (it asks for the device's password and appends its table here), then: systemctl reload edge-gateway
+# (The example's demo devices, its purifiers and BLE sensors, are left out of this file.)
 """
 
 
@@ -40,13 +43,23 @@ def register(sub: Any) -> None:
 
 
 def production_config(example: str, *, gateway_id: str, data_dir: Path, config_path: Path) -> str:
-    """The example's text with `gateway_id`, `data_dir` and no [[devices]] tables."""
-    if not (_GATEWAY_ID.search(example) and _DATA_DIR.search(example) and _DEVICES in example):
+    """The example's text with `gateway_id`, `data_dir` and none of its demo device tables."""
+    if not (_GATEWAY_ID.search(example) and _DATA_DIR.search(example) and DEVICES_NOTE in example):
         raise ValueError("the example config no longer has the lines init-config edits "
                          '(id = "...", # data_dir = "...", # One [[devices]] table per device.)')
     text = _GATEWAY_ID.sub(f'id = "{gateway_id}"', example, count=1)
     text = _DATA_DIR.sub(f'data_dir = "{data_dir}"', text, count=1)
-    return text[: text.index(_DEVICES)] + _NO_DEVICES % {"config": config_path}
+    lines = _without_tables(text.splitlines(keepends=True), DEMO_TABLES)
+    start = next(i for i, line in enumerate(lines) if line.startswith(DEVICES_NOTE))
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("#")), len(lines))
+    lines[start:end] = [_NO_DEVICES % {"config": config_path}]
+    return re.sub(r"\n{3,}", "\n\n", "".join(lines)).rstrip("\n") + "\n"
+
+
+def _without_tables(lines: list[str], names: tuple[str, ...]) -> list[str]:
+    """`lines` without the tables named (the comments introducing them and the next table stay)."""
+    dropped = {i for table in tables(lines) if table.name in names for i in range(table.start, table.end)}
+    return [line for i, line in enumerate(lines) if i not in dropped]
 
 
 def run(args: argparse.Namespace) -> int:

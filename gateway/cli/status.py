@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     api = loaded.settings.api
     url = args.url or (f"http://{_loopback(api.host)}:{api.port}" if api.enabled else None)
     s = loaded.settings
-    status: dict[str, Any] = {"gatewayId": s.gateway.id, "configuredDevices": len(s.devices)}
+    status: dict[str, Any] = {"gatewayId": s.gateway.id, "configuredDevices": len(s.device_kinds())}
     problem = "the REST API is disabled ([api] enabled = false)"
     if url is not None:
         try:

@@ -18,7 +18,7 @@ from gateway.core.clock import Clock
 from gateway.core.device_commands import Ack
 from gateway.core.errors import PayloadError
 from gateway.core.metrics import Metrics
-from gateway.core.models import Quarantined, Reading, StatusChange, StoreRecord
+from gateway.core.models import HubBatchClosed, Quarantined, Reading, StatusChange, StoreRecord
 from gateway.core.registry import DeviceRegistry
 
 log = structlog.get_logger(__name__)
@@ -62,6 +62,12 @@ class Ingest:
 
     async def accept(self, reading: Reading) -> None:
         """Raises PayloadError (the link quarantines what it received) for a reading outside the time window."""
+        self.admit(reading)
+        self._registry.reading(reading)
+        await self._put(reading)
+
+    def admit(self, reading: Reading) -> None:
+        """The checks every reading must pass (its time window); raises PayloadError with the reason."""
         ts = reading.ts
         if ts < self._earliest_ts:
             raise PayloadError(f"ts: {_iso(ts)} is before {_iso(self._earliest_ts)}")
@@ -69,8 +75,21 @@ class Ingest:
             ahead = (ts - reading.received_at) / 60.0
             raise PayloadError(f"ts: {_iso(ts)} is {ahead:.4g} minutes ahead of the gateway's clock "
                                f"(at most {self._max_future_s / 60.0:g})")
-        self._registry.reading(reading)
-        await self._put(reading)
+
+    async def accept_batch(self, batch: HubBatchClosed) -> None:
+        """A hub batch closed (its readings already admitted): stored in one transaction. Each logical device
+        is seen when its reading arrived, and its reading becomes the latest unless an older one came late."""
+        registry = self._registry
+        for reading in batch.readings:
+            registry.seen(reading.device_id, reading.received_at)
+            registry.reading(reading)
+        if batch.quarantined:
+            self._metrics.inc("gateway_quarantined_total", len(batch.quarantined),
+                              "payloads refused and kept with their reason")
+            first = batch.quarantined[0]
+            log.warning("ingest.quarantined", client_id=first.client_id, topic=first.topic, reason=first.reason,
+                        count=len(batch.quarantined))
+        await self._put(batch)
 
     async def presence(self, device_id: str, online: bool, reason: str) -> None:
         now = self._clock.now()

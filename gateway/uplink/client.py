@@ -36,6 +36,7 @@ from gateway.uplink import messages
 from gateway.uplink.acks import AckTracker
 from gateway.uplink.cancels import honour_cancel
 from gateway.uplink.outbox_reader import OutboxReader
+from gateway.uplink.reachability import pause_before_reconnect
 from gateway.uplink.rpc import Dispatcher
 from gateway.uplink.rpc_server import RPC_CONCURRENCY, RpcServer
 
@@ -59,6 +60,7 @@ class UplinkState:
     connected: bool = False
     last_error: str | None = None
     reconnects: int = 0
+    cloud_found_by_probe: int = 0  # back-offs ended early because the cloud accepted TCP again
     backlog: int = 0
     oldest_unsent_age: float | None = None
 
@@ -169,7 +171,13 @@ class Uplink:
                 self._metrics.inc("gateway_uplink_reconnects_total", 1, "cloud connection attempts after a loss")
                 if self._stopping:
                     break
-                await asyncio.sleep(backoff * random.uniform(0.5, 1.0))  # jitter: no herd of gateways
+                woken = await pause_before_reconnect(
+                    backoff * random.uniform(0.5, 1.0),  # jitter: no herd of gateways
+                    self._s.host, self._s.port, probe_every=self._s.probe_interval_seconds,
+                )
+                if woken == "reachable":
+                    self.state.cloud_found_by_probe += 1
+                    log.info("uplink.cloud_reachable", host=self._s.host, port=self._s.port)
                 backoff = min(backoff * 2, self._s.reconnect_max_seconds)
         finally:
             await self._reader.close()

@@ -334,9 +334,9 @@ def _endpoint(route: Route) -> Callable[[web.Request], Awaitable[web.StreamRespo
 # ------------------------------------------------------------------------------------------ server
 
 
-def build_app(ctx: ApiContext) -> web.Application:
+def build_app(ctx: ApiContext, routes: tuple[Route, ...] = ROUTES) -> web.Application:
     app = web.Application(middlewares=[errors, same_origin_json])
     app[CONTEXT] = ctx
-    for route in ROUTES:
+    for route in routes:
         app.router.add_route(route.method, route.path, _endpoint(route), name=route.handler.__name__)
     return app

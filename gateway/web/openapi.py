@@ -63,11 +63,12 @@ class Route:
 PATH_PARAMS: dict[str, dict[str, Any]] = {
     "deviceId": {"description": "Device id", "schema": {"type": "string", "pattern": DEVICE_ID_PATTERN}},
     "scheduleId": {"description": "Schedule id", "schema": {"type": "integer", "minimum": 1}},
+    "hubId": {"description": "Device id of a hub", "schema": {"type": "string", "pattern": DEVICE_ID_PATTERN}},
 }
 
 _ERROR_TEXT = {
     400: "Invalid request: the body, query or path names the field at fault when it is one field",
-    404: "Unknown device or schedule",
+    404: "Unknown device, schedule or hub",
     409: "Conflicts with the current state",
     429: "Too many commands already waiting for this device",
     500: "Unexpected error (logged by the gateway)",

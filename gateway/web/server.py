@@ -13,6 +13,7 @@ from gateway.settings import ApiSection
 from gateway.store import read_queries
 from gateway.web.aiohttp_web import web
 from gateway.web.api import ROUTES, ApiContext, build_app
+from gateway.web.hubs_api import HUB_ROUTES, HUBS_UNMAPPED, HubsUnmapped, no_hubs
 from gateway.web.openapi import openapi_document
 
 # On stop, requests still running (a command waiting for its ack) get this long before they are cancelled;
@@ -33,14 +34,17 @@ class ApiServer:
         device_state: Callable[[str], dict[str, Any] | None],
         health: Callable[[], dict[str, Any]],
         clock: Clock,
+        hubs_unmapped: HubsUnmapped = no_hubs,
     ) -> None:
         self._settings = settings
         self._db_path = db_path.absolute()
+        routes = ROUTES + HUB_ROUTES
         self._ctx = ApiContext(
             settings=settings, controller=controller, devices=devices, device_state=device_state, health=health,
-            clock=clock, openapi=openapi_document(ROUTES, title="edge-gateway local API", version=__version__),
+            clock=clock, openapi=openapi_document(routes, title="edge-gateway local API", version=__version__),
         )
-        self.app = build_app(self._ctx)
+        self.app = build_app(self._ctx, routes)
+        self.app[HUBS_UNMAPPED] = hubs_unmapped
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
 

@@ -37,6 +37,23 @@ def _store(figures: dict[str, Any], mode: str) -> None:
     assert len(figures["rounds"]) == (1 if mode == "smoke" else 3)
 
 
+def _modbus(figures: dict[str, Any], mode: str) -> None:
+    # every cycle delivered every point (the bench asserts it per cycle), and merging cut the requests
+    assert figures["merged_9600_requests"] * 20 == figures["single_9600_requests"]
+    assert figures["shipped_maps_request_ratio"] >= 3
+
+
+def _hub(figures: dict[str, Any], mode: str) -> None:
+    # every relayed reading of every batch (timed, and the 10 hubs x 5 open ones) stored exactly once
+    assert figures["lost"] == 0 and figures["doubled"] == 0 and figures["quarantined"] == 0
+    assert figures["readings_stored"] == figures["readings_expected"] > 0
+
+
+def _ble(figures: dict[str, Any], mode: str) -> None:
+    # every distinct advert was stored (bench_ble asserts it per format); each import cost was measured
+    assert all(figures[f"import_mb[{modules}]"] > 0 for modules in ("drivers.ble.formats", "drivers.ble.link"))
+
+
 @dataclass(frozen=True)
 class Bench:
     module: str  # tests.bench.<module>
@@ -58,11 +75,22 @@ CONTROL = Bench("bench_control", 180, ("API command -> ack -> API response",), (
 STORE = Bench("bench_store", 120, ("store writer alone", "median: flat out"), (
     "rate", "cpu_us_per_reading", "records_per_commit", "trickle_cpu_us_per_reading",
     "trickle_status_cpu_us_per_step"), _store)
+MODBUS = Bench("bench_modbus", 180, ("Modbus poll cycle", "shipped maps", "RSS"), (
+    "merged_9600_ratio_to_wire", "merged_115200_ratio_to_wire", "single_9600_ratio_to_wire", "cpu_us_per_point",
+    "merged_9600_cycle_s", "single_9600_cycle_s", "rss_mb_added"), _modbus)
+
+HUB = Bench("bench_hub", 120, ("last part -> committed", "memory: RSS"), (
+    "last_part_to_commit_p50_ms", "last_part_to_commit_max_ms", "rss_mb_hubs_connected", "rss_mb_open_batches",
+    "rss_mb_growth_open_batches", "rss_mb_after_completed", "held_mb"), _hub)
+
+BLE = Bench("bench_ble", 120, ("BLE decoders", "import cost"), tuple(
+    f"{name}_{key}" for name in ("bthome", "bthome_encrypted", "ruuvi_df5", "atc1441", "pvvx", "pvvx_encrypted")
+    for key in ("rate", "raw_rate")), _ble)
 
 CASES = [
     pytest.param(bench, mode, id=f"{bench.module.removeprefix('bench_')}-{mode}",
                  marks=mode_marks(mode, bench.smoke_timeout))
-    for bench in (INGEST, UPLINK, CONTROL, STORE)
+    for bench in (INGEST, UPLINK, CONTROL, STORE, MODBUS, HUB, BLE)
     for mode in MODES
 ]
 

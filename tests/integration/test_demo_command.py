@@ -61,7 +61,7 @@ async def test_demo_ports_by_flag_and_the_simulator_beside_it(tmp_path: Path) ->
         await until_line(lines, f"REST API on http://127.0.0.1:{api}")
         hint = await until_line(lines, "wait for a simulator: ")
         assert f"edge-gateway-sim purifiers --start 3 --count 3 --port {mqtt}" in hint
-        await until_line(lines, "2 devices online")
+        await until_line(lines, "(2 of 5 purifiers)")
         # the README's simulator line for the rest of the demo's purifiers, from another terminal
         sim = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "firmware_sim", "purifiers", "--start", "3", "--count", "3", "--interval", "0.5",
@@ -69,7 +69,7 @@ async def test_demo_ports_by_flag_and_the_simulator_beside_it(tmp_path: Path) ->
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
         )
         try:
-            await until_line(lines, "5 devices online")
+            await until_line(lines, "(5 of 5 purifiers)")
         finally:
             sim.send_signal(signal.SIGTERM)
             await asyncio.wait_for(sim.wait(), 20)
@@ -91,7 +91,7 @@ async def test_demo_reset_forgets_the_previous_demo(tmp_path: Path) -> None:
     ports = ("--mqtt-port", "0", "--api-port", "0", "--interval", "0.5", "--devices", "1")
     db = tmp_path / "var" / "gateway.db"
     async with demo(tmp_path, *ports) as (_, lines):
-        await until_line(lines, "demo: 1 readings committed")
+        await until_line(lines, "readings committed")
     first = _readings(db)
     assert first
     async with demo(tmp_path, *ports) as (_, lines):  # without --reset: the same database goes on

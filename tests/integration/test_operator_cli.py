@@ -101,8 +101,12 @@ def test_device_add_appends_a_table_and_keeps_every_comment(
     assert main(["device", "add", "AP-04", "--config", str(config), "--password-stdin",
                  "--name", 'Hall "east"', "--room", "Hall"]) == 0
     text = config.read_text()
-    assert text.startswith(original)  # every line and comment as it was, the new table after them
-    assert text[len(original):].startswith("\n[[devices]]\nid = \"AP-04\"\n")
+    # every line and comment as it was; the new table right after the last device, before the comments that
+    # introduce the next section
+    added = text.index('[[devices]]\nid = "AP-04"\n')
+    table_end = text.index("\n\n", added) + 1
+    assert text[:added - 1] + text[table_end:] == original
+    assert text.index("[[devices]]\nid = \"AP-03\"") < added < text.index("# BLE sensors")
     assert (config.stat().st_mode & 0o777) == 0o640
     device = load_settings(config).settings.device("AP-04")
     assert device is not None and (device.kind, device.name, device.room) == ("purifier", 'Hall "east"', "Hall")
@@ -131,7 +135,11 @@ def test_device_add_to_a_production_config_without_devices(
     before = config.read_text()
     monkeypatch.setattr("sys.stdin", io.StringIO("pw-1\n"))
     assert main(["device", "add", "lobby-1", "--config", str(config), "--password-stdin"]) == 0
-    assert config.read_text().startswith(before)
+    after = config.read_text()
+    # below the note on [[devices]] tables, every other line as it was
+    note_end = after.index("left out of this file.)\n") + len("left out of this file.)\n")
+    assert after.startswith('[[devices]]\nid = "lobby-1"\n', note_end + 1)
+    assert after[:note_end] + after[after.index("\n\n", note_end + 1) + 1:] == before
     assert [d.id for d in load_settings(config).settings.devices] == ["lobby-1"]
     assert main(["check-config", "--production", str(config)]) == 0
     capsys.readouterr()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import sqlite3
 import sys
 import urllib.request
 from pathlib import Path
@@ -54,7 +55,13 @@ async def test_demo_runs_purifiers_into_sqlite_and_serves_the_api(tmp_path: Path
     output = "".join(lines)
     assert proc.returncode == 0, output[-3000:]
     assert "REST API on http://127.0.0.1:8080" in output
-    assert isinstance(devices, list) and [d["id"] for d in devices] == ["AP-01", "AP-02", "AP-03"]
+    # the three demo purifiers, then the example config's BLE sensors on the demo's simulated radio
+    assert isinstance(devices, list) and [d["id"] for d in devices] == [
+        "AP-01", "AP-02", "AP-03", "BLE-TH-01", "BLE-TH-02", "BLE-RUUVI-01", "BLE-ATC-01", "BLE-GATT-01"]
+    assert "simulated BLE sensors BLE-TH-01, BLE-TH-02, BLE-RUUVI-01, BLE-ATC-01, BLE-GATT-01" in output
     committed = [int(x.split("demo: ")[1].split()[0]) for x in lines if "readings committed" in x]
     assert committed and committed[-1] > 0, output[-3000:]
     assert (tmp_path / "var" / "gateway.db").is_file()
+    with sqlite3.connect(tmp_path / "var" / "gateway.db") as conn:
+        stored = {row[0] for row in conn.execute("SELECT DISTINCT device_id FROM readings")}
+    assert {"BLE-TH-01", "BLE-TH-02", "BLE-RUUVI-01", "BLE-ATC-01", "BLE-GATT-01"} <= stored, stored
