@@ -19,8 +19,6 @@ from typing import Any
 from gateway.cli.common import EXIT_CONFIG, EXIT_FAILED, add_config_option, fail, load_or_report, read_password
 from gateway.cli.toml_layout import DEVICES_NOTE, tables
 
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")  # as settings.DEVICE_ID_PATTERN, checked again on load
-
 
 def register(sub: Any) -> None:
     device: argparse.ArgumentParser = sub.add_parser(
@@ -44,8 +42,10 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from gateway.settings import DEVICE_ID_PATTERN
+
     path = Path(args.config)
-    if not _ID.match(args.id):
+    if not re.match(DEVICE_ID_PATTERN, args.id):
         return fail(f"{args.id!r} is not a device id (letters, digits and ._:- , at most 64, no wildcards)")
     loaded = load_or_report(path)
     if loaded is None:
