@@ -304,13 +304,12 @@ install_prod() {
         fi
         log "wrote config $conf (mode 0640): gateway id $(sed -n 's/^id = "\(gw-[^"]*\)".*/\1/p' "$conf" | head -1), no devices yet"
     fi
-    local config_ok=1
-    if ! "$venv/bin/edge-gateway" check-config --production "$conf" >/dev/null 2>"$etc_dir/.check-config.err"; then
+    local config_ok=1 config_errors
+    if ! config_errors="$("$venv/bin/edge-gateway" check-config --production "$conf" 2>&1 >/dev/null)"; then
         config_ok=0
-        log "warning: $conf is not ready for production (the service is not started):"
-        sed 's/^/[install]   /' "$etc_dir/.check-config.err" >&2
+        log "warning: $conf is not ready for production (the service is not started or restarted):"
+        printf '%s\n' "$config_errors" | sed 's/^/[install]   /' >&2
     fi
-    rm -f "$etc_dir/.check-config.err"
 
     # 4. state directory
     mkdir -p "$state_dir"
@@ -357,6 +356,9 @@ install_prod() {
         else
             log "systemctl enable $APP (not started: fix the config first, then systemctl restart $APP)"
             systemctl enable "$APP"
+            if ((was_active)); then
+                log "warning: $APP still runs the previous version; \`edge-gateway run\` will refuse this config"
+            fi
         fi
         if systemctl is-active --quiet mosquitto 2>/dev/null; then
             log "warning: the system mosquitto service is running and may hold port 1883:" \

@@ -194,6 +194,19 @@ def test_second_run_keeps_a_modified_config(prefix: Path) -> None:
     assert os.access(prefix / "opt/edge-gateway/venv/bin/edge-gateway", os.X_OK)
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_kept_config_with_demo_credentials_is_reported_not_started(prefix: Path) -> None:
+    config = prefix / "etc/edge-gateway/gateway.toml"
+    config.write_text((REPO / "config/gateway.example.toml").read_text())  # an install from before: the demo's
+    result = run_install("--prefix", str(prefix), "--no-systemd")
+    assert result.returncode == 0, f"install.sh failed:\n{result.stdout}\n{result.stderr}"
+    assert "kept existing config" in result.stdout
+    assert f"warning: {config} is not ready for production" in result.stdout
+    assert "gateway.id: 'gw-demo-01' is the demo's gateway id" in result.stderr
+    assert "devices.0[id=AP-01].password_hash: a demo password" in result.stderr
+
+
 def canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
