@@ -339,6 +339,8 @@ install_prod() {
     chmod 0644 "$tmp_unit"
     mv -f "$tmp_unit" "$unit"
     log "installed unit $unit"
+    privileged_port_dropin
+
 
     # 6. systemctl
     if ((do_systemctl)) && systemd_running; then
@@ -374,6 +376,34 @@ install_prod() {
     log "  3. check the gateway:                         $venv/bin/edge-gateway status --config $conf"
     log "  The cloud link: set gateway.org and [uplink] in $conf, then systemctl restart $APP."
     log "  By hand (no systemd): $venv/bin/edge-gateway run --config $conf   (data in $state_dir)"
+}
+
+# The unit grants no capabilities. A listener below port 1024 (a panel on 80/443) needs CAP_NET_BIND_SERVICE:
+# a drop-in grants it while the config has such a port, and is removed when it no longer does. (Uses the
+# variables of install_prod.)
+privileged_port_dropin() {
+    local dropin_dir="$unit_dir/$APP.service.d" dropin low_port
+    dropin="$dropin_dir/50-privileged-port.conf"
+    low_port="$("$venv/bin/python" - "$conf" 2>/dev/null <<'PY' || true
+import sys
+from gateway.settings import load_settings
+s = load_settings(sys.argv[1]).settings
+ports = [listener.port for listener in s.broker.listeners] + ([s.api.port] if s.api.enabled else [])
+print(min((port for port in ports if port > 0), default=65535))
+PY
+)"
+    if [[ "$low_port" =~ ^[0-9]+$ ]] && ((low_port < 1024)); then
+        mkdir -p "$dropin_dir"
+        printf '# Written by install.sh: the config listens on port %s (below 1024).\n[Service]\n%s\n%s\n' \
+            "$low_port" "CapabilityBoundingSet=CAP_NET_BIND_SERVICE" "AmbientCapabilities=CAP_NET_BIND_SERVICE" \
+            >"$dropin"
+        chmod 0644 "$dropin"
+        log "port $low_port in the config is below 1024: $dropin grants CAP_NET_BIND_SERVICE"
+    elif [[ -f "$dropin" ]]; then
+        rm -f "$dropin"
+        rmdir "$dropin_dir" 2>/dev/null || true
+        log "removed $dropin (no port below 1024 in the config)"
+    fi
 }
 
 main() {

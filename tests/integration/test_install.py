@@ -196,15 +196,25 @@ def test_second_run_keeps_a_modified_config(prefix: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_a_kept_config_with_demo_credentials_is_reported_not_started(prefix: Path) -> None:
+def test_a_kept_config_with_demo_credentials_or_a_low_port(prefix: Path) -> None:
     config = prefix / "etc/edge-gateway/gateway.toml"
-    config.write_text((REPO / "config/gateway.example.toml").read_text())  # an install from before: the demo's
+    # an install from before: the demo's config, here with the API on port 443
+    config.write_text((REPO / "config/gateway.example.toml").read_text().replace("port = 8080", "port = 443"))
     result = run_install("--prefix", str(prefix), "--no-systemd")
     assert result.returncode == 0, f"install.sh failed:\n{result.stdout}\n{result.stderr}"
     assert "kept existing config" in result.stdout
     assert f"warning: {config} is not ready for production" in result.stdout
     assert "gateway.id: 'gw-demo-01' is the demo's gateway id" in result.stderr
     assert "devices.0[id=AP-01].password_hash: a demo password" in result.stderr
+    # a port below 1024: a drop-in grants the one capability it needs (the unit grants none)
+    dropin = prefix / "etc/systemd/system/edge-gateway.service.d/50-privileged-port.conf"
+    assert unit_settings(dropin.read_text()) == {"CapabilityBoundingSet": ["CAP_NET_BIND_SERVICE"],
+                                                 "AmbientCapabilities": ["CAP_NET_BIND_SERVICE"]}
+    assert unit_settings((prefix / "etc/systemd/system/edge-gateway.service").read_text())[
+        "CapabilityBoundingSet"] == [""]
+    config.write_text(config.read_text().replace("port = 443", "port = 8080"))
+    result = run_install("--prefix", str(prefix), "--no-systemd")
+    assert result.returncode == 0 and not dropin.exists(), result.stdout
 
 
 def canonical(name: str) -> str:
