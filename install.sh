@@ -18,9 +18,12 @@ Usage: ./install.sh [--dev] [--prefix DIR] [--no-systemd] [--create-user] [--pyt
                                                          is started only if check-config --production passes
                     /var/lib/edge-gateway                state directory (mode 0750, edge-gateway:edge-gateway)
                     /etc/systemd/system/edge-gateway.service
+                    /etc/systemd/system/edge-gateway.service.d/50-privileged-port.conf   only while the
+                                                         config has a port below 1024 (CAP_NET_BIND_SERVICE)
                   creates the system user edge-gateway (member of dialout for serial ports), then
                   systemctl daemon-reload && systemctl enable --now edge-gateway (restart when already
-                  running, so an upgrade takes effect).
+                  running, so an upgrade takes effect; neither while the config fails
+                  check-config --production), and prints the next steps.
   --dev           Development setup instead: .venv in the repo with `pip install -e ".[test]"` (resolved
                   from pyproject.toml, not the lock), plus the Debian packages the tests need
                   (mosquitto, mosquitto-clients, socat) when missing.
