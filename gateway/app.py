@@ -30,6 +30,7 @@ from gateway.hub_wiring import build_hub_intake, hub_maps, restore_hub_batches
 from gateway.ingest.mqtt_intake import MqttIntake
 from gateway.ingest.service import Ingest
 from gateway.logs import configure_logging
+from gateway.loop_lag import measure_loop_lag
 from gateway.malloc_tuning import trim_periodically
 from gateway.modbus_setup import build_modbus_link
 from gateway.settings import LoadedSettings, Settings, load_settings
@@ -296,7 +297,8 @@ class Gateway:
                 self._stop.set()
             else:
                 background = [tg.create_task(self._watchdog(), name="systemd-watchdog"),
-                              tg.create_task(trim_periodically(), name="malloc-trim")]
+                              tg.create_task(trim_periodically(), name="malloc-trim"),
+                              tg.create_task(measure_loop_lag(self.metrics), name="loop-lag")]
                 self.ready.set()
                 self.notifier.ready("running")
                 log.info("gateway.started", version=__version__, gateway_id=self.settings.gateway.id,
@@ -341,7 +343,7 @@ class Gateway:
         api = ApiServer(
             self.settings.api, controller=self.controller, db_path=self.loaded.db_path,
             devices=self.registry.summary, device_state=self.device_state, health=self.health,
-            clock=self.clock, hubs_unmapped=self.hubs.view_unmapped,
+            clock=self.clock, metrics=self.metrics, hubs_unmapped=self.hubs.view_unmapped,
         )
         try:
             await api.start()

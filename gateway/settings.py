@@ -231,6 +231,9 @@ class ControlSection(_Strict):
     # (doubling up to the maximum), unless a layer changes or the device reconnects.
     retry_backoff_seconds: Annotated[float, Field(gt=0)] = 30.0
     retry_backoff_max_seconds: Annotated[float, Field(gt=0)] = 900.0
+    # After this many failed drives of a device in a row (its own commands, or a person's that failed), the
+    # reconciler stops until a layer changes, a command is sent or the device reconnects.
+    redrive_limit: Annotated[int, Field(ge=1, le=1000)] = 8
     # Unused since the gateway's own timer fires every schedule boundary (a late one is applied whenever the
     # timer gets to it). Still accepted, so configs written for earlier versions keep loading.
     misfire_grace_seconds: Annotated[int, Field(ge=1)] = 300

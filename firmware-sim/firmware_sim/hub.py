@@ -98,6 +98,7 @@ class SimulatedHub:
         self.options = options
         self._clock = clock
         self._rng = random.Random(options.seed)
+        self._next_heard_at = 0.0
         self.batches = 0
         self.sent_parts = 0
 
@@ -113,7 +114,11 @@ class SimulatedHub:
         """The next batch's id, its parts, and the order they go out in."""
         o = self.options
         batch_id = f"{o.hub_id}-{int(self._clock())}-{self.batches}"
-        readings = beacon_readings(o.beacons, self._clock(), self._rng, packet_id=self.batches)
+        # Beacons are stamped a millisecond apart; a batch sent before the last one's stamps have passed
+        # (no interval) continues after them, so no two relayed readings share a beacon's time.
+        heard_at = max(self._clock(), self._next_heard_at)
+        self._next_heard_at = heard_at + o.beacons / 1000.0
+        readings = beacon_readings(o.beacons, heard_at, self._rng, packet_id=self.batches)
         parts = batch_parts(batch_id, readings, o.per_part)
         order = delivery_order(len(parts), self._rng, out_of_order=o.out_of_order, duplicates=o.duplicates,
                                missing=o.missing)

@@ -20,6 +20,7 @@ from gateway.core.errors import PayloadError
 from gateway.core.metrics import Metrics
 from gateway.core.models import HubBatchClosed, Quarantined, Reading, StatusChange, StoreRecord
 from gateway.core.registry import DeviceRegistry
+from gateway.ingest.quarantine_reasons import reason_class
 
 log = structlog.get_logger(__name__)
 
@@ -109,7 +110,8 @@ class Ingest:
     async def quarantine(
         self, *, device_id: str | None, source: str | None, topic: str, payload: bytes, reason: str
     ) -> None:
-        self._metrics.inc("gateway_quarantined_total", 1, "payloads refused and kept with their reason")
+        self._metrics.inc("gateway_quarantined_total", 1, "payloads refused and kept, by kind of reason",
+                          reason=reason_class(reason))
         log.warning("ingest.quarantined", client_id=source, topic=topic, reason=reason, size=len(payload))
         await self._put(Quarantined(self._clock.now(), source, topic, bytes(payload), reason, device_id))
 

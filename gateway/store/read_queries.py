@@ -76,8 +76,19 @@ async def metric_statistics(
 
 _COMMAND_COLUMNS = (
     "command_id, device_id, action, value, source, status, attempts, created_at, sent_at, last_sent_at,"
-    " finished_at, error, state, note"
+    " finished_at, error, state, note, cause, attempt_log"
 )
+
+
+def _command(row: Any) -> dict[str, Any]:
+    (cid, dev, action, value, source, status, attempts, created, sent, last_sent, finished, error, state, note,
+     cause, attempt_log) = row
+    return {
+        "commandId": cid, "device": dev, "action": action, "value": value, "source": source, "cause": cause,
+        "status": status, "attempts": attempts, "createdAt": created, "sentAt": sent,
+        "lastSentAt": last_sent, "finishedAt": finished, "error": error, "state": _json(state), "note": note,
+        "attemptLog": _json(attempt_log) or [],
+    }
 
 
 async def command_log(conn: aiosqlite.Connection, device: str, *, limit: int) -> list[dict[str, Any]]:
@@ -88,15 +99,14 @@ async def command_log(conn: aiosqlite.Connection, device: str, *, limit: int) ->
     )
     async with conn.execute(sql, (device, limit)) as cur:
         rows = await cur.fetchall()
-    return [
-        {
-            "commandId": cid, "device": dev, "action": action, "value": value, "source": source,
-            "status": status, "attempts": attempts, "createdAt": created, "sentAt": sent,
-            "lastSentAt": last_sent, "finishedAt": finished, "error": error, "state": _json(state), "note": note,
-        }
-        for (cid, dev, action, value, source, status, attempts, created, sent, last_sent, finished, error, state,
-             note) in rows
-    ]
+    return [_command(row) for row in rows]
+
+
+async def command(conn: aiosqlite.Connection, command_id: str) -> dict[str, Any] | None:
+    """One command's audit record by its id (None: no such command), in the same form."""
+    async with conn.execute(f"SELECT {_COMMAND_COLUMNS} FROM command_log WHERE command_id = ?", (command_id,)) as cur:
+        row = await cur.fetchone()
+    return _command(row) if row is not None else None
 
 
 async def schedule_runs(

@@ -153,6 +153,13 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX hub_batches_closed_at ON hub_batches_closed (closed_at);
     """,
+    # 5: the command audit log tells automatic commands from a person's: `cause` is the layer behind a
+    # command the reconciler sent (source 'reconcile'); `attempt_log` keeps when each attempt left and how
+    # it ended (a JSON list), as a retry overwrites last_sent_at.
+    """
+    ALTER TABLE command_log ADD COLUMN cause TEXT;
+    ALTER TABLE command_log ADD COLUMN attempt_log TEXT;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

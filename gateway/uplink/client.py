@@ -113,6 +113,8 @@ class Uplink:
         registry.subscribe(lambda _: self._devices_changed.set(), Change.PRESENCE, Change.DEVICES)
         metrics.gauge_callback("gateway_uplink_connected", lambda: float(self.state.connected), "cloud link up")
         metrics.gauge_callback("gateway_uplink_backlog_rows", lambda: float(self.state.backlog), "outbox rows")
+        metrics.gauge_callback("gateway_outbox_oldest_unsent_age_seconds",
+                               lambda: self.state.oldest_unsent_age or 0.0, "age of the oldest unsent outbox row")
 
     # --- from the store writer (synchronous, after each commit) ------------------------------------
 

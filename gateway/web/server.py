@@ -9,12 +9,17 @@ from typing import Any
 from gateway import __version__
 from gateway.control.service import Controller
 from gateway.core.clock import Clock
+from gateway.core.metrics import Metrics
 from gateway.settings import ApiSection
 from gateway.store import read_queries
 from gateway.web.aiohttp_web import web
 from gateway.web.api import ROUTES, ApiContext, build_app
+from gateway.web.control_routes import CONTROL_ROUTES
 from gateway.web.hubs_api import HUB_ROUTES, HUBS_UNMAPPED, HubsUnmapped, no_hubs
+from gateway.web.metrics_route import METRICS, METRICS_ROUTES, MetricsExposition
 from gateway.web.openapi import openapi_document
+
+ALL_ROUTES = (*ROUTES, *HUB_ROUTES, *CONTROL_ROUTES, *METRICS_ROUTES)
 
 # On stop, requests still running (a command waiting for its ack) get this long before they are cancelled;
 # the gateway's whole shutdown budget is a few seconds.
@@ -34,17 +39,18 @@ class ApiServer:
         device_state: Callable[[str], dict[str, Any] | None],
         health: Callable[[], dict[str, Any]],
         clock: Clock,
+        metrics: Metrics,
         hubs_unmapped: HubsUnmapped = no_hubs,
     ) -> None:
         self._settings = settings
         self._db_path = db_path.absolute()
-        routes = ROUTES + HUB_ROUTES
         self._ctx = ApiContext(
             settings=settings, controller=controller, devices=devices, device_state=device_state, health=health,
-            clock=clock, openapi=openapi_document(routes, title="edge-gateway local API", version=__version__),
+            clock=clock, openapi=openapi_document(ALL_ROUTES, title="edge-gateway local API", version=__version__),
         )
-        self.app = build_app(self._ctx, routes)
+        self.app = build_app(self._ctx, ALL_ROUTES)
         self.app[HUBS_UNMAPPED] = hubs_unmapped
+        self.app[METRICS] = MetricsExposition(metrics)
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
 

@@ -16,7 +16,6 @@ SOURCES = [ROOT / "gateway", ROOT / "drivers", ROOT / "firmware-sim" / "firmware
 # Declared but not imported, on purpose:
 NOT_IMPORTED = {
     "tzdata": "a data package: zoneinfo reads it where /usr/share/zoneinfo is missing",
-    "prometheus-client": "/metrics, being added (issue 13 point 9, another branch)",
 }
 
 

@@ -7,7 +7,7 @@ import random
 import re
 
 import pytest
-from firmware_sim.hub import batch_parts, beacon_mac, beacon_readings, delivery_order
+from firmware_sim.hub import HubOptions, SimulatedHub, batch_parts, beacon_mac, beacon_readings, delivery_order
 
 from drivers.hub import HubDriver
 from gateway.core.errors import PayloadError
@@ -80,3 +80,15 @@ def test_the_simulators_delivery_order_shuffles_repeats_and_leaves_out_parts() -
     for index in {i for i in order if order.count(i) == 2}:  # a repeat comes after the first copy
         first = order.index(index)
         assert index in order[first + 1:]
+
+
+def test_the_hub_simulator_never_stamps_two_relayed_readings_with_one_time() -> None:
+    """Batches sent back to back (no interval) used to overlap their millisecond stamps: beacon n of the
+    second batch had beacon n+k's time of the first, and two readings of one logical device shared a time."""
+    hub = SimulatedHub(HubOptions(hub_id="HUB-1", beacons=300), clock=lambda: 1763800000.0)
+    stamps = []
+    for _ in range(3):
+        _, parts, _ = hub.next_batch()
+        hub.batches += 1
+        stamps += [r["ts"] for p in parts for r in json.loads(p)["readings"]]
+    assert len(stamps) == len(set(stamps)) == 900

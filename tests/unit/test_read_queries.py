@@ -82,7 +82,9 @@ async def test_command_log_rows_in_the_controllers_json_form_newest_first(db: ai
         ("c3", "AP-02", "turnOn", None, "panel", "timeout", 3, 30.0, 30.0, 90.0, 120.0, "no ack after 3 attempts",
          None, None),
     ]
-    await db.executemany("INSERT INTO command_log VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    await db.executemany(
+        "INSERT INTO command_log (command_id, device_id, action, value, source, status, attempts, created_at, sent_at,"
+        " last_sent_at, finished_at, error, state, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
     log = await rq.command_log(db, "AP-01", limit=10)
     assert [r["commandId"] for r in log] == ["c2", "c1"]
@@ -90,9 +92,12 @@ async def test_command_log_rows_in_the_controllers_json_form_newest_first(db: ai
         "commandId": "c1", "device": "AP-01", "action": "setFanSpeed", "value": 3, "source": "api",
         "status": "acked", "attempts": 1, "createdAt": 10.0, "sentAt": 10.1, "lastSentAt": 10.1,
         "finishedAt": 10.2, "error": None, "state": {"fanSpeed": 3, "powerOn": True}, "note": None,
+        "cause": None, "attemptLog": [],
     }
     assert log[0]["state"] is None and log[0]["note"].startswith("queued")
     assert [r["commandId"] for r in await rq.command_log(db, "AP-01", limit=1)] == ["c2"]
+    assert await rq.command(db, "c3") == (await rq.command_log(db, "AP-02", limit=1))[0]
+    assert await rq.command(db, "nope") is None
 
 
 async def test_schedule_runs_newest_first_capped_at_fifty(db: aiosqlite.Connection) -> None:

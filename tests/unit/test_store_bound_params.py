@@ -120,7 +120,7 @@ async def test_device_controlled_text_round_trips_byte_exact(tmp_path: Path, pat
         assert (f"HUB {text}", f"done {text}", 1763800005.0 + i, 1) in rows["hub_batches_closed"]
         assert (f"T-{i} {text}", 1763800005.0 + i) in [r[1:3] for r in rows["readings"]]
         [command] = [r for r in rows["command_log"] if r[0] == f"c{i} {text}"]
-        assert command[1:3] == (device, text) and command[12:] == (json.dumps({"text": text}, ensure_ascii=False,
+        assert command[1:3] == (device, text) and command[12:14] == (json.dumps({"text": text}, ensure_ascii=False,
                                                                                 separators=(",", ":")), text)
         [state] = [r for r in rows["device_state"] if r[0] == device]
         assert state[1:3] == (1, 1763800002.0 + i)
