@@ -59,7 +59,7 @@ class Gateway:
                  ble_backends: BleBackends | None = None, demo: bool = False):
         # The demo's published credentials are refused outside `edge-gateway demo` (at start and on reload).
         self._demo = demo
-        _refuse_demo_credentials(loaded, demo)
+        demo_credentials.check_allowed(loaded, demo=demo)
         self.loaded = loaded
         self.clock = clock or SystemClock()
         self.metrics = Metrics()
@@ -217,7 +217,7 @@ class Gateway:
         self.notifier.reloading()
         try:
             new = load_settings(self.loaded.path)
-            _refuse_demo_credentials(new, self._demo)
+            demo_credentials.check_allowed(new, demo=self._demo)
         except ConfigError as exc:
             log.error("config.reload_rejected", errors=exc.errors, kept="previous configuration")
             self.metrics.inc("gateway_config_reloads_total", 1, "config reloads", result="rejected")
@@ -381,12 +381,6 @@ class Gateway:
             # Only a loop that still turns can ping: a stuck event loop lets systemd restart us.
             self.notifier.watchdog()
             await asyncio.sleep(interval)
-
-
-def _refuse_demo_credentials(loaded: LoadedSettings, demo: bool) -> None:
-    lines = [] if demo else demo_credentials.refusal(loaded.path, loaded.settings)
-    if lines:
-        raise ConfigError(lines)
 
 
 def _link_runner(run: Callable[[], Awaitable[None]]) -> Callable[[Health], Awaitable[None]]:

@@ -16,8 +16,10 @@ import binascii
 import hashlib
 from typing import TYPE_CHECKING
 
+from gateway.core.errors import ConfigError
+
 if TYPE_CHECKING:
-    from gateway.settings import Settings
+    from gateway.settings import LoadedSettings, Settings
 
 DEMO_GATEWAY_ID = "gw-demo-01"
 DEMO_PASSWORD_TEMPLATE = "demo-{id}"  # the simulator's default --password-template
@@ -72,3 +74,10 @@ def refusal(path: object, settings: Settings) -> list[str]:
     return [*(f"{path}: {where}: {message}" for where, message in found),
             f"{path}: refused: demo credentials are for `edge-gateway demo` only (a production config: "
             "`edge-gateway init-config`, devices: `edge-gateway device add`)"]
+
+
+def check_allowed(loaded: LoadedSettings, *, demo: bool) -> None:
+    """Raise ConfigError naming every demo credential of `loaded`, unless it runs as the demo."""
+    lines = [] if demo else refusal(loaded.path, loaded.settings)
+    if lines:
+        raise ConfigError(lines)
