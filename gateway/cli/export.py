@@ -46,7 +46,7 @@ def register(sub: Any) -> None:
     add_database_options(parser)
     parser.add_argument("--device", action="append", default=[], help="a device id (repeat for more; default all)")
     parser.add_argument("--since", type=timestamp, default=None, help="from this time, inclusive (default: the start)")
-    parser.add_argument("--until", type=timestamp, default=None, help="up to this time, exclusive (default: now on)")
+    parser.add_argument("--until", type=timestamp, default=None, help="up to this time, exclusive (default: no end)")
     parser.add_argument("--format", choices=["csv", "jsonl"], default="csv", help="csv (default) or jsonl")
     parser.add_argument("--output", "-o", type=Path, default=None, help="file to write (default: standard output)")
     parser.set_defaults(handler=run)
