@@ -129,10 +129,6 @@ def split_frame(data: bytes) -> BthomeFrame:
     return BthomeFrame(info, mac, data[pos:-8], int.from_bytes(counter_bytes, "little"), counter_bytes, data[-4:])
 
 
-def nonce(mac: bytes, frame: BthomeFrame) -> bytes:
-    return mac + BTHOME_UUID_LE + bytes((frame.info,)) + frame.counter_bytes
-
-
 def decode_objects(body: bytes) -> tuple[dict[str, MetricValue], dict[str, str]]:
     """The objects of a (decrypted) payload -> (numeric and boolean values, text values); raises PayloadError
     for a truncated object.

@@ -14,15 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from drivers.ble import atc, bthome, ruuvi
 from drivers.ble.ad import COMPANY_RUUVI, UUID_BTHOME, UUID_ENVIRONMENTAL_SENSING, Advertisement, uuid128_of
+from drivers.ble.aes_ccm import AesCcm, InvalidTag
 from gateway.core.errors import PayloadError
 from gateway.core.models import MetricValue, Reading
-
-if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.ciphers.aead import AESCCM
 
 AdvertFormat = Literal["bthome", "ruuvi", "atc", "pvvx"]
 
@@ -43,7 +41,10 @@ FORMATS: dict[str, FormatSpec] = {
 
 PACKET_ID_WINDOW_S = 4.0  # bthome-ble's rule: within this, a packet id not 1..63 ahead is a repeat or older
 COUNTER_RESTART_BELOW = 100  # an encryption counter restarting below this (battery change, wrap) is accepted
-PVVX_COUNTER_WINDOW_S = 300.0  # pvvx's 8-bit counter is compared only with one accepted this recently
+PVVX_COUNTER_WINDOW_S = 300.0
+# BTHome device-info byte: version (bits 5-7), MAC included (bit 1), encrypted (bit 0); 2, no MAC, encrypted
+_INFO_CHECKED = 0xE3
+_ENCRYPTED_NO_MAC = 0x41  # pvvx's 8-bit counter is compared only with one accepted this recently
 
 
 class BleDeviceConfig(Protocol):
@@ -71,10 +72,8 @@ def normalize_mac(mac: str) -> str:
     return ":".join(digits[i:i + 2] for i in range(0, 12, 2))
 
 
-def make_cipher(bindkey: bytes) -> AESCCM:
-    from cryptography.hazmat.primitives.ciphers.aead import AESCCM  # only devices with a bindkey need it
-
-    return AESCCM(bindkey, tag_length=4)
+def make_cipher(bindkey: bytes) -> AesCcm:
+    return AesCcm(bindkey)
 
 
 Values = tuple[dict[str, MetricValue], dict[str, Any]]  # numbers and booleans (metrics); text (extra)
@@ -105,6 +104,7 @@ class DeviceAdvertDecoder:
         self.spec = FORMATS[device.format]
         self.service_uuid = uuid128_of(self.spec.key) if self.spec.source == "service" else None
         self._mac_bytes = bytes.fromhex(self.mac.replace(":", ""))
+        self._bthome_nonce_prefix = self._mac_bytes + bthome.BTHOME_UUID_LE
         self._cipher = make_cipher(bytes.fromhex(device.bindkey)) if device.bindkey else None
         self._min_interval = device.min_interval_seconds
         self._repeat_unchanged = device.unchanged_repeat_seconds
@@ -165,21 +165,26 @@ class DeviceAdvertDecoder:
         self.repeats += 1
 
     def _bthome(self, payload: bytes, received_at: float) -> Values | None:
-        frame = None
+        encrypted = False
         if payload[:1] == b"\x40" and self._cipher is None:  # plain, no MAC inside: the common case
-            body = payload[1:]
+            body: bytes | None = payload[1:]
+        elif self._cipher is not None and len(payload) >= 11 and payload[0] & _INFO_CHECKED == _ENCRYPTED_NO_MAC:
+            # encrypted, no MAC inside: the common encrypted case, read in place (no frame object)
+            body = self._decrypt_bthome(payload, self._bthome_nonce_prefix, 1)
+            encrypted = True
         else:
             frame = bthome.split_frame(payload)
             if frame.encrypted:
-                decrypted = self._decrypt_bthome(payload, frame)
-                if decrypted is None:
-                    return None
-                body = decrypted
+                prefix = self._bthome_nonce_prefix if frame.mac is None else frame.mac + bthome.BTHOME_UUID_LE
+                body = self._decrypt_bthome(payload, prefix, 1 if frame.mac is None else 7)
+                encrypted = True
             elif self._cipher is not None:
                 raise PayloadError("BTHome: unencrypted advertisement from a device with a bindkey "
                                    "(downgrade refused)")
             else:
                 body = frame.body
+        if body is None:
+            return None
         values = bthome.decode_objects(body)
         packet_id = values[0].get("packet_id")
         if isinstance(packet_id, int):
@@ -189,24 +194,27 @@ class DeviceAdvertDecoder:
                 return None
             self._packet_id = packet_id
             self._packet_at = received_at
-        if frame is not None and frame.counter is not None:
-            values[0]["encryption_counter"] = frame.counter
+        if encrypted and self._counter is not None:  # the decryption set it
+            values[0]["encryption_counter"] = self._counter
         return values
 
-    def _decrypt_bthome(self, payload: bytes, frame: bthome.BthomeFrame) -> bytes | None:
+    def _decrypt_bthome(self, payload: bytes, nonce_prefix: bytes, start: int) -> bytes | None:
+        """An encrypted BTHome frame whose ciphertext starts at `start` (after the device-info byte, and the MAC
+        when inside) -> its objects; None for the device's last authentic advert again. `nonce_prefix`: the
+        MAC (display order) and the UUID. The frame's length was checked by the caller or `split_frame`."""
         if self._cipher is None:
             raise PayloadError("BTHome: encrypted advertisement but no bindkey configured for this device")
         if payload == self._authentic_payload:
             self._repeat()  # the device repeats its last advertisement: nothing new, nothing replayed
             return None
-        counter = frame.counter
-        assert counter is not None
+        counter_bytes = payload[-8:-4]
+        counter = int.from_bytes(counter_bytes, "little")
         last = self._counter
         if last is not None and counter <= last and not counter < COUNTER_RESTART_BELOW <= last:
             raise PayloadError(f"BTHome: encryption counter {counter} is not above the last one, {last} "
                                "(replayed or decreasing: refused)")
-        body = self._aes_ccm(self._cipher, bthome.nonce(frame.mac or self._mac_bytes, frame),
-                             frame.body + frame.mic, None, "BTHome")
+        body = self._aes_ccm(self._cipher, nonce_prefix + payload[:1] + counter_bytes,
+                             payload[start:-8] + payload[-4:], None, "BTHome")
         self._counter = counter
         self._authentic_payload = payload
         return body
@@ -238,9 +246,7 @@ class DeviceAdvertDecoder:
         return split_values(atc.decode_decrypted(plain, counter))
 
     @staticmethod
-    def _aes_ccm(cipher: AESCCM, nonce: bytes, data: bytes, aad: bytes | None, name: str) -> bytes:
-        from cryptography.exceptions import InvalidTag
-
+    def _aes_ccm(cipher: AesCcm, nonce: bytes, data: bytes, aad: bytes | None, name: str) -> bytes:
         try:
             return cipher.decrypt(nonce, data, aad)
         except InvalidTag:

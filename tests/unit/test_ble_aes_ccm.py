@@ -1,0 +1,50 @@
+"""drivers/ble/aes_ccm.py (OpenSSL's AES-CCM through ctypes) against `cryptography`'s AESCCM, the reference."""
+
+from __future__ import annotations
+
+import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESCCM
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from drivers.ble.aes_ccm import AesCcm, InvalidTag
+
+KEYS = st.binary(min_size=16, max_size=16)
+NONCES = st.integers(7, 13).flatmap(lambda n: st.binary(min_size=n, max_size=n))
+AADS = st.one_of(st.none(), st.binary(min_size=1, max_size=20))
+
+
+@settings(max_examples=300, deadline=None)
+@given(key=KEYS, nonce=NONCES, plain=st.binary(max_size=40), aad=AADS, flip=st.integers(0, 10_000))
+def test_it_agrees_with_cryptography_and_refuses_any_flipped_bit(key: bytes, nonce: bytes, plain: bytes,
+                                                                  aad: bytes | None, flip: int) -> None:
+    sealed = AESCCM(key, tag_length=4).encrypt(nonce, plain, aad)
+    ours = AesCcm(key)
+    assert ours.encrypt(nonce, plain, aad) == sealed
+    assert ours.decrypt(nonce, sealed, aad) == plain
+    forged = bytearray(sealed)
+    forged[flip % len(forged)] ^= 1 << (flip % 8)
+    with pytest.raises(InvalidTag):
+        ours.decrypt(nonce, bytes(forged), aad)
+    assert ours.decrypt(nonce, sealed, aad) == plain  # usable again after a refusal
+    assert ours.encrypt(nonce, plain, aad) == sealed  # and in the other direction
+
+
+def test_one_cipher_takes_nonces_of_either_format_in_turn() -> None:
+    key = bytes(range(16))
+    reference = AESCCM(key, tag_length=4)
+    ours = AesCcm(key)
+    for nonce, aad in ((bytes(13), None), (bytes(11), b"\x11"), (bytes(range(13)), None)):
+        assert ours.decrypt(nonce, reference.encrypt(nonce, b"\x02\xc4\x09", aad), aad) == b"\x02\xc4\x09"
+
+
+@pytest.mark.parametrize(("key", "nonce", "data"), [
+    (bytes(15), bytes(13), bytes(8)),  # AES-128 only
+    (bytes(16), bytes(6), bytes(8)),  # nonce shorter than CCM allows
+    (bytes(16), bytes(14), bytes(8)),
+    (bytes(16), bytes(13), bytes(3)),  # shorter than the MIC
+    (bytes(16), bytes(13), bytes(256)),  # longer than an advertisement
+])
+def test_impossible_arguments_are_refused_before_openssl_sees_them(key: bytes, nonce: bytes, data: bytes) -> None:
+    with pytest.raises(ValueError):
+        AesCcm(key).decrypt(nonce, data)
