@@ -8,16 +8,23 @@ nothing is dropped as a repeat) go through the whole per-advert path of the scan
 (state checks, decryption, decoding) and the Reading it makes (`rate`), and through the hub's path, the raw
 advertisement parsed first (`raw_rate`). CPU time of this process only (one core). Import cost: the RSS a fresh
 interpreter gains importing the decoders, and the BLE link (bleak); where installed, bthome-ble's and
-ruuvitag-sensor's decoders are measured the same way, for the choice between them and ours. Prints figures,
-asserts nothing about time.
+ruuvitag-sensor's decoders are measured the same way, for the choice between them and ours.
+
+Daemon memory: the gateway as `edge-gateway run` runs it (tests/bench/ble_rss_probe.py), with 10 hubs, then
+with 50 BLE sensors besides (20 BTHome, 10 Ruuvi, 10 ATC, 10 pvvx; 15 of them with a bindkey), the radio off
+(heard through hubs only) and on (bleak's BlueZ backend; without a Bluetooth controller its start fails and is
+retried, after the same imports as in production). RSS after settling, median of the rounds, and its growth
+over the hubs-only gateway (issue 15's target: <= 4 MB). Prints figures, asserts nothing about time.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +35,7 @@ from firmware_sim.ble.sensors import SimulatedBleSensor
 
 from drivers.ble.hub_adverts import BleAdvertDecoder
 from tests.bench.common import REPO, run_and_report
+from tests.fixtures.gateway import free_port, write_config
 
 MAC = "A4:C1:38:8D:18:B2"
 KEY = bytes.fromhex("231d39c1d7cc1ab1aee224cd096db932")
@@ -41,8 +49,8 @@ FORMATS: dict[str, tuple[str, bool]] = {
 
 # module to import -> what it is (import cost, RSS of a fresh interpreter)
 IMPORTS: dict[str, str] = {
-    "drivers.ble.formats": "our decoders",
-    "drivers.ble.formats,cryptography.hazmat.primitives.ciphers.aead": "our decoders + AES-CCM",
+    "drivers.ble.formats": "our decoders + AES-CCM",
+    "cryptography.hazmat.primitives.ciphers.aead": "cryptography's AESCCM",
     "drivers.ble.link": "our BLE link (bleak)",
     "drivers.ble.link,bleak.backends.bluezdbus.scanner,bleak.backends.bluezdbus.client": "... + BlueZ backend",
     "bthome_ble": "bthome-ble",
@@ -166,6 +174,51 @@ def import_costs() -> dict[str, float]:
     return figures
 
 
+HUBS = [f"HUB-{n:02d}" for n in range(1, 11)]
+SENSOR_FORMATS = ["bthome"] * 20 + ["ruuvi"] * 10 + ["atc"] * 10 + ["pvvx"] * 10
+# the gateway's configs: hubs only (the reference), and 50 BLE sensors besides with the radio off and on
+DAEMON_CASES = {"hubs": None, "radio_off": False, "radio_on": True}
+MEMORY_FIELDS = ("VmRSS", "RssAnon", "RssFile")
+
+
+def _ble_section(radio: bool) -> str:
+    lines = ["[ble]", f"radio = {'true' if radio else 'false'}"]
+    for n, fmt in enumerate(SENSOR_FORMATS):
+        lines += ["[[ble.devices]]", f'id = "B-{n:02d}"', f'mac = "A4:C1:38:00:00:{n:02X}"', f'format = "{fmt}"']
+        if fmt in ("bthome", "pvvx") and n % 2:
+            lines.append(f'bindkey = "{KEY.hex()}"')
+    return "\n".join(lines)
+
+
+def daemon_memory(rounds: int, settle_seconds: float) -> dict[str, Any]:
+    """RSS of the running gateway per case (MB, medians), its growth over hubs only, the packages each case adds."""
+    samples: dict[str, list[dict[str, Any]]] = {case: [] for case in DAEMON_CASES}
+    for _ in range(rounds):
+        for case, radio in DAEMON_CASES.items():
+            with tempfile.TemporaryDirectory() as folder:
+                config = write_config(Path(folder), devices=HUBS, kinds=dict.fromkeys(HUBS, "hub"), port=free_port(),
+                                      api="enabled = false",
+                                      extra="[hubs]\n" + ("" if radio is None else _ble_section(radio)))
+                out = subprocess.run([sys.executable, "-m", "tests.bench.ble_rss_probe", str(config),
+                                      str(settle_seconds)], capture_output=True, text=True, cwd=REPO, check=True,
+                                     timeout=120).stdout
+                samples[case].append(json.loads(out.strip().splitlines()[-1]))
+    figures: dict[str, Any] = {}
+    for case in DAEMON_CASES:
+        for field in MEMORY_FIELDS:
+            figures[f"daemon_{field}_mb[{case}]"] = statistics.median(s[field] for s in samples[case]) / 1024
+        figures[f"daemon_rss_mb[{case}]"] = figures[f"daemon_VmRSS_mb[{case}]"]
+        if case != "hubs":
+            for field in MEMORY_FIELDS:
+                figures[f"daemon_{field}_mb_growth[{case}]"] = (figures[f"daemon_{field}_mb[{case}]"]
+                                                                - figures[f"daemon_{field}_mb[hubs]"])
+            figures[f"daemon_rss_mb_growth_{case}"] = figures[f"daemon_VmRSS_mb_growth[{case}]"]
+            figures[f"daemon_packages_added[{case}]"] = sorted(set(samples[case][-1]["packages"])
+                                                               - set(samples["hubs"][-1]["packages"]))
+    figures["daemon_rss_samples_kb"] = {case: [s["VmRSS"] for s in samples[case]] for case in DAEMON_CASES}
+    return figures
+
+
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
     n = 2_000 if args.smoke else args.adverts
     rounds = 1 if args.smoke else args.rounds
@@ -181,6 +234,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     for key in per_round[0]:
         results[key] = float(statistics.median(r[key] for r in per_round))
     results.update(import_costs())
+    results.update(daemon_memory(rounds, 1.0 if args.smoke else 2.0))
     return results
 
 
@@ -196,6 +250,15 @@ def report(r: dict[str, Any]) -> str:
     for modules, what in IMPORTS.items():
         mb = r[f"import_mb[{modules}]"]
         lines.append(f"  {what:28} " + ("not installed" if mb != mb else f"{mb:5.1f} MB"))
+    lines.append(f"daemon memory, 10 hubs + {len(SENSOR_FORMATS)} BLE sensors (median of {len(r['rounds'])}; "
+                 "growth over 10 hubs alone, target <= 4 MB):")
+    for case in DAEMON_CASES:
+        line = f"  {case:10} RSS {r[f'daemon_rss_mb[{case}]']:6.1f} MB"
+        if case != "hubs":
+            line += "  growth " + ", ".join(f"{field} {r[f'daemon_{field}_mb_growth[{case}]']:+5.2f} MB"
+                                             for field in MEMORY_FIELDS)
+            line += f"; packages added: {', '.join(r[f'daemon_packages_added[{case}]']) or 'none'}"
+        lines.append(line)
     return "\n".join(lines)
 
 
