@@ -111,28 +111,30 @@ class AesCcm:
         self._encrypt = encrypt
         self._nonce_length = nonce_length
 
-    def decrypt(self, nonce: bytes, data: bytes, aad: bytes | None = None) -> bytes:
-        """`data` = ciphertext + MIC -> the plaintext; InvalidTag when the MIC does not match."""
-        if not MIC_LENGTH <= len(data) <= MAX_MESSAGE:
-            raise ValueError(f"AES-CCM: {len(data)} bytes of data ({MIC_LENGTH}..{MAX_MESSAGE})")
+    def decrypt(self, nonce: bytes, ciphertext: bytes, mic: bytes, aad: bytes | None = None) -> bytes:
+        """The ciphertext and its MIC -> the plaintext; InvalidTag when the MIC does not match. (The MIC apart:
+        encrypted adverts carry a counter between the two, so joining them would cost a copy.)"""
+        size = len(ciphertext)
+        if size > MAX_MESSAGE or len(mic) != MIC_LENGTH:
+            raise ValueError(f"AES-CCM: {size} bytes of ciphertext (at most {MAX_MESSAGE}), a {len(mic)}-byte MIC "
+                             f"({MIC_LENGTH})")
         if self._encrypt or len(nonce) != self._nonce_length:
             self._setup(encrypt=False, nonce_length=len(nonce))
         ctx, out, out_length, update = self._ctx, self._out, self._out_length, self._decrypt_update
-        size = len(data) - MIC_LENGTH
-        if (self._set_tag(ctx, _CTRL_AEAD_SET_TAG, MIC_LENGTH, data[size:]) != 1
+        if (self._set_tag(ctx, _CTRL_AEAD_SET_TAG, MIC_LENGTH, mic) != 1
                 or self._decrypt_init(ctx, None, None, None, nonce) != 1):
             raise RuntimeError("OpenSSL refused the AES-CCM nonce or MIC")
         if aad and (update(ctx, None, out_length, None, size) != 1
                     or update(ctx, None, out_length, aad, len(aad)) != 1):
             raise RuntimeError("OpenSSL refused the AES-CCM associated data")
-        if update(ctx, out, out_length, data[:size], size) != 1:
+        if update(ctx, out, out_length, ciphertext, size) != 1:
             # OpenSSL leaves the context unusable after a MIC mismatch: set it up again
             self._setup(encrypt=False, nonce_length=self._nonce_length)
             raise InvalidTag
         return out.raw[:size]
 
-    def encrypt(self, nonce: bytes, data: bytes, aad: bytes | None = None) -> bytes:
-        """The plaintext -> ciphertext + MIC (the simulated sensors' side)."""
+    def encrypt(self, nonce: bytes, data: bytes, aad: bytes | None = None) -> tuple[bytes, bytes]:
+        """The plaintext -> (ciphertext, MIC)."""
         if len(data) > MAX_MESSAGE - MIC_LENGTH:
             raise ValueError(f"AES-CCM: {len(data)} bytes of plaintext (at most {MAX_MESSAGE - MIC_LENGTH})")
         if not self._encrypt or len(nonce) != self._nonce_length:
@@ -148,4 +150,4 @@ class AesCcm:
         if lib.EVP_EncryptFinal_ex(ctx, out, out_length) != 1 \
                 or lib.EVP_CIPHER_CTX_ctrl(ctx, _CTRL_AEAD_GET_TAG, MIC_LENGTH, out) != 1:
             raise RuntimeError("OpenSSL refused the AES-CCM tag")
-        return ciphertext + out.raw[:MIC_LENGTH]
+        return ciphertext, out.raw[:MIC_LENGTH]

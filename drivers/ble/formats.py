@@ -213,8 +213,8 @@ class DeviceAdvertDecoder:
         if last is not None and counter <= last and not counter < COUNTER_RESTART_BELOW <= last:
             raise PayloadError(f"BTHome: encryption counter {counter} is not above the last one, {last} "
                                "(replayed or decreasing: refused)")
-        body = self._aes_ccm(self._cipher, nonce_prefix + payload[:1] + counter_bytes,
-                             payload[start:-8] + payload[-4:], None, "BTHome")
+        body = self._aes_ccm(self._cipher, nonce_prefix + payload[:1] + counter_bytes, payload[start:-8],
+                             payload[-4:], None, "BTHome")
         self._counter = counter
         self._authentic_payload = payload
         return body
@@ -238,16 +238,16 @@ class DeviceAdvertDecoder:
                 and not 0 < (counter - last) % 256 < 128:
             raise PayloadError(f"pvvx: counter {counter} is not ahead of the last one, {last} "
                                "(replayed or decreasing: refused)")
-        plain = self._aes_ccm(self._cipher, atc.pvvx_nonce(self._mac_bytes, payload), payload[1:], atc.PVVX_AAD,
-                              "pvvx")
+        plain = self._aes_ccm(self._cipher, atc.pvvx_nonce(self._mac_bytes, payload), payload[1:-4], payload[-4:],
+                              atc.PVVX_AAD, "pvvx")
         self._counter = counter
         self._counter_at = received_at
         self._authentic_payload = payload
         return split_values(atc.decode_decrypted(plain, counter))
 
     @staticmethod
-    def _aes_ccm(cipher: AesCcm, nonce: bytes, data: bytes, aad: bytes | None, name: str) -> bytes:
+    def _aes_ccm(cipher: AesCcm, nonce: bytes, ciphertext: bytes, mic: bytes, aad: bytes | None, name: str) -> bytes:
         try:
-            return cipher.decrypt(nonce, data, aad)
+            return cipher.decrypt(nonce, ciphertext, mic, aad)
         except InvalidTag:
             raise PayloadError(f"{name}: decryption failed (MIC mismatch: wrong bindkey, or forged)") from None

@@ -23,14 +23,14 @@ def test_it_agrees_with_cryptography_and_refuses_any_flipped_bit(key: bytes, non
                                                                   aad: bytes | None, flip: int) -> None:
     sealed = AESCCM(key, tag_length=4).encrypt(nonce, plain, aad)
     ours = AesCcm(key)
-    assert ours.encrypt(nonce, plain, aad) == sealed
-    assert ours.decrypt(nonce, sealed, aad) == plain
+    assert ours.encrypt(nonce, plain, aad) == (sealed[:-4], sealed[-4:])
+    assert ours.decrypt(nonce, sealed[:-4], sealed[-4:], aad) == plain
     forged = bytearray(sealed)
     forged[flip % len(forged)] ^= 1 << (flip % 8)
     with pytest.raises(InvalidTag):
-        ours.decrypt(nonce, bytes(forged), aad)
-    assert ours.decrypt(nonce, sealed, aad) == plain  # usable again after a refusal
-    assert ours.encrypt(nonce, plain, aad) == sealed  # and in the other direction
+        ours.decrypt(nonce, bytes(forged[:-4]), bytes(forged[-4:]), aad)
+    assert ours.decrypt(nonce, sealed[:-4], sealed[-4:], aad) == plain  # usable again after a refusal
+    assert ours.encrypt(nonce, plain, aad) == (sealed[:-4], sealed[-4:])  # and in the other direction
 
 
 def test_one_cipher_takes_nonces_of_either_format_in_turn() -> None:
@@ -38,19 +38,21 @@ def test_one_cipher_takes_nonces_of_either_format_in_turn() -> None:
     reference = AESCCM(key, tag_length=4)
     ours = AesCcm(key)
     for nonce, aad in ((bytes(13), None), (bytes(11), b"\x11"), (bytes(range(13)), None)):
-        assert ours.decrypt(nonce, reference.encrypt(nonce, b"\x02\xc4\x09", aad), aad) == b"\x02\xc4\x09"
+        sealed = reference.encrypt(nonce, b"\x02\xc4\x09", aad)
+        assert ours.decrypt(nonce, sealed[:-4], sealed[-4:], aad) == b"\x02\xc4\x09"
 
 
-@pytest.mark.parametrize(("key", "nonce", "data"), [
-    (bytes(15), bytes(13), bytes(8)),  # AES-128 only
-    (bytes(16), bytes(6), bytes(8)),  # nonce shorter than CCM allows
-    (bytes(16), bytes(14), bytes(8)),
-    (bytes(16), bytes(13), bytes(3)),  # shorter than the MIC
-    (bytes(16), bytes(13), bytes(256)),  # longer than an advertisement
+@pytest.mark.parametrize(("key", "nonce", "ciphertext", "mic"), [
+    (bytes(15), bytes(13), bytes(8), bytes(4)),  # AES-128 only
+    (bytes(16), bytes(6), bytes(8), bytes(4)),  # nonce shorter than CCM allows
+    (bytes(16), bytes(14), bytes(8), bytes(4)),
+    (bytes(16), bytes(13), bytes(8), bytes(3)),  # a MIC of 4 bytes only
+    (bytes(16), bytes(13), bytes(256), bytes(4)),  # longer than an advertisement
 ])
-def test_impossible_arguments_are_refused_before_openssl_sees_them(key: bytes, nonce: bytes, data: bytes) -> None:
+def test_impossible_arguments_are_refused_before_openssl_sees_them(key: bytes, nonce: bytes, ciphertext: bytes,
+                                                                   mic: bytes) -> None:
     with pytest.raises(ValueError):
-        AesCcm(key).decrypt(nonce, data)
+        AesCcm(key).decrypt(nonce, ciphertext, mic)
 
 
 def test_decrypting_adverts_loads_no_crypto_package() -> None:
