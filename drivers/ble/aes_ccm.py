@@ -2,14 +2,15 @@
 
 Encrypted BTHome and pvvx adverts need AES-CCM with a 13- or 11-byte nonce and a 4-byte MIC. Python's `ssl` and
 `hashlib` modules are linked against libcrypto, so its AES-CCM is in the gateway's process anyway; calling it
-through ctypes (also loaded by the gateway already) costs about 0.1 MB of RSS, where importing `cryptography`
-costs 6-7 MB (its own statically linked OpenSSL). The functions used (EVP_CIPHER_CTX_*, EVP_aes_128_ccm,
-EVP_{De,En}cryptInit_ex/Update) are the same in OpenSSL 1.1 and 3.x.
+through ctypes (also loaded by the gateway already) cost the daemon 0.2 MB of RSS with 15 devices with a bindkey,
+where importing `cryptography` cost it 6.6 MB (its own statically linked OpenSSL; tests/bench/bench_ble.py). The
+functions used (EVP_CIPHER_CTX_*, EVP_aes_128_ccm, EVP_{De,En}cryptInit_ex/Update) are the same in OpenSSL 1.1
+and 3.x; EVP_DecryptInit_ex2 (3.0) is used where present.
 
 `AesCcm(key)` holds one cipher context with the key schedule set once (again only when the direction or the
-nonce length changes, or after a MIC mismatch); each call sets only the nonce and tag,
-so a device's adverts cost three or five C calls and no key expansion. Not thread-safe (one per device, used on
-the event loop).
+nonce length changes, or after a MIC mismatch); each decryption sets only the nonce and MIC (one call with
+OpenSSL 3, two with 1.1) and decrypts (one call, three with associated data): no key expansion per advert.
+Not thread-safe (one per device, used on the event loop).
 """
 
 from __future__ import annotations
@@ -26,6 +27,15 @@ MAX_MESSAGE = 255  # a BLE advertisement's AD structure is shorter
 _CTRL_AEAD_SET_IVLEN = 0x9
 _CTRL_AEAD_GET_TAG = 0x10
 _CTRL_AEAD_SET_TAG = 0x11
+_OSSL_PARAM_OCTET_STRING = 5
+_OSSL_PARAM_UNMODIFIED = 2**64 - 1  # SIZE_MAX on the 64-bit platforms; OpenSSL only compares it
+
+
+class _OsslParam(ctypes.Structure):
+    """OpenSSL 3's OSSL_PARAM: how EVP_DecryptInit_ex2 takes the MIC in the same call as the nonce."""
+
+    _fields_ = (("key", ctypes.c_char_p), ("data_type", ctypes.c_uint), ("data", ctypes.c_void_p),
+                ("data_size", ctypes.c_size_t), ("return_size", ctypes.c_size_t))
 
 
 class InvalidTag(Exception):  # the name AES-CCM libraries give it
@@ -71,10 +81,12 @@ def _declare(lib: Any) -> Any:
 class AesCcm:
     """AES-128-CCM with a 7..13-byte nonce and a 4-byte MIC, the key set once."""
 
-    __slots__ = ("_ctx", "_decrypt_init", "_decrypt_update", "_encrypt", "_key", "_lib", "_nonce_length", "_out",
-                 "_out_length", "_set_tag")
+    __slots__ = ("_ctx", "_decrypt_init", "_decrypt_init_with_mic", "_decrypt_update", "_encrypt", "_key", "_lib",
+                 "_mic", "_mic_params", "_nonce_length", "_out", "_out_length", "_set_tag")
 
-    def __init__(self, key: bytes) -> None:
+    def __init__(self, key: bytes, *, mic_in_init: bool = True) -> None:
+        """`mic_in_init`: with OpenSSL 3, give the MIC and the nonce in one call (EVP_DecryptInit_ex2); without
+        it, or where libcrypto is 1.1, the MIC is set by a call of its own."""
         if len(key) != 16:
             raise ValueError(f"AES-128-CCM takes a 16-byte key, not {len(key)} bytes")
         lib = _libcrypto()
@@ -91,6 +103,11 @@ class AesCcm:
         self._decrypt_init = lib.EVP_DecryptInit_ex
         self._decrypt_update = lib.EVP_DecryptUpdate
         self._set_tag = lib.EVP_CIPHER_CTX_ctrl
+        self._decrypt_init_with_mic = getattr(lib, "EVP_DecryptInit_ex2", None) if mic_in_init else None
+        self._mic = ctypes.create_string_buffer(MIC_LENGTH)
+        self._mic_params = (_OsslParam * 2)(  # the MIC, then the terminating empty entry
+            _OsslParam(b"tag", _OSSL_PARAM_OCTET_STRING, ctypes.addressof(self._mic), MIC_LENGTH,
+                       _OSSL_PARAM_UNMODIFIED))
         self._setup(encrypt=False, nonce_length=13)
 
     def __del__(self) -> None:
@@ -121,7 +138,12 @@ class AesCcm:
         if self._encrypt or len(nonce) != self._nonce_length:
             self._setup(encrypt=False, nonce_length=len(nonce))
         ctx, out, out_length, update = self._ctx, self._out, self._out_length, self._decrypt_update
-        if (self._set_tag(ctx, _CTRL_AEAD_SET_TAG, MIC_LENGTH, mic) != 1
+        init_with_mic = self._decrypt_init_with_mic
+        if init_with_mic is not None:
+            self._mic.raw = mic
+            if init_with_mic(ctx, None, None, nonce, self._mic_params) != 1:
+                raise RuntimeError("OpenSSL refused the AES-CCM nonce or MIC")
+        elif (self._set_tag(ctx, _CTRL_AEAD_SET_TAG, MIC_LENGTH, mic) != 1
                 or self._decrypt_init(ctx, None, None, None, nonce) != 1):
             raise RuntimeError("OpenSSL refused the AES-CCM nonce or MIC")
         if aad and (update(ctx, None, out_length, None, size) != 1

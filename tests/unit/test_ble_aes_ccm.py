@@ -18,11 +18,14 @@ AADS = st.one_of(st.none(), st.binary(min_size=1, max_size=20))
 
 
 @settings(max_examples=300, deadline=None)
-@given(key=KEYS, nonce=NONCES, plain=st.binary(max_size=40), aad=AADS, flip=st.integers(0, 10_000))
+@given(key=KEYS, nonce=NONCES, plain=st.binary(max_size=40), aad=AADS, flip=st.integers(0, 10_000),
+       mic_in_init=st.booleans())
 def test_it_agrees_with_cryptography_and_refuses_any_flipped_bit(key: bytes, nonce: bytes, plain: bytes,
-                                                                  aad: bytes | None, flip: int) -> None:
+                                                                  aad: bytes | None, flip: int,
+                                                                  mic_in_init: bool) -> None:
+    """Both ways of giving OpenSSL the MIC: with the nonce (OpenSSL 3), and by a call of its own (1.1)."""
     sealed = AESCCM(key, tag_length=4).encrypt(nonce, plain, aad)
-    ours = AesCcm(key)
+    ours = AesCcm(key, mic_in_init=mic_in_init)
     assert ours.encrypt(nonce, plain, aad) == (sealed[:-4], sealed[-4:])
     assert ours.decrypt(nonce, sealed[:-4], sealed[-4:], aad) == plain
     forged = bytearray(sealed)
