@@ -11,10 +11,11 @@ import re
 import tomllib
 import zoneinfo
 from datetime import date
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, ValidationError, field_validator, model_validator
 
 from gateway.core.errors import ConfigError
 from gateway.core.passwords import argon2_hash_problem
@@ -94,6 +95,12 @@ class BrokerSection(_Strict):
     connect_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 10.0
     # A disconnected persistent session (and its offline queue) is dropped after this many seconds.
     session_expiry_seconds: Annotated[int, Field(ge=1)] = 3600
+    # Connection limits: a connection over one is closed as soon as it is accepted, before anything is read
+    # (gateway/broker/admission.py). The unit's LimitNOFILE must leave room for max_connections.
+    max_connections: Annotated[int, Field(ge=1)] = 1000  # open connections in total, logged in or not
+    max_pending_connections: Annotated[int, Field(ge=1)] = 200  # connections that have not logged in yet
+    max_connections_per_source: Annotated[int, Field(ge=1)] = 20  # open connections from one address...
+    unlimited_sources: tuple[IPvAnyAddress, ...] = (IPv4Address("127.0.0.1"), IPv6Address("::1"))  # ...but these
 
     @field_validator("listeners")
     @classmethod

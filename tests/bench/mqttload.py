@@ -19,7 +19,7 @@ def _str(text: str) -> bytes:
     return len(data).to_bytes(2, "big") + data
 
 
-def _remaining_length(n: int) -> bytes:
+def remaining_length(n: int) -> bytes:
     out = bytearray()
     while True:
         byte = n % 128
@@ -41,17 +41,17 @@ def connect_packet(
             flags |= 0x40
             payload += _str(password)
     body = _str("MQTT") + bytes([4, flags]) + keepalive.to_bytes(2, "big") + payload
-    return b"\x10" + _remaining_length(len(body)) + body
+    return b"\x10" + remaining_length(len(body)) + body
 
 
 def publish_packet(topic: str, payload: bytes, qos: int, packet_id: int = 0) -> bytes:
     body = _str(topic) + (packet_id.to_bytes(2, "big") if qos else b"") + payload
-    return bytes([0x30 | (qos << 1)]) + _remaining_length(len(body)) + body
+    return bytes([0x30 | (qos << 1)]) + remaining_length(len(body)) + body
 
 
 def subscribe_packet(topic: str, qos: int, packet_id: int = 1) -> bytes:
     body = packet_id.to_bytes(2, "big") + _str(topic) + bytes([qos])
-    return b"\x82" + _remaining_length(len(body)) + body
+    return b"\x82" + remaining_length(len(body)) + body
 
 
 async def _read_packet(reader: asyncio.StreamReader) -> tuple[int, bytes]:

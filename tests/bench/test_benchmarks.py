@@ -37,6 +37,11 @@ def _store(figures: dict[str, Any], mode: str) -> None:
     assert len(figures["rounds"]) == (1 if mode == "smoke" else 3)
 
 
+def _flood(figures: dict[str, Any], mode: str) -> None:
+    # every phase ran: sockets were opened and the device logged in during each
+    assert figures["cycles_s"] > 0 and figures["idle_one_source_opened"] > 0
+
+
 @dataclass(frozen=True)
 class Bench:
     module: str  # tests.bench.<module>
@@ -58,11 +63,15 @@ CONTROL = Bench("bench_control", 180, ("API command -> ack -> API response",), (
 STORE = Bench("bench_store", 120, ("store writer alone", "median: flat out"), (
     "rate", "cpu_us_per_reading", "records_per_commit", "trickle_cpu_us_per_reading",
     "trickle_status_cpu_us_per_step"), _store)
+FLOOD = Bench("bench_flood", 180, ("connect+close cycles", "idle sockets", "out of files"), (
+    "cycles_files_peak", "cycles_login_max_ms", "idle_one_source_files_peak", "idle_one_source_login_max_ms",
+    "idle_many_sources_files_peak", "idle_many_sources_login_max_ms", "connect_rss_growth_mb",
+    "publish_rss_growth_mb", "log_growth_kb"), _flood)
 
 CASES = [
     pytest.param(bench, mode, id=f"{bench.module.removeprefix('bench_')}-{mode}",
                  marks=mode_marks(mode, bench.smoke_timeout))
-    for bench in (INGEST, UPLINK, CONTROL, STORE)
+    for bench in (INGEST, UPLINK, CONTROL, STORE, FLOOD)
     for mode in MODES
 ]
 

@@ -7,6 +7,8 @@ presence, parameter names, attribute types): an upgrade means re-reading this li
 source, then the broker tests.
 
 amqtt.broker.Broker, methods overridden (GuardedBroker in guarded.py, its base RoutingBroker in routing.py):
+  stream_connected             guarded: connection limits before amqtt sees the connection (prelogin.py);
+                               amqtt's listener calls it for every accepted TCP connection
   _initialize_client_session   guarded: credentials are checked before amqtt looks up (and wipes, reuses
                                or takes over) the session of the CONNECT's client id
   _authenticate                guarded: only confirms the session came through that check
@@ -43,7 +45,11 @@ amqtt.mqtt.protocol.broker_handler.BrokerProtocolHandler, per connection (connec
   _disconnect_waiter           the client loop wakes when it is done
   _reader_ready, _reader_stopped
                                Events: our reader loop sets them as amqtt's does; slimmed
-  init_from_connect            guarded: reads and validates the CONNECT (public, shape checked)
+  init_from_connect            prelogin.read_connect: validates the CONNECT (public, shape checked), handed
+                               the packet read whole into amqtt's BufferReader after our size check
+amqtt.mqtt.packet.MQTTFixedHeader.from_stream, .to_bytes
+                               reader_loop and prelogin.read_connect: the remaining length is checked before
+                               a packet's body is read
 amqtt.session.Session:
   _init_states                 replaced for every Session of the process (session_states.install): a light
                                state holder instead of a transitions.Machine (~16 KB a session)
@@ -54,6 +60,9 @@ amqtt.adapters:
   StreamWriterAdapter._writer  connection.transport_of: the asyncio transport, to write PUBACKs and abort
   StreamReaderAdapter._reader  connection.drop_unread: unparsed bytes are dropped at shutdown
 asyncio (Python 3.11 to 3.13):
+  the loop's exception handler gets "socket.accept() out of system resource" for each failed accept
+                               prelogin.AcceptErrors counts those and logs once a minute (public API, the
+                               message text is asyncio's)
   StreamReader._buffer         connection.drop_unread
   Event._waiters               slim_waits: an empty list instead of a deque (~860 bytes an Event)
   Queue._getters, Queue._putters, Queue._finished, Queue._queue

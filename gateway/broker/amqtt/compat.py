@@ -33,6 +33,7 @@ _CONNECTION = ("self", "client_session", "handler")
 # Class -> member -> its parameter names (amqtt 0.12.1's).
 _METHODS: dict[str, dict[str, tuple[str, ...]]] = {
     "amqtt.broker.Broker": {
+        "stream_connected": ("self", "reader", "writer", "listener_name"),
         "_initialize_client_session": ("self", "reader", "writer", "remote_address", "remote_port"),
         "_authenticate": ("self", "session", "_"),
         "_handle_client_session": ("self", "reader", "writer", "client_session", "handler", "server", "listener_name"),
@@ -80,7 +81,8 @@ _METHODS: dict[str, dict[str, tuple[str, ...]]] = {
     "amqtt.broker.Server": {"__init__": ("self", "listener_name", "server_instance", "max_connections")},
     "amqtt.adapters.StreamReaderAdapter": {"__init__": ("self", "reader")},
     "amqtt.adapters.StreamWriterAdapter": {"__init__": ("self", "writer"), "close": ("self",)},
-    "amqtt.mqtt.packet.MQTTFixedHeader": {"from_stream": ("reader",)},
+    "amqtt.mqtt.packet.MQTTFixedHeader": {"from_stream": ("reader",), "to_bytes": ("self",)},
+    "amqtt.adapters.BufferReader": {"__init__": ("self", "buffer"), "read": ("self", "n")},
     "amqtt.mqtt.connack.ConnackPacket": {"build": ("session_parent", "return_code")},
     "amqtt.plugins.manager.PluginManager": {"fire_event": ("self", "event_name", "wait", "method_kwargs")},
     "amqtt.contexts.BrokerConfig": {"get": ("self", "name", "default")},

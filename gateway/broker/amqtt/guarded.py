@@ -42,16 +42,18 @@ from typing import Any, NoReturn
 import structlog
 from amqtt.broker import Broker
 from amqtt.contexts import ListenerConfig
-from amqtt.errors import AMQTTError, MQTTError, NoDataError
-from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
+from amqtt.errors import MQTTError
 from amqtt.session import Session
 
+from gateway.broker.admission import ConnectionAdmission
 from gateway.broker.amqtt import client_loop, connection
 from gateway.broker.amqtt.connection import Connection
 from gateway.broker.amqtt.logins import CredentialCheck, DeviceTable, answer_refused, resume_into
+from gateway.broker.amqtt.prelogin import PreLogin
 from gateway.broker.amqtt.routing import RoutingBroker
 from gateway.core.metrics import Metrics
 from gateway.core.ports import BrokerSink
+from gateway.core.throttle import LogThrottle
 
 log = structlog.get_logger(__name__)
 
@@ -75,9 +77,14 @@ class GuardedBroker(RoutingBroker):
         require_client_cert: frozenset[str] = frozenset(),
         connect_deadline: float = 10.0,
         max_packet: int = 256 * 1024,
+        admission: ConnectionAdmission | None = None,
     ) -> None:
         super().__init__(config, sink=sink, metrics=metrics)
-        self._connect_deadline = connect_deadline
+        self._throttle = LogThrottle()
+        self._prelogin = PreLogin(
+            admission or ConnectionAdmission(max_total=1 << 30, max_pending=1 << 30, max_per_source=1 << 30),
+            metrics, self._throttle, connect_deadline=connect_deadline,
+        )
         self._max_packet = max_packet
         self._check_credentials = CredentialCheck()
         self.devices = DeviceTable(dict(devices), allow_anonymous=allow_anonymous)
@@ -98,6 +105,19 @@ class GuardedBroker(RoutingBroker):
     def close_password_pool(self) -> None:
         self._check_credentials.close()
 
+    # --- admission: connection limits, before amqtt sees the connection (prelogin.py) ---------------
+
+    async def stream_connected(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listener_name: str
+    ) -> None:
+        ticket = self._prelogin.admit(writer)
+        if ticket is None:
+            return  # refused: already aborted, nothing read
+        try:
+            await super().stream_connected(reader, writer, listener_name)
+        finally:
+            self._prelogin.release(ticket, writer)
+
     # --- authentication: before amqtt touches any session -------------------------------------------
 
     async def _initialize_client_session(
@@ -109,28 +129,13 @@ class GuardedBroker(RoutingBroker):
         client id before `_authenticate` runs: a wrong password could disconnect a device, delete its
         subscriptions, or overwrite its Will. A refusal raises, so amqtt never gets to the session.
         """
-        try:
-            async with asyncio.timeout(self._connect_deadline):
-                handler, incoming = await BrokerProtocolHandler.init_from_connect(
-                    reader, writer, self.plugins_manager
-                )
-        except MQTTError:
-            await writer.close()  # a malformed CONNECT (amqtt already sent the CONNACK where one applies)
-            raise
-        except (NoDataError, TimeoutError, OSError, asyncio.IncompleteReadError) as exc:
-            # Closed before its CONNECT, or no CONNECT within the deadline: drop the socket now. amqtt leaves it
-            # to the garbage collector, and until then it stays open (CLOSE-WAIT), one file each: anyone who
-            # can reach the port could exhaust the daemon's files without logging in.
-            reason = "connect-timeout" if isinstance(exc, TimeoutError) else "closed-before-connect"
-            self._metrics.inc("gateway_broker_connections_dropped_total", 1,
-                              "connections closed before a CONNECT arrived", reason=reason)
-            connection.transport_of(writer).abort()
-            raise AMQTTError(reason) from exc
+        handler, incoming = await self._prelogin.read_connect(reader, writer, self.plugins_manager)
         device_id, reason = (
             (None, "shutting-down") if self._closing else await self._check_credentials(self.devices, incoming)
         )
         if device_id is None:
             await self._refuse(incoming, writer, reason)
+        self._prelogin.logged_in(writer)
         # Counted as live before the connection it replaces ends, so a takeover does not flap offline/online.
         self._live[device_id] = self._live.get(device_id, 0) + 1
         try:
@@ -163,13 +168,16 @@ class GuardedBroker(RoutingBroker):
     async def _refuse(self, session: Session, writer: Any, reason: str) -> NoReturn:
         """Count and log a refused login, answer it with a CONNACK code, close, and end amqtt's handling."""
         self._metrics.inc("gateway_broker_logins_refused_total", 1, "refused MQTT logins", reason=reason)
-        log.warning(
-            "broker.login_refused",
-            client_id=session.client_id,
-            username=session.username,
-            reason=reason,
-            remote=session.remote_address,
-        )
+        left_out = self._throttle.allow(("login-refused", reason))
+        if left_out is not None:
+            log.warning(
+                "broker.login_refused",
+                client_id=session.client_id,
+                username=session.username,
+                reason=reason,
+                remote=session.remote_address,
+                left_out_since_last=left_out,
+            )
         await answer_refused(writer)
         # amqtt's _client_connected catches this, releases the listener slot and forgets the connection.
         raise MQTTError(f"login refused: {reason}")
@@ -279,7 +287,9 @@ class GuardedBroker(RoutingBroker):
 
     def _protocol_error(self, device_id: str, error: MQTTError) -> None:
         self._metrics.inc("gateway_broker_protocol_errors_total", 1, "connections closed for a protocol violation")
-        log.warning("broker.protocol_error", device_id=device_id, error=str(error))
+        left_out = self._throttle.allow("protocol-error")
+        if left_out is not None:
+            log.warning("broker.protocol_error", device_id=device_id, error=str(error), left_out_since_last=left_out)
 
     # --- fix 2: drop clients silent for longer than keepalive x grace (armed in _initialize_client_session) --
 
