@@ -20,6 +20,7 @@ from gateway.core.errors import PayloadError
 from gateway.core.metrics import Metrics
 from gateway.core.models import Quarantined, Reading, StatusChange, StoreRecord
 from gateway.core.registry import DeviceRegistry
+from gateway.ingest.resends import RecentReadings
 
 log = structlog.get_logger(__name__)
 
@@ -50,6 +51,7 @@ class Ingest:
         self._clock = clock
         self._registry = registry
         self._ack_handlers: list[AckHandler] = []
+        self.recent = RecentReadings()  # resends of readings already taken (resends.py); restored at start
 
     def subscribe_acks(self, handler: AckHandler) -> None:
         """The command service takes acknowledgements from here (called from its constructor)."""
@@ -69,8 +71,14 @@ class Ingest:
             ahead = (ts - reading.received_at) / 60.0
             raise PayloadError(f"ts: {_iso(ts)} is {ahead:.4g} minutes ahead of the gateway's clock "
                                f"(at most {self._max_future_s / 60.0:g})")
+        key = self.recent.new_content(reading)
+        if key is None:
+            # Taken before (its PUBACK was lost): acknowledged with what is queued now, not stored again.
+            self._metrics.inc("gateway_ingest_resends_total", 1, "readings a device sent again, not stored twice")
+            return
         self._registry.reading(reading)
         await self._put(reading)
+        self.recent.remember(reading, key)
 
     async def presence(self, device_id: str, online: bool, reason: str) -> None:
         now = self._clock.now()

@@ -51,14 +51,34 @@ class Connection:
         if not transport.is_closing():
             transport.abort()
 
+    async def acknowledge_and_close(self, timeout: float) -> None:
+        """A graceful stop: read nothing more, let the delivery in progress end, send the PUBACK of every message
+        the store commits meanwhile (bounded by `timeout`), then drop the socket."""
+        transport = transport_of(self.writer)
+        if not transport.is_closing():
+            transport.pause_reading()
+        self.drop_unread()  # parsed never: not acknowledged, so sent again after the restart
+        try:
+            async with asyncio.timeout(timeout):
+                if self.intake is not None:
+                    await self.intake.finish(timeout)
+                if self.acks is not None:
+                    await self.acks.all_sent()
+        except TimeoutError:
+            pass  # the store is slow: what it has not committed by now is sent again by the device
+        if transport.get_write_buffer_size() and not transport.is_closing():
+            transport.close()  # PUBACKs the peer has not taken yet: flushed first (abort would drop them)
+        else:
+            self.abort()
+
     def drop_unread(self) -> None:
         """Forget bytes received but not parsed yet (never acknowledged: QoS 1 devices send them again)."""
         self.reader._reader._buffer.clear()  # amqtt's StreamReaderAdapter around asyncio's StreamReader
 
 
-def transport_of(writer: Any) -> asyncio.WriteTransport:
+def transport_of(writer: Any) -> asyncio.Transport:
     """The asyncio transport under amqtt's StreamWriterAdapter (the adapter of every TCP listener)."""
-    transport: asyncio.WriteTransport = writer._writer.transport
+    transport: asyncio.Transport = writer._writer.transport
     return transport
 
 

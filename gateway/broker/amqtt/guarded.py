@@ -60,6 +60,9 @@ log = structlog.get_logger(__name__)
 # How long a new login waits for the connection it replaces to end (Will published, acknowledged messages
 # handed over) before it goes on regardless; that connection's socket is already aborted by then.
 _TAKEOVER_WAIT = 5.0
+# How long a graceful stop waits for the store to commit what connections handed over, so their PUBACKs go
+# out before the sockets close (a store with storage.idle_linger_ms = 1000 commits within it).
+_ACK_WAIT = 1.5
 
 
 class GuardedBroker(RoutingBroker):
@@ -317,21 +320,21 @@ class GuardedBroker(RoutingBroker):
     async def stop_intake(self, timeout: float = 3.0) -> None:
         """Accept no new connections or packets, and hand everything already parsed to the sink.
 
-        QoS 1 messages are acknowledged only once stored (publish_flow.py), but QoS 0 messages and
-        what a device sent just before it went are in the delivery queues: abort every connection
-        (nothing more is read or acknowledged; the readers end normally on the closed socket), let
-        each client loop finish what it holds, then deliver what is still queued ourselves.
+        QoS 1 messages are acknowledged only once stored (publish_flow.py): stop reading every connection,
+        send the PUBACKs of what the store commits within a short wait, then close it (the readers end
+        normally on the closed socket); let each client loop finish what it holds (QoS 0/2 messages and
+        what a device sent just before it went are in the delivery queues), then deliver what is still
+        queued ourselves.
         """
         self._closing = True
         for server in self._servers.values():
             if server.instance is not None:
                 server.instance.close()
-        # Every accepted connection, also one amqtt has not attached to its handler yet.
-        for conn in list(self._connections.values()):
-            conn.abort()
-            # Bytes received but not yet parsed were never acknowledged (QoS 1 devices will resend
-            # them; QoS 0 promised nothing): drop them instead of parsing a flood on the way out.
-            conn.drop_unread()
+        # Every accepted connection, also one amqtt has not attached to its handler yet: nothing more is read
+        # (bytes received but not parsed were never acknowledged: QoS 1 devices resend them, QoS 0 promised
+        # nothing), and what the store commits meanwhile is acknowledged before the socket closes; a device
+        # told nothing would send it again after the restart.
+        await asyncio.gather(*(conn.acknowledge_and_close(_ACK_WAIT) for conn in list(self._connections.values())))
         # Each client loop now finishes the message it holds (and publishes its Will).
         try:
             await asyncio.wait_for(self._no_client_loops.wait(), timeout)
