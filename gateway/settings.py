@@ -101,6 +101,9 @@ class BrokerSection(_Strict):
     max_pending_connections: Annotated[int, Field(ge=1)] = 200  # connections that have not logged in yet
     max_connections_per_source: Annotated[int, Field(ge=1)] = 20  # open connections from one address...
     unlimited_sources: tuple[IPvAnyAddress, ...] = (IPv4Address("127.0.0.1"), IPv6Address("::1"))  # ...but these
+    # Password checks (argon2) running at once; each holds the hash's memory cost (19 MiB for hashes from
+    # `hash-password`) while it runs. The others wait their turn.
+    max_password_checks: Annotated[int, Field(ge=1, le=16)] = 1
 
     @field_validator("listeners")
     @classmethod

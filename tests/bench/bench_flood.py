@@ -26,16 +26,17 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psutil
 
+from tests.bench.bench_ingest import wait_port
 from tests.bench.common import run_and_report
 from tests.bench.mqttload import connect_packet, remaining_length
-from tests.fixtures.gateway import device_password, free_port, write_config
+from tests.fixtures.gateway import cheap_hash, device_password, free_port, write_config
 
 HOST = "127.0.0.1"
 ATTACKER = "127.0.0.2"
@@ -69,10 +70,22 @@ def _limit_files(files: int) -> Callable[[], None]:
 
 
 @contextlib.asynccontextmanager
-async def gateway(workdir: Path, *, extra_broker: str = "", max_files: int | None = None) -> AsyncIterator[Gateway]:
+async def gateway(
+    workdir: Path,
+    *,
+    extra_broker: str = "",
+    max_files: int | None = None,
+    devices: Sequence[str] = ("AP-01", "AP-02"),
+    hashes: Mapping[str, str] | None = None,
+) -> AsyncIterator[Gateway]:
+    """The gateway process; `hashes`: device -> its password hash in the config (default: cheap test hashes)."""
     port = free_port()
-    config = write_config(workdir, devices=["AP-01", "AP-02"], port=port, extra_broker=extra_broker,
-                          api="enabled = false")
+    config = write_config(workdir, devices=devices, port=port, extra_broker=extra_broker, api="enabled = false")
+    if hashes:
+        text = config.read_text()
+        for device_id in devices:  # (each device's test hash is unique: its own password, its own salt)
+            text = text.replace(cheap_hash(device_password(device_id)), hashes[device_id])
+        config.write_text(text)
     log = workdir / "gateway.log"
     with log.open("wb") as out:
         proc = await asyncio.create_subprocess_exec(
@@ -81,7 +94,7 @@ async def gateway(workdir: Path, *, extra_broker: str = "", max_files: int | Non
         )
     try:
         gw = Gateway(proc, port, log)
-        await device_login(gw, timeout=20)  # up and serving
+        await wait_port(port, proc)
         await asyncio.sleep(0.5)
         yield gw
     finally:

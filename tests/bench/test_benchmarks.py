@@ -42,6 +42,11 @@ def _flood(figures: dict[str, Any], mode: str) -> None:
     assert figures["cycles_s"] > 0 and figures["idle_one_source_opened"] > 0
 
 
+def _logins(figures: dict[str, Any], mode: str) -> None:
+    # every device of the reconnect storm logged in
+    assert figures["storm_accepted"] == figures["devices"]
+
+
 @dataclass(frozen=True)
 class Bench:
     module: str  # tests.bench.<module>
@@ -67,11 +72,13 @@ FLOOD = Bench("bench_flood", 180, ("connect+close cycles", "idle sockets", "out 
     "cycles_files_peak", "cycles_login_max_ms", "idle_one_source_files_peak", "idle_one_source_login_max_ms",
     "idle_many_sources_files_peak", "idle_many_sources_login_max_ms", "connect_rss_growth_mb",
     "publish_rss_growth_mb", "log_growth_kb"), _flood)
+LOGINS = Bench("bench_logins", 180, ("reconnect storm", "wrong-password storm"), (
+    "storm_s", "storm_rss_peak_mb", "wrong_answered", "wrong_rss_peak_mb", "old_hashes_wrong_rss_peak_mb"), _logins)
 
 CASES = [
     pytest.param(bench, mode, id=f"{bench.module.removeprefix('bench_')}-{mode}",
                  marks=mode_marks(mode, bench.smoke_timeout))
-    for bench in (INGEST, UPLINK, CONTROL, STORE, FLOOD)
+    for bench in (INGEST, UPLINK, CONTROL, STORE, FLOOD, LOGINS)
     for mode in MODES
 ]
 

@@ -107,6 +107,7 @@ class EmbeddedBroker:
             connect_deadline=broker.connect_timeout_seconds,
             max_packet=broker.max_packet_bytes,
             admission=admission,
+            max_password_checks=broker.max_password_checks,
             require_client_cert=frozenset(_bind(x.host, x.port) for x in broker.listeners if x.cafile is not None),
         )
         compat.check_broker(self._broker)

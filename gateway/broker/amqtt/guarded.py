@@ -81,6 +81,7 @@ class GuardedBroker(RoutingBroker):
         connect_deadline: float = 10.0,
         max_packet: int = 256 * 1024,
         admission: ConnectionAdmission | None = None,
+        max_password_checks: int = 1,
     ) -> None:
         super().__init__(config, sink=sink, metrics=metrics)
         self._throttle = LogThrottle()
@@ -89,7 +90,7 @@ class GuardedBroker(RoutingBroker):
             metrics, self._throttle, connect_deadline=connect_deadline,
         )
         self._max_packet = max_packet
-        self._check_credentials = CredentialCheck()
+        self._check_credentials = CredentialCheck(max_checks=max_password_checks, metrics=metrics)
         self.devices = DeviceTable(dict(devices), allow_anonymous=allow_anonymous)
         self._grace = keepalive_grace
         self._require_client_cert = require_client_cert
