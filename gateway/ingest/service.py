@@ -20,6 +20,7 @@ from gateway.core.errors import PayloadError
 from gateway.core.metrics import Metrics
 from gateway.core.models import Quarantined, Reading, StatusChange, StoreRecord
 from gateway.core.registry import DeviceRegistry
+from gateway.core.throttle import LogThrottle
 from gateway.ingest.resends import RecentReadings
 
 log = structlog.get_logger(__name__)
@@ -51,6 +52,7 @@ class Ingest:
         self._clock = clock
         self._registry = registry
         self._ack_handlers: list[AckHandler] = []
+        self._log_throttle = LogThrottle()  # a faulty device (or a fuzzer) must not write a line per payload
         self.recent = RecentReadings()  # resends of readings already taken (resends.py); restored at start
 
     def subscribe_acks(self, handler: AckHandler) -> None:
@@ -99,7 +101,10 @@ class Ingest:
         self, *, device_id: str | None, source: str | None, topic: str, payload: bytes, reason: str
     ) -> None:
         self._metrics.inc("gateway_quarantined_total", 1, "payloads refused and kept with their reason")
-        log.warning("ingest.quarantined", client_id=source, topic=topic, reason=reason, size=len(payload))
+        left_out = self._log_throttle.allow("quarantined")  # each one is in the quarantine table, with its reason
+        if left_out is not None:
+            log.warning("ingest.quarantined", client_id=source, topic=topic, reason=reason, size=len(payload),
+                        left_out_since_last=left_out)
         await self._put(Quarantined(self._clock.now(), source, topic, bytes(payload), reason, device_id))
 
 

@@ -159,6 +159,27 @@ async def watching(gw: Gateway) -> AsyncIterator[dict[str, float]]:
         await asyncio.gather(*tasks)
 
 
+@contextlib.asynccontextmanager
+async def peak_rss(gw: Gateway) -> AsyncIterator[dict[str, float]]:
+    """During the block: the gateway's RSS before and at its peak (bytes, sampled every 10 ms)."""
+    seen = {"before": float(gw.rss()), "peak": float(gw.rss())}
+    stop = asyncio.Event()
+
+    async def sample() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(psutil.Error):
+                seen["peak"] = float(max(seen["peak"], gw.rss()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.01)
+
+    task = asyncio.create_task(sample())
+    try:
+        yield seen
+    finally:
+        stop.set()
+        await task
+
+
 async def back_to(gw: Gateway, files: int, limit: float) -> float:
     """Seconds until the gateway holds at most `files` open files (nan: not within `limit`)."""
     loop = asyncio.get_running_loop()

@@ -26,11 +26,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil
 from argon2 import PasswordHasher
 
 from gateway.core.passwords import hash_password
-from tests.bench.bench_flood import Gateway, gateway
+from tests.bench.bench_flood import Gateway, gateway, peak_rss
 from tests.bench.common import run_and_report
 from tests.bench.mqttload import connect_packet
 from tests.fixtures.gateway import device_password
@@ -45,26 +44,6 @@ async def connack(port: int, device: str, password: str, source: str = HOST) -> 
         return (await asyncio.wait_for(reader.readexactly(4), 120))[3]
     finally:
         writer.close()
-
-
-@contextlib.asynccontextmanager
-async def peak_rss(gw: Gateway) -> Any:
-    seen = {"before": float(gw.rss()), "peak": float(gw.rss())}
-    stop = asyncio.Event()
-
-    async def sample() -> None:
-        while not stop.is_set():
-            with contextlib.suppress(psutil.Error):
-                seen["peak"] = float(max(seen["peak"], gw.rss()))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 0.01)
-
-    task = asyncio.create_task(sample())
-    try:
-        yield seen
-    finally:
-        stop.set()
-        await task
 
 
 async def reconnect_storm(gw: Gateway, devices: list[str]) -> dict[str, float]:

@@ -47,6 +47,13 @@ def _logins(figures: dict[str, Any], mode: str) -> None:
     assert figures["storm_accepted"] == figures["devices"]
 
 
+def _fuzz(figures: dict[str, Any], mode: str) -> None:
+    # nothing crashed, and every acknowledged payload is a reading or a quarantine row
+    assert figures["crashes"] == 0 and figures["alive"] is True
+    assert figures["payloads_acked"] == figures["payloads_sent"]
+    assert figures["stored_plus_quarantined_minus_sent"] == 0
+
+
 @dataclass(frozen=True)
 class Bench:
     module: str  # tests.bench.<module>
@@ -74,11 +81,13 @@ FLOOD = Bench("bench_flood", 180, ("connect+close cycles", "idle sockets", "out 
     "publish_rss_growth_mb", "log_growth_kb"), _flood)
 LOGINS = Bench("bench_logins", 180, ("reconnect storm", "wrong-password storm"), (
     "storm_s", "storm_rss_peak_mb", "wrong_answered", "wrong_rss_peak_mb", "old_hashes_wrong_rss_peak_mb"), _logins)
+FUZZ = Bench("bench_fuzz", 180, ("fuzz run", "quarantined"), (
+    "payloads_sent", "packets_sent", "crashes", "stored", "quarantined", "rss_peak_mb", "log_kb"), _fuzz)
 
 CASES = [
     pytest.param(bench, mode, id=f"{bench.module.removeprefix('bench_')}-{mode}",
                  marks=mode_marks(mode, bench.smoke_timeout))
-    for bench in (INGEST, UPLINK, CONTROL, STORE, FLOOD, LOGINS)
+    for bench in (INGEST, UPLINK, CONTROL, STORE, FLOOD, LOGINS, FUZZ)
     for mode in MODES
 ]
 

@@ -61,7 +61,6 @@ _METHODS: dict[str, dict[str, tuple[str, ...]]] = {
         "handle_publish": ("self", "publish_packet"),
         "handle_subscribe": ("self", "subscribe"),
         "handle_unsubscribe": ("self", "unsubscribe"),
-        "handle_connect": ("self", "connect"),
         "handle_disconnect": ("self", "disconnect"),
         "handle_puback": ("self", "puback"),
         "handle_pingreq": ("self", "pingreq"),

@@ -53,7 +53,6 @@ from gateway.broker.amqtt.prelogin import PreLogin
 from gateway.broker.amqtt.routing import RoutingBroker
 from gateway.core.metrics import Metrics
 from gateway.core.ports import BrokerSink
-from gateway.core.throttle import LogThrottle
 
 log = structlog.get_logger(__name__)
 
@@ -84,7 +83,6 @@ class GuardedBroker(RoutingBroker):
         max_password_checks: int = 1,
     ) -> None:
         super().__init__(config, sink=sink, metrics=metrics)
-        self._throttle = LogThrottle()
         self._prelogin = PreLogin(
             admission or ConnectionAdmission(max_total=1 << 30, max_pending=1 << 30, max_per_source=1 << 30),
             metrics, self._throttle, connect_deadline=connect_deadline,

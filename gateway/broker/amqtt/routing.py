@@ -23,6 +23,7 @@ from gateway.broker.amqtt.connection import Connection
 from gateway.broker.amqtt.publish_flow import StoredAckMessage
 from gateway.core.metrics import Metrics
 from gateway.core.ports import BrokerSink
+from gateway.core.throttle import LogThrottle
 
 log = structlog.get_logger(__name__)
 
@@ -37,6 +38,7 @@ class RoutingBroker(Broker):  # type: ignore[misc]
         self._sink = sink
         self._metrics = metrics
         self._current: dict[int, Connection] = {}  # id(session) -> the (newest) connection using that session
+        self._throttle = LogThrottle()  # log lines of events that can come in floods (core/throttle.py)
 
     def device_of(self, session: Session | None) -> str | None:
         """The device a session's current connection logged in as (None: not connected, or never verified)."""
@@ -52,9 +54,10 @@ class RoutingBroker(Broker):  # type: ignore[misc]
         self._metrics.inc(
             "gateway_broker_acl_denied_total", 1, "refused publish/subscribe/receive", action=action.value
         )
-        if action is not Action.RECEIVE:  # RECEIVE refusals are routine filtering, not an offence
+        # RECEIVE refusals are routine filtering, not an offence; the others once a minute per action with a count
+        if action is not Action.RECEIVE and (left_out := self._throttle.allow(("acl", action))) is not None:
             log.warning("broker.acl_denied", device_id=device_id, client_id=session.client_id, action=action.value,
-                        topic=topic)
+                        topic=topic, left_out_since_last=left_out)
         return False
 
     # --- ingest hook ----------------------------------------------------------------------------
