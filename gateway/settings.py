@@ -104,6 +104,9 @@ class BrokerSection(_Strict):
     # Password checks (argon2) running at once; each holds the hash's memory cost (19 MiB for hashes from
     # `hash-password`) while it runs. The others wait their turn.
     max_password_checks: Annotated[int, Field(ge=1, le=16)] = 1
+    # QoS 1 messages (commands) kept for a device with a persistent session while it is offline; when full,
+    # the oldest is dropped for the new one. Unacknowledged ones are sent again, with DUP, when it reconnects.
+    offline_queue: Annotated[int, Field(ge=1, le=10_000)] = 100
 
     @field_validator("listeners")
     @classmethod

@@ -23,6 +23,8 @@ amqtt.broker.Broker, methods overridden (GuardedBroker in guarded.py, its base R
                                message); the command-readiness event (BrokerSink.subscribed)
   _create_ssl_context          guarded: a listener with a CA requires client certificates (a staticmethod
                                in amqtt, called through the instance)
+  _retain_broadcast_message    routing: the queue of an offline persistent session is bounded (broker.
+                               offline_queue), the oldest dropped first
 amqtt.broker.Broker, methods called:
   _delete_session              guarded._find_session: a clean session replaces the old one
   _handle_disconnect, _handle_subscription, _handle_unsubscription, _handle_message_delivery
@@ -40,6 +42,9 @@ amqtt.mqtt.protocol.broker_handler.BrokerProtocolHandler, per connection (connec
                                swapped on the instance: PUBLISH intake (publish_flow.py), waking our client
                                loop, a delivery finishing before stop, silence closing the connection
   _reader_loop                 swapped on the instance: reader_loop.py, no task and timer per packet
+  _handle_qos1_message_flow    wrapped on the instance (connection.py): a message we sent that was never
+                               acknowledged stays in the session's inflight_out, so the next connection of a
+                               persistent session sends it again with DUP (amqtt dropped it)
   _pending_subscriptions, _pending_unsubscriptions
                                asyncio Queues: slimmed, and the client loop takes requests from them
   _disconnect_waiter           the client loop wakes when it is done
@@ -51,6 +56,7 @@ amqtt.mqtt.packet.MQTTFixedHeader.from_stream, .to_bytes
                                reader_loop and prelogin.read_connect: the remaining length is checked before
                                a packet's body is read
 amqtt.session.Session:
+  inflight_out                 connection._keep_unacknowledged puts an unacknowledged message back
   _init_states                 replaced for every Session of the process (session_states.install): a light
                                state holder instead of a transitions.Machine (~16 KB a session)
   _on_enter_connected, _on_enter_disconnected

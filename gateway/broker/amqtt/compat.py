@@ -48,6 +48,7 @@ _METHODS: dict[str, dict[str, tuple[str, ...]]] = {
         "_handle_unsubscription": (*_CONNECTION, "unsubscribe_waiter"),
         "_handle_message_delivery": (*_CONNECTION, "wait_deliver"),
         "_get_handler": ("self", "session"),
+        "_retain_broadcast_message": ("self", "broadcast", "qos", "target_session"),
         "_matches": ("self", "topic", "a_filter"),
         "retain_message": ("self", "source_session", "topic_name", "data", "qos"),
         "internal_message_broadcast": ("self", "topic", "data", "qos"),
@@ -57,6 +58,7 @@ _METHODS: dict[str, dict[str, tuple[str, ...]]] = {
         "_reader_loop": ("self",),
         "stop": ("self",),
         "handle_read_timeout": ("self",),
+        "_handle_qos1_message_flow": ("self", "app_message"),
         "handle_connection_closed": ("self",),
         "handle_publish": ("self", "publish_packet"),
         "handle_subscribe": ("self", "subscribe"),
@@ -93,6 +95,7 @@ _SESSION_FIELDS: dict[str, type | None] = {
     "keep_alive": int, "will_flag": bool, "will_message": None, "will_topic": None, "will_qos": None,
     "will_retain": None, "remote_address": None, "remote_port": None, "ssl_object": None,
     "transitions": None, "delivered_message_queue": asyncio.Queue, "retained_messages": asyncio.Queue,
+    "inflight_out": dict,
 }
 _HANDLER_FIELDS: dict[str, type | None] = {
     "_pending_subscriptions": asyncio.Queue, "_pending_unsubscriptions": asyncio.Queue,

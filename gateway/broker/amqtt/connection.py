@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from amqtt.errors import MQTTError
-from amqtt.session import IncomingApplicationMessage, Session
+from amqtt.session import OUTGOING, IncomingApplicationMessage, Session
 
 from gateway.broker.amqtt import reader_loop
 from gateway.broker.amqtt.publish_flow import PublishIntake, StoredAcks
@@ -108,6 +108,9 @@ def attach(
         _request, handler.handle_unsubscribe, conn, handler._pending_unsubscriptions
     )
     handler.stop = functools.partial(_stop_after_delivery, conn, handler.stop)
+    handler._handle_qos1_message_flow = functools.partial(
+        _keep_unacknowledged, handler._handle_qos1_message_flow, session
+    )
     if silence_closer is not None:
         # The handler's reader calls handle_read_timeout() after the keepalive, which amqtt leaves empty.
         handler.handle_read_timeout = silence_closer
@@ -130,6 +133,19 @@ async def _stop_after_delivery(conn: Connection, stop: Callable[[], Awaitable[No
     if conn.intake is not None:
         await conn.intake.finish(DELIVERY_FINISH_WAIT)
     await stop()
+
+
+async def _keep_unacknowledged(
+    flow: Callable[[Any], Awaitable[None]], session: Session, app_message: Any
+) -> None:
+    """amqtt's QoS 1 flow, but a message we sent that was never acknowledged stays in the session's in-flight
+    messages: a persistent session's next connection sends it again, with DUP (amqtt's start() retries what
+    is in flight [MQTT-4.4.0-1]). amqtt removed it when the connection ended or its PUBACK took over 5 s."""
+    try:
+        await flow(app_message)
+    finally:
+        if app_message.direction == OUTGOING and app_message.puback_packet is None and not session.clean_session:
+            session.inflight_out[app_message.packet_id] = app_message
 
 
 def _slim_connection_state(handler: Any, session: Session) -> None:

@@ -110,6 +110,7 @@ class EmbeddedBroker:
             max_password_checks=broker.max_password_checks,
             require_client_cert=frozenset(_bind(x.host, x.port) for x in broker.listeners if x.cafile is not None),
         )
+        self._broker.offline_queue = broker.offline_queue
         compat.check_broker(self._broker)
         self._metrics = metrics
         self._accept_errors: AcceptErrors | None = None

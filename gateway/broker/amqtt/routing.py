@@ -39,6 +39,7 @@ class RoutingBroker(Broker):  # type: ignore[misc]
         self._metrics = metrics
         self._current: dict[int, Connection] = {}  # id(session) -> the (newest) connection using that session
         self._throttle = LogThrottle()  # log lines of events that can come in floods (core/throttle.py)
+        self.offline_queue = 100  # QoS 1/2 messages kept per offline persistent session (broker.offline_queue)
 
     def device_of(self, session: Session | None) -> str | None:
         """The device a session's current connection logged in as (None: not connected, or never verified)."""
@@ -49,6 +50,8 @@ class RoutingBroker(Broker):  # type: ignore[misc]
 
     async def _topic_filtering(self, session: Session, topic: str, action: Action) -> bool:
         device_id = self.device_of(session)
+        if device_id is None and action is Action.RECEIVE:
+            device_id = self._offline_device(session)
         if device_id is not None and device_may(device_id, _ACCESS[action], topic):
             return True
         self._metrics.inc(
@@ -59,6 +62,28 @@ class RoutingBroker(Broker):  # type: ignore[misc]
             log.warning("broker.acl_denied", device_id=device_id, client_id=session.client_id, action=action.value,
                         topic=topic, left_out_since_last=left_out)
         return False
+
+    def _offline_device(self, session: Session) -> str | None:
+        """The device of a persistent session whose device is offline: a QoS 1 message for it is queued
+        (amqtt asks RECEIVE first, and without a connection there was no device to ask for: nothing was
+        queued). Its client id is its device id: only a verified login creates a session, and a login's
+        client id must equal its device id (logins.py)."""
+        entry = self._sessions.get(session.client_id)
+        return session.client_id if entry is not None and entry[0] is session else None
+
+    async def _retain_broadcast_message(self, broadcast: dict[str, Any], qos: int, target_session: Session) -> None:
+        """Queue a QoS 1/2 message for an offline persistent session, at most `offline_queue` per session: when
+        full, the oldest queued message is dropped (counted) for the new one (for a device's commands the
+        newest say what is wanted now; the command service retries what was not acknowledged anyway)."""
+        queue = target_session.retained_messages
+        while queue.qsize() >= self.offline_queue:
+            queue.get_nowait()
+            self._metrics.inc("gateway_broker_offline_dropped_total", 1,
+                              "messages dropped from a full offline queue (the oldest first)")
+            if (left_out := self._throttle.allow("offline-dropped")) is not None:
+                log.warning("broker.offline_queue_full", client_id=target_session.client_id,
+                            limit=self.offline_queue, left_out_since_last=left_out)
+        await super()._retain_broadcast_message(broadcast, qos, target_session)
 
     # --- ingest hook ----------------------------------------------------------------------------
 
