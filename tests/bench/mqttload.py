@@ -54,7 +54,7 @@ def subscribe_packet(topic: str, qos: int, packet_id: int = 1) -> bytes:
     return b"\x82" + remaining_length(len(body)) + body
 
 
-async def _read_packet(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+async def read_packet(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     header = await reader.readexactly(1)
     mult, length = 1, 0
     while True:
@@ -91,7 +91,7 @@ class Device:
 
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._writer.write(connect_packet(self.device_id, self.device_id, self.password))
-        kind, body = await asyncio.wait_for(_read_packet(self._reader), 10)
+        kind, body = await asyncio.wait_for(read_packet(self._reader), 10)
         if kind != 0x20 or body[1] != 0:
             raise ConnectionError(f"{self.device_id}: CONNACK refused ({body!r})")
         if self.qos:
@@ -101,7 +101,7 @@ class Device:
         assert self._reader is not None
         try:
             while True:
-                kind, _ = await _read_packet(self._reader)
+                kind, _ = await read_packet(self._reader)
                 if kind == 0x40:
                     self.acked += 1
                     self._inflight.release()
@@ -195,11 +195,11 @@ async def subscriber(
     """Counts messages a bare broker forwards (QoS of the subscription: 0): [count, time of the last]."""
     reader, writer = await asyncio.open_connection(host, port)
     writer.write(connect_packet("bench-subscriber", "bench-subscriber", "x"))
-    await _read_packet(reader)
+    await read_packet(reader)
     writer.write(subscribe_packet(topic, 0))
     try:
         while not stop.is_set():
-            kind, _ = await _read_packet(reader)
+            kind, _ = await read_packet(reader)
             if kind & 0xF0 == 0x30:
                 counter[0] += 1
                 counter[1] = time.time()

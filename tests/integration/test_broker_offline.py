@@ -5,21 +5,14 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.bench.mqttload import connect_packet, subscribe_packet
+from tests.bench.mqttload import connect_packet, read_packet, subscribe_packet
 from tests.fixtures.gateway import GatewayFactory, RunningGateway, device_password, wait_for
 
 COMMANDS = "device/AP-01/command"
 
 
-async def read_packet(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    header = (await asyncio.wait_for(reader.readexactly(1), 10))[0]
-    length, shift = 0, 0
-    while True:
-        byte = (await reader.readexactly(1))[0]
-        length |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            return header, await reader.readexactly(length)
+async def next_packet(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    return await asyncio.wait_for(read_packet(reader), 10)
 
 
 async def persistent(gw: RunningGateway) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bool]:
@@ -34,7 +27,7 @@ async def persistent(gw: RunningGateway) -> tuple[asyncio.StreamReader, asyncio.
 async def subscribed_then_gone(gw: RunningGateway) -> None:
     reader, writer, _ = await persistent(gw)
     writer.write(subscribe_packet(COMMANDS, 1))
-    assert (await read_packet(reader))[0] == 0x90  # SUBACK
+    assert (await next_packet(reader))[0] == 0x90  # SUBACK
     await wait_for(lambda: gw.gateway.broker.command_ready("AP-01"))
     writer.write(b"\xe0\x00")  # DISCONNECT
     writer.close()
@@ -57,7 +50,7 @@ async def test_messages_for_an_offline_device_wait_for_it_the_oldest_dropped_whe
     reader, writer, resumed = await persistent(gw)
     try:
         assert resumed
-        got = [await read_packet(reader) for _ in range(2)]
+        got = [await next_packet(reader) for _ in range(2)]
         assert [header & 0xF6 for header, _ in got] == [0x32, 0x32]  # PUBLISH, QoS 1
         assert [payload_of(body) for _, body in got] == [b'{"n": 2}', b'{"n": 3}']
     finally:
@@ -70,17 +63,17 @@ async def test_a_message_the_device_never_acknowledged_is_sent_again_with_dup_on
     gw = await gateway_factory(api="enabled = false")
     reader, writer, _ = await persistent(gw)
     writer.write(subscribe_packet(COMMANDS, 1))
-    assert (await read_packet(reader))[0] == 0x90
+    assert (await next_packet(reader))[0] == 0x90
     await wait_for(lambda: gw.gateway.broker.command_ready("AP-01"))
     await gw.gateway.broker.send("AP-01", b'{"n": 1}')
-    header, body = await read_packet(reader)
+    header, body = await next_packet(reader)
     assert header & 0xF6 == 0x32 and not header & 0x08
     writer.close()  # gone without its PUBACK (power lost)
     await wait_for(lambda: not gw.gateway.broker.command_ready("AP-01"))
     reader, writer, resumed = await persistent(gw)
     try:
         assert resumed
-        again, body_again = await read_packet(reader)
+        again, body_again = await next_packet(reader)
         assert again & 0x08, "DUP"
         assert body_again == body  # the same packet id and payload
         writer.write(b"\x40\x02" + body[2 + int.from_bytes(body[:2], "big"):][:2])  # PUBACK now
