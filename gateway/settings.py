@@ -107,6 +107,10 @@ class BrokerSection(_Strict):
     # QoS 1 messages (commands) kept for a device with a persistent session while it is offline; when full,
     # the oldest is dropped for the new one. Unacknowledged ones are sent again, with DUP, when it reconnects.
     offline_queue: Annotated[int, Field(ge=1, le=10_000)] = 100
+    # Who may publish and subscribe what. "devices": each client is a configured device and touches only its
+    # own device/{id}/... topics (CONTRACT section 1). "open": topics outside device/ are free to every
+    # logged-in client (a broker shared with other MQTT clients); device/ topics keep the device rule.
+    acl: Literal["devices", "open"] = "devices"
 
     @field_validator("listeners")
     @classmethod

@@ -42,9 +42,10 @@ amqtt.mqtt.protocol.broker_handler.BrokerProtocolHandler, per connection (connec
                                swapped on the instance: PUBLISH intake (publish_flow.py), waking our client
                                loop, a delivery finishing before stop, silence closing the connection
   _reader_loop                 swapped on the instance: reader_loop.py, no task and timer per packet
-  _handle_qos1_message_flow    wrapped on the instance (connection.py): a message we sent that was never
-                               acknowledged stays in the session's inflight_out, so the next connection of a
-                               persistent session sends it again with DUP (amqtt dropped it)
+  _handle_qos1_message_flow, _handle_qos2_message_flow
+                               wrapped on the instance (connection.py): a message we sent whose exchange did
+                               not complete stays in the session's inflight_out, so the next connection of a
+                               persistent session sends it again with DUP, or its PUBREL (amqtt dropped it)
   _pending_subscriptions, _pending_unsubscriptions
                                asyncio Queues: slimmed, and the client loop takes requests from them
   _disconnect_waiter           the client loop wakes when it is done

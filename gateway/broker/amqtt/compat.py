@@ -59,6 +59,7 @@ _METHODS: dict[str, dict[str, tuple[str, ...]]] = {
         "stop": ("self",),
         "handle_read_timeout": ("self",),
         "_handle_qos1_message_flow": ("self", "app_message"),
+        "_handle_qos2_message_flow": ("self", "app_message"),
         "handle_connection_closed": ("self",),
         "handle_publish": ("self", "publish_packet"),
         "handle_subscribe": ("self", "subscribe"),

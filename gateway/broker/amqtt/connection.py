@@ -108,9 +108,8 @@ def attach(
         _request, handler.handle_unsubscribe, conn, handler._pending_unsubscriptions
     )
     handler.stop = functools.partial(_stop_after_delivery, conn, handler.stop)
-    handler._handle_qos1_message_flow = functools.partial(
-        _keep_unacknowledged, handler._handle_qos1_message_flow, session
-    )
+    for name in ("_handle_qos1_message_flow", "_handle_qos2_message_flow"):
+        setattr(handler, name, functools.partial(_keep_unacknowledged, getattr(handler, name), session))
     if silence_closer is not None:
         # The handler's reader calls handle_read_timeout() after the keepalive, which amqtt leaves empty.
         handler.handle_read_timeout = silence_closer
@@ -138,13 +137,15 @@ async def _stop_after_delivery(conn: Connection, stop: Callable[[], Awaitable[No
 async def _keep_unacknowledged(
     flow: Callable[[Any], Awaitable[None]], session: Session, app_message: Any
 ) -> None:
-    """amqtt's QoS 1 flow, but a message we sent that was never acknowledged stays in the session's in-flight
-    messages: a persistent session's next connection sends it again, with DUP (amqtt's start() retries what
-    is in flight [MQTT-4.4.0-1]). amqtt removed it when the connection ended or its PUBACK took over 5 s."""
+    """amqtt's QoS 1 and 2 flows, but a message we sent whose exchange did not complete (no PUBACK, no PUBCOMP)
+    stays in the session's in-flight messages: a persistent session's next connection sends it again, with
+    DUP, or its PUBREL (amqtt's start() retries what is in flight [MQTT-4.4.0-1]). amqtt removed it when the
+    connection ended or an answer took over 5 s."""
     try:
         await flow(app_message)
     finally:
-        if app_message.direction == OUTGOING and app_message.puback_packet is None and not session.clean_session:
+        done = app_message.puback_packet if app_message.qos == 1 else app_message.pubcomp_packet
+        if app_message.direction == OUTGOING and done is None and not session.clean_session:
             session.inflight_out[app_message.packet_id] = app_message
 
 

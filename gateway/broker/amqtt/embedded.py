@@ -111,6 +111,7 @@ class EmbeddedBroker:
             require_client_cert=frozenset(_bind(x.host, x.port) for x in broker.listeners if x.cafile is not None),
         )
         self._broker.offline_queue = broker.offline_queue
+        self._broker.open_acl = broker.acl == "open"
         compat.check_broker(self._broker)
         self._metrics = metrics
         self._accept_errors: AcceptErrors | None = None
