@@ -38,8 +38,8 @@ EOF
 
 APP=edge-gateway
 SERVICE_USER=edge-gateway
-# Debian packages the test suite needs. Add more here (e.g. chromium for panel screenshots).
-DEV_APT_PACKAGES=(mosquitto mosquitto-clients socat)
+# Debian packages the test suite needs (chromium: the panel's browser test, driven by Playwright).
+DEV_APT_PACKAGES=(mosquitto mosquitto-clients socat chromium)
 POLICY_RC_D=/usr/sbin/policy-rc.d
 
 REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

@@ -15,6 +15,16 @@ from gateway.core.links import DeviceDriver
 _BUILTIN: dict[str, str] = {
     "purifier": "drivers.purifier:PurifierDriver",
     "sensor": "drivers.sensor:SensorDriver",
+    "modbus-sensor": "drivers.modbus.driver:ModbusSensorDriver",
+    "modbus-purifier": "drivers.modbus.driver:ModbusPurifierDriver",
+    "modbus-switch": "drivers.modbus.driver:ModbusSwitchDriver",
+    "hub": "drivers.hub:HubDriver",
+    # BLE sensors ([[ble.devices]], kind from their advertisement format; gateway/settings_ble.py)
+    "ble-bthome": "drivers.ble.driver:BthomeDriver",
+    "ble-ruuvi": "drivers.ble.driver:RuuviDriver",
+    "ble-atc": "drivers.ble.driver:AtcDriver",
+    "ble-pvvx": "drivers.ble.driver:PvvxDriver",
+    "ble-gatt": "drivers.ble.driver:BleSensorDriver",
 }
 _registered: dict[str, Callable[[], DeviceDriver]] = {}
 

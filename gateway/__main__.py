@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 # structlog renders exceptions with rich when it can import it (rich comes with amqtt's command-line
 # dependencies): 3-4 MB of RSS in a daemon with a 60 MB budget, for colours nobody sees in a journal.
@@ -18,6 +19,9 @@ sys.modules.setdefault("rich", None)  # type: ignore[arg-type]
 from gateway import __version__  # noqa: E402
 from gateway.core.errors import ConfigError, IncompatibleLibraryError, StartupError  # noqa: E402
 from gateway.settings import LoadedSettings, load_settings  # noqa: E402
+
+if TYPE_CHECKING:
+    from drivers.ble.link import BleBackends
 
 EXIT_CONFIG = 2
 EXIT_STARTUP = 3  # a port in use, an unwritable data dir, a database that cannot be opened, a wrong library
@@ -36,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     check = sub.add_parser("check-config", help="validate a config file; exit 2 listing every error")
     check.add_argument("path")
 
-    hashp = sub.add_parser("hash-password", help="print an argon2 hash for a device password")
+    hashp = sub.add_parser("hash-password", help="print an argon2 hash of a password (a device's, or a panel user's)")
     hashp.add_argument("--password", help="the password (default: prompt, or read one line from stdin)")
 
     demo = sub.add_parser("demo", help="run the gateway with simulated purifiers (no cloud needed)")
@@ -69,7 +73,7 @@ def _check_config(path: str) -> int:
     if loaded is None:
         return EXIT_CONFIG
     s = loaded.settings
-    print(f"{path}: OK (gateway {s.gateway.id}, {len(s.devices)} devices, data in {loaded.data_dir})")
+    print(f"{path}: OK (gateway {s.gateway.id}, {len(s.device_kinds())} devices, data in {loaded.data_dir})")
     return 0
 
 
@@ -78,7 +82,7 @@ def _hash_password(password: str | None) -> int:
 
     if password is None:
         if sys.stdin.isatty():
-            password = getpass.getpass("Device password: ")
+            password = getpass.getpass("Password: ")
             if getpass.getpass("Again: ") != password:
                 print("passwords differ", file=sys.stderr)
                 return 1
@@ -123,10 +127,30 @@ def _demo(config: str, count: int, interval: float, duration: float | None) -> i
         return EXIT_STARTUP
 
 
+def _with_demo_login(loaded: LoadedSettings) -> tuple[LoadedSettings, str | None]:
+    """The demo's panel login: an admin `demo` with a fresh password (unless the config has users), and the
+    REST API still open to this machine (the Quick start's curl lines)."""
+    s = loaded.settings
+    if s.users:
+        return loaded, None
+    import secrets
+
+    from gateway.core.passwords import hash_password
+    from gateway.settings_users import UserSettings
+
+    password = secrets.token_urlsafe(9)
+    settings = s.model_copy(update={
+        "users": [UserSettings(name="demo", role="admin", password_hash=hash_password(password))],
+        "panel": s.panel.model_copy(update={"loopback_anonymous_api": True}),
+    })
+    return LoadedSettings(settings=settings, path=loaded.path), password
+
+
 async def _demo_async(loaded: LoadedSettings, count: int, interval: float, duration: float | None) -> int:
     from gateway.app import Gateway
 
-    gateway = Gateway(loaded)
+    loaded, demo_password = _with_demo_login(loaded)
+    gateway = Gateway(loaded, ble_backends=_simulated_ble(loaded, interval))
     run_task = asyncio.create_task(gateway.run(), name="gateway")
     ready = asyncio.create_task(gateway.ready.wait())
     await asyncio.wait({run_task, ready}, return_when=asyncio.FIRST_COMPLETED)
@@ -142,10 +166,17 @@ async def _demo_async(loaded: LoadedSettings, count: int, interval: float, durat
     )
     print(f"demo: gateway on port {port}, {count} simulated purifiers every {interval:g} s; "
           f"readings go to {loaded.db_path}. Ctrl-C stops.", flush=True)
+    if loaded.settings.ble.devices:
+        ble_ids = ", ".join(d.id for d in loaded.settings.ble.devices)
+        print(f"demo: simulated BLE sensors {ble_ids} on a simulated radio (bleak backend)", flush=True)
     if gateway.api is not None:
         api = loaded.settings.api
-        print(f"demo: REST API on http://{api.host}:{gateway.api.port} (try /api/device/list/all, "
+        scheme = "https" if loaded.settings.panel.tls else "http"
+        print(f"demo: REST API on {scheme}://{api.host}:{gateway.api.port} (try /api/device/list/all, "
               f"/api/openapi.json)", flush=True)
+        login = (f"log in as demo / {demo_password}" if demo_password is not None
+                 else "log in as one of the config's [[users]]")
+        print(f"demo: panel on {scheme}://{api.host}:{gateway.api.port}/ ({login})", flush=True)
     loop = asyncio.get_running_loop()
     started = loop.time()
     try:
@@ -166,6 +197,27 @@ async def _demo_async(loaded: LoadedSettings, count: int, interval: float, durat
         gateway.stop()
         await run_task
     return 0
+
+
+def _simulated_ble(loaded: LoadedSettings, interval: float) -> BleBackends | None:
+    """The demo's BLE radio: a simulated sensor for each configured BLE device (its format and bindkey) and a
+    GATT peripheral for each connectable one, as bleak backends (firmware_sim, bleak's backend= argument)."""
+    devices = loaded.settings.ble.devices
+    if not devices:
+        return None
+    from firmware_sim.ble.peripheral import SimulatedPeripheral
+    from firmware_sim.ble.radio import SimulatedRadio
+    from firmware_sim.ble.sensors import SimulatedBleSensor
+
+    from drivers.ble.link import BleBackends
+
+    radio = SimulatedRadio(
+        [SimulatedBleSensor(d.mac, d.format, bindkey=bytes.fromhex(d.bindkey) if d.bindkey else None, seed=n)
+         for n, d in enumerate(devices) if d.format is not None],
+        [SimulatedPeripheral(d.mac, seed=n) for n, d in enumerate(devices) if d.gatt],
+        advert_interval=interval,
+    )
+    return BleBackends(radio.scanner_backend, radio.client_backend)
 
 
 if __name__ == "__main__":

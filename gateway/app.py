@@ -18,19 +18,22 @@ from gateway.broker.device_link import LanBrokerLink
 from gateway.cloud_methods import register_control_methods, register_gateway_methods
 from gateway.control.service import Controller
 from gateway.core.clock import Clock, SystemClock
-from gateway.core.device_commands import DeviceCommand
+from gateway.core.device_commands import DeviceCommand, TurnOn
 from gateway.core.errors import ConfigError, StartupError
-from gateway.core.links import DeviceDriver, DeviceLinks, MqttDeviceDriver
+from gateway.core.links import DeviceDriver, DeviceLink, DeviceLinks, MqttDeviceDriver
 from gateway.core.metrics import Metrics
 from gateway.core.models import OutboxPrune, StatusChange
 from gateway.core.registry import DeviceRegistry
 from gateway.core.supervisor import Health, Supervisor
 from gateway.core.tasks import cancel_until_done
+from gateway.hub_wiring import build_hub_intake, hub_maps, restore_hub_batches
 from gateway.ingest.mqtt_intake import MqttIntake
 from gateway.ingest.resends import PER_DEVICE
 from gateway.ingest.service import Ingest
 from gateway.logs import configure_logging
+from gateway.loop_lag import measure_loop_lag
 from gateway.malloc_tuning import trim_periodically
+from gateway.modbus_setup import build_modbus_link
 from gateway.settings import LoadedSettings, Settings, load_settings
 from gateway.store.queries import load_device_states, load_recent_readings
 from gateway.store.writer import StoreWriter
@@ -39,6 +42,8 @@ from gateway.uplink.rpc import Dispatcher
 from gateway.web.views import device_state_json
 
 if TYPE_CHECKING:
+    from drivers.ble.hub_adverts import BleAdvertDecoder
+    from drivers.ble.link import BleBackends, BleLink
     from gateway.uplink.client import Uplink
     from gateway.web.server import ApiServer
 
@@ -51,7 +56,8 @@ SHUTDOWN_BUDGET_S = 5.0
 class Gateway:
     """One running gateway. `run()` returns after `stop()` (or SIGTERM/SIGINT) once everything is closed."""
 
-    def __init__(self, loaded: LoadedSettings, *, clock: Clock | None = None, notifier: SystemdNotifier | None = None):
+    def __init__(self, loaded: LoadedSettings, *, clock: Clock | None = None, notifier: SystemdNotifier | None = None,
+                 ble_backends: BleBackends | None = None):
         self.loaded = loaded
         self.clock = clock or SystemClock()
         self.metrics = Metrics()
@@ -71,7 +77,7 @@ class Gateway:
             outbox=s.uplink.enabled,
             clock=self.clock,
         )
-        kinds = {d.id: d.kind for d in s.devices}
+        kinds = s.device_kinds()
         self.registry = DeviceRegistry(kinds)
         self.drivers = driver_registry.load_all(kinds.values())
         self.supervisor = Supervisor(clock=self.clock, metrics=self.metrics)
@@ -81,17 +87,36 @@ class Gateway:
             earliest_ts=datetime.combine(s.ingest.earliest_timestamp, time(), UTC).timestamp(),
             max_future_s=s.ingest.max_future_minutes * 60.0,
         )
+        # The BLE devices' advert decoders, one instance for the gateway's own scanner and the hub demultiplexer
+        # (the repeat and replay state is shared); bleak is imported only when the gateway's radio is used.
+        self.ble_adverts: BleAdvertDecoder | None = None
+        self.ble: BleLink | None = None
+        if s.ble.devices:
+            from drivers.ble.wiring import build_ble
+
+            self.ble_adverts, self.ble = build_ble(s.ble, radio=s.ble.radio, intake=self.ingest, clock=self.clock,
+                                                   metrics=self.metrics, supervisor=self.supervisor,
+                                                   backends=ble_backends)
+        # Hub batches (CONTRACT section 3): relayed adverts go through the same decoders as the gateway's own
+        # radio; with no BLE devices configured they count as unmapped.
+        self.hubs = build_hub_intake(s.hubs, ingest=self.ingest, put=self.writer.put, registry=self.registry,
+                                     driver_of=self._driver_of, decoder=self.ble_adverts, clock=self.clock,
+                                     metrics=self.metrics)
         self.mqtt_intake = MqttIntake(
             intake=self.ingest, driver_of=self._mqtt_driver_of, metrics=self.metrics, clock=self.clock,
-            max_json_depth=s.ingest.max_json_depth,
+            max_json_depth=s.ingest.max_json_depth, batches=self.hubs.part,
         )
         self.broker = create_lan_broker(s.broker, s.devices, sink=self.mqtt_intake, metrics=self.metrics)
-        self.links = DeviceLinks(
-            {"mqtt": LanBrokerLink(send=self.broker.send,
-                                   command_ready=self.broker.command_ready,
-                                   driver_of=self._mqtt_driver_of)},
-            transport_of=self._transport_of,
-        )
+        links: dict[str, DeviceLink] = {
+            "mqtt": LanBrokerLink(send=self.broker.send, command_ready=self.broker.command_ready,
+                                  driver_of=self._mqtt_driver_of)}
+        modbus = build_modbus_link(s.modbus, loaded.path.parent, intake=self.ingest, clock=self.clock,
+                                   metrics=self.metrics, supervisor=self.supervisor)
+        if modbus is not None:
+            links["modbus"] = modbus
+        if self.ble is not None:
+            links["ble"] = self.ble
+        self.links = DeviceLinks(links, transport_of=self._transport_of)
         self.controller = Controller(
             s.control,
             timezone=s.gateway.timezone,
@@ -141,6 +166,13 @@ class Gateway:
         if driver is not None:
             driver.check_command(command)
 
+    def _takes_commands(self, device_id: str) -> bool:
+        try:
+            self._check_command(device_id, TurnOn())
+        except ValueError:
+            return False
+        return True
+
     def _rpc_methods(self) -> Dispatcher:
         """The cloud's JSON-RPC methods (CONTRACT section 2)."""
         dispatcher = Dispatcher()
@@ -154,7 +186,7 @@ class Gateway:
 
     def device_state(self, device_id: str) -> dict[str, Any] | None:
         """The state page of one configured device (None for any other id)."""
-        if self.settings.device(device_id) is None:
+        if self.registry.kind(device_id) is None:
             return None
         return device_state_json(device_id, self.registry.get(device_id))
 
@@ -170,7 +202,7 @@ class Gateway:
             "version": __version__,
             "gatewayId": self.settings.gateway.id,
             "uptimeSeconds": round(self.clock.now() - self.started_at, 3),
-            "devices": len(self.settings.devices),
+            "devices": len(self.registry.configured()),
             "devicesOnline": self.registry.online_count(),
             "links": self.supervisor.report(),
             "storeQueue": self.writer.queue_depth,
@@ -198,16 +230,20 @@ class Gateway:
         old = self.loaded.settings
         s = new.settings
         self.broker.update_devices(device_logins(s.devices), allow_anonymous=s.broker.allow_anonymous)
-        kinds = {d.id: d.kind for d in s.devices}
+        kinds = s.device_kinds()
         for kind in set(kinds.values()) - set(self.drivers):
             self.drivers[kind] = driver_registry.load(kind)
         self.registry.set_devices(kinds)  # control and the uplink follow its change event
+        self.hubs.set_maps(hub_maps(s.hubs))
         if s.logging != old.logging:
             configure_logging(s.logging.level, s.logging.format)
         needs_restart = [
-            name for name in ("gateway", "storage", "ingest", "uplink", "outbox", "control", "api")
+            name for name in ("gateway", "storage", "ingest", "uplink", "outbox", "control", "api", "modbus", "ble",
+                              "users", "panel")
             if getattr(s, name) != getattr(old, name)
         ]
+        if s.hubs.model_copy(update={"mappings": []}) != old.hubs.model_copy(update={"mappings": []}):
+            needs_restart.append("hubs (limits; mappings are applied)")
         if s.broker.listeners != old.broker.listeners or s.broker.keepalive_grace != old.broker.keepalive_grace:
             needs_restart.append("broker.listeners")
         self.loaded = new
@@ -236,6 +272,7 @@ class Gateway:
             # A device resending what it sent before a crash or restart is recognised (ingest/resends.py).
             self.ingest.recent.restore(await load_recent_readings(conn, self.registry.configured(), PER_DEVICE))
             await self.controller.load(conn)
+            await restore_hub_batches(self.hubs, conn, self.clock.now())
         except Exception as exc:
             # Close what did open (its database thread would keep the process alive): the writer's loop runs
             # just long enough to see close().
@@ -257,6 +294,7 @@ class Gateway:
             for device_id in self.registry.mark_all_offline(now):
                 await self.writer.put(StatusChange(device_id, False, now, "gateway-restart"))
             control = tg.create_task(self.controller.run(), name="control")
+            hub_timer = tg.create_task(self.hubs.run(), name="hub-batches")
             background: list[asyncio.Task[None]] = []
             try:
                 await self._start_listeners()
@@ -266,11 +304,12 @@ class Gateway:
                 self._stop.set()
             else:
                 background = [tg.create_task(self._watchdog(), name="systemd-watchdog"),
-                              tg.create_task(trim_periodically(), name="malloc-trim")]
+                              tg.create_task(trim_periodically(), name="malloc-trim"),
+                              tg.create_task(measure_loop_lag(self.metrics), name="loop-lag")]
                 self.ready.set()
                 self.notifier.ready("running")
                 log.info("gateway.started", version=__version__, gateway_id=self.settings.gateway.id,
-                         db=str(self.loaded.db_path), devices=len(self.settings.devices))
+                         db=str(self.loaded.db_path), devices=len(self.registry.configured()))
             await self._stop.wait()
             self.notifier.stopping()
             self.supervisor.stop()
@@ -281,7 +320,8 @@ class Gateway:
             if self._broker_started:
                 await self.broker.stop_intake()
             control.cancel()
-            await asyncio.wait([control], timeout=SHUTDOWN_BUDGET_S / 10)
+            hub_timer.cancel()
+            await asyncio.wait([control, hub_timer], timeout=SHUTDOWN_BUDGET_S / 10)
             await self.controller.flush_records()  # audit rows and events not yet handed to the store
             # Unacknowledged rows stay in the outbox for the next start; deletions already under way land.
             if self.uplink is not None:
@@ -305,13 +345,25 @@ class Gateway:
         self._broker_started = True
         if not self.settings.api.enabled:
             return
+        from gateway.web.auth import tls_context
+        from gateway.web.panel import PanelSources, install_panel
         from gateway.web.server import ApiServer  # aiohttp.web costs RSS: only when the API is on
 
+        try:
+            tls = tls_context(self.settings.panel)
+        except OSError as exc:  # ssl.SSLError too: a certificate or key that does not load
+            raise StartupError(f"panel TLS certificate {self.settings.panel.certfile}", exc) from exc
         api = ApiServer(
             self.settings.api, controller=self.controller, db_path=self.loaded.db_path,
             devices=self.registry.summary, device_state=self.device_state, health=self.health,
-            clock=self.clock,
+            clock=self.clock, metrics=self.metrics, hubs_unmapped=self.hubs.view_unmapped, ssl_context=tls,
         )
+        install_panel(api.app, PanelSources(
+            registry=self.registry, settings=lambda: self.settings, health=self.health,
+            uplink=lambda: self.uplink.state if self.uplink is not None else None,
+            clients_connected=self.broker.clients_connected, db_path=self.loaded.db_path, clock=self.clock,
+            started_at=self.started_at, takes_commands=self._takes_commands,
+        ), config_path=str(self.loaded.path))
         try:
             await api.start()
         except Exception as exc:
@@ -319,7 +371,7 @@ class Gateway:
                 await api.stop()
             raise StartupError(f"REST API on {self.settings.api.host}:{self.settings.api.port}", exc) from exc
         self.api = api
-        log.info("api.listening", host=self.settings.api.host, port=api.port)
+        log.info("api.listening", host=self.settings.api.host, port=api.port, tls=tls is not None)
 
     async def _shutdown(self, deadline: float) -> None:
         """Flush the store, close the broker (intake already stopped): nothing acknowledged is lost."""

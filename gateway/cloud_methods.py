@@ -3,6 +3,10 @@
 Errors: -32602 names the bad field (also an unknown device or schedule), -32000 device offline (the
 command is queued as desired state and applied when the device returns; `data` is its audit record),
 -32001 command timeout, -32002 the device refused the command, -32003 too many commands queued.
+
+`command.get` gives a recent command's audit record by its id (the gateway keeps the latest 2,048 in
+memory; older ones are in the REST API's audit log); `command.cancel` cancels one still pending or sent
+and answers its record with ``cancelled`` true, or false (and the record as it finished) when it was done.
 """
 
 from __future__ import annotations
@@ -61,6 +65,10 @@ class ScheduleIdParams(Params):
     id: int = Field(strict=True)
 
 
+class CommandIdParams(Params):
+    commandId: str = Field(min_length=1)
+
+
 def _invalid(field: str, message: str) -> RpcError:
     return RpcError(INVALID_PARAMS, f"Invalid params: {field}: {message}", [{"field": field, "message": message}])
 
@@ -74,7 +82,8 @@ def _guard(handler: Callable[[Any], Awaitable[Any]]) -> Callable[[Any], Awaitabl
         except (CommandError, ScheduleError) as exc:
             raise _invalid(exc.field, str(exc).split(": ", 1)[-1]) from None
         except NotFoundError as exc:
-            raise _invalid("id" if exc.kind == "schedule" else "device", str(exc)) from None
+            field = {"schedule": "id", "command": "commandId"}.get(exc.kind, "device")
+            raise _invalid(field, str(exc)) from None
         except CommandQueueFull as exc:
             raise RpcError(QUEUE_FULL, str(exc)) from None
 
@@ -98,6 +107,18 @@ def register_control_methods(dispatcher: Dispatcher, controller: Controller, *, 
         if not record.status.finished:  # still waiting (the device went offline meanwhile)
             raise RpcError(DEVICE_OFFLINE, "no answer yet: command queued, applied when the device is back", body)
         raise RpcError(COMMAND_FAILED, f"command {record.status.value}: {record.error}", body)
+
+    async def command_get(p: CommandIdParams) -> dict[str, Any]:
+        record = controller.record(p.commandId)
+        if record is None:
+            raise NotFoundError("command", p.commandId)
+        return command_json(record)
+
+    async def command_cancel(p: CommandIdParams) -> dict[str, Any]:
+        try:
+            return {**command_json(await controller.cancel_command(p.commandId, "cloud")), "cancelled": True}
+        except ConflictError:  # it finished first
+            return {**await command_get(p), "cancelled": False}
 
     async def set_fan_speed(p: FanSpeedParams) -> dict[str, Any]:
         return await command(p.device, "setFanSpeed", p.value)
@@ -138,6 +159,8 @@ def register_control_methods(dispatcher: Dispatcher, controller: Controller, *, 
         ("device.setFanSpeed", FanSpeedParams, set_fan_speed),
         ("device.turnOn", DeviceOnly, turn_on),
         ("device.turnOff", DeviceOnly, turn_off),
+        ("command.get", CommandIdParams, command_get),
+        ("command.cancel", CommandIdParams, command_cancel),
         ("preclean.start", PrecleanStartParams, preclean_start),
         ("preclean.cancel", DeviceOnly, preclean_cancel),
         ("preclean.status", DeviceOnly, preclean_status),

@@ -19,6 +19,10 @@ from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, ValidationErro
 
 from gateway.core.errors import ConfigError
 from gateway.core.passwords import argon2_hash_problem
+from gateway.settings_ble import BleSection
+from gateway.settings_hubs import HubsSection
+from gateway.settings_modbus import ModbusSection, check_maps
+from gateway.settings_users import PanelSection, Users
 
 # Device ids appear in MQTT topics and as usernames: no wildcards, separators or spaces.
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
@@ -209,6 +213,9 @@ class UplinkSection(_Strict):
     batch_max_readings: Annotated[int, Field(ge=1, le=10_000)] = 200
     batch_max_bytes: Annotated[int, Field(ge=1024, le=10_000_000)] = 128 * 1024
     reconnect_max_seconds: Annotated[float, Field(ge=1, le=3600)] = 60.0
+    # While the cloud is unreachable, a bare TCP connect this often (jittered) ends the back-off as soon as
+    # it is back (uplink/reachability.py).
+    probe_interval_seconds: Annotated[float, Field(ge=0.1, le=60)] = 1.0
 
     @model_validator(mode="after")
     def _tls_files(self) -> UplinkSection:
@@ -242,13 +249,16 @@ class ControlSection(_Strict):
     # (doubling up to the maximum), unless a layer changes or the device reconnects.
     retry_backoff_seconds: Annotated[float, Field(gt=0)] = 30.0
     retry_backoff_max_seconds: Annotated[float, Field(gt=0)] = 900.0
+    # After this many failed drives of a device in a row (its own commands, or a person's that failed), the
+    # reconciler stops until a layer changes, a command is sent or the device reconnects.
+    redrive_limit: Annotated[int, Field(ge=1, le=1000)] = 8
     # Unused since the gateway's own timer fires every schedule boundary (a late one is applied whenever the
     # timer gets to it). Still accepted, so configs written for earlier versions keep loading.
     misfire_grace_seconds: Annotated[int, Field(ge=1)] = 300
 
 
 class ApiSection(_Strict):
-    """The local REST API (and, later, the panel). No login yet: loopback only by default."""
+    """The local REST API and the panel. Logins: [[users]] and [panel] (gateway/settings_users.py)."""
 
     enabled: bool = True
     host: str = "127.0.0.1"
@@ -268,21 +278,38 @@ class Settings(_Strict):
     outbox: OutboxSection = Field(default_factory=OutboxSection)
     control: ControlSection = Field(default_factory=ControlSection)
     api: ApiSection = Field(default_factory=ApiSection)
+    modbus: ModbusSection = Field(default_factory=ModbusSection)
+    hubs: HubsSection = Field(default_factory=HubsSection)
+    ble: BleSection = Field(default_factory=BleSection)
+    users: Users = Field(default_factory=list)  # panel and API logins (gateway/settings_users.py)
+    panel: PanelSection = Field(default_factory=PanelSection)
 
     def cross_check(self) -> list[tuple[str, str]]:
         """Rules spanning sections, as (field path, message): pydantic cannot place these on a field."""
-        problems: list[tuple[str, str]] = []
+        problems: list[tuple[str, str]] = self.hubs.problems({d.id: d.kind for d in self.devices})
         seen: set[str] = set()
+        through_hubs = self.hubs.reached_through_hubs()  # they never log in
         for index, device in enumerate(self.devices):
             where = f"devices.{index}[id={device.id}]"
             if device.id in seen:
                 problems.append((f"{where}.id", f"device id {device.id!r} appears more than once"))
             seen.add(device.id)
-            if device.password_hash is None and not self.broker.allow_anonymous:
+            if device.password_hash is None and not self.broker.allow_anonymous and device.id not in through_hubs:
                 problems.append(
                     (f"{where}.password_hash", "required while broker.allow_anonymous is false")
                 )
+        problems += self.modbus.cross_check(list(seen), {d.id: d.kind for d in self.devices})
+        seen.update(self.modbus.device_kinds())
+        for index, ble_device in enumerate(self.ble.devices):
+            if ble_device.id in seen:
+                problems.append((f"ble.devices.{index}[id={ble_device.id}].id",
+                                 f"device id {ble_device.id!r} appears more than once"))
+            seen.add(ble_device.id)
         return problems
+
+    def device_kinds(self) -> dict[str, str]:
+        """Every configured device (LAN broker, Modbus and BLE) -> its driver kind."""
+        return {**{d.id: d.kind for d in self.devices}, **self.modbus.device_kinds(), **self.ble.kinds()}
 
     def device(self, device_id: str) -> DeviceSettings | None:
         for device in self.devices:
@@ -326,6 +353,9 @@ def load_settings(path: Path | str) -> LoadedSettings:
     problems = settings.cross_check()
     if problems:
         raise ConfigError([f"{path}: {where}: {message}" for where, message in problems])
+    map_errors = check_maps(settings.modbus, path)
+    if map_errors:
+        raise ConfigError(map_errors)
     return LoadedSettings(settings=settings, path=path.resolve())
 
 

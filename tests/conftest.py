@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures.cloud",
     "tests.fixtures.hang_report",
     "tests.fixtures.leaks",
+    "tests.fixtures.modbus",
 ]

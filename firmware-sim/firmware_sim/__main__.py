@@ -1,6 +1,8 @@
-"""`edge-gateway-sim`: run simulated devices against an MQTT broker.
+"""`edge-gateway-sim`: run simulated devices against an MQTT broker, or Modbus slaves on a serial line.
 
     edge-gateway-sim purifiers --count 3 --interval 120 --host 127.0.0.1 --port 1883
+    edge-gateway-sim modbus --pty /tmp/edge-gateway-rs485     (see firmware_sim/modbus_cli.py)
+    edge-gateway-sim hub --hub-id HUB-1 --beacons 2000 --per-part 30 --out-of-order --duplicates 5
 
 Each purifier logs in as its id (AP-01, AP-02, ...) with the password from --password-template.
 SIGINT/SIGTERM (or --duration) stop every purifier cleanly: each publishes "offline" first.
@@ -15,6 +17,7 @@ import logging
 import signal
 from collections.abc import Sequence
 
+from firmware_sim import hub, modbus_cli
 from firmware_sim.purifier import SimulatedPurifier
 
 log = logging.getLogger("firmware_sim")
@@ -60,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--summary-interval", type=_positive_float, default=60.0, help="seconds between summary log lines (default 60)"
     )
+    modbus_cli.add_parser(sub)
+    hub.add_parser(sub)
     return parser
 
 
@@ -149,6 +154,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "purifiers":
         return asyncio.run(run_purifiers(args))
+    if args.command == "modbus":
+        return asyncio.run(modbus_cli.run_modbus(args))
+    if args.command == "hub":
+        return asyncio.run(hub.run_hub(args))
     raise AssertionError(f"unhandled command {args.command!r}")
 
 

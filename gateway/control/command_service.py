@@ -18,6 +18,7 @@ from typing import Any, cast
 
 import structlog
 
+from gateway.control.attempts import log_from_json
 from gateway.control.commands import (
     Action,
     Audit,
@@ -33,6 +34,7 @@ from gateway.control.commands import (
     StateReported,
 )
 from gateway.control.loop import Enqueue, Item
+from gateway.control.sends import DeviceSends
 from gateway.core.clock import Clock
 from gateway.core.device_commands import Ack, OutgoingCommand, acked_state, device_command
 from gateway.core.errors import NotFoundError
@@ -68,7 +70,7 @@ class CommandService:
     ) -> None:
         self.executor = executor
         self._clock = clock
-        self._queue = queue
+        self._enqueue = queue
         self._put = put
         self._send = send
         self._state_reported = state_reported
@@ -76,6 +78,10 @@ class CommandService:
         self._on_finished = finished  # after waiters are resolved: the reconciler's turn
         self._waiters: dict[str, list[asyncio.Future[CommandRecord]]] = {}
         self._records: OrderedDict[str, CommandRecord] = OrderedDict()  # recent records, for waiters and pages
+        # device -> Finished effects queued and not yet performed: its command is over in the executor, but
+        # nobody (waiters, the reconciler) has been told yet, so the device still counts as busy.
+        self._finishing: dict[str, int] = {}
+        self.sends = DeviceSends(self._attempt)
 
     # --------------------------------------------------------------------------------------- queries
 
@@ -83,8 +89,16 @@ class CommandService:
         return self.executor.get(command_id) or self._records.get(command_id)
 
     def busy(self, device: str) -> bool:
-        """A command of the device is in flight or waits in its queue."""
-        return self.executor.in_flight(device) is not None or bool(self.executor.pending(device))
+        """A command of the device is in flight, waits in its queue, or has finished without being reported yet."""
+        return (self.executor.in_flight(device) is not None or bool(self.executor.pending(device))
+                or device in self._finishing)
+
+    def _queue(self, *items: Item) -> None:
+        for item in items:
+            if isinstance(item, Finished):
+                device = item.record.device
+                self._finishing[device] = self._finishing.get(device, 0) + 1
+        self._enqueue(*items)
 
     def next_deadline(self) -> float | None:
         return self.executor.next_deadline()
@@ -155,6 +169,13 @@ class CommandService:
         """Retries and timeouts that are due."""
         self._queue(*self.executor.tick(now))
 
+    def cancel(self, command_id: str, now: float, reason: str) -> CommandRecord | None:
+        """Cancel a pending or in-flight command: its record as cancelled, or None when it is not under way."""
+        effects = self.executor.cancel(command_id, now, reason)
+        self._queue(*effects)
+        return next((e.record for e in effects if isinstance(e, Finished) and e.record.command_id == command_id),
+                    None)
+
     def close_unfinished(self, rows: list[UnfinishedCommand], now: float, *, carried: Callable[[str], bool]) -> None:
         """Commands still pending or sent when the gateway stopped: their queue was in memory.
 
@@ -169,7 +190,7 @@ class CommandService:
             record = CommandRecord(
                 row.command_id, row.device, cast(Action, row.action), row.value, cast(Source, row.source),
                 CommandStatus.CANCELLED, row.attempts, row.created_at, row.sent_at, row.last_sent_at, now, error,
-                None, row.note,
+                None, row.note, row.cause, log_from_json(row.attempt_log),
             )
             self._queue(Audit(record, "cancelled"), Finished(record))
         if rows:
@@ -180,16 +201,7 @@ class CommandService:
     async def perform(self, item: Effect | StoreRecord) -> None:
         """Carry out one queued effect (the control loop calls this, in queue order)."""
         if isinstance(item, Send):
-            try:
-                ack = await self._send(item.command)
-            except LinkError as exc:
-                # Not sent: the attempt stays unanswered and the executor retries it at its deadline.
-                log.warning("command.not_sent", command_id=item.command_id, device_id=item.command.device_id,
-                            error=str(exc))
-                return
-            self._metrics.inc("gateway_commands_published_total", 1, "command messages sent to devices")
-            if ack is not None:  # the link's reply is the acknowledgement (a Modbus write)
-                self.ack(item.command.device_id, ack, self._clock.now())
+            self.sends.start(item)  # in its own task: a slow link must not hold up the control loop
         elif isinstance(item, Audit):
             self._remember(item.record)
             await self._put(control_repo.command_row(item.record))
@@ -201,13 +213,27 @@ class CommandService:
             r = item.record
             await self._put(DeviceEvent(r.finished_at or self._clock.now(), r.device, "command.result", {
                 "commandId": r.command_id, "action": r.action, "value": r.value, "source": r.source,
-                "status": r.status.value, "attempts": r.attempts, "error": r.error, "state": r.state,
+                "cause": r.cause, "status": r.status.value, "attempts": r.attempts, "error": r.error, "state": r.state,
             }))
         elif isinstance(item, Ignored):
             self._metrics.inc("gateway_acks_ignored_total", 1, "acks no command waited for")
             log.warning("command.ack_ignored", device_id=item.device, command_id=item.command_id, reason=item.reason)
         else:
             await self._put(item)
+
+    async def _attempt(self, item: Send) -> None:
+        """One attempt through the device's link (a DeviceSends task)."""
+        try:
+            ack = await self._send(item.command)
+        except LinkError as exc:
+            # Not sent: the attempt stays unanswered and the executor retries it at its deadline.
+            log.warning("command.not_sent", command_id=item.command_id, device_id=item.command.device_id,
+                        error=str(exc))
+            self._queue(*self.executor.not_sent(item.command_id, item.attempt, str(exc)))
+            return
+        self._metrics.inc("gateway_commands_published_total", 1, "command messages sent to devices")
+        if ack is not None:  # the link's reply is the acknowledgement (a Modbus write)
+            self.ack(item.command.device_id, ack, self._clock.now())
 
     def _remember(self, record: CommandRecord) -> None:
         self._records[record.command_id] = record
@@ -216,6 +242,11 @@ class CommandService:
             self._records.popitem(last=False)
 
     def _finished(self, record: CommandRecord) -> None:
+        left = self._finishing.get(record.device, 0) - 1
+        if left > 0:
+            self._finishing[record.device] = left
+        else:
+            self._finishing.pop(record.device, None)
         self._remember(record)
         for fut in self._waiters.pop(record.command_id, []):
             if not fut.done():

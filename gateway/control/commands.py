@@ -19,7 +19,14 @@ Rules:
 * a retry that falls due while the device is offline is deferred, not spent: it is sent the moment the
   device is back online. After the last attempt's deadline the command times out whether online or not;
 * an ack is accepted only from the device the command was sent to; acks for unknown, finished or
-  someone else's commands are ignored and reported. An ``error`` ack marks the command ``failed``.
+  someone else's commands are ignored and reported. An ``error`` ack marks the command ``failed``;
+* every attempt has its entry in the record's ``attempt_log`` (gateway/control/attempts.py): when it left
+  and how it ended (no ack, not sent, acked, failed, cancelled).
+
+``source`` says who asked: a person or the cloud (``panel``, ``api``, ``cloud``), or the reconciler
+(``reconcile``), whose commands also name the layer that caused them (``cause``: ``manual`` for a re-drive
+of a person's setting, ``schedule``, ``preclean``, ``rule``; a restore after an override ended names the
+override).
 
 ``now`` is wall-clock epoch seconds from the injected Clock; it stamps the audit and drives deadlines.
 """
@@ -32,6 +39,9 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Literal
 
+from gateway.control import attempts
+from gateway.control.attempts import AttemptLog
+from gateway.control.desired import Layer
 from gateway.core.device_commands import Ack, OutgoingCommand, device_command
 from gateway.core.errors import GatewayError
 
@@ -42,8 +52,11 @@ _REMEMBER_FINISHED = 4096
 
 Action = Literal["setFanSpeed", "turnOn", "turnOff"]
 ACTIONS: tuple[Action, ...] = ("setFanSpeed", "turnOn", "turnOff")
-Source = Literal["panel", "api", "cloud", "schedule", "preclean", "rule"]
-SOURCES: tuple[Source, ...] = ("panel", "api", "cloud", "schedule", "preclean", "rule")
+# "schedule", "preclean" and "rule" are kept for audit rows written before the reconciler said "reconcile".
+Source = Literal["panel", "api", "cloud", "reconcile", "schedule", "preclean", "rule"]
+SOURCES: tuple[Source, ...] = ("panel", "api", "cloud", "reconcile", "schedule", "preclean", "rule")
+AUTOMATIC: Source = "reconcile"
+CAUSES: tuple[str, ...] = tuple(layer.label for layer in Layer)  # what made the reconciler send a command
 
 
 class CommandStatus(StrEnum):
@@ -83,10 +96,12 @@ class CommandRequest:
     action: Action
     value: int | None
     source: Source
+    cause: str | None = None  # the layer behind an automatic command (source "reconcile")
 
     @staticmethod
     def create(
-        device: object, action: object, value: object = None, *, source: object, command_id: str | None = None
+        device: object, action: object, value: object = None, *, source: object, command_id: str | None = None,
+        cause: str | None = None,
     ) -> CommandRequest:
         if not isinstance(device, str) or not device.strip():
             raise CommandError("device", f"expected a non-empty device id, got {device!r}")
@@ -94,6 +109,9 @@ class CommandRequest:
             raise CommandError("action", f"expected one of {', '.join(ACTIONS)}, got {action!r}")
         if source not in SOURCES:
             raise CommandError("source", f"expected one of {', '.join(SOURCES)}, got {source!r}")
+        if (source == AUTOMATIC) != (cause is not None) or (cause is not None and cause not in CAUSES):
+            raise CommandError("cause", f"a {AUTOMATIC} command names its layer ({', '.join(CAUSES)}), any other "
+                               f"none; got source {source!r} with cause {cause!r}")
         if action == "setFanSpeed":
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 5:
                 raise CommandError("value", f"setFanSpeed needs a whole number 0..5, got {value!r}")
@@ -102,10 +120,7 @@ class CommandRequest:
         cid = command_id if command_id is not None else str(uuid.uuid4())
         if not isinstance(cid, str) or not cid:
             raise CommandError("commandId", f"expected a non-empty string, got {cid!r}")
-        return CommandRequest(cid, device, action, value, source)
-
-
-# ---------------------------------------------------------------------------------------------- acks
+        return CommandRequest(cid, device, action, value, source, cause)
 
 
 # ------------------------------------------------------------------------------------------- effects
@@ -129,6 +144,8 @@ class CommandRecord:
     error: str | None = None
     state: dict[str, Any] | None = None  # the device's reported state from the ack
     note: str | None = None  # e.g. "queued: device offline"
+    cause: str | None = None  # the layer behind an automatic command (source "reconcile")
+    attempt_log: AttemptLog = ()  # one entry per attempt, in order
 
     def outgoing(self) -> OutgoingCommand:
         """The command as its link sends it; issued at the first send, so every retry is the same message."""
@@ -151,7 +168,7 @@ class Send:
 @dataclass(frozen=True, slots=True)
 class Audit:
     record: CommandRecord
-    change: str  # created | queued | sent | retried | acked | failed | timeout | cancelled
+    change: str  # created | queued | sent | retried | not-sent | acked | failed | timeout | cancelled
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,7 +274,7 @@ class CommandExecutor:
         note = None if dev.online else "queued: device offline, sent when it comes back online"
         record = CommandRecord(
             request.command_id, request.device, request.action, request.value, request.source,
-            CommandStatus.PENDING, 0, now, note=note,
+            CommandStatus.PENDING, 0, now, note=note, cause=request.cause,
         )
         dev.queue.append(record)
         self._owner[record.command_id] = record.device
@@ -289,7 +306,9 @@ class CommandExecutor:
         if dev.in_flight is None or dev.in_flight.record.command_id != ack.command_id:
             return [Ignored(device, ack.command_id, "command not sent yet (pending)", ack)]
         status = CommandStatus.ACKED if ack.ok else CommandStatus.FAILED
-        record = replace(dev.in_flight.record, status=status, finished_at=now, error=ack.error, state=ack.state)
+        flight = dev.in_flight.record
+        record = replace(flight, status=status, finished_at=now, error=ack.error, state=ack.state,
+                         attempt_log=attempts.ended(flight.attempt_log, status.value, ack.error))
         dev.in_flight = None
         effects: list[Effect] = []
         if ack.state:
@@ -308,7 +327,8 @@ class CommandExecutor:
                 continue
             if flight.record.attempts >= self.attempts:
                 record = replace(flight.record, status=CommandStatus.TIMEOUT, finished_at=now,
-                                 error=f"no ack after {flight.record.attempts} attempts")
+                                 error=f"no ack after {flight.record.attempts} attempts",
+                                 attempt_log=attempts.ended(flight.record.attempt_log, attempts.NO_ACK))
                 dev.in_flight = None
                 effects += self._finish(record)
                 effects += self._dispatch(dev, now)
@@ -326,12 +346,24 @@ class CommandExecutor:
         dev = self._devices[device]
         if dev.in_flight is not None and dev.in_flight.record.command_id == command_id:
             record = dev.in_flight.record
+            record = replace(record, attempt_log=attempts.ended(record.attempt_log, "cancelled", reason))
             dev.in_flight = None
         else:
             record = next(r for r in dev.queue if r.command_id == command_id)
             dev.queue.remove(record)
         effects = self._finish(replace(record, status=CommandStatus.CANCELLED, finished_at=now, error=reason))
         return effects + self._dispatch(dev, now)
+
+    def not_sent(self, command_id: str, attempt: int, error: str) -> list[Effect]:
+        """The link could not send this attempt: its log entry says so (it is retried at its deadline)."""
+        device = self._owner.get(command_id)
+        dev = self._devices.get(device) if device is not None else None
+        if dev is None or dev.in_flight is None or dev.in_flight.record.command_id != command_id:
+            return []  # finished meanwhile (or cancelled): nothing to note
+        record = dev.in_flight.record
+        record = replace(record, attempt_log=attempts.not_sent(record.attempt_log, attempt, error))
+        dev.in_flight.record = record
+        return [Audit(record, attempts.NOT_SENT)]
 
     def cancel_pending(self, device: str, now: float, reason: str = "superseded") -> list[Effect]:
         """Cancel every queued (not yet sent) command of a device, e.g. when desired state changed again."""
@@ -349,14 +381,16 @@ class CommandExecutor:
         if not dev.online or dev.in_flight is not None or not dev.queue:
             return []
         queued = dev.queue.popleft()
-        record = replace(queued, status=CommandStatus.SENT, attempts=1, sent_at=now, last_sent_at=now)
+        record = replace(queued, status=CommandStatus.SENT, attempts=1, sent_at=now, last_sent_at=now,
+                         attempt_log=attempts.started((), 1, now))
         dev.in_flight = _InFlight(record, now + self.timeout)
         return [_send(record), Audit(record, "sent")]
 
     def _resend(self, dev: _Device, now: float) -> list[Effect]:
         assert dev.in_flight is not None
         old = dev.in_flight.record
-        record = replace(old, attempts=old.attempts + 1, last_sent_at=now)
+        record = replace(old, attempts=old.attempts + 1, last_sent_at=now,
+                         attempt_log=attempts.started(old.attempt_log, old.attempts + 1, now))
         dev.in_flight = _InFlight(record, now + self.timeout)
         return [_send(record), Audit(record, "retried")]
 

@@ -4,11 +4,15 @@ The table itself is the pure :class:`~gateway.control.desired.DesiredState`; thi
 around it: a stored layer (manual, pre-clean) queues its ``desired_layers`` row when it is set, and the
 manual layer remembers who set it, so the commands that later restore it carry that source. The
 schedule layer is never stored: it is recomputed from the schedules at start-up.
+
+A person's command sets the manual layer when it is submitted; if it is cancelled before it is done, the
+manual layer becomes what it would be without it: the setting before the first command still under way,
+with the others still under way applied in order (:meth:`Layers.command_cancelled`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from gateway.control.commands import CommandRequest, Source
@@ -27,6 +31,8 @@ class Layers:
         self._reported = reported
         self._queue = queue
         self._manual_source: dict[str, str] = {}
+        # device -> [(command id, the manual layer before that command)] of commands that set it
+        self._trail: dict[str, list[tuple[str, FanState | None]]] = {}
 
     def manual_source(self, device: str) -> str | None:
         """Who set the device's manual layer (a stored value may name a source this version lacks)."""
@@ -50,6 +56,45 @@ class Layers:
         self.desired.set_layer(device, layer, value, expires_at)
         self._queue(self._row(device, layer, value, expires_at, now, source))
 
+    def command_set_manual(self, device: str, request: CommandRequest, now: float, *,
+                           live: Callable[[str], bool]) -> None:
+        """A person's command: it becomes the manual layer (when the device's speed is known).
+
+        `live(command_id)`: is that command still under way (for forgetting the trail of finished ones).
+        """
+        trail = [item for item in self._trail.get(device, []) if live(item[0])]
+        entry = self.desired.get_layer(device, Layer.MANUAL)
+        manual = self.manual_after(device, request)
+        if manual is None:
+            return
+        trail.append((request.command_id, entry.value if entry else None))
+        self._trail[device] = trail
+        self.set_manual(device, manual, request.source, now)
+
+    def command_cancelled(self, device: str, command_id: str, still_live: Iterable[CommandRequest],
+                          now: float) -> None:
+        """Undo what a cancelled command did to the manual layer; `still_live`: the device's other commands
+        of people, in order, still under way."""
+        trail = self._trail.get(device, [])
+        if not any(cid == command_id for cid, _ in trail):
+            return  # it did not set the manual layer
+        remaining = list(still_live)
+        live_ids = {r.command_id for r in remaining} | {command_id}
+        trail = [item for item in trail if item[0] in live_ids]
+        value = trail[0][1]  # the setting before the earliest command still under way
+        in_trail = {cid for cid, _ in trail}
+        replayed: list[tuple[str, FanState | None]] = []
+        for request in remaining:  # each one's "before" is now without the cancelled command
+            if request.command_id in in_trail:
+                replayed.append((request.command_id, value))
+            value = self._applied(device, value, request)
+        self._trail[device] = replayed
+        if value is not None:
+            self.set_manual(device, value, self._manual_source.get(device, "api"), now)
+        elif self.desired.clear_layer(device, Layer.MANUAL):
+            self._manual_source.pop(device, None)
+            self._queue(control_repo.layer_delete(device, Layer.MANUAL.label))
+
     def manual_after(self, device: str, request: CommandRequest) -> FanState | None:
         """The manual layer once this command is done: a command changes power or speed, the other stays.
 
@@ -57,9 +102,12 @@ class Layers:
         speed was never known there is no manual layer to keep (the device keeps its own).
         """
         entry = self.desired.get_layer(device, Layer.MANUAL)
+        return self._applied(device, entry.value if entry else None, request)
+
+    def _applied(self, device: str, base: FanState | None, request: CommandRequest) -> FanState | None:
         reported = self._reported(device) or {}
-        power: object = entry.value.power if entry else reported.get("powerOn")
-        speed: object = entry.value.fan_speed if entry else reported.get("fanSpeed")
+        power: object = base.power if base else reported.get("powerOn")
+        speed: object = base.fan_speed if base else reported.get("fanSpeed")
         if request.action == "setFanSpeed":
             speed = request.value
         else:
@@ -73,7 +121,8 @@ class Layers:
     def seed_manual(self, device: str, now: float, *, by: Source) -> None:
         """Before an override, remember what the device does now, so its end can restore it.
 
-        The restoring commands are then the override's doing, and the audit log says so (`by`).
+        The stored row names the override as who set the manual layer (`by`); the restoring commands name
+        the override as their cause (the reconciler's audit).
         """
         if self.has_manual(device):
             return

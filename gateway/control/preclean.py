@@ -15,7 +15,7 @@ from typing import Any
 
 import structlog
 
-from gateway.control.commands import CommandError, Source
+from gateway.control.commands import CommandError
 from gateway.control.desired import FanState, Layer
 from gateway.control.layers import Layers
 from gateway.control.loop import Enqueue
@@ -28,7 +28,8 @@ log = structlog.get_logger(__name__)
 
 PRECLEAN_MINUTES_MAX = 24 * 60
 
-LayerChanged = Callable[[str, float, Source | None], None]
+# (device, now, the label of the layer that ended, if one did)
+LayerChanged = Callable[[str, float, str | None], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +41,7 @@ class PrecleanStatus:
     fan_speed: int | None
     started_at: float | None
     ends_at: float | None
-    remaining_seconds: float  # the whole number 0 when inactive
+    remaining_seconds: float  # to the millisecond; a whole number (0 when inactive) is an int
     source: str | None
 
 
@@ -69,15 +70,17 @@ class Precleans:
             self._layers.desired.set_layer(stored.device, Layer.PRECLEAN, value, expires_at)
             self._runs[stored.device] = _Run(stored.fan_speed, stored.started_at, expires_at, stored.source)
             log.info("preclean.resumed", device_id=stored.device, remaining_s=round(expires_at - now, 1))
-        else:  # it ended while the gateway was down: say so, and the reconciler restores
+        else:  # it ended while the gateway was down: say so, and the reconciler restores (its doing)
             self._ended(stored.device, stored.fan_speed, stored.started_at, expires_at, "expired", now)
+            self._layer_changed(stored.device, now, Layer.PRECLEAN.label)
 
     def status(self, device: str, now: float) -> PrecleanStatus:
         run = self._runs.get(device)
         if run is None or run.ends_at <= now:
             return PrecleanStatus(device, False, None, None, None, 0, None)
+        remaining = round(run.ends_at - now, 3)
         return PrecleanStatus(device, True, run.fan_speed, run.started_at, run.ends_at,
-                              round(run.ends_at - now, 3), run.source)
+                              int(remaining) if remaining.is_integer() else remaining, run.source)
 
     def start(self, device: str, fan_speed: int, minutes: int, source: str, now: float) -> None:
         """Start (or replace) the device's pre-clean; raises CommandError naming a bad argument."""
@@ -103,7 +106,7 @@ class Precleans:
             raise ConflictError(f"no pre-clean is running on {device}")
         self._layers.desired.clear_layer(device, Layer.PRECLEAN)
         self._ended(device, run.fan_speed, run.started_at, run.ends_at, "cancelled", now, source=source)
-        self._layer_changed(device, now, "preclean")
+        self._layer_changed(device, now, Layer.PRECLEAN.label)
 
     def expired(self, device: str, now: float) -> None:
         """The layer's time is up (the caller purged it and re-drives the device)."""

@@ -6,17 +6,19 @@ from the windows in effect, and records each window's start and end once in ``sc
 ``schedule.run`` event). An overlapped window keeps running under a faster one: it ends when it ends, not
 when it is outranked. A window that began before a restart is one run, not two; one that ended while the
 gateway was down gets its end row at start-up. The control loop's timer wakes at :attr:`next_transition`.
+Each schedule's latest runs (:data:`HISTORY_KEPT` starts and ends) are also kept in memory for its answers.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import structlog
 
-from gateway.control.commands import Source
 from gateway.control.desired import Layer
 from gateway.control.layers import Layers
 from gateway.control.loop import Enqueue
@@ -41,7 +43,19 @@ from gateway.store.control_repo import StoredRun, StoredSchedule
 
 log = structlog.get_logger(__name__)
 
-LayerChanged = Callable[[str, float, Source | None], None]
+# (device, now, the label of the layer that ended, if one did)
+LayerChanged = Callable[[str, float, str | None], None]
+
+HISTORY_KEPT = 10  # latest run rows per schedule kept in memory (the detail page reads more from the store)
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """One row of a schedule's execution history: a window's start or end, when it was recorded."""
+
+    phase: str  # "start" | "end"
+    at: float
+    fan_speed: int
 
 
 def _utc(ts: float) -> datetime:
@@ -83,6 +97,7 @@ class ScheduleService:
         self._started_before: set[tuple[int, float]] = set()  # starts recorded before a restart
         self.next_transition: float | None = None  # the next boundary of any window of a configured device
         self._due = False  # re-evaluate every device at the next tick
+        self._history: dict[int, deque[RunRecord]] = {}  # schedule id -> its latest runs, oldest first
 
     # -------------------------------------------------------------------------------------- start-up
 
@@ -96,9 +111,22 @@ class ScheduleService:
         self._next_id = max([high_water, *self.schedules]) + 1
         self._started_before |= open_starts
 
+    def restore_history(self, rows: Iterable[tuple[int, str, float, int]]) -> None:
+        """The latest stored runs, (schedule id, phase, at, fan speed) oldest first."""
+        for schedule_id, phase, at, fan_speed in rows:
+            self._remember_run(schedule_id, RunRecord(phase, at, fan_speed))
+
+    def history(self, schedule_id: int) -> list[RunRecord]:
+        """The schedule's latest runs, newest first."""
+        return list(reversed(self._history.get(schedule_id, ())))
+
+    def _remember_run(self, schedule_id: int, run: RunRecord) -> None:
+        self._history.setdefault(schedule_id, deque(maxlen=HISTORY_KEPT)).append(run)
+
     def end_missed_runs(self, runs: Iterable[StoredRun], now: float) -> None:
         """Windows that started, then ended while the gateway was down: their history gets its end row."""
         for run in runs:
+            self._remember_run(run.schedule_id, RunRecord("end", now, run.fan_speed))
             self._queue(
                 control_repo.run_row(run, "end", now),
                 DeviceEvent(now, run.device, "schedule.run", {
@@ -106,6 +134,7 @@ class ScheduleService:
                     "windowStart": run.window_start, "windowEnd": run.window_end, "endedWhileDown": True,
                 }),
             )
+            self._layer_changed(run.device, now, Layer.SCHEDULE.label)  # its restore is the schedule's doing
 
     def evaluate_all(self, now: float) -> None:
         """Every device with a schedule (or a run still open): set its layer, then find the next boundary."""
@@ -159,6 +188,7 @@ class ScheduleService:
         old = self.get(schedule_id)
         del self.schedules[schedule_id]
         self._created.pop(schedule_id, None)
+        self._history.pop(schedule_id, None)
         self._queue(control_repo.schedule_delete(schedule_id))
         self._changed(old.device, now)
 
@@ -229,7 +259,7 @@ class ScheduleService:
             if not running:
                 self._open_runs.pop(device, None)
             if self._layers.desired.clear_layer(device, Layer.SCHEDULE):
-                self._layer_changed(device, now, "schedule")
+                self._layer_changed(device, now, Layer.SCHEDULE.label)
             return
         if window.key not in running:
             running[window.key] = window
@@ -246,6 +276,8 @@ class ScheduleService:
 
     def _record_run(self, window: Window, phase: str, now: float) -> None:
         run = _run(window)
+        if run.schedule_id in self.schedules:  # a deleted schedule's last end goes to the store only
+            self._remember_run(run.schedule_id, RunRecord(phase, now, run.fan_speed))
         self._queue(
             control_repo.run_row(run, phase, now),
             DeviceEvent(now, run.device, "schedule.run", {

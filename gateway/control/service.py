@@ -28,17 +28,17 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
 
 from gateway.control.command_service import CommandService, Put
-from gateway.control.commands import CommandError, CommandExecutor, CommandRecord, CommandRequest
+from gateway.control.commands import AUTOMATIC, CommandError, CommandExecutor, CommandRecord, CommandRequest
 from gateway.control.desired import Effective, FanState, Layer, LayerEntry
 from gateway.control.layers import Layers
 from gateway.control.loop import ControlLoop, Item
 from gateway.control.preclean import Precleans, PrecleanStatus
-from gateway.control.reconciler import LAYER_SOURCE, Reconciler
-from gateway.control.schedule_service import ScheduleService
+from gateway.control.reconciler import Reconciler
+from gateway.control.schedule_service import HISTORY_KEPT, RunRecord, ScheduleService
 from gateway.control.schedules import Schedule, ScheduleError
 from gateway.core.clock import Clock
 from gateway.core.device_commands import Ack, DeviceCommand, OutgoingCommand, SetFanSpeed, device_command
-from gateway.core.errors import NotFoundError
+from gateway.core.errors import ConflictError, NotFoundError
 from gateway.core.metrics import Metrics
 from gateway.core.registry import Change, DeviceChange, DeviceRegistry
 from gateway.store import control_repo
@@ -153,6 +153,7 @@ class Controller:
         self.schedules.restore(await control_repo.load_schedules(conn),
                                high_water=await control_repo.schedule_id_high_water(conn),
                                open_starts=await control_repo.run_starts_open_at(conn, now))
+        self.schedules.restore_history(await control_repo.recent_runs(conn, HISTORY_KEPT))
         self.schedules.end_missed_runs(await control_repo.runs_ended_unrecorded(conn, now), now)
         for stored in await control_repo.load_layers(conn):
             if stored.layer == Layer.MANUAL.label:
@@ -189,6 +190,14 @@ class Controller:
     def get_schedule(self, schedule_id: int) -> Schedule:
         return self.schedules.get(schedule_id)
 
+    def all_schedules(self) -> list[Schedule]:
+        """Every schedule, by id."""
+        return sorted(self.schedules.schedules.values(), key=lambda s: s.id)
+
+    def schedule_history(self, schedule_id: int) -> list[RunRecord]:
+        """The schedule's latest runs, newest first (the store has them all)."""
+        return self.schedules.history(schedule_id)
+
     def schedule_boundaries(self) -> dict[str, datetime]:
         """``schedule:{id}:start|end`` -> the next instant (UTC) of each enabled schedule's boundaries."""
         return self.schedules.boundaries(self._clock.now())
@@ -214,11 +223,35 @@ class Controller:
         now = self._clock.now()
 
         def set_manual() -> None:
-            manual = self.layers.manual_after(device, request)
-            if manual is not None:
-                self.layers.set_manual(device, manual, source, now)
+            self.layers.command_set_manual(device, request, now, live=self._live)
+            self.reconciler.manual_set(device)
 
         return self.commands.submit(request, now, accepted=set_manual)
+
+    def _live(self, command_id: str) -> bool:
+        return self.executor.get(command_id) is not None
+
+    async def cancel_command(self, command_id: str, source: str) -> CommandRecord:
+        """Cancel a command still pending or sent (NotFoundError: unknown; ConflictError: already finished).
+
+        A person's command also leaves the manual layer as it would be without it; nothing is sent for that.
+        """
+        record = self.commands.record(command_id)
+        if record is None:
+            raise NotFoundError("command", command_id)
+        if record.status.finished:
+            raise ConflictError(f"command {command_id} already finished ({record.status.value})")
+        now = self._clock.now()
+        cancelled = self.commands.cancel(command_id, now, f"cancelled by {source}")
+        assert cancelled is not None  # it was under way, and the executor is only changed on this loop
+        if record.source != AUTOMATIC:
+            in_flight = self.executor.in_flight(record.device)
+            others = [r for r in (*([in_flight] if in_flight else []), *self.executor.pending(record.device))
+                      if r.source != AUTOMATIC]
+            self.layers.command_cancelled(record.device, command_id, (
+                CommandRequest(r.command_id, r.device, r.action, r.value, r.source) for r in others), now)
+        await self.drained()
+        return cancelled
 
     async def wait_finished(self, command_id: str, timeout: float) -> CommandRecord:
         return await self.commands.wait_finished(command_id, timeout)
@@ -302,11 +335,16 @@ class Controller:
     # ------------------------------------------------------------------------------------ the task
 
     async def run(self) -> None:
-        await self.loop.run()
+        try:
+            await self.loop.run()
+        finally:
+            await self.commands.sends.cancel()
 
     async def drained(self) -> None:
-        """Wait until what was queued so far has been handed to the store (API answers after that)."""
+        """Wait until what was queued so far has been handed to the store, and its commands to their links
+        (API answers after that)."""
         await self.loop.drained()
+        await self.commands.sends.idle()
 
     def wake(self) -> None:
         """Re-evaluate now (after a test moved its clock)."""
@@ -333,7 +371,7 @@ class Controller:
                 self.precleans.expired(ended.device, now)
             elif ended.layer is Layer.SCHEDULE:
                 self.schedules.evaluate(ended.device, now)  # another overlapping window may take over
-            self.reconciler.layer_changed(ended.device, now, LAYER_SOURCE.get(ended.layer))
+            self.reconciler.layer_changed(ended.device, now, ended.layer.label)
         self.reconciler.tick(now)
 
     def _deadline(self, now: float) -> float | None:

@@ -116,4 +116,35 @@ class RowWrite:
     delete: bool = False
 
 
-StoreRecord = Reading | Quarantined | DeviceEvent | StatusChange | OutboxDone | OutboxPrune | RpcDone | RowWrite
+@dataclass(slots=True, frozen=True)
+class HubPartHeld:
+    """One part of a hub batch that is not complete yet (CONTRACT section 3), kept in SQLite until its batch
+    closes: its PUBACK waits for this row, so a restart resumes the batch instead of losing the part."""
+
+    hub_id: str
+    batch_id: str
+    part: int
+    parts: int
+    received_at: float
+    payload: bytes
+
+
+@dataclass(slots=True, frozen=True)
+class HubBatchClosed:
+    """A hub batch is closed, in one transaction: complete (its readings, and the readings refused on their
+    own, quarantined) or given up (every part that arrived, quarantined). Its held parts are removed and its
+    id remembered (a part sent again after the close is then known for what it is)."""
+
+    hub_id: str
+    batch_id: str
+    closed_at: float
+    complete: bool
+    readings: tuple[Reading, ...]
+    quarantined: tuple[Quarantined, ...]
+    forget_before: float  # batches closed before this are no longer remembered
+
+
+StoreRecord = (
+    Reading | Quarantined | DeviceEvent | StatusChange | OutboxDone | OutboxPrune | RpcDone | RowWrite
+    | HubPartHeld | HubBatchClosed
+)

@@ -8,7 +8,7 @@ client's path: it may wait (back-pressure on that client) but never raises. Topi
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import structlog
 
@@ -23,6 +23,7 @@ from gateway.ingest.limits import nesting_depth
 log = structlog.get_logger(__name__)
 
 DriverOf = Callable[[str], MqttDeviceDriver | None]
+BatchSink = Callable[[str, str, str, bytes, float], Awaitable[None]]  # raises PayloadError: quarantine the part
 _STATUS_VALUES = {b"online": True, b'"online"': True, b"offline": False, b'"offline"': False}
 
 
@@ -35,7 +36,9 @@ class MqttIntake:
         metrics: Metrics,
         clock: Clock,
         max_json_depth: int = 32,
+        batches: BatchSink | None = None,
     ) -> None:
+        self._batches = batches  # hub batch parts: (client id, hub id, topic, payload, received at)
         self._max_depth = max_json_depth
         self._intake = intake
         self._driver_of = driver_of  # device id -> its driver; None: not a configured device on this broker
@@ -119,9 +122,9 @@ class MqttIntake:
             elif channel == topics.ACK:
                 await self._intake.acknowledged(device_id, driver.decode_ack(payload))
             elif channel == topics.BATCH:
-                # Hub batches (CONTRACT section 3) are reassembled by the demultiplexer, which is not built yet:
-                # keep them visible instead of dropping them.
-                raise PayloadError("hub batches are not supported yet")
+                if self._batches is None:
+                    raise PayloadError("hub batches are not taken by this gateway")
+                await self._batches(client_id, device_id, topic, payload, now)  # the demultiplexer (hub_intake.py)
             else:
                 raise PayloadError(f"unknown channel {channel!r}")
         except PayloadError as exc:

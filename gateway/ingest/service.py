@@ -18,9 +18,10 @@ from gateway.core.clock import Clock
 from gateway.core.device_commands import Ack
 from gateway.core.errors import PayloadError
 from gateway.core.metrics import Metrics
-from gateway.core.models import Quarantined, Reading, StatusChange, StoreRecord
+from gateway.core.models import HubBatchClosed, Quarantined, Reading, StatusChange, StoreRecord
 from gateway.core.registry import DeviceRegistry
 from gateway.core.throttle import LogThrottle
+from gateway.ingest.quarantine_reasons import reason_class
 from gateway.ingest.resends import RecentReadings
 
 log = structlog.get_logger(__name__)
@@ -66,13 +67,7 @@ class Ingest:
 
     async def accept(self, reading: Reading) -> None:
         """Raises PayloadError (the link quarantines what it received) for a reading outside the time window."""
-        ts = reading.ts
-        if ts < self._earliest_ts:
-            raise PayloadError(f"ts: {_iso(ts)} is before {_iso(self._earliest_ts)}")
-        if ts > reading.received_at + self._max_future_s:
-            ahead = (ts - reading.received_at) / 60.0
-            raise PayloadError(f"ts: {_iso(ts)} is {ahead:.4g} minutes ahead of the gateway's clock "
-                               f"(at most {self._max_future_s / 60.0:g})")
+        self.admit(reading)
         key = self.recent.new_content(reading)
         if key is None:
             # Taken before (its PUBACK was lost): acknowledged with what is queued now, not stored again.
@@ -81,6 +76,31 @@ class Ingest:
         self._registry.reading(reading)
         await self._put(reading)
         self.recent.remember(reading, key)
+
+    def admit(self, reading: Reading) -> None:
+        """The checks every reading must pass (its time window); raises PayloadError with the reason."""
+        ts = reading.ts
+        if ts < self._earliest_ts:
+            raise PayloadError(f"ts: {_iso(ts)} is before {_iso(self._earliest_ts)}")
+        if ts > reading.received_at + self._max_future_s:
+            ahead = (ts - reading.received_at) / 60.0
+            raise PayloadError(f"ts: {_iso(ts)} is {ahead:.4g} minutes ahead of the gateway's clock "
+                               f"(at most {self._max_future_s / 60.0:g})")
+
+    async def accept_batch(self, batch: HubBatchClosed) -> None:
+        """A hub batch closed (its readings already admitted): stored in one transaction. Each logical device
+        is seen when its reading arrived, and its reading becomes the latest unless an older one came late."""
+        registry = self._registry
+        for reading in batch.readings:
+            registry.seen(reading.device_id, reading.received_at)
+            registry.reading(reading)
+        if batch.quarantined:
+            self._metrics.inc("gateway_quarantined_total", len(batch.quarantined),
+                              "payloads refused and kept with their reason")
+            first = batch.quarantined[0]
+            log.warning("ingest.quarantined", client_id=first.client_id, topic=first.topic, reason=first.reason,
+                        count=len(batch.quarantined))
+        await self._put(batch)
 
     async def presence(self, device_id: str, online: bool, reason: str) -> None:
         now = self._clock.now()
@@ -100,7 +120,8 @@ class Ingest:
     async def quarantine(
         self, *, device_id: str | None, source: str | None, topic: str, payload: bytes, reason: str
     ) -> None:
-        self._metrics.inc("gateway_quarantined_total", 1, "payloads refused and kept with their reason")
+        self._metrics.inc("gateway_quarantined_total", 1, "payloads refused and kept, by kind of reason",
+                          reason=reason_class(reason))
         left_out = self._log_throttle.allow("quarantined")  # each one is in the quarantine table, with its reason
         if left_out is not None:
             log.warning("ingest.quarantined", client_id=source, topic=topic, reason=reason, size=len(payload),

@@ -71,6 +71,12 @@ class UnfinishedCommand:
     sent_at: float | None
     last_sent_at: float | None
     note: str | None
+    cause: str | None = None
+    attempt_log: Any = None  # the stored JSON list, parsed (None: no attempt yet)
+
+
+class JsonItem(Protocol):
+    def to_json(self) -> dict[str, Any]: ...
 
 
 class CommandFields(Protocol):
@@ -104,6 +110,10 @@ class CommandFields(Protocol):
     def state(self) -> dict[str, Any] | None: ...
     @property
     def note(self) -> str | None: ...
+    @property
+    def cause(self) -> str | None: ...
+    @property
+    def attempt_log(self) -> tuple[JsonItem, ...]: ...
 
 
 # -------------------------------------------------------------------------------------------- reads
@@ -146,6 +156,17 @@ async def runs_ended_unrecorded(conn: aiosqlite.Connection, now: float) -> list[
     return [StoredRun(sid, device, start, end, fan) for sid, device, start, end, fan in rows]
 
 
+async def recent_runs(conn: aiosqlite.Connection, per_schedule: int) -> list[tuple[int, str, float, int]]:
+    """The latest ``per_schedule`` history rows of each schedule: (schedule id, phase, at, fan speed), oldest first."""
+    async with conn.execute(
+        "SELECT schedule_id, phase, at, fan_speed FROM (SELECT schedule_id, phase, at, fan_speed, id, "
+        "row_number() OVER (PARTITION BY schedule_id ORDER BY at DESC, id DESC) AS n FROM schedule_runs) "
+        "WHERE n <= ? ORDER BY at, id",
+        (per_schedule,),
+    ) as cur:
+        return [(sid, phase, at, fan) for sid, phase, at, fan in await cur.fetchall()]
+
+
 async def load_layers(conn: aiosqlite.Connection) -> list[StoredLayer]:
     async with conn.execute(
         "SELECT device_id, layer, power, fan_speed, expires_at, started_at, source FROM desired_layers"
@@ -157,12 +178,14 @@ async def load_layers(conn: aiosqlite.Connection) -> list[StoredLayer]:
 
 async def unfinished_commands(conn: aiosqlite.Connection) -> list[UnfinishedCommand]:
     async with conn.execute(
-        "SELECT command_id, device_id, action, value, source, attempts, created_at, sent_at, last_sent_at, note "
-        "FROM command_log WHERE status IN (?, ?)",
+        "SELECT command_id, device_id, action, value, source, attempts, created_at, sent_at, last_sent_at, note, "
+        "cause, attempt_log FROM command_log WHERE status IN (?, ?)",
         ("pending", "sent"),
     ) as cur:
         rows = await cur.fetchall()
-    return [UnfinishedCommand(*row) for row in rows]
+    return [UnfinishedCommand(cid, device, action, value, source, attempts, created, sent, last_sent, note, cause,
+                              json.loads(log) if log else None)
+            for cid, device, action, value, source, attempts, created, sent, last_sent, note, cause, log in rows]
 
 
 # ------------------------------------------------------------------------------------------- writes
@@ -185,6 +208,8 @@ def command_row(record: CommandFields) -> RowWrite:
         "error": record.error,
         "state": record.state,
         "note": record.note,
+        "cause": record.cause,
+        "attempt_log": [attempt.to_json() for attempt in record.attempt_log] or None,
     })
 
 

@@ -42,3 +42,20 @@ async def load_recent_readings(
         for ts, metrics, extra in reversed(rows):
             out.append((device_id, ts, json.loads(metrics), json.loads(extra) if extra else {}))
     return out
+
+
+async def load_hub_parts(conn: aiosqlite.Connection) -> list[tuple[str, str, int, int, bytes, float]]:
+    """The parts of hub batches still open at the last stop: (hub, batch, part, parts, payload, received_at)."""
+    async with conn.execute(
+        "SELECT hub_id, batch_id, part, parts, payload, received_at FROM hub_parts ORDER BY received_at, part"
+    ) as cur:
+        return [(str(h), str(b), int(p), int(n), bytes(data), float(at)) async for h, b, p, n, data, at in cur]
+
+
+async def load_hub_closed(conn: aiosqlite.Connection, since: float) -> list[tuple[str, str, float, bool]]:
+    """Hub batches closed at or after `since`: (hub, batch, closed at, complete), oldest first."""
+    async with conn.execute(
+        "SELECT hub_id, batch_id, closed_at, complete FROM hub_batches_closed WHERE closed_at >= ? ORDER BY closed_at",
+        (since,),
+    ) as cur:
+        return [(str(h), str(b), float(at), bool(done)) async for h, b, at, done in cur]

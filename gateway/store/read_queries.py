@@ -1,8 +1,10 @@
-"""Read queries behind the local REST API: readings, statistics, the command audit log, schedule runs.
+"""Read queries behind the local REST API and the panel: readings, statistics, chart series, the command
+audit log, schedule runs, quarantine.
 
 Each takes an open connection (the API's own read-only one: WAL lets it read beside the writer) and
 returns plain JSON-ready dicts in the API's camelCase form. Ranges are inclusive at both ends and use
-the reading's own time ``ts`` (epoch seconds); ``None`` leaves that end open. Newest first everywhere.
+the reading's own time ``ts`` (epoch seconds); ``None`` leaves that end open. Newest first everywhere but
+in the chart series (oldest first, as a chart draws them).
 """
 
 from __future__ import annotations
@@ -76,8 +78,19 @@ async def metric_statistics(
 
 _COMMAND_COLUMNS = (
     "command_id, device_id, action, value, source, status, attempts, created_at, sent_at, last_sent_at,"
-    " finished_at, error, state, note"
+    " finished_at, error, state, note, cause, attempt_log"
 )
+
+
+def _command(row: Any) -> dict[str, Any]:
+    (cid, dev, action, value, source, status, attempts, created, sent, last_sent, finished, error, state, note,
+     cause, attempt_log) = row
+    return {
+        "commandId": cid, "device": dev, "action": action, "value": value, "source": source, "cause": cause,
+        "status": status, "attempts": attempts, "createdAt": created, "sentAt": sent,
+        "lastSentAt": last_sent, "finishedAt": finished, "error": error, "state": _json(state), "note": note,
+        "attemptLog": _json(attempt_log) or [],
+    }
 
 
 async def command_log(conn: aiosqlite.Connection, device: str, *, limit: int) -> list[dict[str, Any]]:
@@ -88,15 +101,14 @@ async def command_log(conn: aiosqlite.Connection, device: str, *, limit: int) ->
     )
     async with conn.execute(sql, (device, limit)) as cur:
         rows = await cur.fetchall()
-    return [
-        {
-            "commandId": cid, "device": dev, "action": action, "value": value, "source": source,
-            "status": status, "attempts": attempts, "createdAt": created, "sentAt": sent,
-            "lastSentAt": last_sent, "finishedAt": finished, "error": error, "state": _json(state), "note": note,
-        }
-        for (cid, dev, action, value, source, status, attempts, created, sent, last_sent, finished, error, state,
-             note) in rows
-    ]
+    return [_command(row) for row in rows]
+
+
+async def command(conn: aiosqlite.Connection, command_id: str) -> dict[str, Any] | None:
+    """One command's audit record by its id (None: no such command), in the same form."""
+    async with conn.execute(f"SELECT {_COMMAND_COLUMNS} FROM command_log WHERE command_id = ?", (command_id,)) as cur:
+        row = await cur.fetchone()
+    return _command(row) if row is not None else None
 
 
 async def schedule_runs(
@@ -113,6 +125,45 @@ async def schedule_runs(
         {"id": rid, "scheduleId": sid, "device": dev, "phase": phase, "windowStart": w_start,
          "windowEnd": w_end, "fanSpeed": fan, "at": at}
         for rid, sid, dev, phase, w_start, w_end, fan, at in rows
+    ]
+
+
+async def metric_series(
+    conn: aiosqlite.Connection, device: str, *, start: float, end: float, bucket_s: float, metrics: tuple[str, ...]
+) -> dict[str, list[float | None]]:
+    """What a chart draws: per time bucket (oldest first) its start ``ts`` and the average of each metric.
+
+    Columns, not rows (``{"ts": [...], "pm25": [...]}``): a week at one reading per 10 s is 60,480 rows,
+    reduced here to a few hundred points. A metric a bucket lacks is None (a gap in the line).
+    """
+    averages = ", ".join("avg(json_extract(metrics, ?))" for _ in metrics)
+    sql = (
+        f"SELECT CAST(ts / ? AS INTEGER) AS bucket, {averages} FROM readings"
+        " WHERE device_id = ? AND ts >= ? AND ts <= ? GROUP BY bucket ORDER BY bucket"
+    )
+    series: dict[str, list[float | None]] = {"ts": [], **{name: [] for name in metrics}}
+    columns = [series[name] for name in metrics]
+    params = (bucket_s, *(f"$.{name}" for name in metrics), device, start, end)
+    async with conn.execute(sql, params) as cur:
+        async for bucket, *values in cur:
+            series["ts"].append(float(bucket) * bucket_s)
+            for column, value in zip(columns, values, strict=True):
+                column.append(None if value is None else round(float(value), 3))
+    return series
+
+
+async def latest_quarantine(conn: aiosqlite.Connection, *, limit: int) -> list[dict[str, Any]]:
+    """The newest quarantined messages with their reasons (no payloads), newest first."""
+    sql = (
+        "SELECT id, received_at, client_id, device_id, topic, reason, coalesce(size, length(payload))"
+        " FROM quarantine ORDER BY received_at DESC, id DESC LIMIT ?"
+    )
+    async with conn.execute(sql, (limit,)) as cur:
+        rows = await cur.fetchall()
+    return [
+        {"id": qid, "receivedAt": received, "clientId": client, "device": device, "topic": topic, "reason": reason,
+         "size": size}
+        for qid, received, client, device, topic, reason, size in rows
     ]
 
 

@@ -8,11 +8,13 @@ only add rows to the plan (planner.BatchPlan); they run again for every attempt 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from gateway.core.models import (
     DeviceEvent,
+    HubBatchClosed,
+    HubPartHeld,
     OutboxDone,
     OutboxPrune,
     Quarantined,
@@ -24,8 +26,12 @@ from gateway.core.models import (
 from gateway.store.outbox_budget import OutboxBudgetPass
 from gateway.store.planner import BatchPlan, RecordPlanner, dumps
 from gateway.store.sql import (
+    DELETE_HUB_PARTS,
     DELETE_OUTBOX,
+    FORGET_HUB_CLOSED,
     INSERT_EVENTS,
+    INSERT_HUB_CLOSED,
+    INSERT_HUB_PART,
     INSERT_QUARANTINE,
     INSERT_READINGS,
     INSERT_RPC,
@@ -91,7 +97,23 @@ def plan_quarantined(rec: Quarantined, plan: BatchPlan) -> None:
 
 
 def plan_outbox_done(rec: OutboxDone, plan: BatchPlan) -> None:
-    plan.rows(DELETE_OUTBOX).extend((seq,) for seq in rec.seqs)
+    plan.rows(DELETE_OUTBOX).extend(seq_runs(rec.seqs))
+
+
+def seq_runs(seqs: Iterable[int]) -> list[tuple[int, int]]:
+    """(first, last) of each run of consecutive seqs, in ascending order (duplicates fold into their run)."""
+    runs: list[tuple[int, int]] = []
+    first = last = None
+    for seq in sorted(seqs):
+        if last is not None and seq <= last + 1:
+            last = max(last, seq)
+            continue
+        if first is not None and last is not None:
+            runs.append((first, last))
+        first = last = seq
+    if first is not None and last is not None:
+        runs.append((first, last))
+    return runs
 
 
 def plan_rpc_done(rec: RpcDone, plan: BatchPlan) -> None:
@@ -100,6 +122,21 @@ def plan_rpc_done(rec: RpcDone, plan: BatchPlan) -> None:
 
 def plan_outbox_prune(rec: OutboxPrune, plan: BatchPlan) -> None:
     plan.jobs.append(OutboxBudgetPass(rec))
+
+
+def plan_hub_part(rec: HubPartHeld, plan: BatchPlan) -> None:
+    plan.rows(INSERT_HUB_PART).append((rec.hub_id, rec.batch_id, rec.part, rec.parts, rec.received_at, rec.payload))
+
+
+def plan_hub_batch(rec: HubBatchClosed, plan: BatchPlan) -> None:
+    """The whole batch in the one transaction: its readings, what was quarantined, its held parts removed."""
+    for reading in rec.readings:
+        plan_reading(reading, plan)
+    for quarantined in rec.quarantined:
+        plan_quarantined(quarantined, plan)
+    plan.rows(DELETE_HUB_PARTS).append((rec.hub_id, rec.batch_id))
+    plan.rows(INSERT_HUB_CLOSED).append((rec.hub_id, rec.batch_id, rec.closed_at, int(rec.complete)))
+    plan.merged(FORGET_HUB_CLOSED)[None] = (rec.forget_before,)  # one cut-off per transaction: the last
 
 
 def column_value(value: Any) -> Any:
@@ -134,4 +171,6 @@ RECORD_PLANNERS: dict[type, RecordPlanner] = {
     OutboxPrune: plan_outbox_prune,
     RpcDone: plan_rpc_done,
     RowWrite: plan_row_write,
+    HubPartHeld: plan_hub_part,
+    HubBatchClosed: plan_hub_batch,
 }

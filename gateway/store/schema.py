@@ -130,6 +130,36 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (device_id, layer)
     );
     """,
+    # 4: hub batches (CONTRACT section 3). The parts of a batch not yet complete, kept until it closes
+    # (their PUBACKs wait for these rows, so a restart resumes the batch); and the batches closed lately,
+    # so a part sent again after its batch closed is known for what it is.
+    """
+    CREATE TABLE hub_parts (
+        hub_id TEXT NOT NULL,
+        batch_id TEXT NOT NULL,
+        part INTEGER NOT NULL,
+        parts INTEGER NOT NULL,
+        received_at REAL NOT NULL,
+        payload BLOB NOT NULL,
+        PRIMARY KEY (hub_id, batch_id, part)
+    );
+
+    CREATE TABLE hub_batches_closed (
+        hub_id TEXT NOT NULL,
+        batch_id TEXT NOT NULL,
+        closed_at REAL NOT NULL,
+        complete INTEGER NOT NULL,     -- 1: its readings were stored; 0: given up, its parts quarantined
+        PRIMARY KEY (hub_id, batch_id)
+    );
+    CREATE INDEX hub_batches_closed_at ON hub_batches_closed (closed_at);
+    """,
+    # 5: the command audit log tells automatic commands from a person's: `cause` is the layer behind a
+    # command the reconciler sent (source 'reconcile'); `attempt_log` keeps when each attempt left and how
+    # it ended (a JSON list), as a retry overwrites last_sent_at.
+    """
+    ALTER TABLE command_log ADD COLUMN cause TEXT;
+    ALTER TABLE command_log ADD COLUMN attempt_log TEXT;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

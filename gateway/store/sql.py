@@ -72,13 +72,26 @@ INSERT_QUARANTINE = insert_write(
 # Rows: (seq, kind, device_id, ts, body, size, created_at)
 INSERT_OUTBOX = insert_write("outbox", 60, "INSERT INTO outbox (seq, kind, device_id, ts, body, size, created_at)", 7)
 
-# Rows: (seq,)
-DELETE_OUTBOX = Write(
-    "outbox_done", 70, 1, "DELETE FROM outbox WHERE seq = ?", "DELETE FROM outbox WHERE seq IN ({rows})"
-)
+# Rows: (first seq, last seq) of a run of consecutive seqs. The cloud acknowledges messages in the order they
+# were sent, so a batch's seqs are a run or a few: one range delete each, by the primary key, instead of a
+# statement (or a bound IN list) per seq. No bulk form: a batch has a handful of runs.
+DELETE_OUTBOX = Write("outbox_done", 70, 2, "DELETE FROM outbox WHERE seq BETWEEN ? AND ?")
 
 # Rows: (request_id, method, response, at); the first answer to a request id is kept.
 INSERT_RPC = insert_write("rpc", 80, "INSERT OR IGNORE INTO rpc_log (request_id, method, response, at)", 4)
+
+# Hub batches. Rows: (hub_id, batch_id, part, parts, received_at, payload): a part held until its batch closes.
+INSERT_HUB_PART = insert_write(
+    "hub_part", 90, "INSERT OR IGNORE INTO hub_parts (hub_id, batch_id, part, parts, received_at, payload)", 6,
+)
+# Rows: (hub_id, batch_id): its batch closed (after the insert of a part closed in the same transaction).
+DELETE_HUB_PARTS = Write("hub_parts_done", 91, 2, "DELETE FROM hub_parts WHERE hub_id = ? AND batch_id = ?")
+# Rows: (hub_id, batch_id, closed_at, complete 0/1)
+INSERT_HUB_CLOSED = insert_write(
+    "hub_closed", 92, "INSERT OR REPLACE INTO hub_batches_closed (hub_id, batch_id, closed_at, complete)", 4,
+)
+# Rows: (closed_at cut-off,): batches closed before it are forgotten.
+FORGET_HUB_CLOSED = Write("hub_closed_forget", 93, 1, "DELETE FROM hub_batches_closed WHERE closed_at < ?")
 
 # Control tables written through RowWrite, with their key columns (None: insert only, a history).
 ROW_TABLES: dict[str, tuple[str, ...] | None] = {

@@ -36,6 +36,7 @@ from gateway.uplink import messages
 from gateway.uplink.acks import AckTracker
 from gateway.uplink.cancels import honour_cancel
 from gateway.uplink.outbox_reader import OutboxReader
+from gateway.uplink.reachability import pause_before_reconnect
 from gateway.uplink.rpc import Dispatcher
 from gateway.uplink.rpc_server import RPC_CONCURRENCY, RpcServer
 
@@ -59,8 +60,10 @@ class UplinkState:
     connected: bool = False
     last_error: str | None = None
     reconnects: int = 0
+    cloud_found_by_probe: int = 0  # back-offs ended early because the cloud accepted TCP again
     backlog: int = 0
     oldest_unsent_age: float | None = None
+    last_sync_at: float | None = None  # the last PUBACK from the cloud (the panel's "last successful sync")
 
 
 class Uplink:
@@ -111,6 +114,8 @@ class Uplink:
         registry.subscribe(lambda _: self._devices_changed.set(), Change.PRESENCE, Change.DEVICES)
         metrics.gauge_callback("gateway_uplink_connected", lambda: float(self.state.connected), "cloud link up")
         metrics.gauge_callback("gateway_uplink_backlog_rows", lambda: float(self.state.backlog), "outbox rows")
+        metrics.gauge_callback("gateway_outbox_oldest_unsent_age_seconds",
+                               lambda: self.state.oldest_unsent_age or 0.0, "age of the oldest unsent outbox row")
 
     # --- from the store writer (synchronous, after each commit) ------------------------------------
 
@@ -169,7 +174,13 @@ class Uplink:
                 self._metrics.inc("gateway_uplink_reconnects_total", 1, "cloud connection attempts after a loss")
                 if self._stopping:
                     break
-                await asyncio.sleep(backoff * random.uniform(0.5, 1.0))  # jitter: no herd of gateways
+                woken = await pause_before_reconnect(
+                    backoff * random.uniform(0.5, 1.0),  # jitter: no herd of gateways
+                    self._s.host, self._s.port, probe_every=self._s.probe_interval_seconds,
+                )
+                if woken == "reachable":
+                    self.state.cloud_found_by_probe += 1
+                    log.info("uplink.cloud_reachable", host=self._s.host, port=self._s.port)
                 backoff = min(backoff * 2, self._s.reconnect_max_seconds)
         finally:
             await self._reader.close()
@@ -250,6 +261,7 @@ class Uplink:
         # deleted for good, so a crash resends at most the in-flight window).
         self._acked.append(token)
         self._acked_event.set()
+        self.state.last_sync_at = self._clock.now()
 
     async def _delete_lane(self) -> None:
         """Deletes acknowledged rows in groups: one store round trip per commit, not one per message."""

@@ -19,6 +19,7 @@ import structlog
 from pydantic import BaseModel
 
 from gateway.control.commands import CommandRecord, CommandStatus
+from gateway.control.schedules import Schedule
 from gateway.control.service import Controller
 from gateway.core.clock import Clock
 from gateway.core.errors import NotFoundError
@@ -37,11 +38,16 @@ from gateway.web.bodies import (
 )
 from gateway.web.openapi import Reply, Route, ref
 from gateway.web.requests import ApiError, errors, read_body, read_query, same_origin_json
-from gateway.web.views import command_json, device_control_json, preclean_json, schedule_json
+from gateway.web.views import command_json, device_control_json, preclean_rest_json, schedule_json
 
 log = structlog.get_logger(__name__)
 
-SOURCE = "api"  # the audit log's `source` for everything done through this API
+SOURCE = "api"  # the audit log's `source` for everything done through this API...
+AUDIT_SOURCE = web.RequestKey("edge_gateway_audit_source", str)  # ...unless the login middleware set another
+# HTTP status of a command's answer: the device did not answer in time (504) or refused it (502), as a
+# gateway in front of it; still under way (202). Acked and cancelled: 200. The body is the record either way.
+COMMAND_STATUS = {CommandStatus.PENDING: 202, CommandStatus.SENT: 202, CommandStatus.TIMEOUT: 504,
+                  CommandStatus.FAILED: 502}
 STATISTICS_DEFAULT_SPAN_S = 24 * 3600.0
 
 M = TypeVar("M", bound=BaseModel)
@@ -86,6 +92,10 @@ class Call:
     def controller(self) -> Controller:
         return self.ctx.controller
 
+    @property
+    def source(self) -> str:
+        return self.request.get(AUDIT_SOURCE) or SOURCE
+
     def body(self, model: type[M]) -> M:
         if not isinstance(self.parsed_body, model):  # the route table and its handler disagree: our bug
             raise TypeError(f"route body is {type(self.parsed_body).__name__}, handler expects {model.__name__}")
@@ -120,29 +130,33 @@ def _json(data: Any, status: int = 200) -> web.Response:
 # ---------------------------------------------------------------------------------------- handlers
 
 
+def schedule_view(controller: Controller, schedule: Schedule) -> dict[str, object]:
+    return schedule_json(schedule, controller.schedule_history(schedule.id))
+
+
 async def create_schedule(call: Call) -> web.StreamResponse:
     body = call.body(ScheduleCreate)
     schedule = await call.controller.create_schedule(body.control_body())
-    return _json(schedule_json(schedule), 201)
+    return _json(schedule_view(call.controller, schedule), 201)
 
 
 async def list_schedules(call: Call) -> web.StreamResponse:
     schedules = call.controller.schedules_for(call.device())
-    return _json([schedule_json(s) for s in sorted(schedules, key=lambda s: s.id)])
+    return _json([schedule_view(call.controller, s) for s in sorted(schedules, key=lambda s: s.id)])
 
 
 async def schedule_detail(call: Call) -> web.StreamResponse:
     schedule_id = call.schedule_id()
     schedule = call.controller.get_schedule(schedule_id)
     runs = await read_queries.schedule_runs(call.ctx.reader(), schedule_id)
-    return _json({**schedule_json(schedule), "runs": runs})
+    return _json({**schedule_view(call.controller, schedule), "runs": runs})
 
 
 async def update_schedule(call: Call) -> web.StreamResponse:
     schedule_id = call.schedule_id()
     body = call.body(ScheduleUpdate)
     schedule = await call.controller.update_schedule(schedule_id, body.control_body())
-    return _json(schedule_json(schedule))
+    return _json(schedule_view(call.controller, schedule))
 
 
 async def delete_schedule(call: Call) -> web.StreamResponse:
@@ -153,18 +167,18 @@ async def delete_schedule(call: Call) -> web.StreamResponse:
 async def start_preclean(call: Call) -> web.StreamResponse:
     body = call.body(PrecleanStart)
     _known(call, body.deviceId)
-    status = await call.controller.start_preclean(body.deviceId, body.fanSpeed, body.minutes, SOURCE)
-    return _json(preclean_json(status), 201)
+    status = await call.controller.start_preclean(body.deviceId, body.fanSpeed, body.minutes, call.source)
+    return _json(preclean_rest_json(status), 201)
 
 
 async def cancel_preclean(call: Call) -> web.StreamResponse:
     body = call.body(PrecleanCancel)
     _known(call, body.deviceId)
-    return _json(preclean_json(await call.controller.cancel_preclean(body.deviceId, SOURCE)))
+    return _json(preclean_rest_json(await call.controller.cancel_preclean(body.deviceId, call.source)))
 
 
 async def preclean_status(call: Call) -> web.StreamResponse:
-    return _json(preclean_json(call.controller.preclean_status(call.device())))
+    return _json(preclean_rest_json(call.controller.preclean_status(call.device())))
 
 
 def _known(call: Call, device: str) -> None:
@@ -220,7 +234,7 @@ async def device_command(call: Call) -> web.StreamResponse:
     device = call.device()
     body = call.body(DeviceCommand)
     controller = call.controller
-    record: CommandRecord = controller.submit_command(device, body.action, body.value, SOURCE)
+    record: CommandRecord = controller.submit_command(device, body.action, body.value, call.source)
     online = bool((call.ctx.device_state(device) or {}).get("online"))
     # Waiting on an offline device would only hold the client for the full wait: its command is queued
     # (the record's note says so) and is sent when it comes back. A note on a fresh record means exactly
@@ -228,7 +242,7 @@ async def device_command(call: Call) -> web.StreamResponse:
     queued = record.status is CommandStatus.PENDING and record.note is not None
     if body.wait and online and not queued and not record.status.finished:
         record = await controller.wait_finished(record.command_id, call.ctx.settings.command_wait_seconds)
-    return _json(command_json(record), 200 if record.status.finished else 202)
+    return _json(command_json(record), COMMAND_STATUS.get(record.status, 200))
 
 
 async def health(call: Call) -> web.StreamResponse:
@@ -305,8 +319,11 @@ ROUTES: tuple[Route, ...] = (
                       "count": {"type": "integer"}}}}}})},
           query=StatisticsQuery),
     Route("POST", "/api/device/{deviceId}/command", device_command, "Send a command to a device", _DEVICES,
-          {200: Reply("Finished (acked, failed or timeout): the audit record with the device's state", "Command"),
-           202: Reply("Accepted, not finished: pending (queued while the device is offline) or sent", "Command")},
+          {200: Reply("Acked (or cancelled meanwhile): the audit record with the device's state", "Command"),
+           202: Reply("Accepted, not finished: pending (queued while the device is offline) or sent", "Command"),
+           502: Reply("The device refused the command (its ack said error): the audit record, status failed",
+                      "Command"),
+           504: Reply("No ack after every attempt: the audit record, status timeout", "Command")},
           body=DeviceCommand, errors=(429,),
           description="With `wait` (default) and an online device, the answer waits for the device's ack "
                       "(at most api.command_wait_seconds). A command also sets the manual layer."),
@@ -334,9 +351,9 @@ def _endpoint(route: Route) -> Callable[[web.Request], Awaitable[web.StreamRespo
 # ------------------------------------------------------------------------------------------ server
 
 
-def build_app(ctx: ApiContext) -> web.Application:
+def build_app(ctx: ApiContext, routes: tuple[Route, ...] = ROUTES) -> web.Application:
     app = web.Application(middlewares=[errors, same_origin_json])
     app[CONTEXT] = ctx
-    for route in ROUTES:
+    for route in routes:
         app.router.add_route(route.method, route.path, _endpoint(route), name=route.handler.__name__)
     return app

@@ -7,6 +7,12 @@ Query strings arrive as text, so their models convert (lax mode) but still refus
 
 Rules that need the control service's knowledge (day names, HH:MM windows, a command's value for its
 action) are checked there too; these models catch what can be said about the shape alone.
+
+The Praan air-purifier backend's request bodies are accepted beside ours, so its clients work unchanged:
+its names are alternative keys of the same fields (``fanMode``/``duration`` for a pre-clean's
+``fanSpeed``/``minutes``; ``startTime``/``endTime``/``isActive`` for a schedule's ``start``/``end``/
+``enabled``) and its ``day`` (one day per schedule) stands for ``days: [day]``. Giving both names of one
+field is refused (which one would win would be a guess).
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from pydantic import (
 from pydantic_core import PydanticUndefined
 
 from gateway.control.desired import FAN_SPEED_MAX, FAN_SPEED_MIN
-from gateway.control.schedules import SCHEDULE_FAN_MAX, SCHEDULE_FAN_MIN
+from gateway.control.schedules import SCHEDULE_FAN_MAX, SCHEDULE_FAN_MIN, ScheduleError, parse_days
 from gateway.settings import DEVICE_ID_PATTERN
 
 PRECLEAN_MINUTES_MAX = 24 * 60
@@ -70,6 +76,31 @@ def _device_field(default: object = PydanticUndefined) -> Any:
                  description='Device id (the key "device" is accepted too).')
 
 
+def _also(praan: str, ours: str, description: str, default: object = PydanticUndefined) -> Any:
+    """A field the Praan backend's clients send as `praan`."""
+    return Field(default, validation_alias=AliasChoices(ours, praan),
+                 description=f'{description} (the key "{praan}" is accepted too).')
+
+
+def _one_day(data: Any) -> Any:
+    """The Praan form's ``day`` (one day per schedule) as our ``days`` list."""
+    if not isinstance(data, dict) or "day" not in data:
+        return data
+    if "days" in data:
+        raise FieldError("day", "give days (a list) or day (one day), not both")
+    day = data["day"]
+    try:
+        parse_days([day])
+    except ScheduleError as exc:
+        raise FieldError("day", f"expected a day name (monday..sunday or Mon..Sun), got {day!r}") from exc
+    return {**{k: v for k, v in data.items() if k != "day"}, "days": [day]}
+
+
+def _with_one_day(schema: dict[str, Any]) -> None:
+    schema["properties"]["day"] = {"type": "string", "description": 'One day ("monday", or "Mon"): the same as '
+                                   '"days": [day] (the Praan backend\'s form). Give days or day.'}
+
+
 def _hhmm(value: str) -> str:
     if not re.fullmatch(_HHMM_PATTERN, value):
         raise ValueError(f"expected HH:MM between 00:00 and 23:59, got {value!r}")
@@ -91,12 +122,19 @@ Days = Annotated[
 class ScheduleCreate(Body):
     """A weekly window: from ``start`` to ``end`` on each of ``days`` (an end before the start crosses midnight)."""
 
+    model_config = ConfigDict(json_schema_extra=_with_one_day)
+
     deviceId: DeviceIdStr = _device_field()
     days: Days
-    start: HHMM
-    end: HHMM
+    start: HHMM = _also("startTime", "start", "Window start")
+    end: HHMM = _also("endTime", "end", "Window end")
     fanSpeed: ScheduleFanSpeed
-    enabled: bool = True
+    enabled: bool = _also("isActive", "enabled", "Whether it runs", True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _praan_day(cls, data: Any) -> Any:
+        return _one_day(data)
 
     def control_body(self) -> dict[str, object]:
         """The control service's JSON form (it names the device ``device``)."""
@@ -106,6 +144,7 @@ class ScheduleCreate(Body):
 
 def _without_nulls(schema: dict[str, Any]) -> None:
     """Publish ``X`` rather than pydantic's ``X | null`` for fields that may be left out but never be null."""
+    _with_one_day(schema)
     for prop in schema.get("properties", {}).values():
         options = prop.get("anyOf")
         if isinstance(options, list):
@@ -123,10 +162,15 @@ class ScheduleUpdate(Body):
 
     deviceId: DeviceIdStr | None = _device_field(None)
     days: Days | None = None
-    start: HHMM | None = None
-    end: HHMM | None = None
+    start: HHMM | None = _also("startTime", "start", "Window start", None)
+    end: HHMM | None = _also("endTime", "end", "Window end", None)
     fanSpeed: ScheduleFanSpeed | None = None
-    enabled: bool | None = None
+    enabled: bool | None = _also("isActive", "enabled", "Whether it runs", None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _praan_day(cls, data: Any) -> Any:
+        return _one_day(data)
 
     @field_validator("*", mode="before")
     @classmethod
@@ -154,8 +198,8 @@ class PrecleanStart(Body):
     """Run the device at ``fanSpeed`` for ``minutes``, over any schedule or manual setting; then restore."""
 
     deviceId: DeviceIdStr = _device_field()
-    fanSpeed: ScheduleFanSpeed
-    minutes: Annotated[int, Field(ge=1, le=PRECLEAN_MINUTES_MAX)]
+    fanSpeed: ScheduleFanSpeed = _also("fanMode", "fanSpeed", "Fan speed during the pre-clean")
+    minutes: Annotated[int, Field(ge=1, le=PRECLEAN_MINUTES_MAX)] = _also("duration", "minutes", "Length in minutes")
 
 
 class PrecleanCancel(Body):
@@ -223,6 +267,12 @@ class DataQuery(_Range):
 
 class StatisticsQuery(_Range):
     """Without ``from``, the range is the last 24 hours before ``to`` (default: now)."""
+
+
+class ScheduleListQuery(Query):
+    deviceId: Annotated[str | None, Field(pattern=DEVICE_ID_PATTERN)] = Field(
+        None, validation_alias=AliasChoices("deviceId", "device"),
+        description='Only this device\'s schedules (the key "device" is accepted too).')
 
 
 class CommandsQuery(Query):

@@ -63,11 +63,13 @@ class Route:
 PATH_PARAMS: dict[str, dict[str, Any]] = {
     "deviceId": {"description": "Device id", "schema": {"type": "string", "pattern": DEVICE_ID_PATTERN}},
     "scheduleId": {"description": "Schedule id", "schema": {"type": "integer", "minimum": 1}},
+    "hubId": {"description": "Device id of a hub", "schema": {"type": "string", "pattern": DEVICE_ID_PATTERN}},
+    "commandId": {"description": "Command id (the audit record's commandId)", "schema": {"type": "string"}},
 }
 
 _ERROR_TEXT = {
     400: "Invalid request: the body, query or path names the field at fault when it is one field",
-    404: "Unknown device or schedule",
+    404: "Unknown device, schedule, hub or command",
     409: "Conflicts with the current state",
     429: "Too many commands already waiting for this device",
     500: "Unexpected error (logged by the gateway)",
@@ -101,13 +103,20 @@ COMPONENTS: dict[str, dict[str, Any]] = {
         "type": "object",
         "properties": {
             "id": {"type": "integer"},
-            "device": {"type": "string"},
-            "deviceId": {"type": "string", "description": "Same as device"},
+            "deviceId": {"type": "string"},
             "days": {"type": "array", "items": {"enum": ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]}},
             "start": {"type": "string"},
             "end": {"type": "string"},
             "fanSpeed": {"type": "integer"},
             "enabled": {"type": "boolean"},
+            "lastExecuted": {"type": ["string", "null"], "format": "date-time",
+                             "description": "When a window of it last started (ISO 8601 UTC; Praan's field)"},
+            "executionHistory": {
+                "type": "array", "description": "Its latest starts and ends, newest first (at most 10; Praan's field)",
+                "items": {"type": "object", "properties": {
+                    "executedAt": {"type": "string", "format": "date-time"}, "phase": {"enum": ["start", "end"]},
+                    "fanSpeed": {"type": "integer"}}},
+            },
         },
     },
     "ScheduleRun": {
@@ -130,7 +139,11 @@ COMPONENTS: dict[str, dict[str, Any]] = {
             "device": {"type": "string"},
             "action": {"enum": ["setFanSpeed", "turnOn", "turnOff"]},
             "value": {"type": ["integer", "null"]},
-            "source": {"type": "string"},
+            "source": {"type": "string", "description": "panel, api, cloud: a person's or the cloud's command; "
+                                                         "reconcile: an automatic one"},
+            "cause": {"type": ["string", "null"], "enum": ["manual", "schedule", "preclean", "rule", None],
+                      "description": "For source reconcile: the layer that made the gateway send it (a return to "
+                                     "the manual setting after an override ended names the override)"},
             "status": {"enum": ["pending", "sent", "acked", "failed", "timeout", "cancelled"]},
             "attempts": {"type": "integer"},
             "createdAt": {"type": "number"},
@@ -140,6 +153,12 @@ COMPONENTS: dict[str, dict[str, Any]] = {
             "error": _STR,
             "state": {"type": ["object", "null"], "description": "The device's reported state from its ack"},
             "note": _STR,
+            "attemptLog": {"type": "array", "description": "One entry per attempt, in order", "items": {
+                "type": "object", "properties": {
+                    "attempt": {"type": "integer"}, "sentAt": {"type": "number"},
+                    "result": {"type": ["string", "null"],
+                               "enum": ["no-ack", "not-sent", "acked", "failed", "cancelled", None]},
+                    "error": _STR}}},
         },
     },
     "PrecleanStatus": {
@@ -151,6 +170,9 @@ COMPONENTS: dict[str, dict[str, Any]] = {
             "startedAt": _NUM,
             "endsAt": _NUM,
             "remainingSeconds": {"type": "number"},
+            "source": {"type": "string", "description": "Who started it (when active)"},
+            "willEndAt": {"type": ["string", "null"], "format": "date-time",
+                          "description": "endsAt as ISO 8601 UTC (Praan's field)"},
         },
     },
     "Reading": {
@@ -192,7 +214,11 @@ def openapi_document(routes: Sequence[Route], *, title: str, version: str) -> di
             "version": version,
             "description": "Local REST API of the edge gateway. JSON in, JSON out; errors are "
                            '{"error": {"status", "message", "field"?}}. No login yet: it listens on '
-                           "127.0.0.1 unless the installer says otherwise.",
+                           "127.0.0.1 unless the installer says otherwise. The paths are the Praan "
+                           "air-purifier backend's and its request names are accepted beside ours: deviceId "
+                           "(device), fanMode (fanSpeed) and duration (minutes) of a pre-clean, day (days: [day]), "
+                           "startTime (start), endTime (end) and isActive (enabled) of a schedule; each body "
+                           "field's description names its other key.",
         },
         "paths": paths,
         "components": {"schemas": schemas},
@@ -228,7 +254,7 @@ def _operation(route: Route, schemas: dict[str, Any]) -> dict[str, Any]:
     kinds = set(route.path_params.values())
     if route.body is not None or route.query is not None or "scheduleId" in kinds:
         errors.add(400)
-    if kinds & {"deviceId", "scheduleId"}:
+    if kinds & {"deviceId", "scheduleId", "commandId"}:
         errors.add(404)
     for status in sorted(errors):
         responses[str(status)] = _response(Reply(_ERROR_TEXT[status], "Error"))

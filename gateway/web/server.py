@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -9,11 +10,17 @@ from typing import Any
 from gateway import __version__
 from gateway.control.service import Controller
 from gateway.core.clock import Clock
+from gateway.core.metrics import Metrics
 from gateway.settings import ApiSection
 from gateway.store import read_queries
 from gateway.web.aiohttp_web import web
 from gateway.web.api import ROUTES, ApiContext, build_app
+from gateway.web.control_routes import CONTROL_ROUTES
+from gateway.web.hubs_api import HUB_ROUTES, HUBS_UNMAPPED, HubsUnmapped, no_hubs
+from gateway.web.metrics_route import METRICS, METRICS_ROUTES, MetricsExposition
 from gateway.web.openapi import openapi_document
+
+ALL_ROUTES = (*ROUTES, *HUB_ROUTES, *CONTROL_ROUTES, *METRICS_ROUTES)
 
 # On stop, requests still running (a command waiting for its ack) get this long before they are cancelled;
 # the gateway's whole shutdown budget is a few seconds.
@@ -33,14 +40,20 @@ class ApiServer:
         device_state: Callable[[str], dict[str, Any] | None],
         health: Callable[[], dict[str, Any]],
         clock: Clock,
+        metrics: Metrics,
+        hubs_unmapped: HubsUnmapped = no_hubs,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._settings = settings
+        self._ssl_context = ssl_context  # TLS when the panel has a certificate (gateway/web/auth.py)
         self._db_path = db_path.absolute()
         self._ctx = ApiContext(
             settings=settings, controller=controller, devices=devices, device_state=device_state, health=health,
-            clock=clock, openapi=openapi_document(ROUTES, title="edge-gateway local API", version=__version__),
+            clock=clock, openapi=openapi_document(ALL_ROUTES, title="edge-gateway local API", version=__version__),
         )
-        self.app = build_app(self._ctx)
+        self.app = build_app(self._ctx, ALL_ROUTES)
+        self.app[HUBS_UNMAPPED] = hubs_unmapped
+        self.app[METRICS] = MetricsExposition(metrics)
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
 
@@ -52,7 +65,7 @@ class ApiServer:
         runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S)
         try:
             await runner.setup()
-            site = web.TCPSite(runner, self._settings.host, self._settings.port)
+            site = web.TCPSite(runner, self._settings.host, self._settings.port, ssl_context=self._ssl_context)
             await site.start()
         except BaseException:
             await runner.cleanup()

@@ -37,10 +37,11 @@ from tests.fixtures.gateway import device_password, free_port, write_config
 
 @contextlib.asynccontextmanager
 async def gateway_process(
-    ids: list[str], folder: Path
+    ids: list[str], folder: Path, **config_keys: Any
 ) -> AsyncIterator[tuple[asyncio.subprocess.Process, int, int, Path]]:
+    """`edge-gateway run` on free ports; `config_keys` go to write_config (users, device names)."""
     mqtt_port, api_port = free_port(), free_port()
-    config = write_config(folder, devices=ids, port=mqtt_port, api=f"port = {api_port}")
+    config = write_config(folder, devices=ids, port=mqtt_port, api=f"port = {api_port}", **config_keys)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateway", "run", "--config", str(config), stdout=asyncio.subprocess.DEVNULL
     )
@@ -54,8 +55,9 @@ async def gateway_process(
             await asyncio.wait_for(proc.wait(), 20)
 
 
-async def connect_purifiers(ids: list[str], port: int) -> tuple[list[SimulatedPurifier], list[asyncio.Task[None]]]:
-    sims = [SimulatedPurifier(device_id=d, password=device_password(d), port=port, interval=3600.0, seed=i,
+async def connect_purifiers(ids: list[str], port: int, interval: float = 3600.0
+                            ) -> tuple[list[SimulatedPurifier], list[asyncio.Task[None]]]:
+    sims = [SimulatedPurifier(device_id=d, password=device_password(d), port=port, interval=interval, seed=i,
                               backoff_initial=0.2, backoff_max=2.0) for i, d in enumerate(ids)]
     tasks = []
     for i in range(0, len(sims), 10):  # small groups: argon2 checks run in threads

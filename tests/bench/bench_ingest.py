@@ -100,13 +100,18 @@ async def started(name: str, devices: list[str], workdir: Path, storage: str = "
         await wait_port(port, proc)
         yield Target(name, proc, port, stats)
     finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 15)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await stop_process(proc)
+
+
+async def stop_process(proc: asyncio.subprocess.Process, timeout: float = 15) -> None:
+    """SIGTERM (the daemon's clean stop), then SIGKILL if it has not ended within `timeout` seconds."""
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), timeout)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
 
 
 async def connect_all(target: Target, ids: list[str], qos: int) -> list[Device]:

@@ -37,6 +37,27 @@ def _store(figures: dict[str, Any], mode: str) -> None:
     assert len(figures["rounds"]) == (1 if mode == "smoke" else 3)
 
 
+def _modbus(figures: dict[str, Any], mode: str) -> None:
+    # every cycle delivered every point (the bench asserts it per cycle), and merging cut the requests
+    assert figures["merged_9600_requests"] * 20 == figures["single_9600_requests"]
+    assert figures["shipped_maps_request_ratio"] >= 3
+
+
+def _hub(figures: dict[str, Any], mode: str) -> None:
+    # every relayed reading of every batch (timed, and the 10 hubs x 5 open ones) stored exactly once
+    assert figures["lost"] == 0 and figures["doubled"] == 0 and figures["quarantined"] == 0
+    assert figures["readings_stored"] == figures["readings_expected"] > 0
+
+
+def _ble(figures: dict[str, Any], mode: str) -> None:
+    # every distinct advert was stored (bench_ble asserts it per format); each import cost was measured
+    assert all(figures[f"import_mb[{modules}]"] > 0 for modules in ("drivers.ble.formats", "drivers.ble.link"))
+def _panel(figures: dict[str, Any], mode: str) -> None:
+    # every stream received the readings of the window (coalescing may merge a device's two readings)
+    assert figures["events_received_share"] > 0.5
+    assert figures["streams"] == (3 if mode == "smoke" else 20)
+
+
 def _flood(figures: dict[str, Any], mode: str) -> None:
     # every phase ran: sockets were opened and the device logged in during each
     assert figures["cycles_s"] > 0 and figures["idle_one_source_opened"] > 0
@@ -75,6 +96,20 @@ CONTROL = Bench("bench_control", 180, ("API command -> ack -> API response",), (
 STORE = Bench("bench_store", 120, ("store writer alone", "median: flat out"), (
     "rate", "cpu_us_per_reading", "records_per_commit", "trickle_cpu_us_per_reading",
     "trickle_status_cpu_us_per_step"), _store)
+MODBUS = Bench("bench_modbus", 180, ("Modbus poll cycle", "shipped maps", "RSS"), (
+    "merged_9600_ratio_to_wire", "merged_115200_ratio_to_wire", "single_9600_ratio_to_wire", "cpu_us_per_point",
+    "merged_9600_cycle_s", "single_9600_cycle_s", "rss_mb_added"), _modbus)
+
+HUB = Bench("bench_hub", 120, ("last part -> committed", "memory: RSS"), (
+    "last_part_to_commit_p50_ms", "last_part_to_commit_max_ms", "rss_mb_hubs_connected", "rss_mb_open_batches",
+    "rss_mb_growth_open_batches", "rss_mb_after_completed", "held_mb"), _hub)
+
+BLE = Bench("bench_ble", 120, ("BLE decoders", "import cost"), tuple(
+    f"{name}_{key}" for name in ("bthome", "bthome_encrypted", "ruuvi_df5", "atc1441", "pvvx", "pvvx_encrypted")
+    for key in ("rate", "raw_rate")), _ble)
+PANEL = Bench("bench_panel", 120, ("panel benchmark", "open live streams"), (
+    "overview_ms_p50", "overview_ms_max", "cpu_pct_without_panels", "cpu_pct_with_panels", "cpu_pct_panels_cost",
+    "events_per_s", "rss_mb_before", "rss_mb_after", "rss_mb_growth"), _panel)
 FLOOD = Bench("bench_flood", 180, ("connect+close cycles", "idle sockets", "out of files"), (
     "cycles_files_peak", "cycles_login_max_ms", "idle_one_source_files_peak", "idle_one_source_login_max_ms",
     "idle_many_sources_files_peak", "idle_many_sources_login_max_ms", "connect_rss_growth_mb",
@@ -87,7 +122,7 @@ FUZZ = Bench("bench_fuzz", 180, ("fuzz run", "quarantined"), (
 CASES = [
     pytest.param(bench, mode, id=f"{bench.module.removeprefix('bench_')}-{mode}",
                  marks=mode_marks(mode, bench.smoke_timeout))
-    for bench in (INGEST, UPLINK, CONTROL, STORE, FLOOD, LOGINS, FUZZ)
+    for bench in (INGEST, UPLINK, CONTROL, STORE, MODBUS, HUB, BLE, PANEL, FLOOD, LOGINS, FUZZ)
     for mode in MODES
 ]
 

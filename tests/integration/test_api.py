@@ -19,7 +19,7 @@ import structlog
 
 from gateway.core.clock import ManualClock
 from gateway.settings import ApiSection
-from gateway.web.api import ROUTES
+from gateway.web.server import ALL_ROUTES
 from tests.fixtures.gateway import GatewayFactory, RunningGateway, device_password, wait_for
 from tests.fixtures.purifiers import purifier, until
 
@@ -80,11 +80,15 @@ async def test_openapi_document_matches_the_router_both_ways(api: Api) -> None:
     doc = await api.ok("GET", "/api/openapi.json")
     assert doc["openapi"].startswith("3.1")
     assert api.gw.gateway.api is not None
-    registered = {(r.method, r.resource.canonical) for r in api.gw.gateway.api.app.router.routes()
-                  if r.method != "HEAD" and r.resource is not None}
+    routes = [r for r in api.gw.gateway.api.app.router.routes() if r.method != "HEAD" and r.resource is not None]
+    # The panel's pages share the server (gateway/web/panel): every route that is not the panel's is the API's.
+    panel = {r for r in routes if (r.name or "").startswith("panel_")}
+    assert {r.resource.canonical for r in panel if r.resource is not None} >= {"/", "/login", "/panel/events"}
+    assert not any(r.resource.canonical.startswith("/api/") for r in panel if r.resource is not None)
+    registered = {(r.method, r.resource.canonical) for r in routes if r not in panel and r.resource is not None}
     documented = {(method.upper(), path) for path, ops in doc["paths"].items() for method in ops}
     assert registered == documented
-    assert len(registered) == len(ROUTES) == 17
+    assert len(registered) == len(ALL_ROUTES) == 22  # api.py's 17, the hubs', control_routes.py's and /metrics
 
     schemas = doc["components"]["schemas"]
     for path, ops in doc["paths"].items():
@@ -233,8 +237,11 @@ async def test_schedule_crud_round_trip_with_execution_history(gateway_factory: 
     async with api_for(gw) as api:
         created = await api.ok("POST", "/api/schedule", SCHEDULE, 201)
         sid = created["id"]
-        assert created == {"id": sid, "device": "AP-01", "deviceId": "AP-01", "days": ["Mon", "Wed"],
-                           "start": "08:00", "end": "09:00", "fanSpeed": 3, "enabled": True}
+        # one name for the device; the window in effect started at once: its run is the latest execution
+        started = {"executedAt": "2026-11-23T08:30:00.000Z", "phase": "start", "fanSpeed": 3}
+        assert created == {"id": sid, "deviceId": "AP-01", "days": ["Mon", "Wed"], "start": "08:00", "end": "09:00",
+                           "fanSpeed": 3, "enabled": True, "lastExecuted": started["executedAt"],
+                           "executionHistory": [started]}
         # "device" is accepted for "deviceId"; full and lower-case day names too
         other = await api.ok("POST", "/api/schedule", {"device": "AP-01", "days": ["sunday"], "start": "22:00",
                                                        "end": "06:00", "fanSpeed": 1, "enabled": False}, 201)
@@ -255,7 +262,7 @@ async def test_schedule_crud_round_trip_with_execution_history(gateway_factory: 
         assert updated == {**created, "fanSpeed": 5, "days": ["Mon"]}
         assert (await api.ok("GET", f"/api/schedule/detail/{sid}"))["fanSpeed"] == 5
         moved = await api.ok("PUT", f"/api/schedule/{other['id']}", {"deviceId": "AP-02", "enabled": True})
-        assert moved["device"] == moved["deviceId"] == "AP-02" and moved["start"] == "22:00"
+        assert "device" not in moved and moved["deviceId"] == "AP-02" and moved["start"] == "22:00"
 
         status, _ = await api.call("DELETE", f"/api/schedule/{sid}")
         assert status == 204
@@ -307,7 +314,7 @@ async def test_preclean_start_status_cancel_over_a_simulated_purifier(gateway_fa
     await settle(gw)
     assert [json.loads(d)["reason"] for (d,) in gw.query("SELECT data FROM events WHERE type = 'preclean.ended'")] == [
         "cancelled"]
-    assert "preclean" in {s for (s,) in gw.query("SELECT DISTINCT source FROM command_log")}
+    assert ("reconcile", "preclean") in set(gw.query("SELECT DISTINCT source, cause FROM command_log"))
 
 
 # ------------------------------------------------------------------------------------------- commands

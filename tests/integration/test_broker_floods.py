@@ -39,7 +39,7 @@ async def test_refused_subscriptions_and_quarantined_payloads_are_logged_once_wi
             for i in range(50):
                 writer.write(subscribe_packet("#", 1, packet_id=i + 1))
                 writer.write(publish_packet("device/AP-01/data", b"not json", 1, packet_id=i + 1))
-            await wait_for(lambda: gw.counter("gateway_quarantined_total") == 50, timeout=10)
+            await wait_for(lambda: gw.gateway.metrics.total("gateway_quarantined_total") == 50, timeout=10)
             await wait_for(lambda: gw.gateway.metrics.total("gateway_broker_acl_denied_total") == 50, timeout=10)
         finally:
             writer.close()

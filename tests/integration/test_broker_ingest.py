@@ -176,7 +176,12 @@ async def test_each_kind_of_bad_payload_is_quarantined_and_the_daemon_keeps_runn
         assert expected in reason, (expected, reason)
         assert (device_id, topic) == ("AP-01", "device/AP-01/data")
     assert rows[-1][1] == 'status must be "online" or "offline"'
-    assert gateway.counter("gateway_quarantined_total") == len(BAD_PAYLOADS) + 1
+    metrics = gateway.gateway.metrics
+    assert metrics.total("gateway_quarantined_total") == len(BAD_PAYLOADS) + 1  # counted by kind of reason:
+    assert {reason: metrics.value("gateway_quarantined_total", reason=reason) for reason in (
+        "not-json", "not-utf8", "not-object", "wrong-type", "out-of-range", "timestamp", "not-storable", "invalid",
+        "bad-status")} == {"not-json": 4, "not-utf8": 1, "not-object": 2, "wrong-type": 5, "out-of-range": 3,
+                           "timestamp": 1, "not-storable": 1, "invalid": 1, "bad-status": 1}
     assert not gateway.task.done()
 
 

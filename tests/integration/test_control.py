@@ -36,8 +36,10 @@ def berlin(*args: int) -> float:
 
 
 def commands(gw: RunningGateway, device: str) -> list[tuple[Any, ...]]:
-    return gw.query("SELECT action, value, source, status, attempts, note FROM command_log WHERE device_id = ? "
-                    "ORDER BY created_at, rowid", (device,))
+    """(action, value, who, status, attempts, note); who: the source, and for an automatic command its cause
+    ("reconcile/preclean")."""
+    return gw.query("SELECT action, value, source || coalesce('/' || cause, ''), status, attempts, note "
+                    "FROM command_log WHERE device_id = ? ORDER BY created_at, rowid", (device,))
 
 
 def events(gw: RunningGateway, kind: str) -> list[dict[str, Any]]:
@@ -158,9 +160,9 @@ async def test_preclean_boosts_then_restores_manual_speed(gateway_factory: Gatew
     ended = events(gw, "preclean.ended")
     assert [e["reason"] for e in ended] == ["expired"]
     assert [e["fanSpeed"] for e in events(gw, "preclean.started")] == [5]
-    # the boost and the restore are both the pre-clean's doing in the audit log
+    # the boost and the restore are both automatic, and the pre-clean's doing, in the audit log
     assert [(row[0], row[1], row[2], row[3]) for row in commands(gw, "AP-01")] == [
-        ("setFanSpeed", 5, "preclean", "acked"), ("setFanSpeed", 2, "preclean", "acked")]
+        ("setFanSpeed", 5, "reconcile/preclean", "acked"), ("setFanSpeed", 2, "reconcile/preclean", "acked")]
 
 
 async def test_preclean_cancel_restores_at_once(gateway_factory: GatewayFactory) -> None:
@@ -177,7 +179,8 @@ async def test_preclean_cancel_restores_at_once(gateway_factory: GatewayFactory)
         await wait_for(lambda: gw.counter("gateway_commands_finished_total", status="acked") == 3)
     await settle(gw)
     assert [e["reason"] for e in events(gw, "preclean.ended")] == ["cancelled"]
-    assert [(row[1], row[2]) for row in commands(gw, "AP-01")] == [(3, "panel"), (5, "preclean"), (3, "preclean")]
+    assert [(row[1], row[2]) for row in commands(gw, "AP-01")] == [
+        (3, "panel"), (5, "reconcile/preclean"), (3, "reconcile/preclean")]
 
 
 async def test_restart_in_the_middle_of_a_preclean_resumes_with_the_time_left(tmp_path: Path) -> None:
@@ -380,5 +383,7 @@ async def test_commands_interrupted_by_a_restart_are_closed_and_their_intent_sti
         await settle(gw)
         rows = [(r[0], r[1], r[2], r[3]) for r in commands(gw, "AP-01")]
         assert rows[0] == ("setFanSpeed", 5, "cloud", "cancelled")
-        # the device had never reported its state: the reconciler sets power and speed, in the cloud's name
-        assert rows[1:] == [("turnOn", None, "cloud", "acked"), ("setFanSpeed", 5, "cloud", "acked")]
+        # the device had never reported its state: the reconciler sets power and speed, as the automatic
+        # re-drive of the manual setting (not in the cloud's name)
+        assert rows[1:] == [("turnOn", None, "reconcile/manual", "acked"),
+                            ("setFanSpeed", 5, "reconcile/manual", "acked")]

@@ -187,7 +187,7 @@ async def test_a_restore_that_sent_nothing_does_not_claim_later_commands(gateway
         ctl.device_ready("AP-01")
         await until(sim, lambda: sim.model.fan_speed == 2)
         await settle(gw)
-    assert commands(gw, "AP-01")[-1][2] == "panel"  # before: "preclean", long after it ended
+    assert commands(gw, "AP-01")[-1][2] == "reconcile/manual"  # before: "preclean", long after it ended
 
 
 async def test_an_interrupted_command_that_cannot_be_carried_says_so(tmp_path: Path) -> None:

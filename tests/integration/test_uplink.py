@@ -80,6 +80,27 @@ async def test_cloud_broker_stopped_under_load_then_started_loses_nothing(
     assert gw.gateway.uplink is not None and gw.gateway.uplink.state.reconnects >= 1
 
 
+async def test_a_returning_cloud_is_found_by_a_probe_before_the_back_off_ends(
+    gateway_factory: GatewayFactory, cloud: Cloud
+) -> None:
+    """After a few failed attempts the back-off is seconds long; the cloud's return ends it at the next
+    TCP probe, and the backlog flows at once."""
+    gw = await gateway_factory(devices=["AP-01"], extra=uplink_config(
+        cloud.broker.port, reconnect_max_seconds=60, probe_interval_seconds=0.2))
+    uplink = gw.gateway.uplink
+    assert uplink is not None
+    await wait_for(lambda: uplink.state.connected)
+    cloud.broker.stop()
+    await wait_for(lambda: uplink.state.reconnects >= 3, timeout=30)  # the pause now is 2-4 s, growing
+    await publish_readings(gw, "AP-01", 5)
+    loop = asyncio.get_running_loop()
+    back_at = loop.time()
+    cloud.broker.start()
+    await wait_for(lambda: len(set(cloud.msg_ids())) == 5, timeout=30)
+    print(f"cloud back -> 5 readings delivered in {loop.time() - back_at:.2f} s")
+    assert uplink.state.cloud_found_by_probe == 1  # the probe ended the pause, not its 2-8 s running out
+
+
 async def rpc(cloud: Cloud, request: dict[str, Any] | bytes, timeout: float = 5.0) -> dict[str, Any]:
     before = len([1 for t, _, _ in cloud.messages if t.endswith("/response")])
     payload = request if isinstance(request, bytes) else json.dumps(request).encode()

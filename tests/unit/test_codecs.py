@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from drivers.mqtt_json import decode_generic_reading, parse_object
 from drivers.purifier import decode_purifier_reading
@@ -10,6 +11,7 @@ from gateway.broker.acl import Access, device_may
 from gateway.core.errors import PayloadError
 from gateway.core.metrics import Metrics
 from gateway.core.timestamps import normalise_ts
+from gateway.web.metrics_route import MetricsExposition
 
 
 @pytest.mark.parametrize(
@@ -134,11 +136,16 @@ def test_metrics_render_prometheus_text() -> None:
     m.inc("x_total", 1, kind='b"')
     m.set("y", 3.5)
     m.gauge_callback("z", lambda: 7.0, "callback gauge")
-    text = m.render()
-    assert '# TYPE x_total counter\nx_total{kind="a"} 2\nx_total{kind="b\\""} 1' in text
-    assert "# TYPE y gauge\ny 3.5" in text
-    assert "# HELP z callback gauge\n# TYPE z gauge\nz 7" in text
+    text = MetricsExposition(m).render().decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert families["x"].type == "counter" and families["x"].documentation == "things"
+    assert {(s.name, s.labels["kind"], s.value) for s in families["x"].samples} == {
+        ("x_total", "a", 2), ("x_total", 'b"', 1)}  # the quote escaped and read back
+    assert [(s.name, s.value) for s in families["y"].samples] == [("y", 3.5)] and families["y"].type == "gauge"
+    assert families["z"].documentation == "callback gauge" and families["z"].samples[0].value == 7
+    assert families["process_open_fds"].samples[0].value > 0  # prometheus-client's process collector
     assert m.total("x_total") == 3 and m.value("z") == 7.0
+    assert m.value("x_total", kind="a") == 2 and isinstance(m.value("x_total", kind="a"), int)  # a count
 
 
 def test_purifier_unknown_numbers_are_metrics_so_the_cloud_gets_them_too() -> None:

@@ -11,6 +11,7 @@ from gateway.core.links import LinkError
 from gateway.core.models import DeviceEvent, RowWrite
 from gateway.store.control_repo import UnfinishedCommand
 from tests.fixtures.control import Parts
+from tests.fixtures.gateway import wait_for
 
 
 def request(action: str = "setFanSpeed", value: int | None = 4) -> CommandRequest:
@@ -95,3 +96,40 @@ def test_interrupted_commands_are_closed_saying_whether_their_intent_lives_on() 
     assert audits[0].error is not None and "applied when the device is back" in audits[0].error
     assert audits[1].error is not None and "not carried out" in audits[1].error
     assert [f.record.command_id for f in p.of(Finished)] == ["c-1", "c-2"]
+
+
+async def test_a_slow_link_holds_up_neither_the_control_loop_nor_other_devices() -> None:
+    """A Modbus write to a slave that is gone takes (retries + 1) x its timeout. The control loop used to
+    wait for it: every other device's commands, audit rows and schedule boundaries waited too."""
+    p = Parts(devices=("AP-01", "AP-02"))
+    p.online("AP-01", powerOn=True, fanSpeed=1)
+    p.online("AP-02", powerOn=True, fanSpeed=1)
+    p.link_gates["AP-01"] = slow = asyncio.Event()
+    first = p.commands.submit(request(), p.now)
+    second = p.commands.submit(CommandRequest.create("AP-02", "setFanSpeed", 2, source="api"), p.now)
+    await asyncio.wait_for(p.perform_queue(), 5)  # returns while AP-01's attempt is still on its way
+    await p.commands.sends.idle_for("AP-02")
+    assert [c.device_id for c in p.sent] == ["AP-02"]
+    p.ack(second, "AP-02", state={"powerOn": True, "fanSpeed": 2})
+    await asyncio.wait_for(p.perform_queue(), 5)
+    assert p.commands.record(second.command_id).status is CommandStatus.ACKED  # type: ignore[union-attr]
+    slow.set()
+    await p.perform()
+    assert [c.device_id for c in p.sent] == ["AP-02", "AP-01"]
+    assert p.commands.record(first.command_id).status is CommandStatus.SENT  # type: ignore[union-attr]
+
+
+async def test_a_devices_attempts_reach_its_link_one_at_a_time_in_order() -> None:
+    p = Parts()
+    p.online(powerOn=True, fanSpeed=1)
+    p.link_gates["AP-01"] = slow = asyncio.Event()
+    record = p.commands.submit(request(), p.now)
+    await p.perform_queue()
+    p.clock.advance(p.commands.executor.timeout + 1)  # no ack: the executor decides a second attempt
+    p.commands.tick(p.now)
+    await p.perform_queue()
+    await wait_for(lambda: p.in_link == 1)  # the first attempt is in the link...
+    assert len(p.commands.sends) == 2  # ...and the second waits for it to leave, not beside it
+    slow.set()
+    await p.perform()
+    assert [c.command_id for c in p.sent] == [record.command_id] * 2 and p.most_in_link == 1

@@ -7,13 +7,13 @@ from gateway.control.desired import FanState, Layer
 from tests.fixtures.control import Parts
 
 
-def sent(p: Parts) -> list[tuple[str, object, str]]:
-    """Commands queued to be sent: (action, value, source of the record)."""
-    out = []
+def sent(p: Parts) -> list[tuple[str, object, str, str | None]]:
+    """Commands queued to be sent: (action, value, source and cause of the record)."""
+    out: list[tuple[str, object, str, str | None]] = []
     for effect in p.of(Send):
         record = p.commands.record(effect.command_id)
         assert record is not None
-        out.append((effect.command.command.action, effect.command.command.value, record.source))
+        out.append((effect.command.command.action, effect.command.command.value, record.source, record.cause))
     return out
 
 
@@ -21,7 +21,7 @@ async def test_one_step_at_a_time_each_planned_from_the_reported_state() -> None
     p = Parts()
     p.layers.set_manual("AP-01", FanState(True, 3), "panel", p.now)
     p.online(powerOn=False, fanSpeed=1)
-    assert sent(p) == [("turnOn", None, "panel")]  # not turnOn and setFanSpeed at once
+    assert sent(p) == [("turnOn", None, "reconcile", "manual")]  # not turnOn and setFanSpeed at once
     await p.perform()
     p.ack(p.last_sent().command_id, state={"powerOn": True, "fanSpeed": 1})
     await p.perform()
@@ -96,16 +96,16 @@ async def test_a_restore_is_the_ending_layers_doing_then_manual_again() -> None:
     p.online(powerOn=True, fanSpeed=2)
     p.layers.desired.set_layer("AP-01", Layer.SCHEDULE, FanState(True, 4))
     p.reconciler.layer_changed("AP-01", p.now)
-    assert sent(p) == [("setFanSpeed", 4, "schedule")]
+    assert sent(p) == [("setFanSpeed", 4, "reconcile", "schedule")]
     await p.perform()
     p.ack(p.last_sent().command_id, state={"powerOn": True, "fanSpeed": 4})
     await p.perform()
     p.layers.desired.clear_layer("AP-01", Layer.SCHEDULE)
     p.reconciler.layer_changed("AP-01", p.now, "schedule")
-    assert sent(p) == [("setFanSpeed", 2, "schedule")]  # the restore: the schedule's doing
+    assert sent(p) == [("setFanSpeed", 2, "reconcile", "schedule")]  # the restore: the schedule's doing
     await p.perform()
     p.ack(p.last_sent().command_id, state={"powerOn": True, "fanSpeed": 2})
     await p.perform()
     p.reported["AP-01"]["fanSpeed"] = 0  # later the device rebooted at 0
     p.online(powerOn=True, fanSpeed=0)
-    assert sent(p) == [("setFanSpeed", 2, "panel")]  # the manual layer's own source again
+    assert sent(p) == [("setFanSpeed", 2, "reconcile", "manual")]  # a re-drive of the manual setting

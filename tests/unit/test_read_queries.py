@@ -82,7 +82,9 @@ async def test_command_log_rows_in_the_controllers_json_form_newest_first(db: ai
         ("c3", "AP-02", "turnOn", None, "panel", "timeout", 3, 30.0, 30.0, 90.0, 120.0, "no ack after 3 attempts",
          None, None),
     ]
-    await db.executemany("INSERT INTO command_log VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    await db.executemany(
+        "INSERT INTO command_log (command_id, device_id, action, value, source, status, attempts, created_at, sent_at,"
+        " last_sent_at, finished_at, error, state, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
     log = await rq.command_log(db, "AP-01", limit=10)
     assert [r["commandId"] for r in log] == ["c2", "c1"]
@@ -90,9 +92,12 @@ async def test_command_log_rows_in_the_controllers_json_form_newest_first(db: ai
         "commandId": "c1", "device": "AP-01", "action": "setFanSpeed", "value": 3, "source": "api",
         "status": "acked", "attempts": 1, "createdAt": 10.0, "sentAt": 10.1, "lastSentAt": 10.1,
         "finishedAt": 10.2, "error": None, "state": {"fanSpeed": 3, "powerOn": True}, "note": None,
+        "cause": None, "attemptLog": [],
     }
     assert log[0]["state"] is None and log[0]["note"].startswith("queued")
     assert [r["commandId"] for r in await rq.command_log(db, "AP-01", limit=1)] == ["c2"]
+    assert await rq.command(db, "c3") == (await rq.command_log(db, "AP-02", limit=1))[0]
+    assert await rq.command(db, "nope") is None
 
 
 async def test_schedule_runs_newest_first_capped_at_fifty(db: aiosqlite.Connection) -> None:
@@ -136,3 +141,27 @@ async def test_reader_connection_cannot_write_and_needs_an_existing_wal_database
     await plain.close()
     with pytest.raises(RuntimeError, match="WAL"):
         await rq.open_reader(rollback)
+
+
+async def test_chart_series_are_bucket_averages_oldest_first_with_gaps(db: aiosqlite.Connection) -> None:
+    for ts, pm25 in ((100.0, 2.0), (105.0, 4.0), (119.0, 6.0), (135.0, 8.0)):
+        await add_reading(db, "AP-01", ts, pm25=pm25, humidity=40)
+    await add_reading(db, "AP-01", 125.0, temperature=20.5)  # a reading without pm25: a gap in its line
+    await add_reading(db, "AP-01", 500.0, pm25=99.0)  # outside the range
+    await add_reading(db, "AP-02", 101.0, pm25=50.0)  # another device
+    series = await rq.metric_series(db, "AP-01", start=100, end=140, bucket_s=10, metrics=("pm25", "co2"))
+    assert series == {"ts": [100.0, 110.0, 120.0, 130.0], "pm25": [3.0, 6.0, None, 8.0],
+                      "co2": [None, None, None, None]}
+    assert await rq.metric_series(db, "nobody", start=0, end=1e12, bucket_s=10, metrics=("pm25",)) == {
+        "ts": [], "pm25": []}
+
+
+async def test_latest_quarantine_is_newest_first_without_payloads(db: aiosqlite.Connection) -> None:
+    for i in range(5):
+        await db.execute(
+            "INSERT INTO quarantine (received_at, client_id, device_id, topic, payload, reason) VALUES (?,?,?,?,?,?)",
+            (100.0 + i, "AP-01", "AP-01", "device/AP-01/data", b"x" * (i + 1), f"reason {i}"))
+    rows = await rq.latest_quarantine(db, limit=3)
+    assert [r["reason"] for r in rows] == ["reason 4", "reason 3", "reason 2"]
+    assert rows[0] == {"id": 5, "receivedAt": 104.0, "clientId": "AP-01", "device": "AP-01",
+                       "topic": "device/AP-01/data", "reason": "reason 4", "size": 5}

@@ -17,6 +17,8 @@ from gateway.core.clock import ManualClock
 from gateway.core.metrics import Metrics
 from gateway.core.models import (
     DeviceEvent,
+    HubBatchClosed,
+    HubPartHeld,
     OutboxDone,
     Quarantined,
     Reading,
@@ -44,6 +46,12 @@ def records_for(text: str, i: int) -> list[StoreRecord]:
         RowWrite("command_log", {"command_id": f"c{i} {text}", "device_id": device, "action": text, "value": 3,
                                  "source": "api", "status": "pending", "attempts": 0, "created_at": 1.0,
                                  "state": {"text": text}, "note": text}),
+        HubPartHeld(f"HUB {text}", f"open {text}", 1, 2, 1763800004.0 + i, text.encode() + b"\xff\x00"),
+        HubBatchClosed(f"HUB {text}", f"done {text}", 1763800005.0 + i, True,
+                       (Reading(f"T-{i} {text}", 1763800005.0 + i, {"t": 1}, 1763800005.5 + i, {"hub": text}),),
+                       (Quarantined(1763800005.0 + i, "HUB", f"device/{text}/batch", text.encode(), text,
+                                    f"T-{i} {text}"),),
+                       0.0),
     ]
 
 
@@ -73,7 +81,8 @@ async def store(path: Path, groups: list[list[StoreRecord]]) -> set[int]:
 def dump(path: Path) -> dict[str, list[tuple[Any, ...]]]:
     with sqlite3.connect(path) as conn:
         return {table: conn.execute(f"SELECT * FROM {table} ORDER BY rowid").fetchall()
-                for table in ("readings", "device_state", "quarantine", "events", "outbox", "rpc_log", "command_log")}
+                for table in ("readings", "device_state", "quarantine", "events", "outbox", "rpc_log", "command_log",
+                              "hub_parts", "hub_batches_closed")}
 
 
 def all_records() -> list[StoreRecord]:
@@ -107,13 +116,16 @@ async def test_device_controlled_text_round_trips_byte_exact(tmp_path: Path, pat
         assert events["quarantine"][1]["clientId"] == f"client {text}"
         assert events["quarantine"][1]["topic"] == f"device/{text}/data"
         assert (f'"{text}"', f"method {text}", json.dumps({"result": text}), 1763800003.0 + i) in rows["rpc_log"]
+        assert (f"HUB {text}", f"open {text}", 1, 2, 1763800004.0 + i, text.encode() + b"\xff\x00") in rows["hub_parts"]
+        assert (f"HUB {text}", f"done {text}", 1763800005.0 + i, 1) in rows["hub_batches_closed"]
+        assert (f"T-{i} {text}", 1763800005.0 + i) in [r[1:3] for r in rows["readings"]]
         [command] = [r for r in rows["command_log"] if r[0] == f"c{i} {text}"]
-        assert command[1:3] == (device, text) and command[12:] == (json.dumps({"text": text}, ensure_ascii=False,
+        assert command[1:3] == (device, text) and command[12:14] == (json.dumps({"text": text}, ensure_ascii=False,
                                                                                 separators=(",", ":")), text)
         [state] = [r for r in rows["device_state"] if r[0] == device]
         assert state[1:3] == (1, 1763800002.0 + i)
-    assert {r[2] for r in rows["outbox"]} == {f"AP-{i} {t}" for i, t in enumerate(HOSTILE)}
-    assert [r[0] for r in rows["outbox"]] == list(range(1, 4 * len(HOSTILE) + 1))
+    assert {r[2] for r in rows["outbox"]} == {f"{d}-{i} {t}" for i, t in enumerate(HOSTILE) for d in ("AP", "T")}
+    assert [r[0] for r in rows["outbox"]] == list(range(1, 6 * len(HOSTILE) + 1))  # a hub batch: reading, quarantine
 
 
 async def test_a_trickle_and_a_batch_store_identical_rows_for_every_record_kind(tmp_path: Path) -> None:

@@ -4,11 +4,14 @@ which outbox seqs; and that no record's text ever becomes part of a statement.""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.core.models import (
     DeviceEvent,
@@ -24,7 +27,7 @@ from gateway.core.models import (
 from gateway.store import sql
 from gateway.store.outbox_budget import OutboxBudgetPass
 from gateway.store.planner import BatchPlan, plan_batch
-from gateway.store.record_kinds import QUARANTINE_KEEP_BYTES, RECORD_PLANNERS
+from gateway.store.record_kinds import QUARANTINE_KEEP_BYTES, RECORD_PLANNERS, seq_runs
 
 NOW = 1763800100.0
 
@@ -105,7 +108,7 @@ def test_device_events_and_status_changes_plan_events_and_the_last_status_per_de
 def test_outbox_done_rpc_done_and_prune_plan_deletes_an_answer_and_a_job() -> None:
     rule = OutboxPrune(NOW, 10, 1000, 60.0, 5)
     p = plan([OutboxDone((4, 5)), RpcDone('"r-1"', "reboot", '{"ok":true}', 9.0), rule, OutboxDone((6,))])
-    assert rows_by_name(p) == {"outbox_done": [(4,), (5,), (6,)], "rpc": [('"r-1"', "reboot", '{"ok":true}', 9.0)]}
+    assert rows_by_name(p) == {"outbox_done": [(4, 5), (6, 6)], "rpc": [('"r-1"', "reboot", '{"ok":true}', 9.0)]}
     [job] = p.jobs
     assert isinstance(job, OutboxBudgetPass) and job.rule is rule
     assert p.outbox == [] and p.next_seq == 1
@@ -233,3 +236,15 @@ def test_bulk_statements_cover_every_row_with_few_distinct_sizes_within_the_para
             assert sum(1 for real, size in chunks if real < size) <= 1  # only the last one is padded
     statement = sql.bulk_sql(sql.INSERT_QUARANTINE, 16)
     assert statement.count("?") == 16 * 8 + 1 and statement.startswith("INSERT INTO quarantine (")
+
+
+def test_acknowledged_seqs_are_deleted_as_runs_that_cover_exactly_them() -> None:
+    assert seq_runs([7, 3, 4, 5, 9, 8, 12, 4]) == [(3, 5), (7, 9), (12, 12)]
+    assert seq_runs([]) == []
+
+
+@given(st.sets(st.integers(min_value=1, max_value=400), max_size=120))
+def test_seq_runs_cover_every_seq_and_nothing_else(seqs: set[int]) -> None:
+    runs = seq_runs(list(seqs))
+    assert {s for first, last in runs for s in range(first, last + 1)} == seqs
+    assert all(a[1] + 1 < b[0] for a, b in itertools.pairwise(runs))  # disjoint, not adjacent

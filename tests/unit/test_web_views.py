@@ -10,9 +10,10 @@ from datetime import time
 from gateway.control.commands import CommandRecord, CommandStatus
 from gateway.control.desired import Effective, FanState, Layer, LayerEntry
 from gateway.control.preclean import PrecleanStatus
+from gateway.control.schedule_service import RunRecord
 from gateway.control.schedules import Schedule
 from gateway.control.service import DeviceControl
-from gateway.web.views import command_json, device_control_json, preclean_json, schedule_json
+from gateway.web.views import command_json, device_control_json, preclean_json, preclean_rest_json, schedule_json
 
 RECORD = CommandRecord("c-1", "AP-01", "setFanSpeed", 4, "api", CommandStatus.ACKED, 1, 10.0, 11.0, 11.0, 12.5,
                        None, {"fanSpeed": 4, "powerOn": True}, None)
@@ -24,15 +25,28 @@ def dumps(obj: object) -> str:
 
 def test_command() -> None:
     assert dumps(command_json(RECORD)) == (
-        '{"commandId":"c-1","device":"AP-01","action":"setFanSpeed","value":4,"source":"api","status":"acked",'
-        '"attempts":1,"createdAt":10.0,"sentAt":11.0,"lastSentAt":11.0,"finishedAt":12.5,"error":null,'
-        '"state":{"fanSpeed":4,"powerOn":true},"note":null}')
+        '{"commandId":"c-1","device":"AP-01","action":"setFanSpeed","value":4,"source":"api","cause":null,'
+        '"status":"acked","attempts":1,"createdAt":10.0,"sentAt":11.0,"lastSentAt":11.0,"finishedAt":12.5,'
+        '"error":null,"state":{"fanSpeed":4,"powerOn":true},"note":null,"attemptLog":[]}')
 
 
-def test_schedule_gives_both_device_names() -> None:
+def test_schedule_names_its_device_once_and_gives_its_runs() -> None:
     s = Schedule(3, "AP-01", frozenset({6, 0}), time(22), time(6, 30), 2)
-    assert dumps(schedule_json(s)) == ('{"id":3,"device":"AP-01","days":["Mon","Sun"],"start":"22:00",'
-                                       '"end":"06:30","fanSpeed":2,"enabled":true,"deviceId":"AP-01"}')
+    assert dumps(schedule_json(s)) == ('{"id":3,"deviceId":"AP-01","days":["Mon","Sun"],"start":"22:00",'
+                                       '"end":"06:30","fanSpeed":2,"enabled":true,"lastExecuted":null,'
+                                       '"executionHistory":[]}')
+    runs = [RunRecord("end", 1763800000.5, 2), RunRecord("start", 1763790000.0, 2)]  # newest first
+    assert dumps(schedule_json(s, runs)) == (
+        '{"id":3,"deviceId":"AP-01","days":["Mon","Sun"],"start":"22:00","end":"06:30","fanSpeed":2,"enabled":true,'
+        '"lastExecuted":"2025-11-22T05:40:00.000Z","executionHistory":['
+        '{"executedAt":"2025-11-22T08:26:40.500Z","phase":"end","fanSpeed":2},'
+        '{"executedAt":"2025-11-22T05:40:00.000Z","phase":"start","fanSpeed":2}]}')
+
+
+def test_preclean_rest_form_adds_will_end_at() -> None:
+    assert preclean_rest_json(PrecleanStatus("AP-01", True, 5, 100.0, 700.0, 599.5, "api"))["willEndAt"] == (
+        "1970-01-01T00:11:40.000Z")
+    assert preclean_rest_json(PrecleanStatus("AP-01", False, None, None, None, 0, None))["willEndAt"] is None
 
 
 def test_preclean_inactive_and_active() -> None:

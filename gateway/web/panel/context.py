@@ -1,0 +1,34 @@
+"""The panel's state on the app (one per server, reached through a typed key): sources, logins, live feed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from markupsafe import Markup
+
+from gateway.web.aiohttp_web import web
+from gateway.web.auth import Auth
+from gateway.web.panel.live import LiveFeed
+from gateway.web.panel.rows import Formats, PanelSources
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+
+@dataclass(slots=True)
+class Panel:
+    sources: PanelSources
+    auth: Auth
+    feed: LiveFeed
+    formats: Formats
+    keepalive_s: float
+    config_path: str
+    asset_version: str
+    inline_css: Markup  # panel.css, read once: every page carries it in its <head>
+
+    def static_url(self, name: str) -> str:
+        """An asset's URL; the version in the query makes browsers fetch it anew after an upgrade."""
+        return f"/panel/static/{name}?v={self.asset_version}"
+
+
+PANEL = web.AppKey("edge_gateway_panel", Panel)
