@@ -11,20 +11,27 @@ Usage: ./install.sh [--dev] [--prefix DIR] [--no-systemd] [--create-user] [--pyt
                     /opt/edge-gateway/venv               self-contained venv: the libraries exactly as pinned
                                                          in config/requirements.lock (hashes checked), then the
                                                          package from this repo
-                    /etc/edge-gateway/gateway.toml       copied from config/gateway.example.toml only if
-                                                         absent (mode 0640, root:edge-gateway)
+                    /etc/edge-gateway/gateway.toml       written only if absent (mode 0640, root:edge-gateway):
+                                                         the example's settings with a generated gateway id,
+                                                         data_dir = the state directory and no devices (the
+                                                         demo's published passwords are left out); the service
+                                                         is started only if check-config --production passes
                     /var/lib/edge-gateway                state directory (mode 0750, edge-gateway:edge-gateway)
                     /etc/systemd/system/edge-gateway.service
+                    /etc/systemd/system/edge-gateway.service.d/50-privileged-port.conf   only while the
+                                                         config has a port below 1024 (CAP_NET_BIND_SERVICE)
                   creates the system user edge-gateway (member of dialout for serial ports), then
                   systemctl daemon-reload && systemctl enable --now edge-gateway (restart when already
-                  running, so an upgrade takes effect).
+                  running, so an upgrade takes effect; neither while the config fails
+                  check-config --production), and prints the next steps.
   --dev           Development setup instead: .venv in the repo with `pip install -e ".[test]"` (resolved
                   from pyproject.toml, not the lock), plus the Debian packages the tests need
                   (mosquitto, mosquitto-clients, socat) when missing.
                   The system mosquitto service is kept from starting (our gateway owns port 1883).
   --prefix DIR    Install everything under DIR as a root: DIR/opt/edge-gateway/venv, DIR/etc/edge-gateway,
-                  DIR/var/lib/edge-gateway, DIR/etc/systemd/system/edge-gateway.service. The unit file names
-                  the DIR paths (ExecStart=DIR/opt/edge-gateway/venv/bin/edge-gateway run --config
+                  DIR/var/lib/edge-gateway, DIR/etc/systemd/system/edge-gateway.service. The config's data_dir
+                  is DIR/var/lib/edge-gateway, whatever the current directory. The unit file names the DIR
+                  paths (ExecStart=DIR/opt/edge-gateway/venv/bin/edge-gateway run --config
                   DIR/etc/edge-gateway/gateway.toml, ReadWritePaths=DIR/var/lib/edge-gateway). With a prefix
                   no system user is created and no systemctl is run, so a test run leaves no system-wide trace.
   --create-user   With --prefix: create the edge-gateway user anyway and chown to it.
@@ -286,16 +293,25 @@ install_prod() {
     (cd "$REPO_DIR" && pip_in "$venv" install -q --upgrade --no-deps --no-build-isolation .)
     rm -rf "$REPO_DIR/build"
 
-    # 3. config: copied only when absent, never overwritten
+    # 3. config: written only when absent, never overwritten. A production config has a generated gateway id,
+    # the state directory as its data_dir (so `edge-gateway status/backup/export` find the database from any
+    # directory) and no devices: the example's demo passwords are published, and `run` refuses them.
     mkdir -p "$etc_dir"
     if [[ -e "$conf" ]]; then
         log "kept existing config $conf"
     else
-        install -m 0640 "$REPO_DIR/config/gateway.example.toml" "$conf"
+        "$venv/bin/edge-gateway" init-config --example "$REPO_DIR/config/gateway.example.toml" \
+            --data-dir "$state_dir" "$conf" >/dev/null
         if ((have_user)); then
             chown "root:$SERVICE_USER" "$conf"
         fi
-        log "installed config $conf (mode 0640) from config/gateway.example.toml: edit it (gateway.id, devices)"
+        log "wrote config $conf (mode 0640): gateway id $(sed -n 's/^id = "\(gw-[^"]*\)".*/\1/p' "$conf" | head -1), no devices yet"
+    fi
+    local config_ok=1 config_errors
+    if ! config_errors="$("$venv/bin/edge-gateway" check-config --production "$conf" 2>&1 >/dev/null)"; then
+        config_ok=0
+        log "warning: $conf is not ready for production (the service is not started or restarted):"
+        printf '%s\n' "$config_errors" | sed 's/^/[install]   /' >&2
     fi
 
     # 4. state directory
@@ -313,8 +329,8 @@ install_prod() {
     if [[ -n "$PREFIX" ]]; then
         {
             printf '# Installed by install.sh --prefix %s: the paths below are under that prefix.\n' "$PREFIX"
-            printf '# StateDirectory= stays /var/lib/%s (systemd only takes it relative to /var/lib); set\n' "$APP"
-            printf '# gateway.data_dir in the config to use %s instead.\n' "$state_dir"
+            printf '# StateDirectory= stays /var/lib/%s (systemd only takes it relative to /var/lib); the config\n' "$APP"
+            printf '# this installer writes sets gateway.data_dir = %s, which the daemon uses instead.\n' "$state_dir"
             sed -e "s|/opt/$APP/venv|$venv|g" \
                 -e "s|/etc/$APP/gateway.toml|$conf|g" \
                 -e "s|^ReadWritePaths=/var/lib/$APP|ReadWritePaths=$state_dir|" \
@@ -326,6 +342,8 @@ install_prod() {
     chmod 0644 "$tmp_unit"
     mv -f "$tmp_unit" "$unit"
     log "installed unit $unit"
+    privileged_port_dropin
+
 
     # 6. systemctl
     if ((do_systemctl)) && systemd_running; then
@@ -333,11 +351,19 @@ install_prod() {
         systemctl is-active --quiet "$APP" && was_active=1
         log "systemctl daemon-reload"
         systemctl daemon-reload
-        log "systemctl enable --now $APP"
-        systemctl enable --now "$APP"
-        if ((was_active)); then
-            log "systemctl restart $APP (was running: load the new version)"
-            systemctl restart "$APP"
+        if ((config_ok)); then
+            log "systemctl enable --now $APP"
+            systemctl enable --now "$APP"
+            if ((was_active)); then
+                log "systemctl restart $APP (was running: load the new version)"
+                systemctl restart "$APP"
+            fi
+        else
+            log "systemctl enable $APP (not started: fix the config first, then systemctl restart $APP)"
+            systemctl enable "$APP"
+            if ((was_active)); then
+                log "warning: $APP still runs the previous version; \`edge-gateway run\` will refuse this config"
+            fi
         fi
         if systemctl is-active --quiet mosquitto 2>/dev/null; then
             log "warning: the system mosquitto service is running and may hold port 1883:" \
@@ -347,7 +373,40 @@ install_prod() {
         log "skipped systemctl (--prefix, --no-systemd, or systemd not running)"
     fi
 
-    log "done. $venv/bin/edge-gateway run --config $conf"
+    log "done. Next steps:"
+    log "  1. add each device (asks for its password):  sudo $venv/bin/edge-gateway device add ID --config $conf"
+    log "  2. apply the config:                          sudo systemctl reload $APP   (started: restart)"
+    log "  3. check the gateway:                         $venv/bin/edge-gateway status --config $conf"
+    log "  The cloud link: set gateway.org and [uplink] in $conf, then systemctl restart $APP."
+    log "  By hand (no systemd): $venv/bin/edge-gateway run --config $conf   (data in $state_dir)"
+}
+
+# The unit grants no capabilities. A listener below port 1024 (a panel on 80/443) needs CAP_NET_BIND_SERVICE:
+# a drop-in grants it while the config has such a port, and is removed when it no longer does. (Uses the
+# variables of install_prod.)
+privileged_port_dropin() {
+    local dropin_dir="$unit_dir/$APP.service.d" dropin low_port
+    dropin="$dropin_dir/50-privileged-port.conf"
+    low_port="$("$venv/bin/python" - "$conf" 2>/dev/null <<'PY' || true
+import sys
+from gateway.settings import load_settings
+s = load_settings(sys.argv[1]).settings
+ports = [listener.port for listener in s.broker.listeners] + ([s.api.port] if s.api.enabled else [])
+print(min((port for port in ports if port > 0), default=65535))
+PY
+)"
+    if [[ "$low_port" =~ ^[0-9]+$ ]] && ((low_port < 1024)); then
+        mkdir -p "$dropin_dir"
+        printf '# Written by install.sh: the config listens on port %s (below 1024).\n[Service]\n%s\n%s\n' \
+            "$low_port" "CapabilityBoundingSet=CAP_NET_BIND_SERVICE" "AmbientCapabilities=CAP_NET_BIND_SERVICE" \
+            >"$dropin"
+        chmod 0644 "$dropin"
+        log "port $low_port in the config is below 1024: $dropin grants CAP_NET_BIND_SERVICE"
+    elif [[ -f "$dropin" ]]; then
+        rm -f "$dropin"
+        rmdir "$dropin_dir" 2>/dev/null || true
+        log "removed $dropin (no port below 1024 in the config)"
+    fi
 }
 
 main() {

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, cast
 import structlog
 
 from drivers import registry as driver_registry
-from gateway import __version__
+from gateway import __version__, demo_credentials
 from gateway.broker import create_lan_broker, device_logins
 from gateway.broker.device_link import LanBrokerLink
 from gateway.cloud_methods import register_control_methods, register_gateway_methods
@@ -57,7 +57,10 @@ class Gateway:
     """One running gateway. `run()` returns after `stop()` (or SIGTERM/SIGINT) once everything is closed."""
 
     def __init__(self, loaded: LoadedSettings, *, clock: Clock | None = None, notifier: SystemdNotifier | None = None,
-                 ble_backends: BleBackends | None = None):
+                 ble_backends: BleBackends | None = None, demo: bool = False):
+        # The demo's published credentials are refused outside `edge-gateway demo` (at start and on reload).
+        self._demo = demo
+        demo_credentials.check_allowed(loaded, demo=demo)
         self.loaded = loaded
         self.clock = clock or SystemClock()
         self.metrics = Metrics()
@@ -222,6 +225,7 @@ class Gateway:
         self.notifier.reloading()
         try:
             new = load_settings(self.loaded.path)
+            demo_credentials.check_allowed(new, demo=self._demo)
         except ConfigError as exc:
             log.error("config.reload_rejected", errors=exc.errors, kept="previous configuration")
             self.metrics.inc("gateway_config_reloads_total", 1, "config reloads", result="rejected")

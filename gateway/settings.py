@@ -13,7 +13,7 @@ import zoneinfo
 from datetime import date
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, ValidationError, field_validator, model_validator
 
@@ -349,7 +349,8 @@ def load_settings(path: Path | str) -> LoadedSettings:
     try:
         settings = Settings.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError([f"{path}: {_location(err['loc'], raw)}: {_message(err)}" for err in exc.errors()]) from None
+        raise ConfigError([f"{path}: {_location(err['loc'], raw)}: {_message(err)}{_hint(err)}"
+                           for err in exc.errors()]) from None
     problems = settings.cross_check()
     if problems:
         raise ConfigError([f"{path}: {where}: {message}" for where, message in problems])
@@ -379,6 +380,16 @@ def _location(loc: tuple[int | str, ...], raw: object) -> str:
 
 
 _VALUE_ERROR_PREFIX = re.compile(r"^(Value error|Assertion failed), ")
+
+
+def _hint(err: Any) -> str:
+    """` (did you mean 'synchronous'?)` after an unknown key that resembles a field of its section."""
+    if err.get("type") != "extra_forbidden":
+        return ""
+    from gateway.settings_hints import did_you_mean
+
+    match = did_you_mean(Settings, tuple(err["loc"]))
+    return f" (did you mean {match!r}?)" if match else ""
 
 
 def _message(err: object) -> str:

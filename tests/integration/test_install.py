@@ -73,11 +73,16 @@ def test_repo_unit_file_has_production_paths() -> None:
 
 
 @pytest.fixture(scope="module")
-def prefix(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
     root = tmp_path_factory.mktemp("install-prefix")
     result = run_install("--prefix", str(root), "--no-systemd")
     assert result.returncode == 0, f"install.sh failed:\n{result.stdout}\n{result.stderr}"
-    return root
+    return root, result
+
+
+@pytest.fixture(scope="module")
+def prefix(installed: tuple[Path, subprocess.CompletedProcess[str]]) -> Path:
+    return installed[0]
 
 
 @pytest.mark.slow
@@ -118,11 +123,39 @@ def test_installed_console_script_runs(prefix: Path) -> None:
 @pytest.mark.timeout(600)
 def test_config_and_state_dir(prefix: Path) -> None:
     config = prefix / "etc/edge-gateway/gateway.toml"
-    assert config.read_text() == (REPO / "config/gateway.example.toml").read_text()
     assert stat.S_IMODE(config.stat().st_mode) == 0o640
     state = prefix / "var/lib/edge-gateway"
     assert state.is_dir()
     assert stat.S_IMODE(state.stat().st_mode) == 0o750
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_production_install_has_no_demo_credentials_and_says_what_next(
+    installed: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
+    """A generated gateway id, no devices, the state directory as data_dir (whatever the current directory),
+    accepted by `check-config --production`; the daemon refuses the example's demo credentials."""
+    prefix, result = installed
+    config = prefix / "etc/edge-gateway/gateway.toml"
+    text = config.read_text()
+    gateway_id = re.search(r'^id = "(gw-[0-9a-f]{8})"', text, re.M)
+    assert gateway_id is not None, text[:600]
+    settings = [line for line in text.splitlines() if not line.lstrip().startswith("#")]  # comments aside
+    assert not [line for line in settings if "[[devices]]" in line or "[[users]]" in line or "argon2" in line]
+    assert f'data_dir = "{prefix / "var/lib/edge-gateway"}"' in text
+    edge_gateway = str(prefix / "opt/edge-gateway/venv/bin/edge-gateway")
+    checked = subprocess.run([edge_gateway, "check-config", "--production", str(config)], cwd="/",
+                             capture_output=True, text=True, timeout=60, check=False)
+    assert checked.returncode == 0, checked.stderr
+    assert f"gateway {gateway_id.group(1)}, 0 devices, data in {prefix / 'var/lib/edge-gateway'}" in checked.stdout
+    refused = subprocess.run([edge_gateway, "run", "--config", str(REPO / "config/gateway.example.toml")],
+                             cwd=prefix, capture_output=True, text=True, timeout=60, check=False,
+                             env={**os.environ, "NOTIFY_SOCKET": ""})
+    assert refused.returncode == 2 and "demo credentials are for `edge-gateway demo` only" in refused.stderr
+    assert not (prefix / "var/gateway.db").exists()
+    assert "Next steps:" in result.stdout
+    assert f"edge-gateway device add ID --config {config}" in result.stdout
 
 
 @pytest.mark.slow
@@ -160,6 +193,29 @@ def test_second_run_keeps_a_modified_config(prefix: Path) -> None:
     assert stat.S_IMODE(config.stat().st_mode) == 0o600
     assert "kept existing config" in result.stdout
     assert os.access(prefix / "opt/edge-gateway/venv/bin/edge-gateway", os.X_OK)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_kept_config_with_demo_credentials_or_a_low_port(prefix: Path) -> None:
+    config = prefix / "etc/edge-gateway/gateway.toml"
+    # an install from before: the demo's config, here with the API on port 443
+    config.write_text((REPO / "config/gateway.example.toml").read_text().replace("port = 8080", "port = 443"))
+    result = run_install("--prefix", str(prefix), "--no-systemd")
+    assert result.returncode == 0, f"install.sh failed:\n{result.stdout}\n{result.stderr}"
+    assert "kept existing config" in result.stdout
+    assert f"warning: {config} is not ready for production" in result.stdout
+    assert "gateway.id: 'gw-demo-01' is the demo's gateway id" in result.stderr
+    assert "devices.0[id=AP-01].password_hash: a demo password" in result.stderr
+    # a port below 1024: a drop-in grants the one capability it needs (the unit grants none)
+    dropin = prefix / "etc/systemd/system/edge-gateway.service.d/50-privileged-port.conf"
+    assert unit_settings(dropin.read_text()) == {"CapabilityBoundingSet": ["CAP_NET_BIND_SERVICE"],
+                                                 "AmbientCapabilities": ["CAP_NET_BIND_SERVICE"]}
+    assert unit_settings((prefix / "etc/systemd/system/edge-gateway.service").read_text())[
+        "CapabilityBoundingSet"] == [""]
+    config.write_text(config.read_text().replace("port = 443", "port = 8080"))
+    result = run_install("--prefix", str(prefix), "--no-systemd")
+    assert result.returncode == 0 and not dropin.exists(), result.stdout
 
 
 def canonical(name: str) -> str:

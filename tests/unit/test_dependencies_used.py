@@ -1,0 +1,63 @@
+"""Every runtime dependency in pyproject.toml is imported by the code, or listed here with the reason."""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+import tomllib
+from importlib.metadata import packages_distributions
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SOURCES = [ROOT / "gateway", ROOT / "drivers", ROOT / "firmware-sim" / "firmware_sim"]
+
+# Declared but not imported, on purpose:
+NOT_IMPORTED = {
+    "tzdata": "a data package: zoneinfo reads it where /usr/share/zoneinfo is missing",
+}
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _declared() -> set[str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return {_canonical(re.split(r"[<>=!~ ;\[]", spec, maxsplit=1)[0]) for spec in project["dependencies"]}
+
+
+def _imported_top_levels() -> set[str]:
+    names: set[str] = set()
+    for folder in SOURCES:
+        for path in folder.rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.Import):
+                    names.update(alias.name.split(".")[0] for alias in node.names)
+                elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                    names.add(node.module.split(".")[0])
+    return names
+
+
+def test_every_runtime_dependency_is_imported_or_listed_with_a_reason() -> None:
+    dists_of = packages_distributions()
+    used = {_canonical(dist) for name in _imported_top_levels() for dist in dists_of.get(name, [])}
+    declared = _declared()
+    unused = declared - used - NOT_IMPORTED.keys()
+    assert not unused, f"declared in pyproject.toml but imported nowhere: {sorted(unused)}"
+    stale = {name for name in NOT_IMPORTED if name in used or name not in declared}
+    assert not stale, f"listed as not imported, but imported (or no longer declared): {sorted(stale)}"
+
+
+def test_the_daemon_never_imports_tomlkit() -> None:
+    """tomlkit is for `device add` only: building the CLI and the whole gateway leaves it unloaded."""
+    code = (
+        "import sys\n"
+        "from gateway.cli import build_parser\n"
+        "import gateway.app, gateway.web.server\n"
+        "build_parser().parse_args(['run'])\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'tomlkit'))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == "[]"
