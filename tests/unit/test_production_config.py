@@ -85,7 +85,9 @@ def test_init_config_writes_the_example_with_a_new_id_a_data_dir_and_no_devices(
     assert s.devices == []
     assert loaded.data_dir == tmp_path / "state"  # whatever the current directory
     assert (target.stat().st_mode & 0o777) == 0o640
-    assert "demo-AP" not in text and "argon2" not in text
+    settings = [line for line in text.splitlines() if not line.lstrip().startswith("#")]  # comments aside
+    assert "demo-AP" not in text and not [line for line in settings if "argon2" in line or "[[users]]" in line]
+    assert s.users == []
     assert text.count("#") > 30  # the example's comments came along
     assert f"edge-gateway device add AP-01 --config {target}" in text
     assert main(["check-config", "--production", str(target)]) == 0
