@@ -100,6 +100,16 @@ class GuardedBroker(RoutingBroker):
         self._no_client_loops.set()
         self._silence_tasks: set[asyncio.Future[None]] = set()
 
+    @property
+    def device_connections(self) -> int:
+        """Logged-in device connections open now (a takeover briefly counts both); 0 once every one is gone."""
+        return sum(self._live.values())
+
+    @property
+    def client_sessions_running(self) -> int:
+        """Client sessions whose handling (and its cleanup) has not ended yet."""
+        return self._client_loops
+
     def set_devices(self, devices: Mapping[str, str | None], *, allow_anonymous: bool) -> None:
         """Config reload: device id -> password hash, for the next login (replaced whole, never edited)."""
         self.devices = DeviceTable(dict(devices), allow_anonymous=allow_anonymous)
