@@ -3,12 +3,13 @@
 Errors: -32602 names the bad field (also an unknown device or schedule), -32000 device offline (the
 command is queued as desired state and applied when the device returns; `data` is its audit record),
 -32001 command timeout, -32002 the device refused the command, -32003 too many commands queued.
+History (`device.readings`, `device.statistics`, `device.series`) answers as the REST API's routes do.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
@@ -16,6 +17,8 @@ from gateway.control.commands import CommandError, CommandQueueFull, CommandStat
 from gateway.control.schedules import ScheduleError
 from gateway.control.service import Controller
 from gateway.core.errors import ConflictError, NotFoundError
+from gateway.settings_retention import RetentionSection
+from gateway.store import history, read_queries
 from gateway.uplink.rpc import COMMAND_TIMEOUT, DEVICE_OFFLINE, INVALID_PARAMS, Dispatcher, NoParams, Params, RpcError
 from gateway.web.views import command_json, preclean_json
 
@@ -178,3 +181,76 @@ def register_gateway_methods(
     dispatcher.register("gateway.ping", NoParams, ping)
     dispatcher.register("gateway.devices", NoParams, list_devices)
     dispatcher.register("device.state", DeviceParams, state)
+
+
+HISTORY_SPAN_S = 24 * 3600.0  # without `from`: the last 24 hours before `to` (default: now)
+SERIES_MAX_POINTS = 10_000
+
+
+class _HistoryRange(Params):
+    device: str
+    from_: float | None = Field(None, alias="from")
+    to: float | None = None
+
+
+class ReadingsParams(_HistoryRange):
+    limit: Annotated[int, Field(ge=1, le=10_000, strict=True)] = 100
+
+
+class StatisticsParams(_HistoryRange):
+    resolution: Literal["auto", "raw", "hour", "day"] = "auto"
+
+
+class SeriesParams(StatisticsParams):
+    metric: Annotated[str, Field(min_length=1, max_length=64)]
+    step: Annotated[int, Field(ge=1, le=366 * 86400, strict=True)] = 3600
+
+
+def register_history_methods(
+    dispatcher: Dispatcher,
+    reader: history.LazyReader,
+    *,
+    known: Callable[[str], bool],
+    now: Callable[[], float],
+    retention: RetentionSection,
+) -> None:
+    """`device.readings` (newest first), `device.statistics` and `device.series` (gateway/store/history.py)."""
+
+    def checked(p: _HistoryRange, *, default_span: float | None) -> tuple[float | None, float | None]:
+        if not known(p.device):
+            raise _invalid("device", f"unknown device {p.device!r}")
+        end, start = p.to, p.from_
+        if default_span is not None:
+            end = end if end is not None else now()
+            start = start if start is not None else end - default_span
+        if start is not None and end is not None and start > end:
+            raise _invalid("from", "must not be after to")
+        return start, end
+
+    async def readings(p: ReadingsParams) -> dict[str, Any]:
+        start, end = checked(p, default_span=None)
+        rows = await read_queries.readings(await reader.conn(), p.device, start=start, end=end, limit=p.limit)
+        return {"device": p.device, "count": len(rows), "data": rows}
+
+    async def statistics(p: StatisticsParams) -> dict[str, Any]:
+        start, end = checked(p, default_span=HISTORY_SPAN_S)
+        assert start is not None and end is not None
+        found = await history.statistics(await reader.conn(), p.device, start, end, p.resolution,
+                                         history.Windows.of(retention, now()))
+        return {"device": p.device, **found}
+
+    async def series(p: SeriesParams) -> dict[str, Any]:
+        start, end = checked(p, default_span=HISTORY_SPAN_S)
+        assert start is not None and end is not None
+        if (end - start) / p.step > SERIES_MAX_POINTS:
+            raise _invalid("step", f"more than {SERIES_MAX_POINTS:,} points: use a larger step")
+        try:
+            found = await history.series(await reader.conn(), p.device, p.metric, start, end, p.step, p.resolution,
+                                         history.Windows.of(retention, now()))
+        except ValueError as exc:
+            raise _invalid("step", str(exc)) from None
+        return {"device": p.device, "metric": p.metric, **found}
+
+    dispatcher.register("device.readings", ReadingsParams, readings)
+    dispatcher.register("device.statistics", StatisticsParams, statistics)
+    dispatcher.register("device.series", SeriesParams, series)

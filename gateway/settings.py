@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from gateway.core.errors import ConfigError
 from gateway.core.passwords import argon2_hash_problem
+from gateway.settings_retention import RetentionSection
 
 # Device ids appear in MQTT topics and as usernames: no wildcards, separators or spaces.
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
@@ -251,6 +252,7 @@ class Settings(_Strict):
     outbox: OutboxSection = Field(default_factory=OutboxSection)
     control: ControlSection = Field(default_factory=ControlSection)
     api: ApiSection = Field(default_factory=ApiSection)
+    retention: RetentionSection = Field(default_factory=RetentionSection)
 
     def cross_check(self) -> list[tuple[str, str]]:
         """Rules spanning sections, as (field path, message): pydantic cannot place these on a field."""

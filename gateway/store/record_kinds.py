@@ -13,6 +13,8 @@ from typing import Any
 
 from gateway.core.models import (
     DeviceEvent,
+    GatewayEvent,
+    LifecycleStep,
     OutboxDone,
     OutboxPrune,
     Quarantined,
@@ -21,6 +23,7 @@ from gateway.core.models import (
     RpcDone,
     StatusChange,
 )
+from gateway.store.lifecycle_steps import LifecycleJob
 from gateway.store.outbox_budget import OutboxBudgetPass
 from gateway.store.planner import BatchPlan, RecordPlanner, dumps
 from gateway.store.sql import (
@@ -70,6 +73,10 @@ def plan_device_event(rec: DeviceEvent, plan: BatchPlan) -> None:
     _event(plan, rec.ts, rec.device_id, rec.type, rec.data)
 
 
+def plan_gateway_event(rec: GatewayEvent, plan: BatchPlan) -> None:
+    _event(plan, rec.ts, None, rec.type, rec.data)
+
+
 def plan_status_change(rec: StatusChange, plan: BatchPlan) -> None:
     plan.merged(UPSERT_STATUS)[rec.device_id] = (rec.device_id, int(rec.online), rec.at, rec.at)  # the last wins
     _event(plan, rec.at, rec.device_id, "device.online" if rec.online else "device.offline", {"reason": rec.reason})
@@ -100,6 +107,10 @@ def plan_rpc_done(rec: RpcDone, plan: BatchPlan) -> None:
 
 def plan_outbox_prune(rec: OutboxPrune, plan: BatchPlan) -> None:
     plan.jobs.append(OutboxBudgetPass(rec))
+
+
+def plan_lifecycle_step(rec: LifecycleStep, plan: BatchPlan) -> None:
+    plan.jobs.append(LifecycleJob(rec))
 
 
 def column_value(value: Any) -> Any:
@@ -134,4 +145,6 @@ RECORD_PLANNERS: dict[type, RecordPlanner] = {
     OutboxPrune: plan_outbox_prune,
     RpcDone: plan_rpc_done,
     RowWrite: plan_row_write,
+    GatewayEvent: plan_gateway_event,
+    LifecycleStep: plan_lifecycle_step,
 }

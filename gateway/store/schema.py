@@ -130,6 +130,44 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (device_id, layer)
     );
     """,
+    # 4: the data lifecycle (store/retention.py, store/rollups.py). Hourly and daily aggregates per device and
+    # metric, kept longer than raw readings; bucket = the UTC hour's (day's) start, epoch s. metric '' holds
+    # the bucket's reading count (readings without a numeric metric count too). Readings already stored are
+    # folded in by the catch-up, from the first. Indexes by time for the
+    # retention deletes of the low-volume tables (readings are deleted per device through readings_device_ts).
+    """
+    CREATE TABLE rollup_hourly (
+        device_id TEXT NOT NULL,
+        bucket INTEGER NOT NULL,
+        metric TEXT NOT NULL,
+        min NOT NULL,                  -- no type: an integer metric's values stay integers
+        max NOT NULL,
+        sum NOT NULL,
+        count INTEGER NOT NULL,
+        last_ts REAL NOT NULL,         -- the newest reading's own time in the bucket
+        last NOT NULL,                 -- its value
+        PRIMARY KEY (device_id, bucket, metric)
+    ) WITHOUT ROWID;
+    CREATE TABLE rollup_daily (
+        device_id TEXT NOT NULL,
+        bucket INTEGER NOT NULL,
+        metric TEXT NOT NULL,
+        min NOT NULL,
+        max NOT NULL,
+        sum NOT NULL,
+        count INTEGER NOT NULL,
+        last_ts REAL NOT NULL,
+        last NOT NULL,
+        PRIMARY KEY (device_id, bucket, metric)
+    ) WITHOUT ROWID;
+    -- The rollups hold every reading with id <= readings_through (one row; the catch-up moves it).
+    CREATE TABLE rollup_state (readings_through INTEGER NOT NULL);
+    INSERT INTO rollup_state VALUES (0);
+    CREATE INDEX events_ts ON events (ts);
+    CREATE INDEX command_log_created ON command_log (created_at);
+    CREATE INDEX schedule_runs_at ON schedule_runs (at);
+    CREATE INDEX rpc_log_at ON rpc_log (at);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -155,6 +193,11 @@ async def connect(path: str, *, synchronous: str = "NORMAL", any_thread: bool = 
     # small batches on the event loop's thread (never at the same time as aiosqlite's worker).
     conn = await aiosqlite.connect(path, isolation_level=None, check_same_thread=not any_thread)
     try:
+        # A new file is created with incremental auto-vacuum, so retention can hand freed pages back in small
+        # steps (retention.py) instead of a full VACUUM. It must come before anything writes the file's header
+        # (journal_mode=WAL does); on an existing database without it, this is a no-op: converting one takes
+        # a full VACUUM (a copy of the whole file), which the daemon never runs. Its free pages are reused.
+        await conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
         await conn.execute("PRAGMA journal_mode=WAL")
         await conn.execute(f"PRAGMA synchronous={synchronous}")
         await conn.execute("PRAGMA busy_timeout=5000")

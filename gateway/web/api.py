@@ -11,7 +11,7 @@ connection (WAL: they never wait for the writer); everything live comes from the
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import aiosqlite
@@ -23,6 +23,7 @@ from gateway.control.service import Controller
 from gateway.core.clock import Clock
 from gateway.core.errors import NotFoundError
 from gateway.settings import ApiSection
+from gateway.settings_retention import RetentionSection
 from gateway.store import read_queries
 from gateway.web.aiohttp_web import web
 from gateway.web.bodies import (
@@ -33,7 +34,6 @@ from gateway.web.bodies import (
     PrecleanStart,
     ScheduleCreate,
     ScheduleUpdate,
-    StatisticsQuery,
 )
 from gateway.web.openapi import Reply, Route, ref
 from gateway.web.requests import ApiError, errors, read_body, read_query, same_origin_json
@@ -42,7 +42,6 @@ from gateway.web.views import command_json, device_control_json, preclean_json, 
 log = structlog.get_logger(__name__)
 
 SOURCE = "api"  # the audit log's `source` for everything done through this API
-STATISTICS_DEFAULT_SPAN_S = 24 * 3600.0
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -61,6 +60,7 @@ class ApiContext:
     health: Callable[[], dict[str, Any]]
     clock: Clock
     openapi: dict[str, Any]
+    retention: RetentionSection = field(default_factory=RetentionSection)  # where history reads raw or rollups
     db: aiosqlite.Connection | None = None
 
     def reader(self) -> aiosqlite.Connection:
@@ -201,17 +201,6 @@ async def device_commands(call: Call) -> web.StreamResponse:
     return _json({"device": device, "count": len(rows), "data": rows})
 
 
-async def device_statistics(call: Call) -> web.StreamResponse:
-    device = call.device()
-    q = call.query(StatisticsQuery)
-    end = q.to if q.to is not None else call.ctx.clock.now()
-    start = q.from_ if q.from_ is not None else end - STATISTICS_DEFAULT_SPAN_S
-    if start > end:  # only possible with a `from` in the future and no `to`
-        raise ApiError(400, "must not be after to (default: now)", "from")
-    stats = await read_queries.metric_statistics(call.ctx.reader(), device, start=start, end=end)
-    return _json({"device": device, "from": start, "to": end, **stats})
-
-
 async def list_devices(call: Call) -> web.StreamResponse:
     return _json(call.ctx.devices())
 
@@ -295,15 +284,6 @@ ROUTES: tuple[Route, ...] = (
                   "inFlight": {"oneOf": [ref("Command"), {"type": "null"}]}, "pending": _list_of("Command")}})}),
     Route("GET", "/api/device/{deviceId}/commands", device_commands, "Command audit log of a device", _DEVICES,
           {200: Reply("Commands, newest first", _page_of("Command"))}, query=CommandsQuery),
-    Route("GET", "/api/device/{deviceId}/statistics", device_statistics, "Min/max/avg per metric over a range",
-          _DEVICES, {200: Reply("Per numeric metric: min, max, avg and count (booleans are left out)", {
-              "type": "object", "properties": {
-                  "device": {"type": "string"}, "from": {"type": "number"}, "to": {"type": "number"},
-                  "readings": {"type": "integer"},
-                  "metrics": {"type": "object", "additionalProperties": {"type": "object", "properties": {
-                      "min": {"type": "number"}, "max": {"type": "number"}, "avg": {"type": "number"},
-                      "count": {"type": "integer"}}}}}})},
-          query=StatisticsQuery),
     Route("POST", "/api/device/{deviceId}/command", device_command, "Send a command to a device", _DEVICES,
           {200: Reply("Finished (acked, failed or timeout): the audit record with the device's state", "Command"),
            202: Reply("Accepted, not finished: pending (queued while the device is offline) or sent", "Command")},
@@ -334,9 +314,9 @@ def _endpoint(route: Route) -> Callable[[web.Request], Awaitable[web.StreamRespo
 # ------------------------------------------------------------------------------------------ server
 
 
-def build_app(ctx: ApiContext) -> web.Application:
+def build_app(ctx: ApiContext, routes: tuple[Route, ...] = ROUTES) -> web.Application:
     app = web.Application(middlewares=[errors, same_origin_json])
     app[CONTEXT] = ctx
-    for route in ROUTES:
+    for route in routes:
         app.router.add_route(route.method, route.path, _endpoint(route), name=route.handler.__name__)
     return app

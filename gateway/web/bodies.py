@@ -224,6 +224,10 @@ class DataQuery(_Range):
 class StatisticsQuery(_Range):
     """Without ``from``, the range is the last 24 hours before ``to`` (default: now)."""
 
+    resolution: Literal["auto", "raw", "hour", "day"] = Field(
+        "auto", description="auto: exact, from daily/hourly rollups and raw readings at the ends; raw: readings "
+                            "only; hour/day: rollups only, the range widened to whole buckets.")
+
 
 class CommandsQuery(Query):
     limit: Annotated[int, Field(ge=1, le=COMMANDS_LIMIT_MAX, description="Rows at most (newest first).")] = (

@@ -10,9 +10,11 @@ from gateway import __version__
 from gateway.control.service import Controller
 from gateway.core.clock import Clock
 from gateway.settings import ApiSection
+from gateway.settings_retention import RetentionSection
 from gateway.store import read_queries
 from gateway.web.aiohttp_web import web
 from gateway.web.api import ROUTES, ApiContext, build_app
+from gateway.web.history_api import HISTORY_ROUTES
 from gateway.web.openapi import openapi_document
 
 # On stop, requests still running (a command waiting for its ack) get this long before they are cancelled;
@@ -33,14 +35,17 @@ class ApiServer:
         device_state: Callable[[str], dict[str, Any] | None],
         health: Callable[[], dict[str, Any]],
         clock: Clock,
+        retention: RetentionSection | None = None,
     ) -> None:
         self._settings = settings
         self._db_path = db_path.absolute()
+        routes = ROUTES + HISTORY_ROUTES
         self._ctx = ApiContext(
             settings=settings, controller=controller, devices=devices, device_state=device_state, health=health,
-            clock=clock, openapi=openapi_document(ROUTES, title="edge-gateway local API", version=__version__),
+            clock=clock, openapi=openapi_document(routes, title="edge-gateway local API", version=__version__),
+            retention=retention or RetentionSection(),
         )
-        self.app = build_app(self._ctx)
+        self.app = build_app(self._ctx, routes)
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
 

@@ -20,6 +20,7 @@ import structlog
 from gateway.core.clock import ManualClock
 from gateway.settings import ApiSection
 from gateway.web.api import ROUTES
+from gateway.web.history_api import HISTORY_ROUTES
 from tests.fixtures.gateway import GatewayFactory, RunningGateway, device_password, wait_for
 from tests.fixtures.purifiers import purifier, until
 
@@ -84,7 +85,7 @@ async def test_openapi_document_matches_the_router_both_ways(api: Api) -> None:
                   if r.method != "HEAD" and r.resource is not None}
     documented = {(method.upper(), path) for path, ops in doc["paths"].items() for method in ops}
     assert registered == documented
-    assert len(registered) == len(ROUTES) == 17
+    assert len(registered) == len(ROUTES + HISTORY_ROUTES) == 18
 
     schemas = doc["components"]["schemas"]
     for path, ops in doc["paths"].items():
