@@ -14,7 +14,15 @@ from gateway.core.models import Reading, RowWrite
 from gateway.settings_retention import RetentionSection
 from gateway.store import history, read_queries
 from gateway.store.history import Windows, pieces, widen
-from tests.fixtures.lifecycle import T0, insert_readings, metrics_of, raw_series, reading_rows, running_store
+from tests.fixtures.lifecycle import (
+    T0,
+    assert_same_points,
+    insert_readings,
+    metrics_of,
+    raw_series,
+    reading_rows,
+    running_store,
+)
 
 HOUR, DAY = 3600, 86400
 
@@ -32,10 +40,7 @@ async def assert_history_equals_raw(path: Path, device: str, lo: float, hi: floa
             assert have["avg"] == pytest.approx(want["avg"], rel=1e-12), name
         for step in (600, HOUR, 3 * HOUR, DAY):
             found = await history.series(conn, device, "pm25", lo, hi, step)
-            want_points = raw_series(path, device, "pm25", lo, hi, step)
-            assert [(p["ts"], p["min"], p["max"], p["count"], p["last"]) for p in found["points"]] == [
-                (p["ts"], p["min"], p["max"], p["count"], p["last"]) for p in want_points], (lo, hi, step)
-            assert [p["avg"] for p in found["points"]] == pytest.approx([p["avg"] for p in want_points], rel=1e-12)
+            assert_same_points(found["points"], raw_series(path, device, "pm25", lo, hi, step))
     finally:
         await conn.close()
 
