@@ -134,14 +134,14 @@ class LifecycleStep:
     deletes at most `limit` rows of `table` older than `cutoff`; "size_cap" deletes at most `limit` of the
     oldest readings while the database holds more than `bytes` (`table` is "readings"); "reclaim" hands at
     most `limit` free pages back to the file system, keeping `bytes` of them. `done` gets how many readings
-    (rows, pages) the step handled, or the error.
+    (rows, pages) the step handled and the seconds its transaction took, or the error.
     """
 
     action: str
     table: str
     cutoff: float
     limit: int
-    done: asyncio.Future[int]
+    done: asyncio.Future[tuple[int, float]]
     bytes: int = 0
 
 

@@ -6,10 +6,11 @@ control's timer: it is the store's business, a failure here must not stall contr
 exact boundaries (a pass an hour late deletes an hour more). Every cut-off comes from the injected clock, read
 once per pass; the pause between passes and steps is loop time (an interval, not domain time).
 
-A pass is many small steps (LifecycleStep records, store/lifecycle_steps.py): each a transaction of at most
-`batch_rows` rows that the store writer runs after a batch, through its one connection (DESIGN principle 5),
-then a pause of `pause_ms` in which the writer commits whatever ingest queued. So the longest that a reading
-waits for retention is one step.
+A pass is many small steps (LifecycleStep records, store/lifecycle_steps.py): each a transaction that the
+store writer runs after a batch, through its one connection (DESIGN principle 5), then a pause of `pause_ms`
+in which the writer commits whatever ingest queued. A step is sized to take about `step_target_ms` (at most
+`batch_rows` rows), from the time the previous one took: the longest that a reading waits for the lifecycle
+is about one step, on a Pi's card as on a fast disk.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from gateway.settings_retention import RetentionSection
 log = structlog.get_logger(__name__)
 
 DAY_S = 86400.0
+STEP_FIRST = 200  # rows (readings, pages) of a pass's first step; the next ones follow the time it took
+STEP_FEWEST = 20
 MB = 1024 * 1024
 Put = Callable[[StoreRecord], Awaitable[None]]
 Sleep = Callable[[float], Awaitable[None]]
@@ -100,16 +103,21 @@ class DataLifecycle:
 
     async def _repeat(self, action: str, table: str, *, cutoff: float = 0.0, size: int = 0,
                       limit: int | None = None) -> int:
-        """Steps until there is nothing left to do; the total removed."""
-        limit = limit or self._policy.batch_rows
+        """Steps until there is nothing left to do; the total removed (folded). Each step's size follows the
+        time the last one held the writer's connection, towards `step_target_ms` (a slow card: smaller steps)."""
+        most = limit or self._policy.batch_rows
+        target = self._policy.step_target_ms / 1000.0
+        step_limit = min(most, STEP_FIRST)
         total = 0
         loop = asyncio.get_running_loop()
         while True:
-            done: asyncio.Future[int] = loop.create_future()
-            await self._put(LifecycleStep(action, table, cutoff, limit, done, size))
-            removed = await done
+            done: asyncio.Future[tuple[int, float]] = loop.create_future()
+            await self._put(LifecycleStep(action, table, cutoff, step_limit, done, size))
+            removed, took = await done
             total += removed
             # The size cap deletes by slices of time, which may hold fewer rows than a step takes.
-            if removed == 0 or (removed < limit and action != "size_cap"):
+            if removed == 0 or (removed < step_limit and action != "size_cap"):
                 return total
+            if took > 0:
+                step_limit = int(min(most, max(STEP_FEWEST, step_limit * target / took)))
             await self._sleep(self._policy.pause_ms / 1000.0)

@@ -15,6 +15,7 @@ writer's connection, after a batch, so deleting never holds up more than one ste
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable
 from functools import partial
 
@@ -143,19 +144,27 @@ class LifecycleJob:
             _finish(step, error=ValueError(f"unknown retention step {step.action!r} of {step.table!r}"))
             return
         try:
-            removed = await aiosqlite_access.on_worker_thread(conn, run, aiosqlite_access.raw_connection(conn))
+            removed, took = await aiosqlite_access.on_worker_thread(conn, _timed, run,
+                                                                    aiosqlite_access.raw_connection(conn))
         except sqlite3.Error as exc:
             context.metrics.inc("gateway_lifecycle_errors_total", 1, "failed data lifecycle steps")
             log.error("lifecycle.step_failed", action=step.action, table=step.table, error=str(exc))
             _finish(step, error=exc)
             return
-        _finish(step, removed=removed)
+        _finish(step, removed=removed, took=took)
 
 
-def _finish(step: LifecycleStep, *, removed: int = 0, error: BaseException | None = None) -> None:
+def _timed(run: Callable[[sqlite3.Connection], int], db: sqlite3.Connection) -> tuple[int, float]:
+    """The step's result and how long it held the writer's connection (not counting its wait in the queue)."""
+    started = time.perf_counter()
+    removed = run(db)
+    return removed, time.perf_counter() - started
+
+
+def _finish(step: LifecycleStep, *, removed: int = 0, took: float = 0.0, error: BaseException | None = None) -> None:
     if step.done.done():  # the caller gave up waiting (shutdown)
         return
     if error is not None:
         step.done.set_exception(error)
     else:
-        step.done.set_result(removed)
+        step.done.set_result((removed, took))

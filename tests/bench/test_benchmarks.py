@@ -37,6 +37,11 @@ def _store(figures: dict[str, Any], mode: str) -> None:
     assert len(figures["rounds"]) == (1 if mode == "smoke" else 3)
 
 
+def _lifecycle(figures: dict[str, Any], mode: str) -> None:
+    # retention beside ingest lost no reading; the history reads answered
+    assert figures["ingest_lost"] == 0 and figures["retention_deleted"] > 0
+
+
 @dataclass(frozen=True)
 class Bench:
     module: str  # tests.bench.<module>
@@ -59,10 +64,15 @@ STORE = Bench("bench_store", 120, ("store writer alone", "median: flat out"), (
     "rate", "cpu_us_per_reading", "records_per_commit", "trickle_cpu_us_per_reading",
     "trickle_status_cpu_us_per_step"), _store)
 
+LIFECYCLE = Bench("bench_lifecycle", 240, ("history over", "retention beside ingest", "steady state"), (
+    "week_stats_one_ms", "week_series_one_ms", "week_stats_all_ms", "week_series_all_ms", "days90_stats_one_ms",
+    "catch_up_readings_per_s", "ingest_with_retention_p99_ms", "ingest_alone_p99_ms", "bytes_per_reading_commit_1",
+    "bytes_per_reading_commit_10", "gb_per_day_commit_10", "steady_state_gb"), _lifecycle)
+
 CASES = [
     pytest.param(bench, mode, id=f"{bench.module.removeprefix('bench_')}-{mode}",
                  marks=mode_marks(mode, bench.smoke_timeout))
-    for bench in (INGEST, UPLINK, CONTROL, STORE)
+    for bench in (INGEST, UPLINK, CONTROL, STORE, LIFECYCLE)
     for mode in MODES
 ]
 

@@ -19,7 +19,7 @@ DAY = 86400.0
 DEVICES = 20
 INTERVAL = 1800.0  # one reading per device every 30 minutes: 960 a day (the test's time budget)
 POLICY = RetentionSection(readings_days=90, rollup_hourly_days=100, rollup_daily_days=110, pause_ms=0,
-                          keep_free_mb=1)
+                          keep_free_mb=1, step_target_ms=1000)
 
 
 def file_bytes(path: Path) -> int:
@@ -67,7 +67,7 @@ async def test_120_days_of_20_devices_keep_exactly_their_windows_in_a_file_that_
 @pytest.mark.slow
 async def test_retention_beside_flat_out_ingest_loses_no_reading(tmp_path: Path) -> None:
     path = tmp_path / "g.db"
-    async with running_store(path, RetentionSection(pause_ms=0, batch_rows=500)) as store:
+    async with running_store(path, RetentionSection(pause_ms=0, batch_rows=500, step_target_ms=20)) as store:
         insert_readings(path, reading_rows(10, T0 - 100 * DAY, T0 - 99 * DAY, 60))  # a day past the window
         await store.lifecycle.catch_up()
         published = 20_000
