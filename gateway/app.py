@@ -31,6 +31,7 @@ from gateway.ingest.service import Ingest
 from gateway.logs import configure_logging
 from gateway.malloc_tuning import trim_periodically
 from gateway.settings import LoadedSettings, Settings, load_settings
+from gateway.store.checkpoints import BACKSTOP_PAGES, WalCheckpointer
 from gateway.store.history import LazyReader
 from gateway.store.lifecycle import DataLifecycle
 from gateway.store.queries import load_device_states
@@ -71,6 +72,7 @@ class Gateway:
             idle_linger=s.storage.idle_linger_ms / 1000.0,
             outbox=s.uplink.enabled,
             clock=self.clock,
+            wal_autocheckpoint=BACKSTOP_PAGES,  # checkpoints run beside it (self.checkpointer)
         )
         kinds = {d.id: d.kind for d in s.devices}
         self.registry = DeviceRegistry(kinds)
@@ -78,6 +80,7 @@ class Gateway:
         self.supervisor = Supervisor(clock=self.clock, metrics=self.metrics)
         self.lifecycle = DataLifecycle(s.retention, put=self.writer.put, clock=self.clock, metrics=self.metrics)
         self.history_reader = LazyReader(loaded.db_path)  # the cloud's history calls
+        self.checkpointer = WalCheckpointer(loaded.db_path, metrics=self.metrics)
         self.ingest = Ingest(
             put=self.writer.put, receipt=self.writer.receipt, metrics=self.metrics, clock=self.clock,
             registry=self.registry,
@@ -255,6 +258,7 @@ class Gateway:
             if self.uplink is not None:
                 supervised.append(self.supervisor.start(tg, "uplink", _link_runner(self.uplink.run)))
             supervised.append(self.supervisor.start(tg, "retention", _link_runner(self.lifecycle.run)))
+            supervised.append(self.supervisor.start(tg, "wal-checkpoint", _link_runner(self.checkpointer.run)))
             pruner = tg.create_task(self._prune_outbox(), name="outbox-budget") if self.uplink else None
             # Whoever was connected before a restart or crash is not connected now.
             now = self.clock.now()

@@ -130,7 +130,8 @@ class GatewayEvent:
 class LifecycleStep:
     """One bounded step of the data lifecycle, run by the store writer in its own transaction after a batch.
 
-    `action`: "rollup" folds at most `limit` readings not yet in the hourly/daily rollups into them; "expire"
+    `action`: "newest" reads the newest reading's id; "rollup" folds at most `limit` readings not yet in the
+    hourly/daily rollups into them, up to id `cutoff`; "expire"
     deletes at most `limit` rows of `table` older than `cutoff`; "size_cap" deletes at most `limit` of the
     oldest readings while the database holds more than `bytes` (`table` is "readings"); "reclaim" hands at
     most `limit` free pages back to the file system, keeping `bytes` of them. `done` gets how many readings

@@ -69,8 +69,10 @@ class DataLifecycle:
             await self._sleep(self._policy.rollup_interval_seconds)
 
     async def catch_up(self) -> int:
-        """Fold every reading stored so far into the rollups; how many."""
-        return await self._repeat("rollup", "", limit=self._policy.rollup_batch_readings)
+        """Fold every reading stored so far into the rollups; how many. Up to the newest reading when it
+        starts: under ingest faster than its steps it would never end otherwise."""
+        newest = await self._repeat("newest", "", limit=1)
+        return await self._repeat("rollup", "", cutoff=float(newest), limit=self._policy.rollup_batch_readings)
 
     async def run_pass(self) -> PassReport:
         """Rollups first (retention keeps what they do not hold yet), then retention, size cap, reclaim."""
@@ -116,7 +118,7 @@ class DataLifecycle:
             removed, took = await done
             total += removed
             # The size cap deletes by slices of time, which may hold fewer rows than a step takes.
-            if removed == 0 or (removed < step_limit and action != "size_cap"):
+            if action == "newest" or removed == 0 or (removed < step_limit and action != "size_cap"):
                 return total
             if took > 0:
                 step_limit = int(min(most, max(STEP_FEWEST, step_limit * target / took)))

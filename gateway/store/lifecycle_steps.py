@@ -1,7 +1,7 @@
 """The data lifecycle's steps (a LifecycleStep record): each a planner.Job in its own short transaction on the
 writer's connection, after a batch, so deleting never holds up more than one step's worth of ingest.
 
-* rollup: the rollups' catch-up (rollups.py).
+* newest: the newest reading's id (what a catch-up folds up to); rollup: the rollups' catch-up (rollups.py).
 * expire: at most `limit` rows of one table older than the cut-off. Readings and rollups are deleted per
   device through their (device_id, time) keys, the devices found by an index skip-scan: a step costs a
   probe per device plus its rows, never a table scan. A reading the rollups do not hold yet is kept. The
@@ -25,7 +25,7 @@ import structlog
 from gateway.core.models import LifecycleStep
 from gateway.store import aiosqlite_access
 from gateway.store.planner import JobContext
-from gateway.store.rollups import WATERMARK, catch_up
+from gateway.store.rollups import WATERMARK, catch_up, newest_id
 
 log = structlog.get_logger(__name__)
 
@@ -133,7 +133,9 @@ class LifecycleJob:
         step = self.step
         run: Callable[[sqlite3.Connection], int]
         if step.action == "rollup":
-            run = partial(catch_up, limit=step.limit)
+            run = partial(catch_up, limit=step.limit, through=int(step.cutoff))
+        elif step.action == "newest":
+            run = newest_id
         elif step.action == "expire" and step.table in EXPIRE:
             run = partial(expire, table=step.table, cutoff=step.cutoff, limit=step.limit)
         elif step.action == "size_cap":

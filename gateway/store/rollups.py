@@ -66,13 +66,20 @@ def watermark(db: sqlite3.Connection) -> int:
     return int(row[0]) if row else 0
 
 
-def catch_up(db: sqlite3.Connection, limit: int) -> int:
-    """Fold the next `limit` readings (by id) into both tables, in one transaction; how many it folded."""
+def newest_id(db: sqlite3.Connection) -> int:
+    """The newest reading's id: a catch-up folds up to it, not after readings that keep arriving."""
+    row = db.execute("SELECT max(id) FROM readings").fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def catch_up(db: sqlite3.Connection, limit: int, through: int | None = None) -> int:
+    """Fold the next `limit` readings (by id, up to id `through`) into both tables, in one transaction; how
+    many it folded."""
     db.execute("BEGIN IMMEDIATE")
     try:
         first = watermark(db)
-        row = db.execute("SELECT max(id) FROM (SELECT id FROM readings WHERE id > ? ORDER BY id LIMIT ?)",
-                         (first, limit)).fetchone()
+        row = db.execute("SELECT max(id) FROM (SELECT id FROM readings WHERE id > ? AND id <= ? ORDER BY id LIMIT ?)",
+                         (first, through if through is not None else 2**63 - 1, limit)).fetchone()
         if row is None or row[0] is None:
             db.execute("COMMIT")
             return 0

@@ -8,8 +8,9 @@ Prints (asserts nothing about time):
     SQLite and folded into the rollups by the real catch-up (its rate printed); then week statistics and a
     7 x 24-point series for one device and for all 100, 90 days of statistics for one device (auto resolution:
     exact, rollups inside, raw readings at the ends), and the week's statistics from raw readings to compare;
-  * retention beside ingest: readings put at 1,000/s through the store writer while retention deletes a day
-    of 100 devices: put -> committed p50/p99 (the store's part of publish -> committed), with and without;
+  * retention beside ingest: readings put at 1,000/s through the store writer (WAL checkpoints beside it, as
+    in the daemon) while retention deletes a day of 100 devices: put -> committed p50/p99 (the store's part of
+    publish -> committed), with and without;
   * writes: bytes written per reading (/proc/self/io write_bytes, the storage layer) for 100 devices x 1
     reading / 10 s with the outbox on, for commits of 1 reading (idle_linger_ms 0) and of 10 (1,000), the
     rollups' catch-up included; the row's own size; the card wear in GB/day; and the steady-state database
@@ -35,6 +36,7 @@ from gateway.core.metrics import Metrics
 from gateway.core.models import Reading
 from gateway.settings_retention import RetentionSection
 from gateway.store import history
+from gateway.store.checkpoints import BACKSTOP_PAGES, WalCheckpointer
 from gateway.store.lifecycle import DataLifecycle
 from gateway.store.read_queries import open_reader
 from gateway.store.writer import StoreWriter
@@ -119,9 +121,12 @@ async def retention_beside_ingest(folder: Path, devices: int, rate: int, seconds
     path = folder / "retention.db"
     clock = ManualClock(T0 + 100 * DAY)
     metrics = Metrics()
-    writer = StoreWriter(path, metrics=metrics, clock=clock, max_batch=250, queue_size=250, outbox=True)
+    # As the daemon runs it (app.py): WAL checkpoints beside the writer, the production batch and queue sizes.
+    writer = StoreWriter(path, metrics=metrics, clock=clock, max_batch=250, queue_size=250, outbox=True,
+                         wal_autocheckpoint=BACKSTOP_PAGES)
     await writer.open()
     task = asyncio.create_task(writer.run())
+    checkpoints = asyncio.create_task(WalCheckpointer(path, metrics=metrics).run())
     lifecycle = DataLifecycle(RetentionSection(), put=writer.put, clock=clock, metrics=metrics)
     expired = fill(path, devices, 1, 10.0, T0)  # a day past the 90-day window
     await lifecycle.catch_up()
@@ -158,6 +163,8 @@ async def retention_beside_ingest(folder: Path, devices: int, rate: int, seconds
     report = await retention
     out["retention_s"] = time.perf_counter() - t0
     out["retention_rows_per_s"] = report.expired.get("readings", 0) / out["retention_s"]
+    checkpoints.cancel()
+    await asyncio.gather(checkpoints, return_exceptions=True)
     await writer.close()
     await task
     with sqlite3.connect(path) as db:

@@ -3,6 +3,7 @@ window (and what the rollups or the outbox still need), the size cap, space hand
 
 from __future__ import annotations
 
+import asyncio
 import random
 import sqlite3
 from pathlib import Path
@@ -169,3 +170,26 @@ async def test_history_reads_run_in_one_snapshot_on_the_api_reader(tmp_path: Pat
             assert not conn.in_transaction
         finally:
             await conn.close()
+
+
+async def test_a_catch_up_ends_at_the_newest_reading_when_it_started_while_ingest_keeps_going(tmp_path: Path) -> None:
+    path = tmp_path / "g.db"
+    policy = RetentionSection(pause_ms=0, rollup_batch_readings=10, step_target_ms=1000)
+    async with running_store(path, policy) as store:
+        insert_readings(path, reading_rows(2, T0, T0 + 3600, 60))  # 120 readings waiting to be folded
+
+        async def forever() -> None:
+            i = 0
+            while True:  # faster than steps of 10 readings can follow
+                for _ in range(20):
+                    await store.writer.put(Reading("AP-009", T0 + i, {"pm25": 1.0}, T0 + i))
+                    i += 1
+                await store.writer.flush()
+
+        feeding = asyncio.create_task(forever())
+        try:
+            folded = await store.lifecycle.catch_up()
+        finally:
+            feeding.cancel()
+            await asyncio.gather(feeding, return_exceptions=True)
+    assert folded >= 120
