@@ -37,9 +37,9 @@ class RetentionSection(BaseModel):
     # A step (one transaction) is sized to take about step_target_ms, at most batch_rows rows; between two the
     # job pauses pause_ms, while the writer commits the readings that waited. Ingest's commits wait for at most
     # about one step.
-    step_target_ms: Annotated[float, Field(gt=0, le=1000)] = 5.0
+    step_target_ms: Annotated[float, Field(gt=0, le=1000)] = 2.0
     batch_rows: Annotated[int, Field(ge=100, le=100_000)] = 5000
-    pause_ms: Annotated[float, Field(ge=0, le=10_000)] = 20.0
+    pause_ms: Annotated[float, Field(ge=0, le=10_000)] = 50.0
     # Free pages handed back to the file system per step (incremental auto-vacuum), beyond the free space kept
     # for the next inserts (pages kept free are reused without growing the file; moving pages costs writes).
     reclaim_step_pages: Annotated[int, Field(ge=1)] = 1024
