@@ -184,6 +184,7 @@ def register_gateway_methods(
 
 
 HISTORY_SPAN_S = 24 * 3600.0  # without `from`: the last 24 hours before `to` (default: now)
+BUCKETS_SPAN_S = 7 * 24 * 3600.0  # bucketed readings without `from`: the last week
 SERIES_MAX_POINTS = 10_000
 
 
@@ -195,6 +196,7 @@ class _HistoryRange(Params):
 
 class ReadingsParams(_HistoryRange):
     limit: Annotated[int, Field(ge=1, le=10_000, strict=True)] = 100
+    resolution: Literal["raw", "auto", "hour", "day"] = "raw"  # not raw: buckets of every metric
 
 
 class StatisticsParams(_HistoryRange):
@@ -228,9 +230,15 @@ def register_history_methods(
         return start, end
 
     async def readings(p: ReadingsParams) -> dict[str, Any]:
-        start, end = checked(p, default_span=None)
-        rows = await read_queries.readings(await reader.conn(), p.device, start=start, end=end, limit=p.limit)
-        return {"device": p.device, "count": len(rows), "data": rows}
+        if p.resolution == "raw":
+            start, end = checked(p, default_span=None)
+            rows = await read_queries.readings(await reader.conn(), p.device, start=start, end=end, limit=p.limit)
+            return {"device": p.device, "count": len(rows), "data": rows}
+        start, end = checked(p, default_span=BUCKETS_SPAN_S)
+        assert start is not None and end is not None
+        found = await history.buckets(await reader.conn(), p.device, start, end, p.resolution, p.limit,
+                                      history.Windows.of(retention, now()))
+        return {"device": p.device, **found, "count": len(found["data"])}
 
     async def statistics(p: StatisticsParams) -> dict[str, Any]:
         start, end = checked(p, default_span=HISTORY_SPAN_S)

@@ -34,6 +34,7 @@ from gateway.store.rollups import DAY, HOUR, READINGS_KEY, TABLES, WATERMARK
 T = TypeVar("T")
 
 Resolution = Literal["auto", "raw", "hour", "day"]
+AUTO_HOURS_SPAN_S = 7 * 86400.0  # bucketed history: up to a week in hours, beyond in days
 RESOLUTIONS: tuple[str, ...] = ("auto", "raw", "hour", "day")
 _NUMERIC = "m.type IN ('integer', 'real')"
 _INF = math.inf
@@ -247,6 +248,51 @@ def series_now(db: sqlite3.Connection, device: str, metric: str, lo: float, hi: 
     points = [{"ts": b, "min": a[0], "max": a[1], "avg": a[2] / a[3], "count": a[3], "last": a[5]}
               for b, a in sorted(buckets.items())]
     return {"from": lo, "to": hi, "step": step, "resolution": resolution, "points": points}
+
+
+def buckets_now(db: sqlite3.Connection, device: str, lo: float, hi: float, resolution: str, limit: int,
+                windows: Windows = Windows()) -> dict[str, Any]:
+    """History as buckets of every metric, newest first (`resolution` "hour" or "day", or "auto": hours for a
+    range of up to AUTO_HOURS_SPAN, days beyond): ``{from, to, resolution, data: [{ts, readings, metrics:
+    {name: {min, max, avg, count, last}}}]}``, at most `limit` buckets."""
+    if resolution == "auto":
+        resolution = "hour" if hi - lo <= AUTO_HOURS_SPAN_S else "day"
+    width = _width(resolution)
+    lo, hi = widen(lo, hi, resolution, windows)
+    per_bucket: dict[int, dict[str, Agg]] = {}
+
+    def add(bucket: int, name: str, agg: Agg) -> None:
+        _merge(per_bucket.setdefault(bucket, {}), name, agg)
+
+    def read() -> None:
+        sql = (f"SELECT bucket, metric, min, max, sum, count, last_ts, last FROM {TABLES[width]}"
+               " WHERE device_id = ? AND bucket >= ? AND bucket < ?")
+        for bucket, name, low, high, total, count, last_ts, last in db.execute(sql, (device, lo, hi)):
+            add(bucket, name, [low, high, total, count, last_ts, last])
+        for ts, metrics in _fresh(db, device, [Piece(resolution, lo, hi)]):
+            second = math.floor(ts)
+            bucket = second - second % width
+            add(bucket, READINGS_KEY, [0, 0, 0.0, 1, ts, 0])
+            for name, value in metrics.items():
+                if _numeric(value):
+                    add(bucket, name, [value, value, value, 1, ts, value])
+
+    _in_read_transaction(db, read)
+    data = []
+    for bucket in sorted(per_bucket, reverse=True)[:limit]:
+        aggs = per_bucket[bucket]
+        count = aggs.pop(READINGS_KEY, [0, 0, 0.0, 0, None, None])[3]
+        data.append({"ts": bucket, "readings": count, "metrics": {
+            name: {"min": a[0], "max": a[1], "avg": a[2] / a[3], "count": a[3], "last": a[5]}
+            for name, a in sorted(aggs.items())}})
+    return {"from": lo, "to": hi, "resolution": resolution, "data": data}
+
+
+async def buckets(conn: aiosqlite.Connection, device: str, lo: float, hi: float, resolution: str, limit: int,
+                  windows: Windows = Windows()) -> dict[str, Any]:
+    """buckets_now on the connection's worker thread."""
+    return await aiosqlite_access.on_worker_thread(conn, buckets_now, aiosqlite_access.raw_connection(conn),
+                                                   device, lo, hi, resolution, limit, windows)
 
 
 async def statistics(conn: aiosqlite.Connection, device: str, lo: float, hi: float, resolution: str = "auto",

@@ -28,7 +28,6 @@ from gateway.store import read_queries
 from gateway.web.aiohttp_web import web
 from gateway.web.bodies import (
     CommandsQuery,
-    DataQuery,
     DeviceCommand,
     PrecleanCancel,
     PrecleanStart,
@@ -173,14 +172,6 @@ def _known(call: Call, device: str) -> None:
         raise NotFoundError("device", device)
 
 
-async def device_data(call: Call) -> web.StreamResponse:
-    device = call.device()
-    q = call.query(DataQuery)
-    rows = await read_queries.readings(call.ctx.reader(), device, start=q.from_, end=q.to, limit=q.limit)
-    return _json({"device": device, "from": q.from_, "to": q.to, "limit": q.limit, "count": len(rows),
-                  "data": rows})
-
-
 async def device_latest(call: Call) -> web.StreamResponse:
     device = call.device()
     return _json({"device": device, "data": await read_queries.latest_reading(call.ctx.reader(), device)})
@@ -268,9 +259,6 @@ ROUTES: tuple[Route, ...] = (
           {200: Reply("Active or not, speed, end and time remaining", "PrecleanStatus")}),
     Route("GET", "/api/device/list/all", list_devices, "Configured devices", _DEVICES,
           {200: Reply("Every configured device with its connection state", _list_of("Device"))}),
-    Route("GET", "/api/device/{deviceId}/data", device_data, "Stored readings of a device", _DEVICES,
-          {200: Reply("Readings in the range by their own time, newest first", _page_of("Reading"))},
-          query=DataQuery),
     Route("GET", "/api/device/{deviceId}/latest", device_latest, "The newest stored reading", _DEVICES,
           {200: Reply("`data` is the newest reading, or null when the device never sent one", {
               "type": "object", "properties": {"device": {"type": "string"},

@@ -219,6 +219,9 @@ class DataQuery(_Range):
     limit: Annotated[int, Field(ge=1, le=DATA_LIMIT_MAX, description="Rows at most (newest first).")] = (
         DATA_LIMIT_DEFAULT
     )
+    resolution: Literal["raw", "auto", "hour", "day"] = Field(
+        "raw", description="raw: the readings; hour/day: buckets of every metric (min, max, avg, count, last) "
+                           "from the rollups; auto: hours for a range of up to a week, days beyond.")
 
 
 class StatisticsQuery(_Range):

@@ -1,5 +1,6 @@
-"""The REST API's history routes: statistics over a range and bucketed series for charts, each reading raw
-readings, hourly or daily rollups as the range and `resolution` say (gateway/store/history.py)."""
+"""The REST API's history routes: stored readings (or buckets of them), statistics over a range and bucketed
+series for charts, each reading raw readings, hourly or daily rollups as the range and `resolution` say
+(gateway/store/history.py)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
-from gateway.store import history
+from gateway.store import history, read_queries
 from gateway.web.aiohttp_web import web
-from gateway.web.api import Call, _json
-from gateway.web.bodies import FieldError, Instant, Query, StatisticsQuery
+from gateway.web.api import Call, _json, _page_of
+from gateway.web.bodies import DataQuery, FieldError, Instant, Query, StatisticsQuery
 from gateway.web.openapi import Reply, Route
 from gateway.web.requests import ApiError
 
 STATISTICS_DEFAULT_SPAN_S = 24 * 3600.0
+DATA_BUCKETS_DEFAULT_SPAN_S = 7 * 24 * 3600.0
 SERIES_DEFAULT_SPAN_S = 24 * 3600.0
 SERIES_MAX_POINTS = 10_000
 _DEVICES = "devices"
@@ -53,6 +55,18 @@ def _windows(call: Call) -> history.Windows:
     return history.Windows.of(call.ctx.retention, call.ctx.clock.now())
 
 
+async def device_data(call: Call) -> web.StreamResponse:
+    device = call.device()
+    q = call.query(DataQuery)
+    head = {"device": device, "from": q.from_, "to": q.to, "limit": q.limit}
+    if q.resolution == "raw":
+        rows = await read_queries.readings(call.ctx.reader(), device, start=q.from_, end=q.to, limit=q.limit)
+        return _json({**head, "count": len(rows), "data": rows})
+    start, end = _range(call, q.from_, q.to, DATA_BUCKETS_DEFAULT_SPAN_S)
+    found = await history.buckets(call.ctx.reader(), device, start, end, q.resolution, q.limit, _windows(call))
+    return _json({**head, **found, "count": len(found["data"])})
+
+
 async def device_statistics(call: Call) -> web.StreamResponse:
     device = call.device()
     q = call.query(StatisticsQuery)
@@ -78,7 +92,21 @@ _RANGE_PROPS: dict[str, Any] = {
     "resolution": {"enum": ["auto", "raw", "hour", "day"]},
 }
 
+_BUCKET = {"type": "object", "properties": {
+    "ts": {"type": "integer", "description": "The bucket's start (epoch s)"}, "readings": {"type": "integer"},
+    "metrics": {"type": "object", "additionalProperties": {"type": "object", "properties": {
+        "min": _NUMBER, "max": _NUMBER, "avg": _NUMBER, "count": {"type": "integer"}, "last": _NUMBER}}}}}
+
+_BUCKETS = {"type": "object", "properties": {**_RANGE_PROPS, "count": {"type": "integer"},
+                                             "data": {"type": "array", "items": _BUCKET}}}
+
 HISTORY_ROUTES: tuple[Route, ...] = (
+    Route("GET", "/api/device/{deviceId}/data", device_data, "Stored readings of a device", _DEVICES,
+          {200: Reply("Readings in the range by their own time, newest first; with a resolution other than raw, "
+                      "buckets of every metric instead (`resolution` says which)",
+                      {"oneOf": [_page_of("Reading"), _BUCKETS]})},
+          query=DataQuery,
+          description="Without `from`, bucketed history covers the last 7 days before `to` (default: now)."),
     Route("GET", "/api/device/{deviceId}/statistics", device_statistics, "Min/max/avg per metric over a range",
           _DEVICES, {200: Reply("Per numeric metric: min, max, avg and count (booleans are left out)", {
               "type": "object", "properties": {

@@ -105,7 +105,7 @@ async def test_openapi_document_matches_the_router_both_ways(api: Api) -> None:
         "maximum": 5, "minimum": 1, "title": "Fanspeed", "type": "integer"}
     assert set(schemas["ScheduleCreate"]["required"]) == {"deviceId", "days", "start", "end", "fanSpeed"}
     query = {p["name"] for p in doc["paths"]["/api/device/{deviceId}/data"]["get"]["parameters"] if p["in"] == "query"}
-    assert query == {"from", "to", "limit"}
+    assert query == {"from", "to", "limit", "resolution"}
     for ref in re.findall(r'"\$ref": "#/components/schemas/(\w+)"', json.dumps(doc)):
         assert ref in schemas
 

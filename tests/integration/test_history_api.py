@@ -75,6 +75,23 @@ async def test_statistics_and_series_over_days_equal_the_raw_computation(gw: Run
     await get(gw, "/api/device/AP-001/series", 400)  # metric is required
 
 
+async def test_history_in_buckets_of_every_metric_newest_first(gw: RunningGateway) -> None:
+    lo, hi = T0 + DAY + 10.0, T0 + 2 * DAY - 10.0
+    hours = await get(gw, "/api/device/AP-000/data", from_=lo, to=hi, resolution="hour", limit=30)
+    assert (hours["from"], hours["to"], hours["resolution"], hours["count"]) == (T0 + DAY, T0 + 2 * DAY, "hour", 24)
+    assert [b["ts"] for b in hours["data"]] == [T0 + DAY + h * 3600 for h in range(23, -1, -1)]
+    want = {p["ts"]: p for p in raw_series(gw.db_path, "AP-000", "voc", T0 + DAY, T0 + 2 * DAY - 1e-6, 3600)}
+    for bucket in hours["data"]:
+        voc, expected = bucket["metrics"]["voc"], want[bucket["ts"]]
+        assert bucket["readings"] == 30 and "powerOn" not in bucket["metrics"]
+        assert (voc["min"], voc["max"], voc["count"], voc["last"]) == (
+            expected["min"], expected["max"], expected["count"], expected["last"])
+    auto = await get(gw, "/api/device/AP-000/data", resolution="auto", limit=2)  # the last week: in hours
+    assert auto["resolution"] == "hour" and auto["count"] == 2 and auto["data"][0]["ts"] == T0 + 3 * DAY - 3600
+    raw = await get(gw, "/api/device/AP-000/data", limit=2)
+    assert "resolution" not in raw and raw["data"][0]["metrics"]["voc"] == auto["data"][0]["metrics"]["voc"]["last"]
+
+
 async def test_the_cloud_asks_the_same_over_json_rpc(gw: RunningGateway) -> None:
     dispatcher = Dispatcher()
     reader = history.LazyReader(gw.db_path)
@@ -93,6 +110,8 @@ async def test_the_cloud_asks_the_same_over_json_rpc(gw: RunningGateway) -> None
                                                         86400))
         readings = (await call("device.readings", device="AP-000", limit=3))["result"]
         assert readings["count"] == 3 and readings["data"][0]["ts"] > readings["data"][1]["ts"]
+        days = (await call("device.readings", device="AP-000", resolution="day"))["result"]
+        assert [(d["ts"], d["readings"]) for d in days["data"]] == [(T0 + k * DAY, 720) for k in (2, 1, 0)]
         bad = await call("device.series", device="AP-000", metric="voc", step=1800, resolution="hour")
         assert bad["error"]["code"] == -32602 and bad["error"]["data"][0]["field"] == "step"
         unknown = await call("device.statistics", device="NOPE")
