@@ -13,8 +13,10 @@ from typing import Any
 
 from gateway.core.models import (
     DeviceEvent,
+    GatewayEvent,
     HubBatchClosed,
     HubPartHeld,
+    LifecycleStep,
     OutboxDone,
     OutboxPrune,
     Quarantined,
@@ -23,6 +25,7 @@ from gateway.core.models import (
     RpcDone,
     StatusChange,
 )
+from gateway.store.lifecycle_steps import LifecycleJob
 from gateway.store.outbox_budget import OutboxBudgetPass
 from gateway.store.planner import BatchPlan, RecordPlanner, dumps
 from gateway.store.sql import (
@@ -74,6 +77,10 @@ def _event(plan: BatchPlan, ts: float, device_id: str | None, kind: str, data: M
 
 def plan_device_event(rec: DeviceEvent, plan: BatchPlan) -> None:
     _event(plan, rec.ts, rec.device_id, rec.type, rec.data)
+
+
+def plan_gateway_event(rec: GatewayEvent, plan: BatchPlan) -> None:
+    _event(plan, rec.ts, None, rec.type, rec.data)
 
 
 def plan_status_change(rec: StatusChange, plan: BatchPlan) -> None:
@@ -139,6 +146,10 @@ def plan_hub_batch(rec: HubBatchClosed, plan: BatchPlan) -> None:
     plan.merged(FORGET_HUB_CLOSED)[None] = (rec.forget_before,)  # one cut-off per transaction: the last
 
 
+def plan_lifecycle_step(rec: LifecycleStep, plan: BatchPlan) -> None:
+    plan.jobs.append(LifecycleJob(rec))
+
+
 def column_value(value: Any) -> Any:
     """A RowWrite value as a parameter: JSON text for a dict/list/tuple; ValueError for what cannot be stored."""
     if value is None or isinstance(value, str):
@@ -173,4 +184,6 @@ RECORD_PLANNERS: dict[type, RecordPlanner] = {
     RowWrite: plan_row_write,
     HubPartHeld: plan_hub_part,
     HubBatchClosed: plan_hub_batch,
+    GatewayEvent: plan_gateway_event,
+    LifecycleStep: plan_lifecycle_step,
 }
