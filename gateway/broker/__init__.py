@@ -12,7 +12,8 @@ from collections.abc import Iterable
 
 from gateway.core.metrics import Metrics
 from gateway.core.ports import BrokerSink, LanBroker
-from gateway.settings import BrokerSection, DeviceSettings
+from gateway.settings import DeviceSettings
+from gateway.settings_broker import BrokerSection
 
 
 def device_logins(devices: Iterable[DeviceSettings]) -> dict[str, str | None]:

@@ -54,6 +54,7 @@ class DataLifecycle:
         self._clock = clock
         self._metrics = metrics
         self._sleep = sleep
+        self.passes = 0  # retention passes completed (the first runs at start)
 
     async def run(self) -> None:
         """The supervised task: rollups caught up every `rollup_interval_seconds`; a retention pass at start and
@@ -101,6 +102,7 @@ class DataLifecycle:
                               "free database pages handed back to the file system")
         if report.expired or report.reclaimed_pages:
             log.info("retention.pass", expired=report.expired, reclaimed_pages=report.reclaimed_pages)
+        self.passes += 1
         return report
 
     async def _repeat(self, action: str, table: str, *, cutoff: float = 0.0, size: int = 0,

@@ -373,6 +373,8 @@ async def taken_over_while_the_store_is_full(
     from tests.bench.mqttload import connect_packet
 
     writer_ = gw.gateway.writer
+    # The retention pass at start puts its steps through the writer too: done first, the held batch is AP-01's.
+    await wait_for(lambda: gw.gateway.lifecycle.passes >= 1)
     release = asyncio.Event()
     commit = writer_._commit_retrying
 

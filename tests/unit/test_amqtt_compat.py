@@ -17,7 +17,7 @@ from gateway.broker import create_lan_broker
 from gateway.broker.amqtt import compat
 from gateway.core.errors import GatewayError, IncompatibleLibraryError
 from gateway.core.metrics import Metrics
-from gateway.settings import BrokerSection
+from gateway.settings_broker import BrokerSection
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -15,7 +15,7 @@ from gateway.core.metrics import Metrics
 from gateway.core.ports import BrokerSink
 from gateway.core.throttle import LogThrottle
 from gateway.core.topics import command_topic
-from gateway.settings import BrokerSection
+from gateway.settings_broker import BrokerSection
 
 if TYPE_CHECKING:
     from gateway.broker.amqtt.guarded import GuardedBroker
