@@ -15,6 +15,7 @@ from gateway.core.models import (
     DeviceEvent,
     HubBatchClosed,
     HubPartHeld,
+    HubPartsWanted,
     OutboxDone,
     OutboxPrune,
     Quarantined,
@@ -23,6 +24,7 @@ from gateway.core.models import (
     RpcDone,
     StatusChange,
 )
+from gateway.store.hub_parts import HubPartsRead
 from gateway.store.outbox_budget import OutboxBudgetPass
 from gateway.store.planner import BatchPlan, RecordPlanner, dumps
 from gateway.store.sql import (
@@ -84,7 +86,8 @@ def plan_status_change(rec: StatusChange, plan: BatchPlan) -> None:
 def plan_quarantined(rec: Quarantined, plan: BatchPlan) -> None:
     payload = rec.payload
     plan.rows(INSERT_QUARANTINE).append((
-        float(rec.received_at), rec.client_id, rec.device_id, rec.topic, payload[:QUARANTINE_KEEP_BYTES],
+        float(rec.received_at), rec.client_id, rec.device_id, rec.topic,
+        payload if rec.whole else payload[:QUARANTINE_KEEP_BYTES],
         rec.reason, len(payload), hashlib.sha256(payload).hexdigest(),
     ))
     _event(plan, rec.received_at, rec.device_id, "quarantine", {
@@ -139,6 +142,10 @@ def plan_hub_batch(rec: HubBatchClosed, plan: BatchPlan) -> None:
     plan.merged(FORGET_HUB_CLOSED)[None] = (rec.forget_before,)  # one cut-off per transaction: the last
 
 
+def plan_hub_parts_wanted(rec: HubPartsWanted, plan: BatchPlan) -> None:
+    plan.jobs.append(HubPartsRead(rec))
+
+
 def column_value(value: Any) -> Any:
     """A RowWrite value as a parameter: JSON text for a dict/list/tuple; ValueError for what cannot be stored."""
     if value is None or isinstance(value, str):
@@ -173,4 +180,5 @@ RECORD_PLANNERS: dict[type, RecordPlanner] = {
     RowWrite: plan_row_write,
     HubPartHeld: plan_hub_part,
     HubBatchClosed: plan_hub_batch,
+    HubPartsWanted: plan_hub_parts_wanted,
 }
