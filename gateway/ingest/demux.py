@@ -69,6 +69,7 @@ class Offer:
     verdict: Verdict
     batch: OpenBatch | None = None  # COMPLETE: the whole batch, no longer open
     reason: str = ""  # REFUSED: the quarantine reason
+    late: bool = False  # REFUSED: a part of a batch given up (quarantined whole, as the batch's other parts were)
     evicted: list[tuple[OpenBatch, str]] = field(default_factory=list)  # given up to make room, with the reason
 
 
@@ -98,7 +99,7 @@ class Demux:
                 if closed[1]:
                     return Offer(Verdict.DUPLICATE)
                 return Offer(Verdict.REFUSED, reason=f"part {part} of batch {batch_id!r} arrived after the batch "
-                                                     "was given up")
+                                                     "was given up", late=True)
             del hub.closed[batch_id]  # long ago: the id starts a new batch
         batch = hub.open.get(batch_id)
         if batch is not None:

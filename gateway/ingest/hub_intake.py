@@ -147,6 +147,9 @@ class HubIntake:
                 log.exception("hubs.batch_failed", hub_id=hub_id, batch_id=header.batch_id)
                 await self._give_up(offer.batch, f"could not be applied: internal error: {type(exc).__name__}: "
                                     f"{exc}"[:300], now, "error", this_part)
+        elif offer.late:  # kept whole with the rest of its batch's parts, for a replay
+            await self._ingest.quarantine(device_id=hub_id, source=client_id, topic=topic, payload=payload,
+                                          reason=offer.reason, whole=True)
         elif offer.verdict is Verdict.REFUSED:
             raise PayloadError(offer.reason)
         # DUPLICATE: nothing new. The receipt the broker waits for covers the first copy's row too.
