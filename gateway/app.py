@@ -28,13 +28,14 @@ from gateway.core.supervisor import Health, Supervisor
 from gateway.core.tasks import cancel_until_done
 from gateway.hub_wiring import build_hub_intake, hub_maps, restore_hub_batches
 from gateway.ingest.mqtt_intake import MqttIntake
+from gateway.ingest.resends import PER_DEVICE
 from gateway.ingest.service import Ingest
 from gateway.logs import configure_logging
 from gateway.loop_lag import measure_loop_lag
 from gateway.malloc_tuning import trim_periodically
 from gateway.modbus_setup import build_modbus_link
 from gateway.settings import LoadedSettings, Settings, load_settings
-from gateway.store.queries import load_device_states
+from gateway.store.queries import load_device_states, load_recent_readings
 from gateway.store.writer import StoreWriter
 from gateway.systemd_notify import SystemdNotifier
 from gateway.uplink.rpc import Dispatcher
@@ -272,6 +273,8 @@ class Gateway:
         try:
             conn = await self.writer.open()
             self.registry.restore((await load_device_states(conn)).values())
+            # A device resending what it sent before a crash or restart is recognised (ingest/resends.py).
+            self.ingest.recent.restore(await load_recent_readings(conn, self.registry.configured(), PER_DEVICE))
             await self.controller.load(conn)
             await restore_hub_batches(self.hubs, conn, self.clock.now())
         except Exception as exc:

@@ -11,10 +11,11 @@ import re
 import tomllib
 import zoneinfo
 from datetime import date
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, ValidationError, field_validator, model_validator
 
 from gateway.core.errors import ConfigError
 from gateway.core.passwords import argon2_hash_problem
@@ -98,6 +99,22 @@ class BrokerSection(_Strict):
     connect_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 10.0
     # A disconnected persistent session (and its offline queue) is dropped after this many seconds.
     session_expiry_seconds: Annotated[int, Field(ge=1)] = 3600
+    # Connection limits: a connection over one is closed as soon as it is accepted, before anything is read
+    # (gateway/broker/admission.py). The unit's LimitNOFILE must leave room for max_connections.
+    max_connections: Annotated[int, Field(ge=1)] = 1000  # open connections in total, logged in or not
+    max_pending_connections: Annotated[int, Field(ge=1)] = 200  # connections that have not logged in yet
+    max_connections_per_source: Annotated[int, Field(ge=1)] = 20  # open connections from one address...
+    unlimited_sources: tuple[IPvAnyAddress, ...] = (IPv4Address("127.0.0.1"), IPv6Address("::1"))  # ...but these
+    # Password checks (argon2) running at once; each holds the hash's memory cost (19 MiB for hashes from
+    # `hash-password`) while it runs. The others wait their turn.
+    max_password_checks: Annotated[int, Field(ge=1, le=16)] = 1
+    # QoS 1 messages (commands) kept for a device with a persistent session while it is offline; when full,
+    # the oldest is dropped for the new one. Unacknowledged ones are sent again, with DUP, when it reconnects.
+    offline_queue: Annotated[int, Field(ge=1, le=10_000)] = 100
+    # Who may publish and subscribe what. "devices": each client is a configured device and touches only its
+    # own device/{id}/... topics (CONTRACT section 1). "open": topics outside device/ are free to every
+    # logged-in client (a broker shared with other MQTT clients); device/ topics keep the device rule.
+    acl: Literal["devices", "open"] = "devices"
 
     @field_validator("listeners")
     @classmethod

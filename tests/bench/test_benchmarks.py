@@ -58,6 +58,23 @@ def _panel(figures: dict[str, Any], mode: str) -> None:
     assert figures["streams"] == (3 if mode == "smoke" else 20)
 
 
+def _flood(figures: dict[str, Any], mode: str) -> None:
+    # every phase ran: sockets were opened and the device logged in during each
+    assert figures["cycles_s"] > 0 and figures["idle_one_source_opened"] > 0
+
+
+def _logins(figures: dict[str, Any], mode: str) -> None:
+    # every device of the reconnect storm logged in
+    assert figures["storm_accepted"] == figures["devices"]
+
+
+def _fuzz(figures: dict[str, Any], mode: str) -> None:
+    # nothing crashed, and every acknowledged payload is a reading or a quarantine row
+    assert figures["crashes"] == 0 and figures["alive"] is True
+    assert figures["payloads_acked"] == figures["payloads_sent"]
+    assert figures["stored_plus_quarantined_minus_sent"] == 0
+
+
 @dataclass(frozen=True)
 class Bench:
     module: str  # tests.bench.<module>
@@ -93,11 +110,19 @@ BLE = Bench("bench_ble", 120, ("BLE decoders", "import cost"), tuple(
 PANEL = Bench("bench_panel", 120, ("panel benchmark", "open live streams"), (
     "overview_ms_p50", "overview_ms_max", "cpu_pct_without_panels", "cpu_pct_with_panels", "cpu_pct_panels_cost",
     "events_per_s", "rss_mb_before", "rss_mb_after", "rss_mb_growth"), _panel)
+FLOOD = Bench("bench_flood", 180, ("connect+close cycles", "idle sockets", "out of files"), (
+    "cycles_files_peak", "cycles_login_max_ms", "idle_one_source_files_peak", "idle_one_source_login_max_ms",
+    "idle_many_sources_files_peak", "idle_many_sources_login_max_ms", "connect_rss_growth_mb",
+    "publish_rss_growth_mb", "log_growth_kb"), _flood)
+LOGINS = Bench("bench_logins", 180, ("reconnect storm", "wrong-password storm"), (
+    "storm_s", "storm_rss_peak_mb", "wrong_answered", "wrong_rss_peak_mb", "old_hashes_wrong_rss_peak_mb"), _logins)
+FUZZ = Bench("bench_fuzz", 180, ("fuzz run", "quarantined"), (
+    "payloads_sent", "packets_sent", "crashes", "stored", "quarantined", "rss_peak_mb", "log_kb"), _fuzz)
 
 CASES = [
     pytest.param(bench, mode, id=f"{bench.module.removeprefix('bench_')}-{mode}",
                  marks=mode_marks(mode, bench.smoke_timeout))
-    for bench in (INGEST, UPLINK, CONTROL, STORE, MODBUS, HUB, BLE, PANEL)
+    for bench in (INGEST, UPLINK, CONTROL, STORE, MODBUS, HUB, BLE, PANEL, FLOOD, LOGINS, FUZZ)
     for mode in MODES
 ]
 

@@ -311,7 +311,7 @@ async def test_a_device_that_publishes_and_disconnects_at_once_loses_nothing_ack
                     acks += 1
         writer.close()
         total_acks += acks
-        await wait_for(lambda: gateway.gateway.broker.amqtt._client_loops == 0)
+        await wait_for(lambda: gateway.gateway.broker.amqtt.client_sessions_running == 0)
         await gateway.flush()
         stored = gateway.query("SELECT count(*) FROM readings")[0][0] - before
         assert stored >= acks, f"{acks} readings acknowledged, {stored} stored"
