@@ -15,7 +15,7 @@ from drivers import registry as driver_registry
 from gateway import __version__, demo_credentials
 from gateway.broker import create_lan_broker, device_logins
 from gateway.broker.device_link import LanBrokerLink
-from gateway.cloud_methods import register_control_methods, register_gateway_methods
+from gateway.cloud_methods import register_control_methods, register_gateway_methods, register_history_methods
 from gateway.control.service import Controller
 from gateway.core.clock import Clock, SystemClock
 from gateway.core.device_commands import DeviceCommand, TurnOn
@@ -35,6 +35,9 @@ from gateway.loop_lag import measure_loop_lag
 from gateway.malloc_tuning import trim_periodically
 from gateway.modbus_setup import build_modbus_link
 from gateway.settings import LoadedSettings, Settings, load_settings
+from gateway.store.checkpoints import BACKSTOP_PAGES, WalCheckpointer
+from gateway.store.history import LazyReader
+from gateway.store.lifecycle import DataLifecycle
 from gateway.store.queries import load_device_states, load_recent_readings
 from gateway.store.writer import StoreWriter
 from gateway.systemd_notify import SystemdNotifier
@@ -79,11 +82,15 @@ class Gateway:
             idle_linger=s.storage.idle_linger_ms / 1000.0,
             outbox=s.uplink.enabled,
             clock=self.clock,
+            wal_autocheckpoint=BACKSTOP_PAGES,  # checkpoints run beside it (self.checkpointer)
         )
         kinds = s.device_kinds()
         self.registry = DeviceRegistry(kinds)
         self.drivers = driver_registry.load_all(kinds.values())
         self.supervisor = Supervisor(clock=self.clock, metrics=self.metrics)
+        self.lifecycle = DataLifecycle(s.retention, put=self.writer.put, clock=self.clock, metrics=self.metrics)
+        self.history_reader = LazyReader(loaded.db_path)  # the cloud's history calls
+        self.checkpointer = WalCheckpointer(loaded.db_path, metrics=self.metrics)
         self.ingest = Ingest(
             put=self.writer.put, receipt=self.writer.receipt, metrics=self.metrics, clock=self.clock,
             registry=self.registry,
@@ -185,6 +192,8 @@ class Gateway:
         register_control_methods(
             dispatcher, self.controller, wait_seconds=s.command_timeout_seconds * s.command_attempts + 5.0
         )
+        register_history_methods(dispatcher, self.history_reader, known=self.controller.known, now=self.clock.now,
+                                 retention=self.settings.retention)
         return dispatcher
 
     def device_state(self, device_id: str) -> dict[str, Any] | None:
@@ -243,7 +252,7 @@ class Gateway:
             configure_logging(s.logging.level, s.logging.format)
         needs_restart = [
             name for name in ("gateway", "storage", "ingest", "uplink", "outbox", "control", "api", "modbus", "ble",
-                              "users", "panel")
+                              "users", "panel", "retention")
             if getattr(s, name) != getattr(old, name)
         ]
         if s.hubs.model_copy(update={"mappings": []}) != old.hubs.model_copy(update={"mappings": []}):
@@ -292,6 +301,8 @@ class Gateway:
             ]
             if self.uplink is not None:
                 supervised.append(self.supervisor.start(tg, "uplink", _link_runner(self.uplink.run)))
+            supervised.append(self.supervisor.start(tg, "retention", _link_runner(self.lifecycle.run)))
+            supervised.append(self.supervisor.start(tg, "wal-checkpoint", _link_runner(self.checkpointer.run)))
             pruner = tg.create_task(self._prune_outbox(), name="outbox-budget") if self.uplink else None
             # Whoever was connected before a restart or crash is not connected now.
             now = self.clock.now()
@@ -333,6 +344,7 @@ class Gateway:
                 self.uplink.stop()
                 await self.uplink.cancel_requests()
             await cancel_until_done([t for t in (*supervised, pruner) if t is not None], SHUTDOWN_BUDGET_S / 5)
+            await self.history_reader.close()
             await self._shutdown(deadline)
             for task in background:
                 task.cancel()
@@ -361,6 +373,7 @@ class Gateway:
             self.settings.api, controller=self.controller, db_path=self.loaded.db_path,
             devices=self.registry.summary, device_state=self.device_state, health=self.health,
             clock=self.clock, metrics=self.metrics, hubs_unmapped=self.hubs.view_unmapped, ssl_context=tls,
+            retention=self.settings.retention,
         )
         install_panel(api.app, PanelSources(
             registry=self.registry, settings=lambda: self.settings, health=self.health,

@@ -22,6 +22,7 @@ from gateway.core.passwords import argon2_hash_problem
 from gateway.settings_ble import BleSection
 from gateway.settings_hubs import HubsSection
 from gateway.settings_modbus import ModbusSection, check_maps
+from gateway.settings_retention import RetentionSection
 from gateway.settings_users import PanelSection, Users
 
 # Device ids appear in MQTT topics and as usernames: no wildcards, separators or spaces.
@@ -283,6 +284,7 @@ class Settings(_Strict):
     ble: BleSection = Field(default_factory=BleSection)
     users: Users = Field(default_factory=list)  # panel and API logins (gateway/settings_users.py)
     panel: PanelSection = Field(default_factory=PanelSection)
+    retention: RetentionSection = Field(default_factory=RetentionSection)
 
     def cross_check(self) -> list[tuple[str, str]]:
         """Rules spanning sections, as (field path, message): pydantic cannot place these on a field."""

@@ -163,7 +163,36 @@ class HubPartsWanted:
     reply: asyncio.Future[list[StoredPart]]
 
 
+@dataclass(slots=True, frozen=True)
+class GatewayEvent:
+    """Something that happened to the gateway itself (no device): stored and sent like a DeviceEvent."""
+
+    ts: float
+    type: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True, frozen=True, eq=False)
+class LifecycleStep:
+    """One bounded step of the data lifecycle, run by the store writer in its own transaction after a batch.
+
+    `action`: "newest" reads the newest reading's id; "rollup" folds at most `limit` readings not yet in the
+    hourly/daily rollups into them, up to id `cutoff`; "expire"
+    deletes at most `limit` rows of `table` older than `cutoff`; "size_cap" deletes at most `limit` of the
+    oldest readings while the database holds more than `bytes` (`table` is "readings"); "reclaim" hands at
+    most `limit` free pages back to the file system, keeping `bytes` of them. `done` gets how many readings
+    (rows, pages) the step handled and the seconds its transaction took, or the error.
+    """
+
+    action: str
+    table: str
+    cutoff: float
+    limit: int
+    done: asyncio.Future[tuple[int, float]]
+    bytes: int = 0
+
+
 StoreRecord = (
     Reading | Quarantined | DeviceEvent | StatusChange | OutboxDone | OutboxPrune | RpcDone | RowWrite
-    | HubPartHeld | HubBatchClosed | HubPartsWanted
+    | HubPartHeld | HubBatchClosed | HubPartsWanted | GatewayEvent | LifecycleStep
 )

@@ -13,9 +13,11 @@ from typing import Any
 
 from gateway.core.models import (
     DeviceEvent,
+    GatewayEvent,
     HubBatchClosed,
     HubPartHeld,
     HubPartsWanted,
+    LifecycleStep,
     OutboxDone,
     OutboxPrune,
     Quarantined,
@@ -25,6 +27,7 @@ from gateway.core.models import (
     StatusChange,
 )
 from gateway.store.hub_parts import HubPartsRead
+from gateway.store.lifecycle_steps import LifecycleJob
 from gateway.store.outbox_budget import OutboxBudgetPass
 from gateway.store.planner import BatchPlan, RecordPlanner, dumps
 from gateway.store.sql import (
@@ -76,6 +79,10 @@ def _event(plan: BatchPlan, ts: float, device_id: str | None, kind: str, data: M
 
 def plan_device_event(rec: DeviceEvent, plan: BatchPlan) -> None:
     _event(plan, rec.ts, rec.device_id, rec.type, rec.data)
+
+
+def plan_gateway_event(rec: GatewayEvent, plan: BatchPlan) -> None:
+    _event(plan, rec.ts, None, rec.type, rec.data)
 
 
 def plan_status_change(rec: StatusChange, plan: BatchPlan) -> None:
@@ -146,6 +153,10 @@ def plan_hub_parts_wanted(rec: HubPartsWanted, plan: BatchPlan) -> None:
     plan.jobs.append(HubPartsRead(rec))
 
 
+def plan_lifecycle_step(rec: LifecycleStep, plan: BatchPlan) -> None:
+    plan.jobs.append(LifecycleJob(rec))
+
+
 def column_value(value: Any) -> Any:
     """A RowWrite value as a parameter: JSON text for a dict/list/tuple; ValueError for what cannot be stored."""
     if value is None or isinstance(value, str):
@@ -181,4 +192,6 @@ RECORD_PLANNERS: dict[type, RecordPlanner] = {
     HubPartHeld: plan_hub_part,
     HubBatchClosed: plan_hub_batch,
     HubPartsWanted: plan_hub_parts_wanted,
+    GatewayEvent: plan_gateway_event,
+    LifecycleStep: plan_lifecycle_step,
 }

@@ -52,6 +52,8 @@ def _hub(figures: dict[str, Any], mode: str) -> None:
 def _ble(figures: dict[str, Any], mode: str) -> None:
     # every distinct advert was stored (bench_ble asserts it per format); each import cost was measured
     assert all(figures[f"import_mb[{modules}]"] > 0 for modules in ("drivers.ble.formats", "drivers.ble.link"))
+
+
 def _panel(figures: dict[str, Any], mode: str) -> None:
     # every stream received the readings of the window (coalescing may merge a device's two readings)
     assert figures["events_received_share"] > 0.5
@@ -73,6 +75,11 @@ def _fuzz(figures: dict[str, Any], mode: str) -> None:
     assert figures["crashes"] == 0 and figures["alive"] is True
     assert figures["payloads_acked"] == figures["payloads_sent"]
     assert figures["stored_plus_quarantined_minus_sent"] == 0
+
+
+def _lifecycle(figures: dict[str, Any], mode: str) -> None:
+    # retention beside ingest lost no reading; the history reads answered
+    assert figures["ingest_lost"] == 0 and figures["retention_deleted"] > 0
 
 
 @dataclass(frozen=True)
@@ -119,10 +126,15 @@ LOGINS = Bench("bench_logins", 180, ("reconnect storm", "wrong-password storm"),
 FUZZ = Bench("bench_fuzz", 180, ("fuzz run", "quarantined"), (
     "payloads_sent", "packets_sent", "crashes", "stored", "quarantined", "rss_peak_mb", "log_kb"), _fuzz)
 
+LIFECYCLE = Bench("bench_lifecycle", 240, ("history over", "retention beside ingest", "steady state"), (
+    "week_stats_one_ms", "week_series_one_ms", "week_stats_all_ms", "week_series_all_ms", "days90_stats_one_ms",
+    "catch_up_readings_per_s", "ingest_with_retention_p99_ms", "ingest_alone_p99_ms", "bytes_per_reading_commit_1",
+    "bytes_per_reading_commit_10", "gb_per_day_commit_10", "steady_state_gb"), _lifecycle)
+
 CASES = [
     pytest.param(bench, mode, id=f"{bench.module.removeprefix('bench_')}-{mode}",
                  marks=mode_marks(mode, bench.smoke_timeout))
-    for bench in (INGEST, UPLINK, CONTROL, STORE, MODBUS, HUB, BLE, PANEL, FLOOD, LOGINS, FUZZ)
+    for bench in (INGEST, UPLINK, CONTROL, STORE, MODBUS, HUB, BLE, PANEL, FLOOD, LOGINS, FUZZ, LIFECYCLE)
     for mode in MODES
 ]
 
