@@ -138,7 +138,7 @@ class HubIntake:
         elif offer.verdict is Verdict.COMPLETE:
             assert offer.batch is not None
             try:
-                await self._complete(offer.batch, this_part, driver, topic, now)
+                heard = await self._complete(offer.batch, this_part, driver, topic, now)
             except (PayloadError, StoreClosedError):
                 raise
             except Exception as exc:
@@ -147,6 +147,10 @@ class HubIntake:
                 log.exception("hubs.batch_failed", hub_id=hub_id, batch_id=header.batch_id)
                 await self._give_up(offer.batch, f"could not be applied: internal error: {type(exc).__name__}: "
                                     f"{exc}"[:300], now, "error", this_part)
+            else:
+                for device_id in self.presence.heard(heard, now):
+                    await self._ingest.presence(device_id, True, "relayed")
+                self._wake_before(now + self.presence.offline_after)  # the silence deadline of these devices
         elif offer.late:  # kept whole with the rest of its batch's parts, for a replay
             await self._ingest.quarantine(device_id=hub_id, source=client_id, topic=topic, payload=payload,
                                           reason=offer.reason, whole=True)
@@ -167,11 +171,13 @@ class HubIntake:
             parts = sorted([*(p for p in parts if p[0] != also[0]), also])
         return parts
 
-    async def _complete(self, batch: OpenBatch, last: StoredPart, driver: HubDriver, topic: str, now: float) -> None:
+    async def _complete(self, batch: OpenBatch, last: StoredPart, driver: HubDriver, topic: str,
+                        now: float) -> Iterable[str]:
+        """Store the complete batch; returns the configured devices it brought news of."""
         parts = await self._stored_parts(batch, last)
         if len(parts) != batch.parts:  # a held part the store refused: never apply a batch with a hole in it
             await self._give_up(batch, "lost a part held in the store", now, "error", last, parts)
-            return
+            return ()
         hub_map = self._maps.get(batch.hub_id) or HubMap()
         resolved = Resolved()
         for n, (number, payload, at) in enumerate(parts, 1):
@@ -183,9 +189,7 @@ class HubIntake:
             batch.hub_id, batch.batch_id, now, True, tuple(resolved.readings), tuple(resolved.quarantined),
             now - self._demux.limits.timeout,
         ))
-        for device_id in self.presence.heard(resolved.heard, now):
-            await self._ingest.presence(device_id, True, "relayed")
-        self._wake_before(now + self.presence.offline_after)
+        return resolved.heard
 
     async def _give_up(self, batch: OpenBatch, reason: str, now: float, outcome: str, also: StoredPart | None = None,
                        parts: list[StoredPart] | None = None) -> None:
