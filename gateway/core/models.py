@@ -30,6 +30,9 @@ class Quarantined:
     payload: bytes
     reason: str
     device_id: str | None = None
+    # Keep the payload whole rather than its first 4 KiB: a part of a hub batch given up (its size was bounded by
+    # the broker's packet limit and the hub's byte limit when it arrived), so the batch can be replayed.
+    whole: bool = False
 
 
 @dataclass(slots=True, frozen=True)
@@ -145,6 +148,21 @@ class HubBatchClosed:
     forget_before: float  # batches closed before this are no longer remembered
 
 
+StoredPart = tuple[int, bytes, float]  # a held part of a hub batch: (part number, payload, received_at)
+
+
+@dataclass(slots=True, frozen=True, eq=False)
+class HubPartsWanted:
+    """The held parts of a hub batch that is closing, read back from SQLite (they are not kept in memory).
+
+    Read after every record put before this one is committed (so after its HubPartHeld rows), by a job on the
+    writer's connection; `reply` gets the parts in part order, or the error."""
+
+    hub_id: str
+    batch_id: str
+    reply: asyncio.Future[list[StoredPart]]
+
+
 @dataclass(slots=True, frozen=True)
 class GatewayEvent:
     """Something that happened to the gateway itself (no device): stored and sent like a DeviceEvent."""
@@ -176,5 +194,5 @@ class LifecycleStep:
 
 StoreRecord = (
     Reading | Quarantined | DeviceEvent | StatusChange | OutboxDone | OutboxPrune | RpcDone | RowWrite
-    | HubPartHeld | HubBatchClosed | GatewayEvent | LifecycleStep
+    | HubPartHeld | HubBatchClosed | HubPartsWanted | GatewayEvent | LifecycleStep
 )

@@ -118,15 +118,17 @@ class Ingest:
         self._registry.command_ready(device_id)
 
     async def quarantine(
-        self, *, device_id: str | None, source: str | None, topic: str, payload: bytes, reason: str
+        self, *, device_id: str | None, source: str | None, topic: str, payload: bytes, reason: str,
+        whole: bool = False,
     ) -> None:
+        """`whole`: keep all of the payload, not its first 4 KiB (a part of a hub batch given up)."""
         self._metrics.inc("gateway_quarantined_total", 1, "payloads refused and kept, by kind of reason",
                           reason=reason_class(reason))
         left_out = self._log_throttle.allow("quarantined")  # each one is in the quarantine table, with its reason
         if left_out is not None:
             log.warning("ingest.quarantined", client_id=source, topic=topic, reason=reason, size=len(payload),
                         left_out_since_last=left_out)
-        await self._put(Quarantined(self._clock.now(), source, topic, bytes(payload), reason, device_id))
+        await self._put(Quarantined(self._clock.now(), source, topic, bytes(payload), reason, device_id, whole))
 
 
 def _iso(ts: float) -> str:

@@ -44,12 +44,13 @@ async def load_recent_readings(
     return out
 
 
-async def load_hub_parts(conn: aiosqlite.Connection) -> list[tuple[str, str, int, int, bytes, float]]:
-    """The parts of hub batches still open at the last stop: (hub, batch, part, parts, payload, received_at)."""
+async def load_hub_part_sizes(conn: aiosqlite.Connection) -> list[tuple[str, str, int, int, int, float]]:
+    """The parts of hub batches still open at the last stop, without their payloads (read back when their batch
+    closes): (hub, batch, part, parts, size in bytes, received_at)."""
     async with conn.execute(
-        "SELECT hub_id, batch_id, part, parts, payload, received_at FROM hub_parts ORDER BY received_at, part"
+        "SELECT hub_id, batch_id, part, parts, length(payload), received_at FROM hub_parts ORDER BY received_at, part"
     ) as cur:
-        return [(str(h), str(b), int(p), int(n), bytes(data), float(at)) async for h, b, p, n, data, at in cur]
+        return [(str(h), str(b), int(p), int(n), int(size), float(at)) async for h, b, p, n, size, at in cur]
 
 
 async def load_hub_closed(conn: aiosqlite.Connection, since: float) -> list[tuple[str, str, float, bool]]:

@@ -16,6 +16,7 @@ from gateway.core.models import (
     GatewayEvent,
     HubBatchClosed,
     HubPartHeld,
+    HubPartsWanted,
     LifecycleStep,
     OutboxDone,
     OutboxPrune,
@@ -25,6 +26,7 @@ from gateway.core.models import (
     RpcDone,
     StatusChange,
 )
+from gateway.store.hub_parts import HubPartsRead
 from gateway.store.lifecycle_steps import LifecycleJob
 from gateway.store.outbox_budget import OutboxBudgetPass
 from gateway.store.planner import BatchPlan, RecordPlanner, dumps
@@ -91,7 +93,8 @@ def plan_status_change(rec: StatusChange, plan: BatchPlan) -> None:
 def plan_quarantined(rec: Quarantined, plan: BatchPlan) -> None:
     payload = rec.payload
     plan.rows(INSERT_QUARANTINE).append((
-        float(rec.received_at), rec.client_id, rec.device_id, rec.topic, payload[:QUARANTINE_KEEP_BYTES],
+        float(rec.received_at), rec.client_id, rec.device_id, rec.topic,
+        payload if rec.whole else payload[:QUARANTINE_KEEP_BYTES],
         rec.reason, len(payload), hashlib.sha256(payload).hexdigest(),
     ))
     _event(plan, rec.received_at, rec.device_id, "quarantine", {
@@ -146,6 +149,10 @@ def plan_hub_batch(rec: HubBatchClosed, plan: BatchPlan) -> None:
     plan.merged(FORGET_HUB_CLOSED)[None] = (rec.forget_before,)  # one cut-off per transaction: the last
 
 
+def plan_hub_parts_wanted(rec: HubPartsWanted, plan: BatchPlan) -> None:
+    plan.jobs.append(HubPartsRead(rec))
+
+
 def plan_lifecycle_step(rec: LifecycleStep, plan: BatchPlan) -> None:
     plan.jobs.append(LifecycleJob(rec))
 
@@ -184,6 +191,7 @@ RECORD_PLANNERS: dict[type, RecordPlanner] = {
     RowWrite: plan_row_write,
     HubPartHeld: plan_hub_part,
     HubBatchClosed: plan_hub_batch,
+    HubPartsWanted: plan_hub_parts_wanted,
     GatewayEvent: plan_gateway_event,
     LifecycleStep: plan_lifecycle_step,
 }
