@@ -12,6 +12,7 @@ import asyncio
 import json
 import signal
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -22,7 +23,8 @@ from tests.bench.mqttload import connect_packet, publish_packet
 from tests.fixtures.cloud import Cloud, start_daemon, uplink_config
 from tests.fixtures.gateway import GatewayFactory, device_password, free_port, wait_for, write_config
 
-TS_MS = 1763800000000
+# A reading of a minute ago: older than the retention window (90 days), the pass at start would delete it.
+TS_MS = int((time.time() - 60) * 1000)
 READING = json.dumps({"timestamp": TS_MS, "pm25": 7.9, "fanSpeed": 2, "powerOn": True, "co2": 612}).encode()
 PUBLISH = publish_packet("device/AP-01/data", READING, 1, packet_id=7)
 RESEND = bytes([PUBLISH[0] | 0x08]) + PUBLISH[1:]  # the same packet with DUP set, as a device resends it
