@@ -108,10 +108,11 @@ class Gateway:
             intake=self.ingest, driver_of=self._mqtt_driver_of, metrics=self.metrics, clock=self.clock,
             max_json_depth=s.ingest.max_json_depth, batches=self.hubs.part,
         )
-        self.broker = create_lan_broker(s.broker, s.devices, sink=self.mqtt_intake, metrics=self.metrics)
+        self.broker = create_lan_broker(s.broker, s.devices, sink=self.mqtt_intake, metrics=self.metrics,
+                                        state_dir=loaded.data_dir)
         links: dict[str, DeviceLink] = {
-            "mqtt": LanBrokerLink(send=self.broker.send, command_ready=self.broker.command_ready,
-                                  driver_of=self._mqtt_driver_of)}
+            "mqtt": LanBrokerLink(run=self.broker.run, send=self.broker.send,
+                                  command_ready=self.broker.command_ready, driver_of=self._mqtt_driver_of)}
         modbus = build_modbus_link(s.modbus, loaded.path.parent, intake=self.ingest, clock=self.clock,
                                    metrics=self.metrics, supervisor=self.supervisor)
         if modbus is not None:
@@ -232,7 +233,8 @@ class Gateway:
             return False
         old = self.loaded.settings
         s = new.settings
-        self.broker.update_devices(device_logins(s.devices), allow_anonymous=s.broker.allow_anonymous)
+        self.broker.update_devices(device_logins(s.devices, s.broker.backend),
+                                   allow_anonymous=s.broker.allow_anonymous)
         kinds = s.device_kinds()
         for kind in set(kinds.values()) - set(self.drivers):
             self.drivers[kind] = driver_registry.load(kind)

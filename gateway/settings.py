@@ -18,9 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from gateway.core.errors import ConfigError
 from gateway.core.passwords import argon2_hash_problem
+from gateway.core.passwords_mosquitto import mosquitto_hash_problem
 from gateway.settings_ble import BleSection
 from gateway.settings_hubs import HubsSection
 from gateway.settings_modbus import ModbusSection, check_maps
+from gateway.settings_mosquitto import MosquittoSettings, device_problems
 from gateway.settings_users import PanelSection, Users
 
 # Device ids appear in MQTT topics and as usernames: no wildcards, separators or spaces.
@@ -83,8 +85,10 @@ class ListenerSettings(_Strict):
 
 
 class BrokerSection(_Strict):
-    # Which LAN broker runs (gateway.broker.create_lan_broker): the embedded amqtt broker is the only one yet.
-    backend: Literal["embedded"] = "embedded"
+    # Which LAN broker runs (gateway.broker.create_lan_broker): the embedded amqtt broker, or a managed
+    # Mosquitto child ([broker.mosquitto], gateway/settings_mosquitto.py).
+    backend: Literal["embedded", "mosquitto"] = "embedded"
+    mosquitto: MosquittoSettings = Field(default_factory=MosquittoSettings)
     allow_anonymous: bool = False
     listeners: list[ListenerSettings] = Field(
         default_factory=lambda: [ListenerSettings(name="lan", host="0.0.0.0", port=1883)], min_length=1
@@ -116,6 +120,8 @@ class DeviceSettings(_Strict):
     room: str = ""
     # argon2 hash from `edge-gateway hash-password`; None only when broker.allow_anonymous is on
     password_hash: str | None = None
+    # The broker.backend = "mosquitto" login: `edge-gateway hash-password --for mosquitto` (PBKDF2-SHA512)
+    password_hash_mosquitto: str | None = None
 
     @field_validator("kind")
     @classmethod
@@ -133,6 +139,14 @@ class DeviceSettings(_Strict):
     @classmethod
     def _argon2(cls, value: str | None) -> str | None:
         problem = argon2_hash_problem(value) if value is not None else None
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("password_hash_mosquitto")
+    @classmethod
+    def _mosquitto_pbkdf2(cls, value: str | None) -> str | None:
+        problem = mosquitto_hash_problem(value) if value is not None else None
         if problem is not None:
             raise ValueError(problem)
         return value
@@ -277,10 +291,14 @@ class Settings(_Strict):
             if device.id in seen:
                 problems.append((f"{where}.id", f"device id {device.id!r} appears more than once"))
             seen.add(device.id)
-            if device.password_hash is None and not self.broker.allow_anonymous and device.id not in through_hubs:
+            if (device.password_hash is None and not self.broker.allow_anonymous and device.id not in through_hubs
+                    and self.broker.backend == "embedded"):
                 problems.append(
                     (f"{where}.password_hash", "required while broker.allow_anonymous is false")
                 )
+        if self.broker.backend == "mosquitto":
+            problems += device_problems(self.devices, allow_anonymous=self.broker.allow_anonymous,
+                                        never_log_in=through_hubs)
         problems += self.modbus.cross_check(list(seen), {d.id: d.kind for d in self.devices})
         seen.update(self.modbus.device_kinds())
         for index, ble_device in enumerate(self.ble.devices):

@@ -62,8 +62,8 @@ async def step(gw: RunningGateway, clock: ManualClock, seconds: float) -> None:
 # ------------------------------------------------------------------------------------------ commands
 
 
-async def test_command_is_acked_and_audited(gateway_factory: GatewayFactory) -> None:
-    gw = await gateway_factory(api=NO_API)
+async def test_command_is_acked_and_audited(lan_gateway_factory: GatewayFactory) -> None:
+    gw = await lan_gateway_factory(api=NO_API)
     ctl = gw.gateway.controller
     async with purifier(gw, "AP-01", fan_speed=1) as sim:
         record = ctl.submit_command("AP-01", "setFanSpeed", 4, "api")
@@ -111,8 +111,8 @@ async def test_device_that_never_acks_gets_three_attempts_then_timeout(gateway_f
     assert commands(gw, "AP-02") == [("turnOff", None, "api", "timeout", 3, None)]
 
 
-async def test_command_to_offline_device_is_applied_when_it_returns(gateway_factory: GatewayFactory) -> None:
-    gw = await gateway_factory(api=NO_API)
+async def test_command_to_offline_device_is_applied_when_it_returns(lan_gateway_factory: GatewayFactory) -> None:
+    gw = await lan_gateway_factory(api=NO_API)
     ctl = gw.gateway.controller
     record = ctl.submit_command("AP-01", "setFanSpeed", 5, "cloud")
     assert record.status.value == "pending"

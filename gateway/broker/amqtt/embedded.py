@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -125,6 +126,9 @@ class EmbeddedBroker:
             amqtt_log.removeFilter(_drop_startup_traceback)
         for lst in self._settings.listeners:
             log.info("broker.listening", listener=lst.name, host=lst.host, port=lst.port, tls=lst.tls)
+
+    async def run(self) -> None:
+        await asyncio.Event().wait()  # amqtt runs in the daemon's loop: nothing to keep alive apart
 
     def bound_ports(self) -> list[int]:
         ports: list[int] = []
