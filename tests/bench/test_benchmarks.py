@@ -52,6 +52,11 @@ def _hub(figures: dict[str, Any], mode: str) -> None:
 def _ble(figures: dict[str, Any], mode: str) -> None:
     # every distinct advert was stored (bench_ble asserts it per format); each import cost was measured
     assert all(figures[f"import_mb[{modules}]"] > 0 for modules in ("drivers.ble.formats", "drivers.ble.link"))
+def _mosquitto(figures: dict[str, Any], mode: str) -> None:
+    # every reading the devices published went through Mosquitto into SQLite
+    assert figures["qos1_lost"] == 0 and figures["qos1_rate"] > 0
+
+
 def _panel(figures: dict[str, Any], mode: str) -> None:
     # every stream received the readings of the window (coalescing may merge a device's two readings)
     assert figures["events_received_share"] > 0.5
@@ -94,10 +99,14 @@ PANEL = Bench("bench_panel", 120, ("panel benchmark", "open live streams"), (
     "overview_ms_p50", "overview_ms_max", "cpu_pct_without_panels", "cpu_pct_with_panels", "cpu_pct_panels_cost",
     "events_per_s", "rss_mb_before", "rss_mb_after", "rss_mb_growth"), _panel)
 
+MOSQUITTO = Bench("bench_mosquitto_backend", 120, ("mosquitto backend", "device -> SQLite", "RSS with"), (
+    "qos1_rate", "qos1_gateway_cpu_pct", "qos1_mosquitto_cpu_pct", "qos1_cpu_us_per_reading", "fixed_rate_p99_ms",
+    "rss_mb_gateway", "rss_mb_mosquitto", "rss_mb_total"), _mosquitto)
+
 CASES = [
     pytest.param(bench, mode, id=f"{bench.module.removeprefix('bench_')}-{mode}",
                  marks=mode_marks(mode, bench.smoke_timeout))
-    for bench in (INGEST, UPLINK, CONTROL, STORE, MODBUS, HUB, BLE, PANEL)
+    for bench in (INGEST, UPLINK, CONTROL, STORE, MODBUS, HUB, BLE, PANEL, MOSQUITTO)
     for mode in MODES
 ]
 
