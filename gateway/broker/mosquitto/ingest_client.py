@@ -28,6 +28,7 @@ log = structlog.get_logger(__name__)
 SUBSCRIPTIONS = [(device_topic("+", channel), 1) for channel in sorted(DEVICE_PUBLISH_CHANNELS)]
 _KEEPALIVE = 30
 _PREFIX = len("device/")
+_READS_PER_TURN = 64
 
 
 class IngestClientError(RuntimeError):
@@ -204,9 +205,19 @@ class IngestClient:
             self._waiter.set_exception(IngestClientError(f"disconnected: {reason}"))
 
     def _on_socket_open(self, client: mqtt.Client, _u: Any, sock: Any) -> None:
-        self._loop.add_reader(sock, client.loop_read)
+        self._loop.add_reader(sock, self._readable)
         if self._misc is None or self._misc.done():
             self._misc = self._loop.create_task(self._misc_loop(client), name="mosquitto-ingest-keepalive")
+
+    def _readable(self) -> None:
+        """paho reads one packet per loop_read(): read on while each call brings a message, up to a bound, so
+        a busy socket costs one event-loop turn per batch of messages, not per message."""
+        client, incoming = self._client, self._incoming
+        for _ in range(_READS_PER_TURN):
+            before = len(incoming)
+            client.loop_read()
+            if len(incoming) == before or not self.connected:
+                return
 
     def _on_socket_close(self, _client: mqtt.Client, _u: Any, sock: Any) -> None:
         self._loop.remove_reader(sock)
