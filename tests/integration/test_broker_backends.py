@@ -90,6 +90,24 @@ async def test_publishing_on_another_devices_topic_stores_nothing(lan_gateway: R
     assert lan_gateway.query("SELECT count(*) FROM quarantine") == [(0,)]
 
 
+async def test_another_devices_commands_never_reach_a_device(lan_gateway: RunningGateway) -> None:
+    # The embedded broker refuses the subscription (SUBACK 0x80); Mosquitto grants it and delivers nothing.
+    broker = lan_gateway.gateway.broker
+    received: list[tuple[str, bytes]] = []
+    async with asyncio.timeout(20), device(lan_gateway, "AP-01") as client:
+        await client.subscribe(command_topic("AP-02"), qos=1)
+        await client.subscribe(command_topic("AP-01"), qos=1)
+        await wait_for(lambda: broker.command_ready("AP-01"))
+        await broker.send("AP-02", COMMAND)
+        await broker.send("AP-01", b"marker")  # sent after it, to the same connection: arrives after it
+        async for message in client.messages:
+            assert isinstance(message.payload, bytes)
+            received.append((str(message.topic), message.payload))
+            if message.payload == b"marker":
+                break
+    assert received == [(command_topic("AP-01"), b"marker")]
+
+
 # ------------------------------------------------------------------------------------ Mosquitto only
 
 
