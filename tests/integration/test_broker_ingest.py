@@ -321,7 +321,7 @@ async def test_a_device_that_publishes_and_disconnects_at_once_loses_nothing_ack
     assert total_acks > 0  # the device did get acknowledgements, so the check above had teeth
 
 
-async def test_tls_listener_with_configured_certificate(gateway_factory: GatewayFactory, tmp_path: Path) -> None:
+async def test_tls_listener_with_configured_certificate(lan_gateway_factory: GatewayFactory, tmp_path: Path) -> None:
     import ssl
 
     import trustme
@@ -334,7 +334,7 @@ async def test_tls_listener_with_configured_certificate(gateway_factory: Gateway
     from tests.fixtures.gateway import free_port
 
     tls_port = free_port()
-    gw = await gateway_factory(extra_listeners=(
+    gw = await lan_gateway_factory(extra_listeners=(
         f'[[broker.listeners]]\nname = "lan-tls"\nhost = "127.0.0.1"\nport = {tls_port}\n'
         f'certfile = "{tmp_path / "cert.pem"}"\nkeyfile = "{tmp_path / "key.pem"}"\n'
     ))
