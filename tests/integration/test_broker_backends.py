@@ -116,9 +116,9 @@ async def test_mosquitto_files_are_owner_only_and_hold_no_password(gateway_facto
     folder = gw.gateway.loaded.data_dir / "mosquitto"
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
     written = {p.name: p for p in folder.iterdir() if p.is_file() and not p.is_socket()}
-    assert {"mosquitto.conf", "passwords", "acl"} <= set(written)
+    for name in ("mosquitto.conf", "passwords", "acl"):  # ours (the folder keeps Mosquitto's own pid file private)
+        assert stat.S_IMODE(written[name].stat().st_mode) == 0o600, name
     for path in written.values():
-        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
         assert device_password("AP-01") not in path.read_text(errors="replace")
     conf = written["mosquitto.conf"].read_text().splitlines()
     assert "max_queued_messages 0" in conf and "max_inflight_messages 1000" in conf
@@ -186,3 +186,24 @@ async def test_a_reload_lets_a_new_device_log_in_to_mosquitto(gateway_factory: G
         except aiomqtt.MqttCodeError:
             await asyncio.sleep(0.05)
     await wait_for(lambda: readings(gw, "AP-09") == 1)
+
+
+async def test_a_mosquitto_left_behind_by_a_killed_daemon_is_stopped_at_the_next_start(tmp_path: Path) -> None:
+    config = write_config(tmp_path, backend="mosquitto")
+    async with running(config) as gw:
+        folder = gw.gateway.loaded.data_dir / "mosquitto"
+    # What a daemon killed with -9 leaves behind (outside systemd): its Mosquitto, running on the same files.
+    orphan = await asyncio.create_subprocess_exec(
+        "/usr/sbin/mosquitto", "-c", str(folder / "mosquitto.conf"), stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL, start_new_session=True)
+    try:
+        await wait_for(lambda: (folder / "mosquitto.pid").exists())
+        async with running(config) as gw:
+            await asyncio.wait_for(orphan.wait(), 1)  # stopped before the new one started
+            async with device(gw, "AP-01") as client:
+                await client.publish("device/AP-01/data", reading(1.0), qos=1)
+            await wait_for(lambda: readings(gw, "AP-01") == 1)
+    finally:
+        if orphan.returncode is None:
+            orphan.kill()
+        await orphan.wait()

@@ -7,10 +7,18 @@ stops Mosquitto itself after its intake (SIGTERM: Mosquitto saves its persistenc
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import signal
 from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+
+import structlog
+
+from gateway.broker.mosquitto.config_files import PID_NAME
+
+log = structlog.get_logger(__name__)
 
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
@@ -26,6 +34,7 @@ class MosquittoChild:
                  on_exit: Callable[[], Awaitable[None]]) -> None:
         self._binary = binary
         self._config = config
+        self._pid_file = config.with_name(PID_NAME)
         self._on_line = on_line  # each log line once Mosquitto runs, in order (awaited: presence keeps its order)
         self._on_exit = on_exit  # after the last line of a Mosquitto that ran: its connections are gone
         self._proc: asyncio.subprocess.Process | None = None
@@ -43,6 +52,7 @@ class MosquittoChild:
     async def start(self) -> None:
         """Start Mosquitto; return once it has opened every listener, raise MosquittoStartError if it did not."""
         self.last_lines.clear()
+        await self._stop_left_behind()
         try:
             proc = await asyncio.create_subprocess_exec(
                 str(self._binary), "-c", str(self._config), stdin=asyncio.subprocess.DEVNULL,
@@ -99,6 +109,33 @@ class MosquittoChild:
         if self.running and self._proc is not None:
             self._proc.kill()
 
+    async def _stop_left_behind(self) -> None:
+        """A Mosquitto still running on our config (the daemon before this one was killed with -9; outside
+        systemd, which would have stopped it) holds our ports and persistence file: SIGTERM it and wait."""
+        pid = self._left_behind()
+        if pid is None:
+            return
+        log.warning("mosquitto.left_behind", pid=pid, action="SIGTERM")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        for _ in range(int(STOP_TIMEOUT / 0.05)):
+            if not _alive(pid):
+                return
+            await asyncio.sleep(0.05)  # not our child: there is nothing to wait on but the pid
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+    def _left_behind(self) -> int | None:
+        """The pid in Mosquitto's pid file, if that process is a Mosquitto on our config and not our child."""
+        try:
+            pid = int(self._pid_file.read_text().split()[0])
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            return None
+        if str(self._config).encode() not in cmdline or (self._proc is not None and self._proc.pid == pid):
+            return None
+        return pid
+
     def _tail(self) -> str:
         return " | ".join(self.last_lines) or "(no output)"
 
@@ -117,3 +154,11 @@ class MosquittoChild:
         else:
             await proc.wait()
             started.set_exception(MosquittoStartError(f"exited with status {proc.returncode}: {self._tail()}"))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

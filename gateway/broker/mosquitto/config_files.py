@@ -20,6 +20,7 @@ from gateway.settings import BrokerSection
 
 GATEWAY_USER = "_gateway"  # cannot be a device id (those start with a letter or digit)
 CONFIG_NAME, PASSWORDS_NAME, ACL_NAME, SOCKET_NAME = "mosquitto.conf", "passwords", "acl", "ingest.sock"
+PID_NAME = "mosquitto.pid"
 _UNIX_PATH_MAX = 100  # sun_path is 108 bytes on Linux; Mosquitto refuses a longer socket path
 
 
@@ -63,6 +64,7 @@ def mosquitto_conf(broker: BrokerSection, directory: Path, ingest: IngestEndpoin
         f"persistence_location {directory}/",
         "persistence_file mosquitto.db",
         f"autosave_interval {m.autosave_interval_seconds}",
+        f"pid_file {directory / PID_NAME}",  # a Mosquitto left behind by a daemon killed with -9 is found by it
         # Presence comes from the connection log (connection_log.py): these lines, no timestamps.
         "log_dest stderr",
         "log_type error",
