@@ -79,9 +79,9 @@ async def test_command_is_acked_and_audited(lan_gateway_factory: GatewayFactory)
     assert gw.gateway.registry.state("AP-01").last_metrics["fanSpeed"] == 4
 
 
-async def test_device_that_never_acks_gets_three_attempts_then_timeout(gateway_factory: GatewayFactory) -> None:
+async def test_device_that_never_acks_gets_three_attempts_then_timeout(lan_gateway_factory: GatewayFactory) -> None:
     clock = ManualClock()
-    gw = await gateway_factory(api=NO_API, clock=clock)
+    gw = await lan_gateway_factory(api=NO_API, clock=clock)
     ctl = gw.gateway.controller
     received: list[dict[str, Any]] = []
     async with aiomqtt.Client("127.0.0.1", gw.port, identifier="AP-02", username="AP-02",
@@ -127,8 +127,8 @@ async def test_command_to_offline_device_is_applied_when_it_returns(lan_gateway_
     assert commands(gw, "AP-01") == [("setFanSpeed", 5, "cloud", "acked", 1, record.note)]
 
 
-async def test_bad_ack_is_quarantined_and_unknown_ack_ignored(gateway_factory: GatewayFactory) -> None:
-    gw = await gateway_factory(api=NO_API)
+async def test_bad_ack_is_quarantined_and_unknown_ack_ignored(lan_gateway_factory: GatewayFactory) -> None:
+    gw = await lan_gateway_factory(api=NO_API)
     async with aiomqtt.Client("127.0.0.1", gw.port, identifier="AP-01", username="AP-01",
                               password=device_password("AP-01")) as dev:
         await dev.publish("device/AP-01/ack", b"{not json", qos=1)
@@ -165,8 +165,8 @@ async def test_preclean_boosts_then_restores_manual_speed(gateway_factory: Gatew
         ("setFanSpeed", 5, "reconcile/preclean", "acked"), ("setFanSpeed", 2, "reconcile/preclean", "acked")]
 
 
-async def test_preclean_cancel_restores_at_once(gateway_factory: GatewayFactory) -> None:
-    gw = await gateway_factory(api=NO_API)
+async def test_preclean_cancel_restores_at_once(lan_gateway_factory: GatewayFactory) -> None:
+    gw = await lan_gateway_factory(api=NO_API)
     ctl = gw.gateway.controller
     async with purifier(gw, "AP-01", fan_speed=1) as sim:
         manual = ctl.submit_command("AP-01", "setFanSpeed", 3, "panel")
@@ -206,9 +206,9 @@ async def test_restart_in_the_middle_of_a_preclean_resumes_with_the_time_left(tm
 # ------------------------------------------------------------------------------------------ schedules
 
 
-async def test_schedule_start_and_end_drive_the_device(gateway_factory: GatewayFactory) -> None:
+async def test_schedule_start_and_end_drive_the_device(lan_gateway_factory: GatewayFactory) -> None:
     clock = ManualClock(berlin(2026, 11, 23, 7, 59))  # a Monday
-    gw = await gateway_factory(api=NO_API, clock=clock, timezone="Europe/Berlin")
+    gw = await lan_gateway_factory(api=NO_API, clock=clock, timezone="Europe/Berlin")
     ctl = gw.gateway.controller
     async with purifier(gw, "AP-01", fan_speed=1) as sim:
         schedule = await ctl.create_schedule(
@@ -225,10 +225,10 @@ async def test_schedule_start_and_end_drive_the_device(gateway_factory: GatewayF
     assert [e["phase"] for e in events(gw, "schedule.run")] == ["start", "end"]
 
 
-async def test_schedules_of_a_device_removed_from_the_config_do_not_run(gateway_factory: GatewayFactory) -> None:
+async def test_schedules_of_a_device_removed_from_the_config_do_not_run(lan_gateway_factory: GatewayFactory) -> None:
     """They stay stored (the device may come back) but record no runs and events for a device that is gone."""
     clock = ManualClock(berlin(2026, 11, 23, 7, 59))  # a Monday
-    gw = await gateway_factory(api=NO_API, clock=clock, timezone="Europe/Berlin")
+    gw = await lan_gateway_factory(api=NO_API, clock=clock, timezone="Europe/Berlin")
     await gw.gateway.controller.create_schedule(
         {"device": "AP-02", "days": ["Mon"], "start": "08:00", "end": "09:00", "fanSpeed": 4})
     text = gw.config_path.read_text()
@@ -262,9 +262,11 @@ async def test_window_in_effect_at_startup_applies_at_once(tmp_path: Path) -> No
         assert gw.query("SELECT count(*) FROM schedule_runs WHERE phase = 'start'") == [(1,)]
 
 
-async def test_preclean_ending_inside_a_schedule_restores_the_schedule_speed(gateway_factory: GatewayFactory) -> None:
+async def test_preclean_ending_inside_a_schedule_restores_the_schedule_speed(
+    lan_gateway_factory: GatewayFactory,
+) -> None:
     clock = ManualClock(berlin(2026, 11, 23, 7, 50))
-    gw = await gateway_factory(api=NO_API, clock=clock, timezone="Europe/Berlin")
+    gw = await lan_gateway_factory(api=NO_API, clock=clock, timezone="Europe/Berlin")
     ctl = gw.gateway.controller
     async with purifier(gw, "AP-01", fan_speed=1) as sim:
         await ctl.create_schedule({"device": "AP-01", "days": ["Mon"], "start": "08:00", "end": "12:00",
@@ -279,9 +281,9 @@ async def test_preclean_ending_inside_a_schedule_restores_the_schedule_speed(gat
         await until(sim, lambda: sim.model.fan_speed == 1)
 
 
-async def test_overlapping_schedules_highest_speed_wins(gateway_factory: GatewayFactory) -> None:
+async def test_overlapping_schedules_highest_speed_wins(lan_gateway_factory: GatewayFactory) -> None:
     clock = ManualClock(berlin(2026, 11, 23, 7, 59))
-    gw = await gateway_factory(api=NO_API, clock=clock, timezone="Europe/Berlin")
+    gw = await lan_gateway_factory(api=NO_API, clock=clock, timezone="Europe/Berlin")
     ctl = gw.gateway.controller
     async with purifier(gw, "AP-01", fan_speed=1) as sim:
         await ctl.create_schedule({"device": "AP-01", "days": ["Mon"], "start": "08:00", "end": "10:00",
@@ -306,10 +308,10 @@ async def test_overlapping_schedules_highest_speed_wins(gateway_factory: Gateway
     ],
 )
 async def test_dst_nights_run_each_window_once(
-    gateway_factory: GatewayFactory, night: tuple[int, int, int], start: str, end: str, expect_local_start: str
+    lan_gateway_factory: GatewayFactory, night: tuple[int, int, int], start: str, end: str, expect_local_start: str
 ) -> None:
     clock = ManualClock(berlin(*night, 0, 0))
-    gw = await gateway_factory(api=NO_API, clock=clock, timezone="Europe/Berlin")
+    gw = await lan_gateway_factory(api=NO_API, clock=clock, timezone="Europe/Berlin")
     ctl = gw.gateway.controller
     await ctl.create_schedule({"device": "AP-01", "days": ["Sun"], "start": start, "end": end, "fanSpeed": 3})
     for _ in range(6 * 12):  # walk through the night in 5-minute steps (real elapsed time: 6 hours)
@@ -320,9 +322,9 @@ async def test_dst_nights_run_each_window_once(
     assert started.strftime("%H:%M") == expect_local_start
 
 
-async def test_reconciler_backs_off_after_failures_instead_of_storming(gateway_factory: GatewayFactory) -> None:
+async def test_reconciler_backs_off_after_failures_instead_of_storming(lan_gateway_factory: GatewayFactory) -> None:
     clock = ManualClock()
-    gw = await gateway_factory(api=NO_API, clock=clock, control="retry_backoff_seconds = 60")
+    gw = await lan_gateway_factory(api=NO_API, clock=clock, control="retry_backoff_seconds = 60")
     ctl = gw.gateway.controller
     received: list[dict[str, Any]] = []
     markers: list[str] = []
