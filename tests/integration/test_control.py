@@ -206,9 +206,9 @@ async def test_restart_in_the_middle_of_a_preclean_resumes_with_the_time_left(tm
 # ------------------------------------------------------------------------------------------ schedules
 
 
-async def test_schedule_start_and_end_drive_the_device(lan_gateway_factory: GatewayFactory) -> None:
+async def test_schedule_start_and_end_drive_the_device(gateway_factory: GatewayFactory) -> None:
     clock = ManualClock(berlin(2026, 11, 23, 7, 59))  # a Monday
-    gw = await lan_gateway_factory(api=NO_API, clock=clock, timezone="Europe/Berlin")
+    gw = await gateway_factory(api=NO_API, clock=clock, timezone="Europe/Berlin")
     ctl = gw.gateway.controller
     async with purifier(gw, "AP-01", fan_speed=1) as sim:
         schedule = await ctl.create_schedule(
@@ -225,10 +225,10 @@ async def test_schedule_start_and_end_drive_the_device(lan_gateway_factory: Gate
     assert [e["phase"] for e in events(gw, "schedule.run")] == ["start", "end"]
 
 
-async def test_schedules_of_a_device_removed_from_the_config_do_not_run(lan_gateway_factory: GatewayFactory) -> None:
+async def test_schedules_of_a_device_removed_from_the_config_do_not_run(gateway_factory: GatewayFactory) -> None:
     """They stay stored (the device may come back) but record no runs and events for a device that is gone."""
     clock = ManualClock(berlin(2026, 11, 23, 7, 59))  # a Monday
-    gw = await lan_gateway_factory(api=NO_API, clock=clock, timezone="Europe/Berlin")
+    gw = await gateway_factory(api=NO_API, clock=clock, timezone="Europe/Berlin")
     await gw.gateway.controller.create_schedule(
         {"device": "AP-02", "days": ["Mon"], "start": "08:00", "end": "09:00", "fanSpeed": 4})
     text = gw.config_path.read_text()
@@ -262,11 +262,9 @@ async def test_window_in_effect_at_startup_applies_at_once(tmp_path: Path) -> No
         assert gw.query("SELECT count(*) FROM schedule_runs WHERE phase = 'start'") == [(1,)]
 
 
-async def test_preclean_ending_inside_a_schedule_restores_the_schedule_speed(
-    lan_gateway_factory: GatewayFactory,
-) -> None:
+async def test_preclean_ending_inside_a_schedule_restores_the_schedule_speed(gateway_factory: GatewayFactory) -> None:
     clock = ManualClock(berlin(2026, 11, 23, 7, 50))
-    gw = await lan_gateway_factory(api=NO_API, clock=clock, timezone="Europe/Berlin")
+    gw = await gateway_factory(api=NO_API, clock=clock, timezone="Europe/Berlin")
     ctl = gw.gateway.controller
     async with purifier(gw, "AP-01", fan_speed=1) as sim:
         await ctl.create_schedule({"device": "AP-01", "days": ["Mon"], "start": "08:00", "end": "12:00",
@@ -281,9 +279,9 @@ async def test_preclean_ending_inside_a_schedule_restores_the_schedule_speed(
         await until(sim, lambda: sim.model.fan_speed == 1)
 
 
-async def test_overlapping_schedules_highest_speed_wins(lan_gateway_factory: GatewayFactory) -> None:
+async def test_overlapping_schedules_highest_speed_wins(gateway_factory: GatewayFactory) -> None:
     clock = ManualClock(berlin(2026, 11, 23, 7, 59))
-    gw = await lan_gateway_factory(api=NO_API, clock=clock, timezone="Europe/Berlin")
+    gw = await gateway_factory(api=NO_API, clock=clock, timezone="Europe/Berlin")
     ctl = gw.gateway.controller
     async with purifier(gw, "AP-01", fan_speed=1) as sim:
         await ctl.create_schedule({"device": "AP-01", "days": ["Mon"], "start": "08:00", "end": "10:00",
@@ -308,10 +306,10 @@ async def test_overlapping_schedules_highest_speed_wins(lan_gateway_factory: Gat
     ],
 )
 async def test_dst_nights_run_each_window_once(
-    lan_gateway_factory: GatewayFactory, night: tuple[int, int, int], start: str, end: str, expect_local_start: str
+    gateway_factory: GatewayFactory, night: tuple[int, int, int], start: str, end: str, expect_local_start: str
 ) -> None:
     clock = ManualClock(berlin(*night, 0, 0))
-    gw = await lan_gateway_factory(api=NO_API, clock=clock, timezone="Europe/Berlin")
+    gw = await gateway_factory(api=NO_API, clock=clock, timezone="Europe/Berlin")
     ctl = gw.gateway.controller
     await ctl.create_schedule({"device": "AP-01", "days": ["Sun"], "start": start, "end": end, "fanSpeed": 3})
     for _ in range(6 * 12):  # walk through the night in 5-minute steps (real elapsed time: 6 hours)
@@ -322,9 +320,9 @@ async def test_dst_nights_run_each_window_once(
     assert started.strftime("%H:%M") == expect_local_start
 
 
-async def test_reconciler_backs_off_after_failures_instead_of_storming(lan_gateway_factory: GatewayFactory) -> None:
+async def test_reconciler_backs_off_after_failures_instead_of_storming(gateway_factory: GatewayFactory) -> None:
     clock = ManualClock()
-    gw = await lan_gateway_factory(api=NO_API, clock=clock, control="retry_backoff_seconds = 60")
+    gw = await gateway_factory(api=NO_API, clock=clock, control="retry_backoff_seconds = 60")
     ctl = gw.gateway.controller
     received: list[dict[str, Any]] = []
     markers: list[str] = []
