@@ -110,6 +110,7 @@ class Gateway:
         )
         self.broker = create_lan_broker(s.broker, s.devices, sink=self.mqtt_intake, metrics=self.metrics,
                                         state_dir=loaded.data_dir)
+        self._broker_backend = s.broker.backend  # what runs until a restart, whatever a reload says
         links: dict[str, DeviceLink] = {
             "mqtt": LanBrokerLink(run=self.broker.run, send=self.broker.send,
                                   command_ready=self.broker.command_ready, driver_of=self._mqtt_driver_of)}
@@ -233,7 +234,7 @@ class Gateway:
             return False
         old = self.loaded.settings
         s = new.settings
-        self.broker.update_devices(device_logins(s.devices, s.broker.backend),
+        self.broker.update_devices(device_logins(s.devices, self._broker_backend),
                                    allow_anonymous=s.broker.allow_anonymous)
         kinds = s.device_kinds()
         for kind in set(kinds.values()) - set(self.drivers):
@@ -251,6 +252,8 @@ class Gateway:
             needs_restart.append("hubs (limits; mappings are applied)")
         if s.broker.listeners != old.broker.listeners or s.broker.keepalive_grace != old.broker.keepalive_grace:
             needs_restart.append("broker.listeners")
+        if (s.broker.backend, s.broker.mosquitto) != (self._broker_backend, old.broker.mosquitto):
+            needs_restart.append("broker.backend")
         self.loaded = new
         self.metrics.inc("gateway_config_reloads_total", 1, "config reloads", result="applied")
         log.info("config.reloaded", devices=len(s.devices), restart_needed_for=needs_restart or None)

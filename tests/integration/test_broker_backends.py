@@ -207,3 +207,14 @@ async def test_a_mosquitto_left_behind_by_a_killed_daemon_is_stopped_at_the_next
         if orphan.returncode is None:
             orphan.kill()
         await orphan.wait()
+
+
+async def test_a_reload_that_names_another_backend_keeps_the_running_ones_logins(tmp_path: Path) -> None:
+    config = write_config(tmp_path, backend="mosquitto")  # every device has both hashes
+    config.write_text(config.read_text().replace('backend = "mosquitto"', 'backend = "embedded"'))
+    async with running(config) as gw:
+        config.write_text(config.read_text().replace('backend = "embedded"', 'backend = "mosquitto"'))
+        assert gw.gateway.reload()  # applied: devices and their hashes; the backend only at the next start
+        async with device(gw, "AP-01") as client:  # the embedded broker still checks the argon2 hash
+            await client.publish("device/AP-01/data", reading(1.0), qos=1)
+        await wait_for(lambda: readings(gw, "AP-01") == 1)
