@@ -150,3 +150,13 @@ def test_the_embedded_backend_ignores_mosquitto_hashes_and_needs_argon2(tmp_path
     path = write_config(tmp_path, backend="mosquitto")
     path.write_text(path.read_text().replace('backend = "mosquitto"', 'backend = "embedded"'))
     assert load_settings(path).settings.broker.backend == "embedded"
+
+
+def test_hash_password_for_mosquitto_prints_mosquittos_form(capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.cli import main
+
+    assert main(["hash-password", "--for", "mosquitto", "--password", "pw-1"]) == 0
+    printed = capsys.readouterr().out.strip()
+    assert mosquitto_hash_problem(printed) is None and verify_password_mosquitto(printed, "pw-1")
+    assert main(["hash-password", "--password", "pw-1"]) == 0  # the default stays argon2
+    assert capsys.readouterr().out.startswith("$argon2id$")
