@@ -116,10 +116,12 @@ class Gateway:
             intake=self.ingest, driver_of=self.device_drivers.mqtt_of, metrics=self.metrics, clock=self.clock,
             max_json_depth=s.ingest.max_json_depth, batches=self.hubs.part,
         )
-        self.broker = create_lan_broker(s.broker, s.devices, sink=self.mqtt_intake, metrics=self.metrics)
+        self.broker = create_lan_broker(s.broker, s.devices, sink=self.mqtt_intake, metrics=self.metrics,
+                                        state_dir=loaded.data_dir)
+        self._broker_backend = s.broker.backend  # what runs until a restart, whatever a reload says
         links: dict[str, DeviceLink] = {
-            "mqtt": LanBrokerLink(send=self.broker.send, command_ready=self.broker.command_ready,
-                                  driver_of=self.device_drivers.mqtt_of)}
+            "mqtt": LanBrokerLink(run=self.broker.run, send=self.broker.send,
+                                  command_ready=self.broker.command_ready, driver_of=self.device_drivers.mqtt_of)}
         modbus = build_modbus_link(s.modbus, loaded.path.parent, intake=self.ingest, clock=self.clock,
                                    metrics=self.metrics, supervisor=self.supervisor)
         if modbus is not None:
@@ -217,7 +219,8 @@ class Gateway:
             return False
         old = self.loaded.settings
         s = new.settings
-        self.broker.update_devices(device_logins(s.devices), allow_anonymous=s.broker.allow_anonymous)
+        self.broker.update_devices(device_logins(s.devices, self._broker_backend),
+                                   allow_anonymous=s.broker.allow_anonymous)
         kinds = s.device_kinds()
         for kind in set(kinds.values()) - set(self.device_drivers.by_kind):
             self.device_drivers.by_kind[kind] = driver_registry.load(kind)
@@ -226,6 +229,8 @@ class Gateway:
         if s.logging != old.logging:
             configure_logging(s.logging.level, s.logging.format)
         needs_restart = s.restart_needed_for(old)
+        if (s.broker.backend, s.broker.mosquitto) != (self._broker_backend, old.broker.mosquitto):
+            needs_restart.append("broker.backend")
         self.loaded = new
         self.metrics.inc("gateway_config_reloads_total", 1, "config reloads", result="applied")
         log.info("config.reloaded", devices=len(s.devices), restart_needed_for=needs_restart or None)

@@ -18,10 +18,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from gateway.core.errors import ConfigError
 from gateway.core.passwords import argon2_hash_problem
+from gateway.core.passwords_mosquitto import mosquitto_hash_problem
 from gateway.settings_ble import BleSection
 from gateway.settings_broker import BrokerSection
 from gateway.settings_hubs import HubsSection
 from gateway.settings_modbus import ModbusSection, check_maps
+from gateway.settings_mosquitto import device_problems
 from gateway.settings_retention import RetentionSection
 from gateway.settings_users import PanelSection, Users
 
@@ -65,6 +67,8 @@ class DeviceSettings(_Strict):
     room: str = ""
     # argon2 hash from `edge-gateway hash-password`; None only when broker.allow_anonymous is on
     password_hash: str | None = None
+    # The broker.backend = "mosquitto" login: `edge-gateway hash-password --for mosquitto` (PBKDF2-SHA512)
+    password_hash_mosquitto: str | None = None
 
     @field_validator("kind")
     @classmethod
@@ -82,6 +86,14 @@ class DeviceSettings(_Strict):
     @classmethod
     def _argon2(cls, value: str | None) -> str | None:
         problem = argon2_hash_problem(value) if value is not None else None
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("password_hash_mosquitto")
+    @classmethod
+    def _mosquitto_pbkdf2(cls, value: str | None) -> str | None:
+        problem = mosquitto_hash_problem(value) if value is not None else None
         if problem is not None:
             raise ValueError(problem)
         return value
@@ -227,10 +239,14 @@ class Settings(_Strict):
             if device.id in seen:
                 problems.append((f"{where}.id", f"device id {device.id!r} appears more than once"))
             seen.add(device.id)
-            if device.password_hash is None and not self.broker.allow_anonymous and device.id not in through_hubs:
+            if (device.password_hash is None and not self.broker.allow_anonymous and device.id not in through_hubs
+                    and self.broker.backend == "embedded"):
                 problems.append(
                     (f"{where}.password_hash", "required while broker.allow_anonymous is false")
                 )
+        if self.broker.backend == "mosquitto":
+            problems += device_problems(self.devices, allow_anonymous=self.broker.allow_anonymous,
+                                        never_log_in=through_hubs)
         problems += self.modbus.cross_check(list(seen), {d.id: d.kind for d in self.devices})
         seen.update(self.modbus.device_kinds())
         for index, ble_device in enumerate(self.ble.devices):

@@ -8,6 +8,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, field_validator, model_validator
 
+from gateway.settings_mosquitto import MosquittoSettings
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -40,8 +42,10 @@ class ListenerSettings(_Strict):
 
 
 class BrokerSection(_Strict):
-    # Which LAN broker runs (gateway.broker.create_lan_broker): the embedded amqtt broker is the only one yet.
-    backend: Literal["embedded"] = "embedded"
+    # Which LAN broker runs (gateway.broker.create_lan_broker): the embedded amqtt broker, or a managed
+    # Mosquitto child ([broker.mosquitto], gateway/settings_mosquitto.py).
+    backend: Literal["embedded", "mosquitto"] = "embedded"
+    mosquitto: MosquittoSettings = Field(default_factory=MosquittoSettings)
     allow_anonymous: bool = False
     listeners: list[ListenerSettings] = Field(
         default_factory=lambda: [ListenerSettings(name="lan", host="0.0.0.0", port=1883)], min_length=1

@@ -54,6 +54,11 @@ def _ble(figures: dict[str, Any], mode: str) -> None:
     assert all(figures[f"import_mb[{modules}]"] > 0 for modules in ("drivers.ble.formats", "drivers.ble.link"))
 
 
+def _mosquitto(figures: dict[str, Any], mode: str) -> None:
+    # every reading the devices published went through Mosquitto into SQLite
+    assert figures["qos1_lost"] == 0 and figures["qos1_rate"] > 0
+
+
 def _panel(figures: dict[str, Any], mode: str) -> None:
     # every stream received the readings of the window (coalescing may merge a device's two readings)
     assert figures["events_received_share"] > 0.5
@@ -131,10 +136,14 @@ LIFECYCLE = Bench("bench_lifecycle", 240, ("history over", "retention beside ing
     "catch_up_readings_per_s", "ingest_with_retention_p99_ms", "ingest_alone_p99_ms", "bytes_per_reading_commit_1",
     "bytes_per_reading_commit_10", "gb_per_day_commit_10", "steady_state_gb"), _lifecycle)
 
+MOSQUITTO = Bench("bench_mosquitto_backend", 120, ("mosquitto backend", "device -> SQLite", "RSS with"), (
+    "qos1_rate", "qos1_gateway_cpu_pct", "qos1_mosquitto_cpu_pct", "qos1_cpu_us_per_reading", "fixed_rate_p99_ms",
+    "rss_mb_gateway", "rss_mb_mosquitto", "rss_mb_total"), _mosquitto)
+
 CASES = [
     pytest.param(bench, mode, id=f"{bench.module.removeprefix('bench_')}-{mode}",
                  marks=mode_marks(mode, bench.smoke_timeout))
-    for bench in (INGEST, UPLINK, CONTROL, STORE, MODBUS, HUB, BLE, PANEL, FLOOD, LOGINS, FUZZ, LIFECYCLE)
+    for bench in (INGEST, UPLINK, CONTROL, STORE, MODBUS, HUB, BLE, PANEL, FLOOD, LOGINS, FUZZ, LIFECYCLE, MOSQUITTO)
     for mode in MODES
 ]
 

@@ -160,6 +160,9 @@ class EmbeddedBroker:
         for lst in self._settings.listeners:
             log.info("broker.listening", listener=lst.name, host=lst.host, port=lst.port, tls=lst.tls)
 
+    async def run(self) -> None:
+        await asyncio.Event().wait()  # amqtt runs in the daemon's loop: nothing to keep alive apart
+
     def bound_ports(self) -> list[int]:
         ports: list[int] = []
         for server in self._broker._servers.values():
