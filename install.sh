@@ -20,6 +20,8 @@ Usage: ./install.sh [--dev] [--prefix DIR] [--no-systemd] [--create-user] [--pyt
                     /etc/systemd/system/edge-gateway.service
                     /etc/systemd/system/edge-gateway.service.d/50-privileged-port.conf   only while the
                                                          config has a port below 1024 (CAP_NET_BIND_SERVICE)
+                  Debian's mosquitto package when the config has broker.backend = "mosquitto" (the gateway
+                  runs it as its child; Debian's own mosquitto service is kept off),
                   creates the system user edge-gateway (member of dialout for serial ports), then
                   systemctl daemon-reload && systemctl enable --now edge-gateway (restart when already
                   running, so an upgrade takes effect; neither while the config fails
@@ -184,7 +186,7 @@ install_dev() {
 }
 
 install_dev_packages() {
-    local pkg missing=() had_mosquitto=1
+    local pkg missing=()
     for pkg in "${DEV_APT_PACKAGES[@]}"; do
         deb_installed "$pkg" || missing+=("$pkg")
     done
@@ -192,15 +194,20 @@ install_dev_packages() {
         log "Debian packages present: ${DEV_APT_PACKAGES[*]}"
         return 0
     fi
-    deb_installed mosquitto || had_mosquitto=0
+    install_without_starting "${missing[@]}"
+}
 
-    # Debian's mosquitto starts a broker on port 1883 at install time, which is the gateway's port.
+# install_without_starting PKG...: apt-get install, with Debian's own mosquitto service kept from starting
+# and disabled when this run installed it (its broker would take port 1883, the gateway's).
+install_without_starting() {
+    local had_mosquitto=1
+    deb_installed mosquitto || had_mosquitto=0
     # A policy-rc.d that exits 101 tells invoke-rc.d not to start services during this install.
     if [[ ! -e "$POLICY_RC_D" ]]; then
         as_root sh -c "printf '#!/bin/sh\n# temporary, from edge-gateway install.sh\nexit 101\n' > '$POLICY_RC_D' && chmod 755 '$POLICY_RC_D'"
         POLICY_RC_D_CREATED=1
     fi
-    apt_install "${missing[@]}"
+    apt_install "$@"
     cleanup
 
     if ((!had_mosquitto)) && deb_installed mosquitto; then
@@ -314,6 +321,8 @@ install_prod() {
         printf '%s\n' "$config_errors" | sed 's/^/[install]   /' >&2
     fi
 
+    mosquitto_for_backend
+
     # 4. state directory
     mkdir -p "$state_dir"
     chmod 0750 "$state_dir"
@@ -379,6 +388,25 @@ install_prod() {
     log "  3. check the gateway:                         $venv/bin/edge-gateway status --config $conf"
     log "  The cloud link: set gateway.org and [uplink] in $conf, then systemctl restart $APP."
     log "  By hand (no systemd): $venv/bin/edge-gateway run --config $conf   (data in $state_dir)"
+}
+
+# broker.backend = "mosquitto" runs Debian's Mosquitto as the gateway's child: the package is installed when
+# the config asks for it (its own system service stays off). (Uses the variables of install_prod.)
+mosquitto_for_backend() {
+    local backend
+    backend="$("$venv/bin/python" - "$conf" 2>/dev/null <<'PY' || true
+import sys
+from gateway.settings import load_settings
+print(load_settings(sys.argv[1]).settings.broker.backend)
+PY
+)"
+    [[ "$backend" == mosquitto ]] || return 0
+    if deb_installed mosquitto; then
+        log "broker.backend = mosquitto: Debian's mosquitto is installed"
+    else
+        log "broker.backend = mosquitto: installing Debian's mosquitto (run by the gateway, not as a service)"
+        install_without_starting mosquitto
+    fi
 }
 
 # The unit grants no capabilities. A listener below port 1024 (a panel on 80/443) needs CAP_NET_BIND_SERVICE:

@@ -58,20 +58,26 @@ class PurifierDriver:
 
 
 def decode_purifier_reading(device_id: str, obj: dict[str, Any], received_at: float) -> Reading:
-    """The flat form: known fields are validated metrics, unknown fields are kept in `extra`."""
+    """The flat form: known fields are validated metrics; an unknown field with a number or boolean (a newer
+    firmware's sensor) is a metric too, so the cloud's copy of the reading carries it as the local one does;
+    other unknown fields (a firmware version string) are kept in `extra`, locally only."""
     metrics: dict[str, MetricValue] = {}
     extra: dict[str, Any] = {}
     ts = received_at
+    known = False
     for key, value in obj.items():
         spec = PURIFIER_FIELDS.get(key)
         if spec is None:
             if key in _TIME_FIELDS:
                 ts = normalise_ts(value, key)
+            elif isinstance(value, (int, float)) and (isinstance(value, int) or math.isfinite(value)):
+                metrics[key] = value  # (bool is an int; JSON has no NaN here: the parser refused it)
             else:
                 extra[key] = value
             continue
         metrics[key] = _check(key, value, spec)
-    if not metrics:
+        known = True
+    if not known:
         raise PayloadError("no known purifier metric in the payload")
     return Reading(device_id, ts, metrics, received_at, extra)
 

@@ -7,7 +7,7 @@ import contextlib
 import signal
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, time
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -15,12 +15,12 @@ from drivers import registry as driver_registry
 from gateway import __version__, demo_credentials
 from gateway.broker import create_lan_broker, device_logins
 from gateway.broker.device_link import LanBrokerLink
-from gateway.cloud_methods import register_control_methods, register_gateway_methods
+from gateway.cloud_methods import register_control_methods, register_gateway_methods, register_history_methods
 from gateway.control.service import Controller
 from gateway.core.clock import Clock, SystemClock
-from gateway.core.device_commands import DeviceCommand, TurnOn
+from gateway.core.device_drivers import DeviceDrivers
 from gateway.core.errors import ConfigError, StartupError
-from gateway.core.links import DeviceDriver, DeviceLink, DeviceLinks, MqttDeviceDriver
+from gateway.core.links import DeviceLink, DeviceLinks
 from gateway.core.metrics import Metrics
 from gateway.core.models import OutboxPrune, StatusChange
 from gateway.core.registry import DeviceRegistry
@@ -28,13 +28,17 @@ from gateway.core.supervisor import Health, Supervisor
 from gateway.core.tasks import cancel_until_done
 from gateway.hub_wiring import build_hub_intake, hub_maps, restore_hub_batches
 from gateway.ingest.mqtt_intake import MqttIntake
+from gateway.ingest.resends import PER_DEVICE
 from gateway.ingest.service import Ingest
 from gateway.logs import configure_logging
 from gateway.loop_lag import measure_loop_lag
 from gateway.malloc_tuning import trim_periodically
 from gateway.modbus_setup import build_modbus_link
 from gateway.settings import LoadedSettings, Settings, load_settings
-from gateway.store.queries import load_device_states
+from gateway.store.checkpoints import BACKSTOP_PAGES, WalCheckpointer
+from gateway.store.history import LazyReader
+from gateway.store.lifecycle import DataLifecycle
+from gateway.store.queries import load_device_states, load_recent_readings
 from gateway.store.writer import StoreWriter
 from gateway.systemd_notify import SystemdNotifier
 from gateway.uplink.rpc import Dispatcher
@@ -78,11 +82,15 @@ class Gateway:
             idle_linger=s.storage.idle_linger_ms / 1000.0,
             outbox=s.uplink.enabled,
             clock=self.clock,
+            wal_autocheckpoint=BACKSTOP_PAGES,  # checkpoints run beside it (self.checkpointer)
         )
         kinds = s.device_kinds()
         self.registry = DeviceRegistry(kinds)
-        self.drivers = driver_registry.load_all(kinds.values())
+        self.device_drivers = DeviceDrivers(self.registry, driver_registry.load_all(kinds.values()))
         self.supervisor = Supervisor(clock=self.clock, metrics=self.metrics)
+        self.lifecycle = DataLifecycle(s.retention, put=self.writer.put, clock=self.clock, metrics=self.metrics)
+        self.history_reader = LazyReader(loaded.db_path)  # the cloud's history calls
+        self.checkpointer = WalCheckpointer(loaded.db_path, metrics=self.metrics)
         self.ingest = Ingest(
             put=self.writer.put, receipt=self.writer.receipt, metrics=self.metrics, clock=self.clock,
             registry=self.registry,
@@ -102,23 +110,25 @@ class Gateway:
         # Hub batches (CONTRACT section 3): relayed adverts go through the same decoders as the gateway's own
         # radio; with no BLE devices configured they count as unmapped.
         self.hubs = build_hub_intake(s.hubs, ingest=self.ingest, put=self.writer.put, registry=self.registry,
-                                     driver_of=self._driver_of, decoder=self.ble_adverts, clock=self.clock,
+                                     driver_of=self.device_drivers.of, decoder=self.ble_adverts, clock=self.clock,
                                      metrics=self.metrics)
         self.mqtt_intake = MqttIntake(
-            intake=self.ingest, driver_of=self._mqtt_driver_of, metrics=self.metrics, clock=self.clock,
+            intake=self.ingest, driver_of=self.device_drivers.mqtt_of, metrics=self.metrics, clock=self.clock,
             max_json_depth=s.ingest.max_json_depth, batches=self.hubs.part,
         )
-        self.broker = create_lan_broker(s.broker, s.devices, sink=self.mqtt_intake, metrics=self.metrics)
+        self.broker = create_lan_broker(s.broker, s.devices, sink=self.mqtt_intake, metrics=self.metrics,
+                                        state_dir=loaded.data_dir)
+        self._broker_backend = s.broker.backend  # what runs until a restart, whatever a reload says
         links: dict[str, DeviceLink] = {
-            "mqtt": LanBrokerLink(send=self.broker.send, command_ready=self.broker.command_ready,
-                                  driver_of=self._mqtt_driver_of)}
+            "mqtt": LanBrokerLink(run=self.broker.run, send=self.broker.send,
+                                  command_ready=self.broker.command_ready, driver_of=self.device_drivers.mqtt_of)}
         modbus = build_modbus_link(s.modbus, loaded.path.parent, intake=self.ingest, clock=self.clock,
                                    metrics=self.metrics, supervisor=self.supervisor)
         if modbus is not None:
             links["modbus"] = modbus
         if self.ble is not None:
             links["ble"] = self.ble
-        self.links = DeviceLinks(links, transport_of=self._transport_of)
+        self.links = DeviceLinks(links, transport_of=self.device_drivers.transport_of)
         self.controller = Controller(
             s.control,
             timezone=s.gateway.timezone,
@@ -128,7 +138,7 @@ class Gateway:
             links=self.links,
             acks=self.ingest,
             metrics=self.metrics,
-            check_command=self._check_command,
+            check_command=self.device_drivers.check_command,
         )
         self.api: ApiServer | None = None
         self.started_at = self.clock.now()
@@ -150,31 +160,6 @@ class Gateway:
                 started_at=self.started_at,
             )
 
-    def _driver_of(self, device_id: str) -> DeviceDriver | None:
-        """The driver of a configured device (None for any other id)."""
-        kind = self.registry.kind(device_id)
-        return self.drivers.get(kind) if kind is not None else None
-
-    def _mqtt_driver_of(self, device_id: str) -> MqttDeviceDriver | None:
-        driver = self._driver_of(device_id)
-        return cast(MqttDeviceDriver, driver) if driver is not None and driver.transport == "mqtt" else None
-
-    def _transport_of(self, device_id: str) -> str | None:
-        driver = self._driver_of(device_id)
-        return driver.transport if driver is not None else None
-
-    def _check_command(self, device_id: str, command: DeviceCommand) -> None:
-        driver = self._driver_of(device_id)
-        if driver is not None:
-            driver.check_command(command)
-
-    def _takes_commands(self, device_id: str) -> bool:
-        try:
-            self._check_command(device_id, TurnOn())
-        except ValueError:
-            return False
-        return True
-
     def _rpc_methods(self) -> Dispatcher:
         """The cloud's JSON-RPC methods (CONTRACT section 2)."""
         dispatcher = Dispatcher()
@@ -184,6 +169,8 @@ class Gateway:
         register_control_methods(
             dispatcher, self.controller, wait_seconds=s.command_timeout_seconds * s.command_attempts + 5.0
         )
+        register_history_methods(dispatcher, self.history_reader, known=self.controller.known, now=self.clock.now,
+                                 retention=self.settings.retention)
         return dispatcher
 
     def device_state(self, device_id: str) -> dict[str, Any] | None:
@@ -232,23 +219,18 @@ class Gateway:
             return False
         old = self.loaded.settings
         s = new.settings
-        self.broker.update_devices(device_logins(s.devices), allow_anonymous=s.broker.allow_anonymous)
+        self.broker.update_devices(device_logins(s.devices, self._broker_backend),
+                                   allow_anonymous=s.broker.allow_anonymous)
         kinds = s.device_kinds()
-        for kind in set(kinds.values()) - set(self.drivers):
-            self.drivers[kind] = driver_registry.load(kind)
+        for kind in set(kinds.values()) - set(self.device_drivers.by_kind):
+            self.device_drivers.by_kind[kind] = driver_registry.load(kind)
         self.registry.set_devices(kinds)  # control and the uplink follow its change event
         self.hubs.set_maps(hub_maps(s.hubs))
         if s.logging != old.logging:
             configure_logging(s.logging.level, s.logging.format)
-        needs_restart = [
-            name for name in ("gateway", "storage", "ingest", "uplink", "outbox", "control", "api", "modbus", "ble",
-                              "users", "panel")
-            if getattr(s, name) != getattr(old, name)
-        ]
-        if s.hubs.model_copy(update={"mappings": []}) != old.hubs.model_copy(update={"mappings": []}):
-            needs_restart.append("hubs (limits; mappings are applied)")
-        if s.broker.listeners != old.broker.listeners or s.broker.keepalive_grace != old.broker.keepalive_grace:
-            needs_restart.append("broker.listeners")
+        needs_restart = s.restart_needed_for(old)
+        if (s.broker.backend, s.broker.mosquitto) != (self._broker_backend, old.broker.mosquitto):
+            needs_restart.append("broker.backend")
         self.loaded = new
         self.metrics.inc("gateway_config_reloads_total", 1, "config reloads", result="applied")
         log.info("config.reloaded", devices=len(s.devices), restart_needed_for=needs_restart or None)
@@ -272,6 +254,8 @@ class Gateway:
         try:
             conn = await self.writer.open()
             self.registry.restore((await load_device_states(conn)).values())
+            # A device resending what it sent before a crash or restart is recognised (ingest/resends.py).
+            self.ingest.recent.restore(await load_recent_readings(conn, self.registry.configured(), PER_DEVICE))
             await self.controller.load(conn)
             await restore_hub_batches(self.hubs, conn, self.clock.now())
         except Exception as exc:
@@ -289,6 +273,8 @@ class Gateway:
             ]
             if self.uplink is not None:
                 supervised.append(self.supervisor.start(tg, "uplink", _link_runner(self.uplink.run)))
+            supervised.append(self.supervisor.start(tg, "retention", _link_runner(self.lifecycle.run)))
+            supervised.append(self.supervisor.start(tg, "wal-checkpoint", _link_runner(self.checkpointer.run)))
             pruner = tg.create_task(self._prune_outbox(), name="outbox-budget") if self.uplink else None
             # Whoever was connected before a restart or crash is not connected now.
             now = self.clock.now()
@@ -330,6 +316,7 @@ class Gateway:
                 self.uplink.stop()
                 await self.uplink.cancel_requests()
             await cancel_until_done([t for t in (*supervised, pruner) if t is not None], SHUTDOWN_BUDGET_S / 5)
+            await self.history_reader.close()
             await self._shutdown(deadline)
             for task in background:
                 task.cancel()
@@ -358,12 +345,13 @@ class Gateway:
             self.settings.api, controller=self.controller, db_path=self.loaded.db_path,
             devices=self.registry.summary, device_state=self.device_state, health=self.health,
             clock=self.clock, metrics=self.metrics, hubs_unmapped=self.hubs.view_unmapped, ssl_context=tls,
+            retention=self.settings.retention,
         )
         install_panel(api.app, PanelSources(
             registry=self.registry, settings=lambda: self.settings, health=self.health,
             uplink=lambda: self.uplink.state if self.uplink is not None else None,
             clients_connected=self.broker.clients_connected, db_path=self.loaded.db_path, clock=self.clock,
-            started_at=self.started_at, takes_commands=self._takes_commands,
+            started_at=self.started_at, takes_commands=self.device_drivers.takes_commands,
         ), config_path=str(self.loaded.path))
         try:
             await api.start()

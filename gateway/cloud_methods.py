@@ -7,12 +7,13 @@ command is queued as desired state and applied when the device returns; `data` i
 `command.get` gives a recent command's audit record by its id (the gateway keeps the latest 2,048 in
 memory; older ones are in the REST API's audit log); `command.cancel` cancels one still pending or sent
 and answers its record with ``cancelled`` true, or false (and the record as it finished) when it was done.
+History (`device.readings`, `device.statistics`, `device.series`) answers as the REST API's routes do.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
@@ -20,6 +21,8 @@ from gateway.control.commands import CommandError, CommandQueueFull, CommandStat
 from gateway.control.schedules import ScheduleError
 from gateway.control.service import Controller
 from gateway.core.errors import ConflictError, NotFoundError
+from gateway.settings_retention import RetentionSection
+from gateway.store import history, read_queries
 from gateway.uplink.rpc import COMMAND_TIMEOUT, DEVICE_OFFLINE, INVALID_PARAMS, Dispatcher, NoParams, Params, RpcError
 from gateway.web.views import command_json, preclean_json
 
@@ -201,3 +204,84 @@ def register_gateway_methods(
     dispatcher.register("gateway.ping", NoParams, ping)
     dispatcher.register("gateway.devices", NoParams, list_devices)
     dispatcher.register("device.state", DeviceParams, state)
+
+
+HISTORY_SPAN_S = 24 * 3600.0  # without `from`: the last 24 hours before `to` (default: now)
+BUCKETS_SPAN_S = 7 * 24 * 3600.0  # bucketed readings without `from`: the last week
+SERIES_MAX_POINTS = 10_000
+
+
+class _HistoryRange(Params):
+    device: str
+    from_: float | None = Field(None, alias="from")
+    to: float | None = None
+
+
+class ReadingsParams(_HistoryRange):
+    limit: Annotated[int, Field(ge=1, le=10_000, strict=True)] = 100
+    resolution: Literal["raw", "auto", "hour", "day"] = "raw"  # not raw: buckets of every metric
+
+
+class StatisticsParams(_HistoryRange):
+    resolution: Literal["auto", "raw", "hour", "day"] = "auto"
+
+
+class SeriesParams(StatisticsParams):
+    metric: Annotated[str, Field(min_length=1, max_length=64)]
+    step: Annotated[int, Field(ge=1, le=366 * 86400, strict=True)] = 3600
+
+
+def register_history_methods(
+    dispatcher: Dispatcher,
+    reader: history.LazyReader,
+    *,
+    known: Callable[[str], bool],
+    now: Callable[[], float],
+    retention: RetentionSection,
+) -> None:
+    """`device.readings` (newest first), `device.statistics` and `device.series` (gateway/store/history.py)."""
+
+    def checked(p: _HistoryRange, *, default_span: float | None) -> tuple[float | None, float | None]:
+        if not known(p.device):
+            raise _invalid("device", f"unknown device {p.device!r}")
+        end, start = p.to, p.from_
+        if default_span is not None:
+            end = end if end is not None else now()
+            start = start if start is not None else end - default_span
+        if start is not None and end is not None and start > end:
+            raise _invalid("from", "must not be after to")
+        return start, end
+
+    async def readings(p: ReadingsParams) -> dict[str, Any]:
+        if p.resolution == "raw":
+            start, end = checked(p, default_span=None)
+            rows = await read_queries.readings(await reader.conn(), p.device, start=start, end=end, limit=p.limit)
+            return {"device": p.device, "count": len(rows), "data": rows}
+        start, end = checked(p, default_span=BUCKETS_SPAN_S)
+        assert start is not None and end is not None
+        found = await history.buckets(await reader.conn(), p.device, start, end, p.resolution, p.limit,
+                                      history.Windows.of(retention, now()))
+        return {"device": p.device, **found, "count": len(found["data"])}
+
+    async def statistics(p: StatisticsParams) -> dict[str, Any]:
+        start, end = checked(p, default_span=HISTORY_SPAN_S)
+        assert start is not None and end is not None
+        found = await history.statistics(await reader.conn(), p.device, start, end, p.resolution,
+                                         history.Windows.of(retention, now()))
+        return {"device": p.device, **found}
+
+    async def series(p: SeriesParams) -> dict[str, Any]:
+        start, end = checked(p, default_span=HISTORY_SPAN_S)
+        assert start is not None and end is not None
+        if (end - start) / p.step > SERIES_MAX_POINTS:
+            raise _invalid("step", f"more than {SERIES_MAX_POINTS:,} points: use a larger step")
+        try:
+            found = await history.series(await reader.conn(), p.device, p.metric, start, end, p.step, p.resolution,
+                                         history.Windows.of(retention, now()))
+        except ValueError as exc:
+            raise _invalid("step", str(exc)) from None
+        return {"device": p.device, "metric": p.metric, **found}
+
+    dispatcher.register("device.readings", ReadingsParams, readings)
+    dispatcher.register("device.statistics", StatisticsParams, statistics)
+    dispatcher.register("device.series", SeriesParams, series)

@@ -18,9 +18,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from gateway.core.errors import ConfigError
 from gateway.core.passwords import argon2_hash_problem
+from gateway.core.passwords_mosquitto import mosquitto_hash_problem
 from gateway.settings_ble import BleSection
+from gateway.settings_broker import BrokerSection
 from gateway.settings_hubs import HubsSection
 from gateway.settings_modbus import ModbusSection, check_maps
+from gateway.settings_mosquitto import device_problems
+from gateway.settings_retention import RetentionSection
 from gateway.settings_users import PanelSection, Users
 
 # Device ids appear in MQTT topics and as usernames: no wildcards, separators or spaces.
@@ -56,59 +60,6 @@ class GatewaySection(_Strict):
         return Path.cwd() / "var"
 
 
-class ListenerSettings(_Strict):
-    name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")]
-    host: str = "0.0.0.0"
-    port: Annotated[int, Field(ge=0, le=65535)] = 1883
-    # TLS when both are given; cafile additionally asks clients for a certificate signed by it.
-    certfile: Path | None = None
-    keyfile: Path | None = None
-    cafile: Path | None = None
-    max_connections: Annotated[int, Field(ge=-1)] = -1
-
-    @model_validator(mode="after")
-    def _tls_pair(self) -> ListenerSettings:
-        if (self.certfile is None) != (self.keyfile is None):
-            raise ValueError("certfile and keyfile go together: give both for TLS, or neither")
-        if self.cafile is not None and self.certfile is None:
-            raise ValueError("cafile needs certfile and keyfile (client certificates need a TLS listener)")
-        for label, path in (("certfile", self.certfile), ("keyfile", self.keyfile), ("cafile", self.cafile)):
-            if path is not None and not path.is_file():
-                raise ValueError(f"{label} {str(path)!r} does not exist or is not a file")
-        return self
-
-    @property
-    def tls(self) -> bool:
-        return self.certfile is not None
-
-
-class BrokerSection(_Strict):
-    # Which LAN broker runs (gateway.broker.create_lan_broker): the embedded amqtt broker is the only one yet.
-    backend: Literal["embedded"] = "embedded"
-    allow_anonymous: bool = False
-    listeners: list[ListenerSettings] = Field(
-        default_factory=lambda: [ListenerSettings(name="lan", host="0.0.0.0", port=1883)], min_length=1
-    )
-    # A client silent for this many times its keepalive is disconnected (its Will then fires).
-    keepalive_grace: Annotated[float, Field(ge=1.0, le=10.0)] = 1.5
-    # A packet announcing more bytes than this closes its connection before they are read. Payloads over
-    # 64 KiB are quarantined (kept, with the reason); this bounds what one packet can make the daemon hold.
-    max_packet_bytes: Annotated[int, Field(ge=66 * 1024, le=16 * 1024 * 1024)] = 256 * 1024
-    # A connection that has not sent its CONNECT this long after it opened is closed.
-    connect_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 10.0
-    # A disconnected persistent session (and its offline queue) is dropped after this many seconds.
-    session_expiry_seconds: Annotated[int, Field(ge=1)] = 3600
-
-    @field_validator("listeners")
-    @classmethod
-    def _unique_listeners(cls, value: list[ListenerSettings]) -> list[ListenerSettings]:
-        names = [listener.name for listener in value]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"listener names must be unique, repeated: {', '.join(dupes)}")
-        return value
-
-
 class DeviceSettings(_Strict):
     id: Annotated[str, Field(pattern=DEVICE_ID_PATTERN)]
     kind: str = "purifier"  # a kind drivers/registry.py knows
@@ -116,6 +67,8 @@ class DeviceSettings(_Strict):
     room: str = ""
     # argon2 hash from `edge-gateway hash-password`; None only when broker.allow_anonymous is on
     password_hash: str | None = None
+    # The broker.backend = "mosquitto" login: `edge-gateway hash-password --for mosquitto` (PBKDF2-SHA512)
+    password_hash_mosquitto: str | None = None
 
     @field_validator("kind")
     @classmethod
@@ -133,6 +86,14 @@ class DeviceSettings(_Strict):
     @classmethod
     def _argon2(cls, value: str | None) -> str | None:
         problem = argon2_hash_problem(value) if value is not None else None
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("password_hash_mosquitto")
+    @classmethod
+    def _mosquitto_pbkdf2(cls, value: str | None) -> str | None:
+        problem = mosquitto_hash_problem(value) if value is not None else None
         if problem is not None:
             raise ValueError(problem)
         return value
@@ -266,6 +227,7 @@ class Settings(_Strict):
     ble: BleSection = Field(default_factory=BleSection)
     users: Users = Field(default_factory=list)  # panel and API logins (gateway/settings_users.py)
     panel: PanelSection = Field(default_factory=PanelSection)
+    retention: RetentionSection = Field(default_factory=RetentionSection)
 
     def cross_check(self) -> list[tuple[str, str]]:
         """Rules spanning sections, as (field path, message): pydantic cannot place these on a field."""
@@ -277,10 +239,14 @@ class Settings(_Strict):
             if device.id in seen:
                 problems.append((f"{where}.id", f"device id {device.id!r} appears more than once"))
             seen.add(device.id)
-            if device.password_hash is None and not self.broker.allow_anonymous and device.id not in through_hubs:
+            if (device.password_hash is None and not self.broker.allow_anonymous and device.id not in through_hubs
+                    and self.broker.backend == "embedded"):
                 problems.append(
                     (f"{where}.password_hash", "required while broker.allow_anonymous is false")
                 )
+        if self.broker.backend == "mosquitto":
+            problems += device_problems(self.devices, allow_anonymous=self.broker.allow_anonymous,
+                                        never_log_in=through_hubs)
         problems += self.modbus.cross_check(list(seen), {d.id: d.kind for d in self.devices})
         seen.update(self.modbus.device_kinds())
         for index, ble_device in enumerate(self.ble.devices):
@@ -289,6 +255,20 @@ class Settings(_Strict):
                                  f"device id {ble_device.id!r} appears more than once"))
             seen.add(ble_device.id)
         return problems
+
+    def restart_needed_for(self, old: Settings) -> list[str]:
+        """What a reload from `old` to these settings cannot apply while running (the daemon logs it): a
+        reload applies devices, passwords, the ACL, hub mappings and logging."""
+        needed = [
+            name for name in ("gateway", "storage", "ingest", "uplink", "outbox", "control", "api", "modbus", "ble",
+                              "users", "panel", "retention")
+            if getattr(self, name) != getattr(old, name)
+        ]
+        if self.hubs.model_copy(update={"mappings": []}) != old.hubs.model_copy(update={"mappings": []}):
+            needed.append("hubs (limits; mappings are applied)")
+        if self.broker.listeners != old.broker.listeners or self.broker.keepalive_grace != old.broker.keepalive_grace:
+            needed.append("broker.listeners")
+        return needed
 
     def device_kinds(self) -> dict[str, str]:
         """Every configured device (LAN broker, Modbus and BLE) -> its driver kind."""

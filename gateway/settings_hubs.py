@@ -5,7 +5,8 @@ configured device each hub's logical devices are.
 [hubs]
 batch_timeout_seconds = 60       # an incomplete batch is quarantined this long after its first part
 max_open_batches = 8             # per hub; one more gives up the hub's oldest open batch
-max_bytes_held = 1048576         # per hub: bytes of parts held in open batches
+max_bytes_held = 1048576         # per hub: bytes of parts held in open batches (in SQLite, not in memory)
+offline_after_seconds = 300      # a relayed logical device goes offline after this long unheard
 
 [[hubs.mappings]]
 hub = "HUB-1"                                   # a configured device of kind "hub"
@@ -49,9 +50,12 @@ class HubMapping(_Strict):
 class HubsSection(_Strict):
     batch_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 60.0
     max_open_batches: Annotated[int, Field(ge=1, le=1000)] = 8
-    # Parts of open batches a hub may make the gateway hold (they are in SQLite too, until their batch closes).
+    # Parts of open batches a hub may make the gateway hold: in SQLite (memory keeps part numbers and sizes only),
+    # until their batch closes.
     max_bytes_held: Annotated[int, Field(ge=64 * 1024, le=256 * 1024 * 1024)] = 1024 * 1024
     max_parts: Annotated[int, Field(ge=1, le=100_000)] = 1000
+    # A relayed logical device goes offline (event device.offline) after this long with nothing heard of it.
+    offline_after_seconds: Annotated[float, Field(gt=0, le=7 * 86400)] = 300.0
     # Unmapped logical devices listed per hub (GET /api/hubs/{id}/unmapped); more are counted, not listed.
     max_unmapped_listed: Annotated[int, Field(ge=1, le=100_000)] = 256
     mappings: list[HubMapping] = Field(default_factory=list)

@@ -44,11 +44,16 @@ class BleAdvertDecoder:
         """Tells an unmapped MAC from a configured one whose advert `decode_raw` dropped as a repeat (both None)."""
         return self.lookup(mac) is not None
 
+    def configured_device(self, mac: str) -> str | None:
+        """The id of the device configured with this MAC (None: an unmapped advertiser)."""
+        decoder = self.lookup(mac)
+        return decoder.device_id if decoder is not None else None
+
     def decode_raw(self, mac: str, adv: bytes, received_at: float) -> Reading | None:
         """A raw advertisement (AD structures) heard from `mac` -> the Reading of the configured device.
 
         None when the MAC is not configured, and also when the advert is nothing new for a configured device
-        (a repeat, an older packet id, within its minimum interval): `is_configured` tells the two apart.
+        (a repeat, an older packet id, within its minimum interval): `configured_device` tells the two apart.
         Raises PayloadError (the quarantine reason) when it is malformed, undecryptable or replayed.
         """
         decoder = self.lookup(mac)

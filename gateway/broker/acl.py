@@ -24,3 +24,15 @@ def device_may(device_id: str, access: Access, topic: str) -> bool:
     if access is Access.PUBLISH:
         return parsed[1] in DEVICE_PUBLISH_CHANNELS
     return parsed[1] in DEVICE_SUBSCRIBE_CHANNELS
+
+
+def client_may(client_id: str, access: Access, topic: str, *, open_acl: bool) -> bool:
+    """The broker's ACL. `open_acl` (broker.acl = "open"): any topic outside `device/` is free to every
+    logged-in client (a broker shared with other MQTT clients, interoperability tests); `device/` topics
+    keep the device rule above in both modes."""
+    if device_may(client_id, access, topic):
+        return True
+    return open_acl and not topic.startswith(DEVICE_TOPICS)
+
+
+DEVICE_TOPICS = "device/"

@@ -6,7 +6,6 @@ back later on `device/{id}/ack` through ingest (gateway/ingest/mqtt_intake.py), 
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 
 from gateway.core.device_commands import Ack, OutgoingCommand
@@ -19,17 +18,20 @@ class LanBrokerLink:
     def __init__(
         self,
         *,
+        run: Callable[[], Awaitable[None]],
         send: Callable[[str, bytes], Awaitable[None]],
         command_ready: Callable[[str], bool],
         driver_of: Callable[[str], MqttDeviceDriver | None],
     ) -> None:
+        self._run = run  # LanBroker.run: supervised here, as this link
         self._send = send  # LanBroker.send: the payload to the device's command topic
         self._ready = command_ready
         self._driver_of = driver_of  # device id -> its driver; None: not a configured device on this broker
 
     async def run(self) -> None:
-        # The broker's listeners run on their own; the daemon starts and stops the broker in its shutdown order.
-        await asyncio.Event().wait()
+        # The daemon starts and stops the broker in its shutdown order; in between, what the backend keeps
+        # alive (a Mosquitto child) fails and is restarted here.
+        await self._run()
 
     def command_ready(self, device_id: str) -> bool:
         return self._ready(device_id)

@@ -1,4 +1,8 @@
-"""`edge-gateway hash-password`: print an argon2 hash of a password (a device's, or a panel user's)."""
+"""`edge-gateway hash-password`: print an argon2 hash of a password (a device's, or a panel user's).
+
+`--for mosquitto` prints Mosquitto's PBKDF2-SHA512 form instead, a device's `password_hash_mosquitto` for
+`broker.backend = "mosquitto"` (Mosquitto cannot check argon2).
+"""
 
 from __future__ import annotations
 
@@ -15,12 +19,13 @@ def register(sub: Any) -> None:
         description="Print an argon2 hash of a password (for a [[devices]] or [[users]] password_hash).",
     )
     parser.add_argument("--password", help="the password (default: prompt, or read one line from stdin)")
+    parser.add_argument("--for", dest="target", choices=("gateway", "mosquitto"), default="gateway",
+                        help="gateway: argon2 (password_hash, the default); mosquitto: Mosquitto's PBKDF2-SHA512 "
+                             "(a device's password_hash_mosquitto for broker.backend = \"mosquitto\")")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from gateway.core.passwords import hash_password
-
     password = args.password
     if password is None:
         password = read_password(from_stdin=False, prompt="Password: ")
@@ -29,5 +34,12 @@ def run(args: argparse.Namespace) -> int:
     if not password:
         print("empty password refused", file=sys.stderr)
         return EXIT_FAILED
-    print(hash_password(password))
+    if args.target == "mosquitto":
+        from gateway.core.passwords_mosquitto import hash_password_mosquitto
+
+        print(hash_password_mosquitto(password))
+    else:
+        from gateway.core.passwords import hash_password
+
+        print(hash_password(password))
     return 0

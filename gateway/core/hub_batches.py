@@ -83,6 +83,7 @@ class AdvertDecoder(Protocol):
         quarantined with the reason."""
         ...
 
-    def is_configured(self, mac: str) -> bool:
-        """Is a device configured with this MAC (tells a repeat from an unmapped advertiser)?"""
+    def configured_device(self, mac: str) -> str | None:
+        """The id of the device configured with this MAC, None for any other (tells a repeat from an unmapped
+        advertiser)."""
         ...

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,9 @@ class Quarantined:
     payload: bytes
     reason: str
     device_id: str | None = None
+    # Keep the payload whole rather than its first 4 KiB: a part of a hub batch given up (its size was bounded by
+    # the broker's packet limit and the hub's byte limit when it arrived), so the batch can be replayed.
+    whole: bool = False
 
 
 @dataclass(slots=True, frozen=True)
@@ -144,7 +148,51 @@ class HubBatchClosed:
     forget_before: float  # batches closed before this are no longer remembered
 
 
+StoredPart = tuple[int, bytes, float]  # a held part of a hub batch: (part number, payload, received_at)
+
+
+@dataclass(slots=True, frozen=True, eq=False)
+class HubPartsWanted:
+    """The held parts of a hub batch that is closing, read back from SQLite (they are not kept in memory).
+
+    Read after every record put before this one is committed (so after its HubPartHeld rows), by a job on the
+    writer's connection; `reply` gets the parts in part order, or the error."""
+
+    hub_id: str
+    batch_id: str
+    reply: asyncio.Future[list[StoredPart]]
+
+
+@dataclass(slots=True, frozen=True)
+class GatewayEvent:
+    """Something that happened to the gateway itself (no device): stored and sent like a DeviceEvent."""
+
+    ts: float
+    type: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True, frozen=True, eq=False)
+class LifecycleStep:
+    """One bounded step of the data lifecycle, run by the store writer in its own transaction after a batch.
+
+    `action`: "newest" reads the newest reading's id; "rollup" folds at most `limit` readings not yet in the
+    hourly/daily rollups into them, up to id `cutoff`; "expire"
+    deletes at most `limit` rows of `table` older than `cutoff`; "size_cap" deletes at most `limit` of the
+    oldest readings while the database holds more than `bytes` (`table` is "readings"); "reclaim" hands at
+    most `limit` free pages back to the file system, keeping `bytes` of them. `done` gets how many readings
+    (rows, pages) the step handled and the seconds its transaction took, or the error.
+    """
+
+    action: str
+    table: str
+    cutoff: float
+    limit: int
+    done: asyncio.Future[tuple[int, float]]
+    bytes: int = 0
+
+
 StoreRecord = (
     Reading | Quarantined | DeviceEvent | StatusChange | OutboxDone | OutboxPrune | RpcDone | RowWrite
-    | HubPartHeld | HubBatchClosed
+    | HubPartHeld | HubBatchClosed | HubPartsWanted | GatewayEvent | LifecycleStep
 )

@@ -7,8 +7,12 @@ import re
 from argon2 import PasswordHasher, extract_parameters
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-# Defaults of argon2-cffi (RFC 9106 low-memory profile): ~50 ms on a Pi 4, a few ms here.
-_hasher = PasswordHasher()
+# New hashes: argon2id with OWASP's recommended minimum, m = 19 MiB, t = 2, p = 1. argon2-cffi's default
+# (RFC 9106's low-memory profile, m = 64 MiB, p = 4) made each login hold 64 MiB while it was checked: a
+# burst of logins on a 1 GB board cost >100 MB. Verification reads the parameters from the hash itself,
+# so hashes made with the old default keep working (at their own cost).
+HASH_MEMORY_KIB, HASH_TIME_COST, HASH_PARALLELISM = 19 * 1024, 2, 1
+_hasher = PasswordHasher(time_cost=HASH_TIME_COST, memory_cost=HASH_MEMORY_KIB, parallelism=HASH_PARALLELISM)
 
 
 def hash_password(password: str) -> str:

@@ -45,6 +45,11 @@ class LanBroker(Protocol):
         """Bind the listeners and accept logins."""
         ...
 
+    async def run(self) -> None:
+        """Supervised while the gateway runs (after start): keeps what the broker depends on alive; returns or
+        raises when it failed (the supervisor calls it again after its back-off, which restarts what died)."""
+        ...
+
     async def stop_intake(self) -> None:
         """Accept no new logins or messages; what was already acknowledged reaches the sink first."""
         ...
@@ -66,8 +71,8 @@ class LanBroker(Protocol):
         ...
 
     def update_devices(self, devices: Mapping[str, str | None], *, allow_anonymous: bool) -> None:
-        """Config reload: device id -> argon2 password hash (None: no password, only with anonymous access
-        on); applies to the next login."""
+        """Config reload: device id -> password hash in the backend's format (gateway.broker.device_logins;
+        None: no password, only with anonymous access on); applies to the next login."""
         ...
 
     def bound_ports(self) -> list[int]:

@@ -74,6 +74,10 @@ class DeviceRegistry:
 
     # --- changes ----------------------------------------------------------------------------------
 
+    def listeners(self, change: Change) -> int:
+        """How many listeners `change` has (live views subscribe once, whatever the number of open pages)."""
+        return len(self._listeners[change])
+
     def subscribe(self, listener: Listener, *changes: Change) -> Callable[[], None]:
         """Call `listener` on each of `changes` (all kinds when none given); returns the unsubscribe."""
         chosen = changes or tuple(Change)

@@ -2,15 +2,18 @@
 
 Parts arrive in any order, some twice. :meth:`Demux.offer` says what to do with each one:
 
-* ``HELD``: kept until the rest arrives (the caller stores it, so a restart resumes the batch);
-* ``COMPLETE``: it was the last missing part; the batch (every part, each once) is handed back and closed;
+* ``HELD``: kept until the rest arrives (the caller stores it in SQLite, so a restart resumes the batch);
+* ``COMPLETE``: it was the last missing part; the batch (its part numbers, each once) is handed back and closed;
 * ``DUPLICATE``: already held, or its batch was completed a moment ago (a QoS 1 resend): nothing to do;
 * ``REFUSED``: quarantine this part with the reason (its batch says otherwise, or was given up already).
 
 A batch still open `timeout` seconds after its first part is given up by :meth:`Demux.expire`; the caller
 quarantines the parts that did arrive. Time is whatever the caller passes (the injected clock).
 
-**Limits per hub** (a bad or hostile hub cannot exhaust memory; every part it sent is stored or
+Only what the state machine needs is in memory: batch ids, part numbers, byte counts, deadlines. The parts
+themselves are the caller's to keep (in SQLite), so the byte limit bounds the disk, not the gateway's RAM.
+
+**Limits per hub** (a bad or hostile hub cannot exhaust the gateway; every part it sent is stored or
 quarantined, never dropped silently):
 * at most `max_open` batches open: a part that opens one more gives up the hub's *oldest* open batch (an
   abandoned batch is the likeliest to be the oldest; the newest data keeps flowing);
@@ -47,12 +50,6 @@ class DemuxLimits:
     max_remembered: int = 256
 
 
-@dataclass(slots=True, frozen=True)
-class HeldPart:
-    payload: bytes
-    received_at: float
-
-
 @dataclass(slots=True, eq=False)
 class OpenBatch:
     hub_id: str
@@ -60,14 +57,11 @@ class OpenBatch:
     parts: int
     opened_at: float
     deadline: float
-    held: dict[int, HeldPart] = field(default_factory=dict)  # part number -> the part
+    held: set[int] = field(default_factory=set)  # the numbers of the parts held (the parts are in SQLite)
     size: int = 0  # bytes of the parts held
 
     def missing(self) -> list[int]:
         return [n for n in range(1, self.parts + 1) if n not in self.held]
-
-    def in_order(self) -> list[tuple[int, HeldPart]]:
-        return sorted(self.held.items())
 
 
 @dataclass(slots=True)
@@ -75,6 +69,7 @@ class Offer:
     verdict: Verdict
     batch: OpenBatch | None = None  # COMPLETE: the whole batch, no longer open
     reason: str = ""  # REFUSED: the quarantine reason
+    late: bool = False  # REFUSED: a part of a batch given up (quarantined whole, as the batch's other parts were)
     evicted: list[tuple[OpenBatch, str]] = field(default_factory=list)  # given up to make room, with the reason
 
 
@@ -92,7 +87,8 @@ class Demux:
 
     # --- parts ------------------------------------------------------------------------------------
 
-    def offer(self, hub_id: str, header: BatchPart, payload: bytes, now: float) -> Offer:
+    def offer(self, hub_id: str, header: BatchPart, size: int, now: float) -> Offer:
+        """A part of `size` bytes has arrived."""
         hub = self._hubs.get(hub_id)
         if hub is None:
             hub = self._hubs[hub_id] = _Hub()
@@ -103,7 +99,7 @@ class Demux:
                 if closed[1]:
                     return Offer(Verdict.DUPLICATE)
                 return Offer(Verdict.REFUSED, reason=f"part {part} of batch {batch_id!r} arrived after the batch "
-                                                     "was given up")
+                                                     "was given up", late=True)
             del hub.closed[batch_id]  # long ago: the id starts a new batch
         batch = hub.open.get(batch_id)
         if batch is not None:
@@ -118,14 +114,14 @@ class Demux:
         if batch is None:
             batch = OpenBatch(hub_id, batch_id, parts, now, now + self.limits.timeout)
         if len(batch.held) + 1 < parts:
-            return self._hold(hub, batch, part, payload, now)
+            return self._hold(hub, batch, part, size, now)
         self._close(hub, batch, now, complete=True)
-        batch.held[part] = HeldPart(payload, now)
+        batch.held.add(part)
         return Offer(Verdict.COMPLETE, batch=batch)
 
-    def _hold(self, hub: _Hub, batch: OpenBatch, part: int, payload: bytes, now: float) -> Offer:
+    def _hold(self, hub: _Hub, batch: OpenBatch, part: int, size: int, now: float) -> Offer:
         offer = Offer(Verdict.HELD)
-        size, limits = len(payload), self.limits
+        limits = self.limits
         if batch.size + size > limits.max_bytes:
             reason = (f"batch {batch.batch_id!r} would hold more than the {limits.max_bytes} bytes a hub may hold "
                       "in open batches")
@@ -144,7 +140,7 @@ class Demux:
             self._close(hub, oldest, now, complete=False)
             offer.evicted.append((oldest, f"given up to make room: the hub's open batches would hold more than "
                                           f"{limits.max_bytes} bytes"))
-        batch.held[part] = HeldPart(payload, now)
+        batch.held.add(part)
         batch.size += size
         hub.size += size
         hub.open[batch.batch_id] = batch
@@ -179,8 +175,8 @@ class Demux:
 
     # --- restart ----------------------------------------------------------------------------------
 
-    def restore(self, hub_id: str, batch_id: str, part: int, parts: int, payload: bytes, received_at: float) -> None:
-        """A part held before a restart (limits were checked when it arrived)."""
+    def restore(self, hub_id: str, batch_id: str, part: int, parts: int, size: int, received_at: float) -> None:
+        """A part held before a restart, of `size` bytes (limits were checked when it arrived)."""
         hub = self._hubs.setdefault(hub_id, _Hub())
         batch = hub.open.get(batch_id)
         if batch is None:
@@ -189,9 +185,9 @@ class Demux:
         elif received_at < batch.opened_at:
             batch.opened_at, batch.deadline = received_at, received_at + self.limits.timeout
         if part not in batch.held:
-            batch.held[part] = HeldPart(payload, received_at)
-            batch.size += len(payload)
-            hub.size += len(payload)
+            batch.held.add(part)
+            batch.size += size
+            hub.size += size
 
     def remember(self, hub_id: str, batch_id: str, closed_at: float, complete: bool) -> None:
         """A batch closed before a restart."""

@@ -17,6 +17,7 @@ from gateway.core.clock import Clock
 from gateway.core.errors import PayloadError, StoreClosedError
 from gateway.core.links import DeviceIntake, MqttDeviceDriver
 from gateway.core.metrics import Metrics
+from gateway.core.throttle import LogThrottle
 from gateway.ingest.limits import nesting_depth
 
 log = structlog.get_logger(__name__)
@@ -43,6 +44,7 @@ class MqttIntake:
         self._driver_of = driver_of  # device id -> its driver; None: not a configured device on this broker
         self._metrics = metrics
         self._clock = clock
+        self._log_throttle = LogThrottle()
 
     # --- BrokerSink -------------------------------------------------------------------------------
 
@@ -57,7 +59,9 @@ class MqttIntake:
                 # would meet the same bug and hold up the device for good), so it is kept: quarantined with the
                 # error as its reason, logged with its traceback, counted.
                 self._metrics.inc("gateway_ingest_errors_total", 1, "unexpected errors in ingest")
-                log.exception("ingest.error", client_id=client_id, topic=topic)
+                left_out = self._log_throttle.allow(type(exc).__name__)
+                if left_out is not None:  # with its traceback, once a minute per kind of error
+                    log.exception("ingest.error", client_id=client_id, topic=topic, left_out_since_last=left_out)
                 parsed = topics.parse_device_topic(topic)
                 reason = f"internal error while handling it: {type(exc).__name__}: {exc}"[:500]
                 await self._quarantine(client_id, parsed[0] if parsed else None, topic, payload, reason)

@@ -20,7 +20,9 @@ from gateway.core.errors import PayloadError
 from gateway.core.metrics import Metrics
 from gateway.core.models import HubBatchClosed, Quarantined, Reading, StatusChange, StoreRecord
 from gateway.core.registry import DeviceRegistry
+from gateway.core.throttle import LogThrottle
 from gateway.ingest.quarantine_reasons import reason_class
+from gateway.ingest.resends import RecentReadings
 
 log = structlog.get_logger(__name__)
 
@@ -51,6 +53,8 @@ class Ingest:
         self._clock = clock
         self._registry = registry
         self._ack_handlers: list[AckHandler] = []
+        self._log_throttle = LogThrottle()  # a faulty device (or a fuzzer) must not write a line per payload
+        self.recent = RecentReadings()  # resends of readings already taken (resends.py); restored at start
 
     def subscribe_acks(self, handler: AckHandler) -> None:
         """The command service takes acknowledgements from here (called from its constructor)."""
@@ -64,8 +68,14 @@ class Ingest:
     async def accept(self, reading: Reading) -> None:
         """Raises PayloadError (the link quarantines what it received) for a reading outside the time window."""
         self.admit(reading)
+        key = self.recent.new_content(reading)
+        if key is None:
+            # Taken before (its PUBACK was lost): acknowledged with what is queued now, not stored again.
+            self._metrics.inc("gateway_ingest_resends_total", 1, "readings a device sent again, not stored twice")
+            return
         self._registry.reading(reading)
         await self._put(reading)
+        self.recent.remember(reading, key)
 
     def admit(self, reading: Reading) -> None:
         """The checks every reading must pass (its time window); raises PayloadError with the reason."""
@@ -108,12 +118,17 @@ class Ingest:
         self._registry.command_ready(device_id)
 
     async def quarantine(
-        self, *, device_id: str | None, source: str | None, topic: str, payload: bytes, reason: str
+        self, *, device_id: str | None, source: str | None, topic: str, payload: bytes, reason: str,
+        whole: bool = False,
     ) -> None:
+        """`whole`: keep all of the payload, not its first 4 KiB (a part of a hub batch given up)."""
         self._metrics.inc("gateway_quarantined_total", 1, "payloads refused and kept, by kind of reason",
                           reason=reason_class(reason))
-        log.warning("ingest.quarantined", client_id=source, topic=topic, reason=reason, size=len(payload))
-        await self._put(Quarantined(self._clock.now(), source, topic, bytes(payload), reason, device_id))
+        left_out = self._log_throttle.allow("quarantined")  # each one is in the quarantine table, with its reason
+        if left_out is not None:
+            log.warning("ingest.quarantined", client_id=source, topic=topic, reason=reason, size=len(payload),
+                        left_out_since_last=left_out)
+        await self._put(Quarantined(self._clock.now(), source, topic, bytes(payload), reason, device_id, whole))
 
 
 def _iso(ts: float) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
+from typing import Any
 
 import aiosqlite
 
@@ -26,12 +28,29 @@ async def load_device_states(conn: aiosqlite.Connection) -> dict[str, DeviceStat
     return states
 
 
-async def load_hub_parts(conn: aiosqlite.Connection) -> list[tuple[str, str, int, int, bytes, float]]:
-    """The parts of hub batches still open at the last stop: (hub, batch, part, parts, payload, received_at)."""
+async def load_recent_readings(
+    conn: aiosqlite.Connection, devices: Iterable[str], per_device: int
+) -> list[tuple[str, float, dict[str, Any], dict[str, Any]]]:
+    """(device, ts, metrics, extra) of each device's last `per_device` readings, oldest first per device."""
+    out: list[tuple[str, float, dict[str, Any], dict[str, Any]]] = []
+    for device_id in devices:
+        async with conn.execute(
+            "SELECT ts, metrics, extra FROM readings WHERE device_id = ? ORDER BY ts DESC LIMIT ?",
+            (device_id, per_device),
+        ) as cur:
+            rows = list(await cur.fetchall())
+        for ts, metrics, extra in reversed(rows):
+            out.append((device_id, ts, json.loads(metrics), json.loads(extra) if extra else {}))
+    return out
+
+
+async def load_hub_part_sizes(conn: aiosqlite.Connection) -> list[tuple[str, str, int, int, int, float]]:
+    """The parts of hub batches still open at the last stop, without their payloads (read back when their batch
+    closes): (hub, batch, part, parts, size in bytes, received_at)."""
     async with conn.execute(
-        "SELECT hub_id, batch_id, part, parts, payload, received_at FROM hub_parts ORDER BY received_at, part"
+        "SELECT hub_id, batch_id, part, parts, length(payload), received_at FROM hub_parts ORDER BY received_at, part"
     ) as cur:
-        return [(str(h), str(b), int(p), int(n), bytes(data), float(at)) async for h, b, p, n, data, at in cur]
+        return [(str(h), str(b), int(p), int(n), int(size), float(at)) async for h, b, p, n, size, at in cur]
 
 
 async def load_hub_closed(conn: aiosqlite.Connection, since: float) -> list[tuple[str, str, float, bool]]:

@@ -13,8 +13,11 @@ from typing import Any
 
 from gateway.core.models import (
     DeviceEvent,
+    GatewayEvent,
     HubBatchClosed,
     HubPartHeld,
+    HubPartsWanted,
+    LifecycleStep,
     OutboxDone,
     OutboxPrune,
     Quarantined,
@@ -23,6 +26,8 @@ from gateway.core.models import (
     RpcDone,
     StatusChange,
 )
+from gateway.store.hub_parts import HubPartsRead
+from gateway.store.lifecycle_steps import LifecycleJob
 from gateway.store.outbox_budget import OutboxBudgetPass
 from gateway.store.planner import BatchPlan, RecordPlanner, dumps
 from gateway.store.sql import (
@@ -76,6 +81,10 @@ def plan_device_event(rec: DeviceEvent, plan: BatchPlan) -> None:
     _event(plan, rec.ts, rec.device_id, rec.type, rec.data)
 
 
+def plan_gateway_event(rec: GatewayEvent, plan: BatchPlan) -> None:
+    _event(plan, rec.ts, None, rec.type, rec.data)
+
+
 def plan_status_change(rec: StatusChange, plan: BatchPlan) -> None:
     plan.merged(UPSERT_STATUS)[rec.device_id] = (rec.device_id, int(rec.online), rec.at, rec.at)  # the last wins
     _event(plan, rec.at, rec.device_id, "device.online" if rec.online else "device.offline", {"reason": rec.reason})
@@ -84,7 +93,8 @@ def plan_status_change(rec: StatusChange, plan: BatchPlan) -> None:
 def plan_quarantined(rec: Quarantined, plan: BatchPlan) -> None:
     payload = rec.payload
     plan.rows(INSERT_QUARANTINE).append((
-        float(rec.received_at), rec.client_id, rec.device_id, rec.topic, payload[:QUARANTINE_KEEP_BYTES],
+        float(rec.received_at), rec.client_id, rec.device_id, rec.topic,
+        payload if rec.whole else payload[:QUARANTINE_KEEP_BYTES],
         rec.reason, len(payload), hashlib.sha256(payload).hexdigest(),
     ))
     _event(plan, rec.received_at, rec.device_id, "quarantine", {
@@ -139,6 +149,14 @@ def plan_hub_batch(rec: HubBatchClosed, plan: BatchPlan) -> None:
     plan.merged(FORGET_HUB_CLOSED)[None] = (rec.forget_before,)  # one cut-off per transaction: the last
 
 
+def plan_hub_parts_wanted(rec: HubPartsWanted, plan: BatchPlan) -> None:
+    plan.jobs.append(HubPartsRead(rec))
+
+
+def plan_lifecycle_step(rec: LifecycleStep, plan: BatchPlan) -> None:
+    plan.jobs.append(LifecycleJob(rec))
+
+
 def column_value(value: Any) -> Any:
     """A RowWrite value as a parameter: JSON text for a dict/list/tuple; ValueError for what cannot be stored."""
     if value is None or isinstance(value, str):
@@ -173,4 +191,7 @@ RECORD_PLANNERS: dict[type, RecordPlanner] = {
     RowWrite: plan_row_write,
     HubPartHeld: plan_hub_part,
     HubBatchClosed: plan_hub_batch,
+    HubPartsWanted: plan_hub_parts_wanted,
+    GatewayEvent: plan_gateway_event,
+    LifecycleStep: plan_lifecycle_step,
 }

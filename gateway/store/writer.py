@@ -77,6 +77,7 @@ class StoreWriter:
         outbox: bool = False,
         clock: Clock | None = None,
         idle_linger: float = 0.0,
+        wal_autocheckpoint: int = 1000,
     ) -> None:
         self._db_path = db_path
         self._outbox = outbox  # also queue readings and events for the cloud (uplink enabled)
@@ -85,6 +86,7 @@ class StoreWriter:
         self._metrics = metrics
         self._interval = commit_interval
         self._linger = idle_linger
+        self._wal_autocheckpoint = wal_autocheckpoint  # pages; SQLite's default (a checkpointer may take it over)
         self._quiet = False
         self._max_batch = max_batch
         self._queue: asyncio.Queue[StoreRecord | _Stop] = asyncio.Queue(maxsize=queue_size)
@@ -125,6 +127,7 @@ class StoreWriter:
         self._conn = await connect(str(self._db_path), synchronous=self._synchronous, any_thread=True)
         try:
             aiosqlite_access.check(self._conn)
+            await self._conn.execute(f"PRAGMA wal_autocheckpoint={int(self._wal_autocheckpoint)}")
             found = await migrate(self._conn)
             async with self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'") as cur:
                 row = await cur.fetchone()

@@ -11,7 +11,7 @@ connection (WAL: they never wait for the writer); everything live comes from the
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import aiosqlite
@@ -24,17 +24,16 @@ from gateway.control.service import Controller
 from gateway.core.clock import Clock
 from gateway.core.errors import NotFoundError
 from gateway.settings import ApiSection
+from gateway.settings_retention import RetentionSection
 from gateway.store import read_queries
 from gateway.web.aiohttp_web import web
 from gateway.web.bodies import (
     CommandsQuery,
-    DataQuery,
     DeviceCommand,
     PrecleanCancel,
     PrecleanStart,
     ScheduleCreate,
     ScheduleUpdate,
-    StatisticsQuery,
 )
 from gateway.web.openapi import Reply, Route, ref
 from gateway.web.requests import ApiError, errors, read_body, read_query, same_origin_json
@@ -48,7 +47,6 @@ AUDIT_SOURCE = web.RequestKey("edge_gateway_audit_source", str)  # ...unless the
 # gateway in front of it; still under way (202). Acked and cancelled: 200. The body is the record either way.
 COMMAND_STATUS = {CommandStatus.PENDING: 202, CommandStatus.SENT: 202, CommandStatus.TIMEOUT: 504,
                   CommandStatus.FAILED: 502}
-STATISTICS_DEFAULT_SPAN_S = 24 * 3600.0
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -67,6 +65,7 @@ class ApiContext:
     health: Callable[[], dict[str, Any]]
     clock: Clock
     openapi: dict[str, Any]
+    retention: RetentionSection = field(default_factory=RetentionSection)  # where history reads raw or rollups
     db: aiosqlite.Connection | None = None
 
     def reader(self) -> aiosqlite.Connection:
@@ -187,14 +186,6 @@ def _known(call: Call, device: str) -> None:
         raise NotFoundError("device", device)
 
 
-async def device_data(call: Call) -> web.StreamResponse:
-    device = call.device()
-    q = call.query(DataQuery)
-    rows = await read_queries.readings(call.ctx.reader(), device, start=q.from_, end=q.to, limit=q.limit)
-    return _json({"device": device, "from": q.from_, "to": q.to, "limit": q.limit, "count": len(rows),
-                  "data": rows})
-
-
 async def device_latest(call: Call) -> web.StreamResponse:
     device = call.device()
     return _json({"device": device, "data": await read_queries.latest_reading(call.ctx.reader(), device)})
@@ -213,17 +204,6 @@ async def device_commands(call: Call) -> web.StreamResponse:
     q = call.query(CommandsQuery)
     rows = await read_queries.command_log(call.ctx.reader(), device, limit=q.limit)
     return _json({"device": device, "count": len(rows), "data": rows})
-
-
-async def device_statistics(call: Call) -> web.StreamResponse:
-    device = call.device()
-    q = call.query(StatisticsQuery)
-    end = q.to if q.to is not None else call.ctx.clock.now()
-    start = q.from_ if q.from_ is not None else end - STATISTICS_DEFAULT_SPAN_S
-    if start > end:  # only possible with a `from` in the future and no `to`
-        raise ApiError(400, "must not be after to (default: now)", "from")
-    stats = await read_queries.metric_statistics(call.ctx.reader(), device, start=start, end=end)
-    return _json({"device": device, "from": start, "to": end, **stats})
 
 
 async def list_devices(call: Call) -> web.StreamResponse:
@@ -293,9 +273,6 @@ ROUTES: tuple[Route, ...] = (
           {200: Reply("Active or not, speed, end and time remaining", "PrecleanStatus")}),
     Route("GET", "/api/device/list/all", list_devices, "Configured devices", _DEVICES,
           {200: Reply("Every configured device with its connection state", _list_of("Device"))}),
-    Route("GET", "/api/device/{deviceId}/data", device_data, "Stored readings of a device", _DEVICES,
-          {200: Reply("Readings in the range by their own time, newest first", _page_of("Reading"))},
-          query=DataQuery),
     Route("GET", "/api/device/{deviceId}/latest", device_latest, "The newest stored reading", _DEVICES,
           {200: Reply("`data` is the newest reading, or null when the device never sent one", {
               "type": "object", "properties": {"device": {"type": "string"},
@@ -309,15 +286,6 @@ ROUTES: tuple[Route, ...] = (
                   "inFlight": {"oneOf": [ref("Command"), {"type": "null"}]}, "pending": _list_of("Command")}})}),
     Route("GET", "/api/device/{deviceId}/commands", device_commands, "Command audit log of a device", _DEVICES,
           {200: Reply("Commands, newest first", _page_of("Command"))}, query=CommandsQuery),
-    Route("GET", "/api/device/{deviceId}/statistics", device_statistics, "Min/max/avg per metric over a range",
-          _DEVICES, {200: Reply("Per numeric metric: min, max, avg and count (booleans are left out)", {
-              "type": "object", "properties": {
-                  "device": {"type": "string"}, "from": {"type": "number"}, "to": {"type": "number"},
-                  "readings": {"type": "integer"},
-                  "metrics": {"type": "object", "additionalProperties": {"type": "object", "properties": {
-                      "min": {"type": "number"}, "max": {"type": "number"}, "avg": {"type": "number"},
-                      "count": {"type": "integer"}}}}}})},
-          query=StatisticsQuery),
     Route("POST", "/api/device/{deviceId}/command", device_command, "Send a command to a device", _DEVICES,
           {200: Reply("Acked (or cancelled meanwhile): the audit record with the device's state", "Command"),
            202: Reply("Accepted, not finished: pending (queued while the device is offline) or sent", "Command"),

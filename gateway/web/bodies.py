@@ -263,10 +263,17 @@ class DataQuery(_Range):
     limit: Annotated[int, Field(ge=1, le=DATA_LIMIT_MAX, description="Rows at most (newest first).")] = (
         DATA_LIMIT_DEFAULT
     )
+    resolution: Literal["raw", "auto", "hour", "day"] = Field(
+        "raw", description="raw: the readings; hour/day: buckets of every metric (min, max, avg, count, last) "
+                           "from the rollups; auto: hours for a range of up to a week, days beyond.")
 
 
 class StatisticsQuery(_Range):
     """Without ``from``, the range is the last 24 hours before ``to`` (default: now)."""
+
+    resolution: Literal["auto", "raw", "hour", "day"] = Field(
+        "auto", description="auto: exact, from daily/hourly rollups and raw readings at the ends; raw: readings "
+                            "only; hour/day: rollups only, the range widened to whole buckets.")
 
 
 class ScheduleListQuery(Query):

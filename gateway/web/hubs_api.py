@@ -41,5 +41,6 @@ _UNMAPPED = {"type": "object", "properties": {
 HUB_ROUTES: tuple[Route, ...] = (
     Route("GET", "/api/hubs/{hubId}/unmapped", hub_unmapped, "Logical devices a hub relays that map to no "
           "configured device", "hubs", {200: Reply("Counted and listed, the most heard first", _UNMAPPED)},
-          errors=(404,), description="Add them under [[hubs.mappings]] (or the BLE devices) in the config."),
+          errors=(404,), description="Add them under [[hubs.mappings]] (or the BLE devices) in the config. The list "
+          "is kept in memory: it starts empty after a restart and refills with the hubs' next batches."),
 )

@@ -12,15 +12,17 @@ from gateway.control.service import Controller
 from gateway.core.clock import Clock
 from gateway.core.metrics import Metrics
 from gateway.settings import ApiSection
+from gateway.settings_retention import RetentionSection
 from gateway.store import read_queries
 from gateway.web.aiohttp_web import web
 from gateway.web.api import ROUTES, ApiContext, build_app
 from gateway.web.control_routes import CONTROL_ROUTES
+from gateway.web.history_api import HISTORY_ROUTES
 from gateway.web.hubs_api import HUB_ROUTES, HUBS_UNMAPPED, HubsUnmapped, no_hubs
 from gateway.web.metrics_route import METRICS, METRICS_ROUTES, MetricsExposition
 from gateway.web.openapi import openapi_document
 
-ALL_ROUTES = (*ROUTES, *HUB_ROUTES, *CONTROL_ROUTES, *METRICS_ROUTES)
+ALL_ROUTES = (*ROUTES, *HISTORY_ROUTES, *HUB_ROUTES, *CONTROL_ROUTES, *METRICS_ROUTES)
 
 # On stop, requests still running (a command waiting for its ack) get this long before they are cancelled;
 # the gateway's whole shutdown budget is a few seconds.
@@ -43,6 +45,7 @@ class ApiServer:
         metrics: Metrics,
         hubs_unmapped: HubsUnmapped = no_hubs,
         ssl_context: ssl.SSLContext | None = None,
+        retention: RetentionSection | None = None,
     ) -> None:
         self._settings = settings
         self._ssl_context = ssl_context  # TLS when the panel has a certificate (gateway/web/auth.py)
@@ -50,6 +53,7 @@ class ApiServer:
         self._ctx = ApiContext(
             settings=settings, controller=controller, devices=devices, device_state=device_state, health=health,
             clock=clock, openapi=openapi_document(ALL_ROUTES, title="edge-gateway local API", version=__version__),
+            retention=retention or RetentionSection(),
         )
         self.app = build_app(self._ctx, ALL_ROUTES)
         self.app[HUBS_UNMAPPED] = hubs_unmapped

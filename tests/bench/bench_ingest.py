@@ -86,10 +86,11 @@ async def wait_port(port: int, proc: asyncio.subprocess.Process, timeout: float 
 
 
 @contextlib.asynccontextmanager
-async def started(name: str, devices: list[str], workdir: Path, storage: str = "") -> AsyncIterator[Target]:
+async def started(name: str, devices: list[str], workdir: Path, storage: str = "",
+                  backend: str = "embedded") -> AsyncIterator[Target]:
     port = free_port()
     if name == "gateway":
-        config = write_config(workdir, devices=devices, port=port, storage=storage)
+        config = write_config(workdir, devices=devices, port=port, storage=storage, backend=backend)
         stats = workdir / "probe-stats.jsonl"
         argv = [sys.executable, "-m", "tests.bench.gateway_probe", str(config), str(stats)]
     else:

@@ -29,7 +29,7 @@ import psutil
 
 from tests.bench.bench_ingest import HOST, close_all, connect_all, flat_out, started, wait_port
 from tests.bench.common import percentile, run_and_report
-from tests.bench.mqttload import _read_packet, connect_packet, run_load, subscribe_packet
+from tests.bench.mqttload import connect_packet, read_packet, run_load, subscribe_packet
 from tests.fixtures.gateway import free_port, write_config
 from tests.fixtures.mosquitto import MosquittoBroker
 
@@ -67,12 +67,12 @@ class CloudCounter:
             try:
                 reader, writer = await asyncio.open_connection(HOST, self.port)
                 writer.write(connect_packet("bench-cloud", None, None, clean=False))
-                await _read_packet(reader)
+                await read_packet(reader)
                 writer.write(subscribe_packet("v1/telemetry/#", 1))
                 ready.set()
                 seen = self._seen
                 while True:
-                    kind, body = await _read_packet(reader)
+                    kind, body = await read_packet(reader)
                     if kind & 0xF0 != 0x30:
                         continue
                     now = time.time()

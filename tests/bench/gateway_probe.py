@@ -38,7 +38,7 @@ async def main(config: str, stats_path: str) -> None:
         for rec in batch:
             if isinstance(rec, Reading):
                 committed[0] += 1
-                sent = rec.extra.get("sent")
+                sent = rec.metrics.get("sent")  # (a number: a metric of the flat form)
                 if sent is not None:
                     latencies.append(now - sent)
 

@@ -19,7 +19,7 @@ def _str(text: str) -> bytes:
     return len(data).to_bytes(2, "big") + data
 
 
-def _remaining_length(n: int) -> bytes:
+def remaining_length(n: int) -> bytes:
     out = bytearray()
     while True:
         byte = n % 128
@@ -41,20 +41,20 @@ def connect_packet(
             flags |= 0x40
             payload += _str(password)
     body = _str("MQTT") + bytes([4, flags]) + keepalive.to_bytes(2, "big") + payload
-    return b"\x10" + _remaining_length(len(body)) + body
+    return b"\x10" + remaining_length(len(body)) + body
 
 
 def publish_packet(topic: str, payload: bytes, qos: int, packet_id: int = 0) -> bytes:
     body = _str(topic) + (packet_id.to_bytes(2, "big") if qos else b"") + payload
-    return bytes([0x30 | (qos << 1)]) + _remaining_length(len(body)) + body
+    return bytes([0x30 | (qos << 1)]) + remaining_length(len(body)) + body
 
 
 def subscribe_packet(topic: str, qos: int, packet_id: int = 1) -> bytes:
     body = packet_id.to_bytes(2, "big") + _str(topic) + bytes([qos])
-    return b"\x82" + _remaining_length(len(body)) + body
+    return b"\x82" + remaining_length(len(body)) + body
 
 
-async def _read_packet(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+async def read_packet(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     header = await reader.readexactly(1)
     mult, length = 1, 0
     while True:
@@ -91,7 +91,7 @@ class Device:
 
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._writer.write(connect_packet(self.device_id, self.device_id, self.password))
-        kind, body = await asyncio.wait_for(_read_packet(self._reader), 10)
+        kind, body = await asyncio.wait_for(read_packet(self._reader), 10)
         if kind != 0x20 or body[1] != 0:
             raise ConnectionError(f"{self.device_id}: CONNACK refused ({body!r})")
         if self.qos:
@@ -101,7 +101,7 @@ class Device:
         assert self._reader is not None
         try:
             while True:
-                kind, _ = await _read_packet(self._reader)
+                kind, _ = await read_packet(self._reader)
                 if kind == 0x40:
                     self.acked += 1
                     self._inflight.release()
@@ -195,11 +195,11 @@ async def subscriber(
     """Counts messages a bare broker forwards (QoS of the subscription: 0): [count, time of the last]."""
     reader, writer = await asyncio.open_connection(host, port)
     writer.write(connect_packet("bench-subscriber", "bench-subscriber", "x"))
-    await _read_packet(reader)
+    await read_packet(reader)
     writer.write(subscribe_packet(topic, 0))
     try:
         while not stop.is_set():
-            kind, _ = await _read_packet(reader)
+            kind, _ = await read_packet(reader)
             if kind & 0xF0 == 0x30:
                 counter[0] += 1
                 counter[1] = time.time()

@@ -55,10 +55,39 @@ def _ble(figures: dict[str, Any], mode: str) -> None:
     # the daemon decrypts with the libcrypto it has loaded anyway: cryptography (6-7 MB) is never imported
     assert not {"cryptography", "_openssl"} & {*figures["daemon_packages_added[radio_off]"],
                                               *figures["daemon_packages_added[radio_on]"]}
+
+
+def _mosquitto(figures: dict[str, Any], mode: str) -> None:
+    # every reading the devices published went through Mosquitto into SQLite
+    assert figures["qos1_lost"] == 0 and figures["qos1_rate"] > 0
+
+
 def _panel(figures: dict[str, Any], mode: str) -> None:
     # every stream received the readings of the window (coalescing may merge a device's two readings)
     assert figures["events_received_share"] > 0.5
     assert figures["streams"] == (3 if mode == "smoke" else 20)
+
+
+def _flood(figures: dict[str, Any], mode: str) -> None:
+    # every phase ran: sockets were opened and the device logged in during each
+    assert figures["cycles_s"] > 0 and figures["idle_one_source_opened"] > 0
+
+
+def _logins(figures: dict[str, Any], mode: str) -> None:
+    # every device of the reconnect storm logged in
+    assert figures["storm_accepted"] == figures["devices"]
+
+
+def _fuzz(figures: dict[str, Any], mode: str) -> None:
+    # nothing crashed, and every acknowledged payload is a reading or a quarantine row
+    assert figures["crashes"] == 0 and figures["alive"] is True
+    assert figures["payloads_acked"] == figures["payloads_sent"]
+    assert figures["stored_plus_quarantined_minus_sent"] == 0
+
+
+def _lifecycle(figures: dict[str, Any], mode: str) -> None:
+    # retention beside ingest lost no reading; the history reads answered
+    assert figures["ingest_lost"] == 0 and figures["retention_deleted"] > 0
 
 
 @dataclass(frozen=True)
@@ -96,11 +125,28 @@ BLE = Bench("bench_ble", 120, ("BLE decoders", "import cost", "daemon memory"), 
 PANEL = Bench("bench_panel", 120, ("panel benchmark", "open live streams"), (
     "overview_ms_p50", "overview_ms_max", "cpu_pct_without_panels", "cpu_pct_with_panels", "cpu_pct_panels_cost",
     "events_per_s", "rss_mb_before", "rss_mb_after", "rss_mb_growth"), _panel)
+FLOOD = Bench("bench_flood", 180, ("connect+close cycles", "idle sockets", "out of files"), (
+    "cycles_files_peak", "cycles_login_max_ms", "idle_one_source_files_peak", "idle_one_source_login_max_ms",
+    "idle_many_sources_files_peak", "idle_many_sources_login_max_ms", "connect_rss_growth_mb",
+    "publish_rss_growth_mb", "log_growth_kb"), _flood)
+LOGINS = Bench("bench_logins", 180, ("reconnect storm", "wrong-password storm"), (
+    "storm_s", "storm_rss_peak_mb", "wrong_answered", "wrong_rss_peak_mb", "old_hashes_wrong_rss_peak_mb"), _logins)
+FUZZ = Bench("bench_fuzz", 180, ("fuzz run", "quarantined"), (
+    "payloads_sent", "packets_sent", "crashes", "stored", "quarantined", "rss_peak_mb", "log_kb"), _fuzz)
+
+LIFECYCLE = Bench("bench_lifecycle", 240, ("history over", "retention beside ingest", "steady state"), (
+    "week_stats_one_ms", "week_series_one_ms", "week_stats_all_ms", "week_series_all_ms", "days90_stats_one_ms",
+    "catch_up_readings_per_s", "ingest_with_retention_p99_ms", "ingest_alone_p99_ms", "bytes_per_reading_commit_1",
+    "bytes_per_reading_commit_10", "gb_per_day_commit_10", "steady_state_gb"), _lifecycle)
+
+MOSQUITTO = Bench("bench_mosquitto_backend", 120, ("mosquitto backend", "device -> SQLite", "RSS with"), (
+    "qos1_rate", "qos1_gateway_cpu_pct", "qos1_mosquitto_cpu_pct", "qos1_cpu_us_per_reading", "fixed_rate_p99_ms",
+    "rss_mb_gateway", "rss_mb_mosquitto", "rss_mb_total"), _mosquitto)
 
 CASES = [
     pytest.param(bench, mode, id=f"{bench.module.removeprefix('bench_')}-{mode}",
                  marks=mode_marks(mode, bench.smoke_timeout))
-    for bench in (INGEST, UPLINK, CONTROL, STORE, MODBUS, HUB, BLE, PANEL)
+    for bench in (INGEST, UPLINK, CONTROL, STORE, MODBUS, HUB, BLE, PANEL, FLOOD, LOGINS, FUZZ, LIFECYCLE, MOSQUITTO)
     for mode in MODES
 ]
 

@@ -88,7 +88,8 @@ async def test_openapi_document_matches_the_router_both_ways(api: Api) -> None:
     registered = {(r.method, r.resource.canonical) for r in routes if r not in panel and r.resource is not None}
     documented = {(method.upper(), path) for path, ops in doc["paths"].items() for method in ops}
     assert registered == documented
-    assert len(registered) == len(ALL_ROUTES) == 22  # api.py's 17, the hubs', control_routes.py's and /metrics
+    # api.py's 15, history_api.py's 3, the hubs', control_routes.py's and /metrics
+    assert len(registered) == len(ALL_ROUTES) == 23
 
     schemas = doc["components"]["schemas"]
     for path, ops in doc["paths"].items():
@@ -108,7 +109,7 @@ async def test_openapi_document_matches_the_router_both_ways(api: Api) -> None:
         "maximum": 5, "minimum": 1, "title": "Fanspeed", "type": "integer"}
     assert set(schemas["ScheduleCreate"]["required"]) == {"deviceId", "days", "start", "end", "fanSpeed"}
     query = {p["name"] for p in doc["paths"]["/api/device/{deviceId}/data"]["get"]["parameters"] if p["in"] == "query"}
-    assert query == {"from", "to", "limit"}
+    assert query == {"from", "to", "limit", "resolution"}
     for ref in re.findall(r'"\$ref": "#/components/schemas/(\w+)"', json.dumps(doc)):
         assert ref in schemas
 

@@ -40,7 +40,7 @@ async def test_presence_command_readiness_and_a_command(gateway: RunningGateway)
 
 
 def test_an_unknown_backend_fails_config_validation_with_its_path(tmp_path: Path) -> None:
-    path = write_config(tmp_path, extra_broker='backend = "mosquitto"')
+    path = write_config(tmp_path, backend="nanomq")
     with pytest.raises(ConfigError) as failed:
         load_settings(path)
     assert any("broker.backend" in line for line in failed.value.errors), failed.value.errors

@@ -205,8 +205,8 @@ async def test_refused_connack_codes_and_nothing_left_behind(
         raw.close()
     assert gateway.counter("gateway_broker_logins_refused_total", reason=reason) == 1
     assert client_id not in broker.sessions
-    await wait_for(lambda: broker._client_loops == 0)
-    assert broker._live == {}
+    await wait_for(lambda: broker.client_sessions_running == 0)
+    assert broker.device_connections == 0
 
 
 # --- 2. a reconnection keeps its own identity, publish intake and count (amqtt reuses a persistent Session) ---------
@@ -232,7 +232,7 @@ async def test_reconnect_keeps_the_new_connection_working(
         async with asyncio.timeout(20), aio_client(gateway, "AP-01", clean_session=clean_session) as new:
             if old_connection == "still-open":
                 assert await closed_by_broker(old)  # taken over: the broker ends the old connection
-            await wait_for(lambda: broker._client_loops == 1)  # the old connection's cleanup has run
+            await wait_for(lambda: broker.client_sessions_running == 1)  # the old connection's cleanup has run
             for i in range(1, 6):
                 await new.publish("device/AP-01/data", reading(pm25=float(i)), qos=1)
             await wait_for(lambda: readings(gateway, "AP-01") == 6)
@@ -248,7 +248,7 @@ async def test_reconnect_keeps_the_new_connection_working(
         old.close()
     # The connection count was right: with the last connection gone, the device is offline.
     await wait_for(lambda: not online(gateway, "AP-01"))
-    assert broker._live == {}
+    assert broker.device_connections == 0
     await gateway.flush()
     events = [e for (e,) in gateway.query("SELECT type FROM events WHERE device_id = 'AP-01' ORDER BY id")]
     if old_connection == "still-open":
@@ -264,7 +264,7 @@ async def test_reconnect_after_an_orderly_close_with_a_persistent_session(gatewa
             await wait_for(lambda: readings(gateway, "AP-01") == round_ + 1)  # noqa: B023 - awaited here
             assert online(gateway, "AP-01")
         await wait_for(lambda: not online(gateway, "AP-01"))
-    assert gateway.gateway.broker.amqtt._live == {}
+    assert gateway.gateway.broker.amqtt.device_connections == 0
 
 
 # --- 3. at shutdown, leftovers are delivered only under an identity that logged in --------------------------------
@@ -328,7 +328,7 @@ async def test_retained_will_on_another_devices_command_topic_is_dropped(gateway
     planter.reset()
     honest.reset()
     await wait_for(lambda: not online(gateway, "AP-01") and not online(gateway, "AP-02"))
-    await wait_for(lambda: broker._client_loops == 0)
+    await wait_for(lambda: broker.client_sessions_running == 0)
 
     assert "device/AP-02/command" not in broker.retained_messages
     assert broker.retained_messages["device/AP-02/status"].data == b"offline"
@@ -365,7 +365,7 @@ async def test_anonymous_mode_does_not_bypass_a_configured_password(gateway_fact
     assert gw.counter("gateway_broker_logins_refused_total", reason="no-password") == 1
     assert not online(gw, "AP-01")
     assert readings(gw, "AP-01") == 0
-    await wait_for(lambda: gw.gateway.broker.amqtt._live == {})
+    await wait_for(lambda: gw.gateway.broker.amqtt.device_connections == 0)
 
 
 # --- 5. a PUBLISH to a topic no client may publish to ends the connection ----------------------------------
@@ -388,7 +388,7 @@ async def test_publish_to_an_invalid_topic_closes_the_connection(gateway: Runnin
     await wait_for(lambda: not online(gateway, "AP-01"))
     await gateway.flush()
     assert readings(gateway, "AP-01") == 1  # nothing after the violation was taken
-    assert gateway.gateway.broker.amqtt._live == {}
+    assert gateway.gateway.broker.amqtt.device_connections == 0
 
 
 async def test_qos2_publish_to_a_dollar_topic_closes_the_connection(gateway: RunningGateway) -> None:
@@ -407,7 +407,7 @@ async def test_qos2_publish_to_a_dollar_topic_closes_the_connection(gateway: Run
         raw.close()
     assert gateway.counter("gateway_broker_protocol_errors_total") == 1
     broker = gateway.gateway.broker.amqtt
-    await wait_for(lambda: broker._live == {})
+    await wait_for(lambda: broker.device_connections == 0)
     await wait_for(lambda: not broker.sessions["AP-01"][0].transitions.is_connected())
     await gateway.flush()
     assert readings(gateway, "AP-01") == 1  # the Will: nothing of the forbidden publish
@@ -485,7 +485,7 @@ async def test_a_qos2_reading_completed_on_a_resumed_session_is_stored_at_once(g
     assert await asyncio.wait_for(raw.reader.readexactly(4), 5) == b"\x50\x02\x00\x09"  # PUBREC
     raw.close()  # gone before its PUBREL
     broker = gateway.gateway.broker.amqtt
-    await wait_for(lambda: broker._live == {})
+    await wait_for(lambda: broker.device_connections == 0)
     raw = await raw_connect(gateway.port, "AP-01", "AP-01", password, clean=False)
     try:
         assert raw.connack[2] == 1  # session present

@@ -62,8 +62,8 @@ async def step(gw: RunningGateway, clock: ManualClock, seconds: float) -> None:
 # ------------------------------------------------------------------------------------------ commands
 
 
-async def test_command_is_acked_and_audited(gateway_factory: GatewayFactory) -> None:
-    gw = await gateway_factory(api=NO_API)
+async def test_command_is_acked_and_audited(lan_gateway_factory: GatewayFactory) -> None:
+    gw = await lan_gateway_factory(api=NO_API)
     ctl = gw.gateway.controller
     async with purifier(gw, "AP-01", fan_speed=1) as sim:
         record = ctl.submit_command("AP-01", "setFanSpeed", 4, "api")
@@ -79,9 +79,9 @@ async def test_command_is_acked_and_audited(gateway_factory: GatewayFactory) -> 
     assert gw.gateway.registry.state("AP-01").last_metrics["fanSpeed"] == 4
 
 
-async def test_device_that_never_acks_gets_three_attempts_then_timeout(gateway_factory: GatewayFactory) -> None:
+async def test_device_that_never_acks_gets_three_attempts_then_timeout(lan_gateway_factory: GatewayFactory) -> None:
     clock = ManualClock()
-    gw = await gateway_factory(api=NO_API, clock=clock)
+    gw = await lan_gateway_factory(api=NO_API, clock=clock)
     ctl = gw.gateway.controller
     received: list[dict[str, Any]] = []
     async with aiomqtt.Client("127.0.0.1", gw.port, identifier="AP-02", username="AP-02",
@@ -111,8 +111,8 @@ async def test_device_that_never_acks_gets_three_attempts_then_timeout(gateway_f
     assert commands(gw, "AP-02") == [("turnOff", None, "api", "timeout", 3, None)]
 
 
-async def test_command_to_offline_device_is_applied_when_it_returns(gateway_factory: GatewayFactory) -> None:
-    gw = await gateway_factory(api=NO_API)
+async def test_command_to_offline_device_is_applied_when_it_returns(lan_gateway_factory: GatewayFactory) -> None:
+    gw = await lan_gateway_factory(api=NO_API)
     ctl = gw.gateway.controller
     record = ctl.submit_command("AP-01", "setFanSpeed", 5, "cloud")
     assert record.status.value == "pending"
@@ -127,8 +127,8 @@ async def test_command_to_offline_device_is_applied_when_it_returns(gateway_fact
     assert commands(gw, "AP-01") == [("setFanSpeed", 5, "cloud", "acked", 1, record.note)]
 
 
-async def test_bad_ack_is_quarantined_and_unknown_ack_ignored(gateway_factory: GatewayFactory) -> None:
-    gw = await gateway_factory(api=NO_API)
+async def test_bad_ack_is_quarantined_and_unknown_ack_ignored(lan_gateway_factory: GatewayFactory) -> None:
+    gw = await lan_gateway_factory(api=NO_API)
     async with aiomqtt.Client("127.0.0.1", gw.port, identifier="AP-01", username="AP-01",
                               password=device_password("AP-01")) as dev:
         await dev.publish("device/AP-01/ack", b"{not json", qos=1)
@@ -165,8 +165,8 @@ async def test_preclean_boosts_then_restores_manual_speed(gateway_factory: Gatew
         ("setFanSpeed", 5, "reconcile/preclean", "acked"), ("setFanSpeed", 2, "reconcile/preclean", "acked")]
 
 
-async def test_preclean_cancel_restores_at_once(gateway_factory: GatewayFactory) -> None:
-    gw = await gateway_factory(api=NO_API)
+async def test_preclean_cancel_restores_at_once(lan_gateway_factory: GatewayFactory) -> None:
+    gw = await lan_gateway_factory(api=NO_API)
     ctl = gw.gateway.controller
     async with purifier(gw, "AP-01", fan_speed=1) as sim:
         manual = ctl.submit_command("AP-01", "setFanSpeed", 3, "panel")

@@ -104,8 +104,8 @@ async def _publisher(port: int, device_id: str, acked: list[int], going: asyncio
 def _stored_seqs(db: Path, devices: list[str]) -> dict[str, set[int]]:
     with sqlite3.connect(db) as conn:
         stored: dict[str, set[int]] = {d: set() for d in devices}
-        for device_id, extra in conn.execute("SELECT device_id, extra FROM readings"):
-            stored[device_id].add(json.loads(extra)["seq"])
+        for device_id, metrics in conn.execute("SELECT device_id, metrics FROM readings"):
+            stored[device_id].add(json.loads(metrics)["seq"])
     return stored
 
 

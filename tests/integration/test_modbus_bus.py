@@ -103,14 +103,15 @@ async def test_garbled_and_slow_answers_and_exceptions(sim_line: SimLine) -> Non
     sim_line.slave(2).fault = Fault("slow", slow_ms=100)  # slower than usual, within its timeout
     sim_line.slave(3).fault = Fault("exception", exception_code=4)
     intake = RecordingIntake()
-    bus = make_bus(str(sim_line.path), intake=intake, clock=ManualClock(), timeout=0.3)
+    metrics = Metrics()
+    bus = make_bus(str(sim_line.path), intake=intake, clock=ManualClock(), timeout=0.3, metrics=metrics)
     async with opened(bus):
         assert await bus.poll_due() == 4
     assert intake.of("co2-1") == [] and bus.slaves[0].stats.timeouts == 1 and bus.slaves[0].failures == 1
     assert len(intake.of("pm-2")) == 1
     assert intake.of("meter-3") == [] and intake.online("meter-3") is True  # it answers, with exceptions
     assert bus.slaves[2].stats.exceptions == {4: len(bus.slaves[2].plan)}
-    assert bus._metrics.value("gateway_modbus_exceptions_total", bus="test-bus", slave="3", code="4") == len(
+    assert metrics.value("gateway_modbus_exceptions_total", bus="test-bus", slave="3", code="4") == len(
         bus.slaves[2].plan)
 
 

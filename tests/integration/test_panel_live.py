@@ -110,15 +110,15 @@ async def test_streams_end_at_shutdown_and_the_registry_subscription_goes_with_t
     assert gw.gateway.api is not None
     feed = gw.gateway.api.app[PANEL].feed
     registry = gw.gateway.registry
-    listeners_before = len(registry._listeners[Change.READING])
+    listeners_before = registry.listeners(Change.READING)
     async with logged_in(gw) as c:
         async with stream(c) as one, stream(c) as two:
             await one.next()
             await two.next()
             assert feed.open_streams == 2
-            assert len(registry._listeners[Change.READING]) == listeners_before + 1  # one for all streams
+            assert registry.listeners(Change.READING) == listeners_before + 1  # one for all streams
         await wait_for(lambda: feed.open_streams == 0)
-        assert len(registry._listeners[Change.READING]) == listeners_before
+        assert registry.listeners(Change.READING) == listeners_before
         async with stream(c) as events:
             await events.next()
             await gw.stop()

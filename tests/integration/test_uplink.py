@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,57 +11,9 @@ import aiomqtt
 import pytest
 import trustme
 
+from tests.fixtures.cloud import Cloud, start_daemon, uplink_config
 from tests.fixtures.gateway import GatewayFactory, RunningGateway, device_password, wait_for
-from tests.fixtures.mosquitto import MosquittoBroker, MosquittoFactory, TLSFiles
-
-
-def uplink_config(port: int, **extra: Any) -> str:
-    values: dict[str, Any] = {"enabled": True, "host": "127.0.0.1", "port": port, "tls": False,
-                              "reconnect_max_seconds": 1} | extra
-    lines = ["[uplink]"]
-    for key, value in values.items():
-        lines.append(f"{key} = {json.dumps(value) if not isinstance(value, bool) else str(value).lower()}")
-    return "\n".join(lines) + "\n"
-
-
-@dataclass
-class Cloud:
-    """A cloud-side subscriber with a persistent session: it misses nothing while it reconnects."""
-
-    broker: MosquittoBroker
-    messages: list[tuple[str, dict[str, Any] | list[Any], bool]] = field(default_factory=list)
-    task: asyncio.Task[None] | None = None
-    subscribed: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                async with aiomqtt.Client(self.broker.host, self.broker.port, identifier="cloud-backend",
-                                          clean_session=False) as client:
-                    await client.subscribe("v1/#", qos=1)
-                    self.subscribed.set()  # from now on the broker keeps our messages while we are away
-                    async for m in client.messages:
-                        if str(m.topic).endswith("/request"):
-                            continue  # requests the test itself sends (some deliberately not JSON)
-                        self.messages.append((str(m.topic), json.loads(m.payload), m.retain))  # type: ignore[arg-type]
-            except aiomqtt.MqttError:
-                await asyncio.sleep(0.1)
-
-    def telemetry(self) -> list[dict[str, Any]]:
-        return [p for t, p, _ in self.messages if t.startswith("v1/telemetry/") and isinstance(p, dict)]
-
-    def msg_ids(self) -> list[str]:
-        return [p["msgId"] for p in self.telemetry()]
-
-
-@pytest.fixture
-async def cloud(mosquitto: MosquittoBroker) -> AsyncIterator[Cloud]:
-    c = Cloud(mosquitto)
-    c.task = asyncio.create_task(c._run())
-    await asyncio.wait_for(c.subscribed.wait(), 10)
-    yield c
-    c.task.cancel()
-    await asyncio.gather(c.task, return_exceptions=True)
+from tests.fixtures.mosquitto import MosquittoFactory, TLSFiles
 
 
 async def publish_readings(gw: RunningGateway, device_id: str, count: int, start: int = 0) -> None:
@@ -270,26 +220,6 @@ async def test_tls_with_the_right_ca_connects_and_a_wrong_ca_is_refused(
 
 
 
-async def _start_daemon(config: Path, port: int) -> asyncio.subprocess.Process:
-    import socket as socketlib
-    import sys
-
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "run", "--config", str(config),
-        stdout=asyncio.subprocess.DEVNULL, stderr=(config.parent / "daemon.log").open("a"),
-    )
-
-    def accepting() -> bool:
-        try:
-            with socketlib.create_connection(("127.0.0.1", port), timeout=0.2):
-                return True
-        except OSError:
-            return False
-
-    await wait_for(accepting, timeout=20, interval=0.05)
-    return proc
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(180)  # ~20 s on a busy 2-core machine; its own waits allow up to 110 s
 async def test_kill_9_during_a_drain_loses_nothing_and_resends_at_most_the_window(
@@ -305,7 +235,7 @@ async def test_kill_9_during_a_drain_loses_nothing_and_resends_at_most_the_windo
                           extra=uplink_config(cloud.broker.port, inflight=20))
     db = tmp_path / "data" / "gateway.db"
     cloud.broker.stop()
-    proc = await _start_daemon(config, port)
+    proc = await start_daemon(config, port)
     try:
         class Fake:  # publish_readings needs only .port
             pass
@@ -320,7 +250,7 @@ async def test_kill_9_during_a_drain_loses_nothing_and_resends_at_most_the_windo
         await proc.wait()
         got_before = len(cloud.telemetry())
         assert got_before < 3000, "the drain finished before the kill: nothing was tested"
-        proc = await _start_daemon(config, port)
+        proc = await start_daemon(config, port)
 
         def drained() -> bool:
             with sqlite3.connect(db) as conn:

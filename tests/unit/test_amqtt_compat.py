@@ -17,7 +17,7 @@ from gateway.broker import create_lan_broker
 from gateway.broker.amqtt import compat
 from gateway.core.errors import GatewayError, IncompatibleLibraryError
 from gateway.core.metrics import Metrics
-from gateway.settings import BrokerSection
+from gateway.settings_broker import BrokerSection
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -80,10 +80,10 @@ def test_the_broker_instance_check_names_a_missing_attribute() -> None:
     assert failed.value.problems == ["Broker()._servers: missing"]
 
 
-async def test_building_the_embedded_backend_runs_the_check(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_building_the_embedded_backend_runs_the_check(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delattr(Broker, "_client_message_loop")
     with pytest.raises(IncompatibleLibraryError, match=r"Broker\._client_message_loop: missing"):
-        create_lan_broker(BrokerSection(), [], sink=None, metrics=Metrics())  # type: ignore[arg-type]
+        create_lan_broker(BrokerSection(), [], sink=None, metrics=Metrics(), state_dir=tmp_path)  # type: ignore[arg-type]
 
 
 def test_the_check_requires_the_version_pinned_in_pyproject() -> None:

@@ -146,3 +146,16 @@ def test_metrics_render_prometheus_text() -> None:
     assert families["process_open_fds"].samples[0].value > 0  # prometheus-client's process collector
     assert m.total("x_total") == 3 and m.value("z") == 7.0
     assert m.value("x_total", kind="a") == 2 and isinstance(m.value("x_total", kind="a"), int)  # a count
+
+
+def test_purifier_unknown_numbers_are_metrics_so_the_cloud_gets_them_too() -> None:
+    obj = {"timestamp": 1763800000000, "pm25": 7.9, "co2": 612, "filterLife": 81.5, "childLock": True,
+           "fw": "2.1", "wifi": {"rssi": -60}}
+    r = decode_purifier_reading("AP-01", obj, 1763800001.0)
+    assert r.metrics == {"pm25": 7.9, "co2": 612, "filterLife": 81.5, "childLock": True}
+    assert r.extra == {"fw": "2.1", "wifi": {"rssi": -60}}  # not numbers: kept locally, as before
+
+
+def test_purifier_with_only_unknown_numbers_is_still_refused() -> None:
+    with pytest.raises(PayloadError, match="no known purifier metric"):
+        decode_purifier_reading("AP-01", {"co2": 612}, 1.0)

@@ -7,6 +7,8 @@ presence, parameter names, attribute types): an upgrade means re-reading this li
 source, then the broker tests.
 
 amqtt.broker.Broker, methods overridden (GuardedBroker in guarded.py, its base RoutingBroker in routing.py):
+  stream_connected             guarded: connection limits before amqtt sees the connection (prelogin.py);
+                               amqtt's listener calls it for every accepted TCP connection
   _initialize_client_session   guarded: credentials are checked before amqtt looks up (and wipes, reuses
                                or takes over) the session of the CONNECT's client id
   _authenticate                guarded: only confirms the session came through that check
@@ -21,6 +23,8 @@ amqtt.broker.Broker, methods overridden (GuardedBroker in guarded.py, its base R
                                message); the command-readiness event (BrokerSink.subscribed)
   _create_ssl_context          guarded: a listener with a CA requires client certificates (a staticmethod
                                in amqtt, called through the instance)
+  _retain_broadcast_message    routing: the queue of an offline persistent session is bounded (broker.
+                               offline_queue), the oldest dropped first
 amqtt.broker.Broker, methods called:
   _delete_session              guarded._find_session: a clean session replaces the old one
   _handle_disconnect, _handle_subscription, _handle_unsubscription, _handle_message_delivery
@@ -38,13 +42,22 @@ amqtt.mqtt.protocol.broker_handler.BrokerProtocolHandler, per connection (connec
                                swapped on the instance: PUBLISH intake (publish_flow.py), waking our client
                                loop, a delivery finishing before stop, silence closing the connection
   _reader_loop                 swapped on the instance: reader_loop.py, no task and timer per packet
+  _handle_qos1_message_flow, _handle_qos2_message_flow
+                               wrapped on the instance (connection.py): a message we sent whose exchange did
+                               not complete stays in the session's inflight_out, so the next connection of a
+                               persistent session sends it again with DUP, or its PUBREL (amqtt dropped it)
   _pending_subscriptions, _pending_unsubscriptions
                                asyncio Queues: slimmed, and the client loop takes requests from them
   _disconnect_waiter           the client loop wakes when it is done
   _reader_ready, _reader_stopped
                                Events: our reader loop sets them as amqtt's does; slimmed
-  init_from_connect            guarded: reads and validates the CONNECT (public, shape checked)
+  init_from_connect            prelogin.read_connect: validates the CONNECT (public, shape checked), handed
+                               the packet read whole into amqtt's BufferReader after our size check
+amqtt.mqtt.packet.MQTTFixedHeader.from_stream, .to_bytes
+                               reader_loop and prelogin.read_connect: the remaining length is checked before
+                               a packet's body is read
 amqtt.session.Session:
+  inflight_out                 connection._keep_unacknowledged puts an unacknowledged message back
   _init_states                 replaced for every Session of the process (session_states.install): a light
                                state holder instead of a transitions.Machine (~16 KB a session)
   _on_enter_connected, _on_enter_disconnected
@@ -54,6 +67,9 @@ amqtt.adapters:
   StreamWriterAdapter._writer  connection.transport_of: the asyncio transport, to write PUBACKs and abort
   StreamReaderAdapter._reader  connection.drop_unread: unparsed bytes are dropped at shutdown
 asyncio (Python 3.11 to 3.13):
+  the loop's exception handler gets "socket.accept() out of system resource" for each failed accept
+                               prelogin.AcceptErrors counts those and logs once a minute (public API, the
+                               message text is asyncio's)
   StreamReader._buffer         connection.drop_unread
   Event._waiters               slim_waits: an empty list instead of a deque (~860 bytes an Event)
   Queue._getters, Queue._putters, Queue._finished, Queue._queue

@@ -33,6 +33,7 @@ _CONNECTION = ("self", "client_session", "handler")
 # Class -> member -> its parameter names (amqtt 0.12.1's).
 _METHODS: dict[str, dict[str, tuple[str, ...]]] = {
     "amqtt.broker.Broker": {
+        "stream_connected": ("self", "reader", "writer", "listener_name"),
         "_initialize_client_session": ("self", "reader", "writer", "remote_address", "remote_port"),
         "_authenticate": ("self", "session", "_"),
         "_handle_client_session": ("self", "reader", "writer", "client_session", "handler", "server", "listener_name"),
@@ -47,6 +48,7 @@ _METHODS: dict[str, dict[str, tuple[str, ...]]] = {
         "_handle_unsubscription": (*_CONNECTION, "unsubscribe_waiter"),
         "_handle_message_delivery": (*_CONNECTION, "wait_deliver"),
         "_get_handler": ("self", "session"),
+        "_retain_broadcast_message": ("self", "broadcast", "qos", "target_session"),
         "_matches": ("self", "topic", "a_filter"),
         "retain_message": ("self", "source_session", "topic_name", "data", "qos"),
         "internal_message_broadcast": ("self", "topic", "data", "qos"),
@@ -56,11 +58,12 @@ _METHODS: dict[str, dict[str, tuple[str, ...]]] = {
         "_reader_loop": ("self",),
         "stop": ("self",),
         "handle_read_timeout": ("self",),
+        "_handle_qos1_message_flow": ("self", "app_message"),
+        "_handle_qos2_message_flow": ("self", "app_message"),
         "handle_connection_closed": ("self",),
         "handle_publish": ("self", "publish_packet"),
         "handle_subscribe": ("self", "subscribe"),
         "handle_unsubscribe": ("self", "unsubscribe"),
-        "handle_connect": ("self", "connect"),
         "handle_disconnect": ("self", "disconnect"),
         "handle_puback": ("self", "puback"),
         "handle_pingreq": ("self", "pingreq"),
@@ -80,7 +83,8 @@ _METHODS: dict[str, dict[str, tuple[str, ...]]] = {
     "amqtt.broker.Server": {"__init__": ("self", "listener_name", "server_instance", "max_connections")},
     "amqtt.adapters.StreamReaderAdapter": {"__init__": ("self", "reader")},
     "amqtt.adapters.StreamWriterAdapter": {"__init__": ("self", "writer"), "close": ("self",)},
-    "amqtt.mqtt.packet.MQTTFixedHeader": {"from_stream": ("reader",)},
+    "amqtt.mqtt.packet.MQTTFixedHeader": {"from_stream": ("reader",), "to_bytes": ("self",)},
+    "amqtt.adapters.BufferReader": {"__init__": ("self", "buffer"), "read": ("self", "n")},
     "amqtt.mqtt.connack.ConnackPacket": {"build": ("session_parent", "return_code")},
     "amqtt.plugins.manager.PluginManager": {"fire_event": ("self", "event_name", "wait", "method_kwargs")},
     "amqtt.contexts.BrokerConfig": {"get": ("self", "name", "default")},
@@ -92,6 +96,7 @@ _SESSION_FIELDS: dict[str, type | None] = {
     "keep_alive": int, "will_flag": bool, "will_message": None, "will_topic": None, "will_qos": None,
     "will_retain": None, "remote_address": None, "remote_port": None, "ssl_object": None,
     "transitions": None, "delivered_message_queue": asyncio.Queue, "retained_messages": asyncio.Queue,
+    "inflight_out": dict,
 }
 _HANDLER_FIELDS: dict[str, type | None] = {
     "_pending_subscriptions": asyncio.Queue, "_pending_unsubscriptions": asyncio.Queue,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from amqtt.errors import MQTTError
-from amqtt.session import IncomingApplicationMessage, Session
+from amqtt.session import OUTGOING, IncomingApplicationMessage, Session
 
 from gateway.broker.amqtt import reader_loop
 from gateway.broker.amqtt.publish_flow import PublishIntake, StoredAcks
@@ -51,14 +51,34 @@ class Connection:
         if not transport.is_closing():
             transport.abort()
 
+    async def acknowledge_and_close(self, timeout: float) -> None:
+        """A graceful stop: read nothing more, let the delivery in progress end, send the PUBACK of every message
+        the store commits meanwhile (bounded by `timeout`), then drop the socket."""
+        transport = transport_of(self.writer)
+        if not transport.is_closing():
+            transport.pause_reading()
+        self.drop_unread()  # parsed never: not acknowledged, so sent again after the restart
+        try:
+            async with asyncio.timeout(timeout):
+                if self.intake is not None:
+                    await self.intake.finish(timeout)
+                if self.acks is not None:
+                    await self.acks.all_sent()
+        except TimeoutError:
+            pass  # the store is slow: what it has not committed by now is sent again by the device
+        if transport.get_write_buffer_size() and not transport.is_closing():
+            transport.close()  # PUBACKs the peer has not taken yet: flushed first (abort would drop them)
+        else:
+            self.abort()
+
     def drop_unread(self) -> None:
         """Forget bytes received but not parsed yet (never acknowledged: QoS 1 devices send them again)."""
         self.reader._reader._buffer.clear()  # amqtt's StreamReaderAdapter around asyncio's StreamReader
 
 
-def transport_of(writer: Any) -> asyncio.WriteTransport:
+def transport_of(writer: Any) -> asyncio.Transport:
     """The asyncio transport under amqtt's StreamWriterAdapter (the adapter of every TCP listener)."""
-    transport: asyncio.WriteTransport = writer._writer.transport
+    transport: asyncio.Transport = writer._writer.transport
     return transport
 
 
@@ -88,6 +108,8 @@ def attach(
         _request, handler.handle_unsubscribe, conn, handler._pending_unsubscriptions
     )
     handler.stop = functools.partial(_stop_after_delivery, conn, handler.stop)
+    for name in ("_handle_qos1_message_flow", "_handle_qos2_message_flow"):
+        setattr(handler, name, functools.partial(_keep_unacknowledged, getattr(handler, name), session))
     if silence_closer is not None:
         # The handler's reader calls handle_read_timeout() after the keepalive, which amqtt leaves empty.
         handler.handle_read_timeout = silence_closer
@@ -110,6 +132,21 @@ async def _stop_after_delivery(conn: Connection, stop: Callable[[], Awaitable[No
     if conn.intake is not None:
         await conn.intake.finish(DELIVERY_FINISH_WAIT)
     await stop()
+
+
+async def _keep_unacknowledged(
+    flow: Callable[[Any], Awaitable[None]], session: Session, app_message: Any
+) -> None:
+    """amqtt's QoS 1 and 2 flows, but a message we sent whose exchange did not complete (no PUBACK, no PUBCOMP)
+    stays in the session's in-flight messages: a persistent session's next connection sends it again, with
+    DUP, or its PUBREL (amqtt's start() retries what is in flight [MQTT-4.4.0-1]). amqtt removed it when the
+    connection ended or an answer took over 5 s."""
+    try:
+        await flow(app_message)
+    finally:
+        done = app_message.puback_packet if app_message.qos == 1 else app_message.pubcomp_packet
+        if app_message.direction == OUTGOING and done is None and not session.clean_session:
+            session.inflight_out[app_message.packet_id] = app_message
 
 
 def _slim_connection_state(handler: Any, session: Session) -> None:

@@ -2,22 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from gateway.broker.admission import ConnectionAdmission
 from gateway.broker.amqtt import compat
 from gateway.core.metrics import Metrics
 from gateway.core.ports import BrokerSink
+from gateway.core.throttle import LogThrottle
 from gateway.core.topics import command_topic
-from gateway.settings import BrokerSection
+from gateway.settings_broker import BrokerSection
 
 if TYPE_CHECKING:
     from gateway.broker.amqtt.guarded import GuardedBroker
+    from gateway.broker.amqtt.prelogin import AcceptErrors
 
 log = structlog.get_logger(__name__)
+
+# Connections the kernel completes and queues until the loop accepts them. asyncio's default of 100
+# overflowed under a connection flood (50 at a time), and a device whose SYN was dropped waited for
+# TCP's 1 s retransmission to log in. The kernel caps it at net.core.somaxconn (4096 by default).
+LISTEN_BACKLOG = 1024
 
 
 def _drop_startup_traceback(record: logging.LogRecord) -> bool:
@@ -82,6 +91,12 @@ class EmbeddedBroker:
 
         session_states.install()  # a transitions.Machine per session was 2/3 of its memory (see module)
         self._settings = broker
+        admission = ConnectionAdmission(
+            max_total=broker.max_connections,
+            max_pending=broker.max_pending_connections,
+            max_per_source=broker.max_connections_per_source,
+            unlimited=[str(address) for address in broker.unlimited_sources],
+        )
         self._broker = GuardedBroker(
             amqtt_config(broker),
             devices=devices,
@@ -91,9 +106,15 @@ class EmbeddedBroker:
             keepalive_grace=broker.keepalive_grace,
             connect_deadline=broker.connect_timeout_seconds,
             max_packet=broker.max_packet_bytes,
+            admission=admission,
+            max_password_checks=broker.max_password_checks,
             require_client_cert=frozenset(_bind(x.host, x.port) for x in broker.listeners if x.cafile is not None),
         )
+        self._broker.offline_queue = broker.offline_queue
+        self._broker.open_acl = broker.acl == "open"
         compat.check_broker(self._broker)
+        self._metrics = metrics
+        self._accept_errors: AcceptErrors | None = None
         amqtt_log = logging.getLogger("amqtt.broker")
         if _drop_per_connection_noise not in amqtt_log.filters:
             amqtt_log.addFilter(_drop_per_connection_noise)
@@ -102,6 +123,10 @@ class EmbeddedBroker:
             lambda: float(self.clients_connected()),
             "MQTT clients connected to the LAN broker",
         )
+        metrics.gauge_callback("gateway_broker_connections_open", lambda: float(admission.total),
+                               "open connections to the LAN broker, logged in or not")
+        metrics.gauge_callback("gateway_broker_connections_pending", lambda: float(admission.pending),
+                               "open connections to the LAN broker not logged in yet")
 
     @property
     def amqtt(self) -> GuardedBroker:
@@ -111,11 +136,15 @@ class EmbeddedBroker:
     async def start(self) -> None:
         """Bind every listener; if one cannot be bound, close those that were and raise (amqtt leaves them
         open, and logs its own traceback, which the daemon's one-line start-up error replaces)."""
+        from gateway.broker.amqtt.prelogin import AcceptErrors
+
         amqtt_log = logging.getLogger("amqtt.broker")
         amqtt_log.addFilter(_drop_startup_traceback)
+        self._accept_errors = AcceptErrors(asyncio.get_running_loop(), self._metrics, LogThrottle())
         try:
             await self._broker.start()
         except BaseException:
+            self._accept_errors.remove()
             for server in self._broker._servers.values():
                 if server.instance is not None:
                     server.instance.close()
@@ -123,8 +152,16 @@ class EmbeddedBroker:
             raise
         finally:
             amqtt_log.removeFilter(_drop_startup_traceback)
+        for server in self._broker._servers.values():
+            if server.instance is not None:
+                for sock in server.instance.sockets:
+                    with sock.dup() as listening:  # the same socket: listen() again only sets its queue length
+                        listening.listen(LISTEN_BACKLOG)
         for lst in self._settings.listeners:
             log.info("broker.listening", listener=lst.name, host=lst.host, port=lst.port, tls=lst.tls)
+
+    async def run(self) -> None:
+        await asyncio.Event().wait()  # amqtt runs in the daemon's loop: nothing to keep alive apart
 
     def bound_ports(self) -> list[int]:
         ports: list[int] = []
@@ -162,3 +199,5 @@ class EmbeddedBroker:
             await self._broker.shutdown()
         finally:
             self._broker.close_password_pool()
+            if self._accept_errors is not None:
+                self._accept_errors.remove()

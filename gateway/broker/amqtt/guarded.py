@@ -42,13 +42,14 @@ from typing import Any, NoReturn
 import structlog
 from amqtt.broker import Broker
 from amqtt.contexts import ListenerConfig
-from amqtt.errors import AMQTTError, MQTTError, NoDataError
-from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
+from amqtt.errors import MQTTError
 from amqtt.session import Session
 
+from gateway.broker.admission import ConnectionAdmission
 from gateway.broker.amqtt import client_loop, connection
 from gateway.broker.amqtt.connection import Connection
 from gateway.broker.amqtt.logins import CredentialCheck, DeviceTable, answer_refused, resume_into
+from gateway.broker.amqtt.prelogin import PreLogin
 from gateway.broker.amqtt.routing import RoutingBroker
 from gateway.core.metrics import Metrics
 from gateway.core.ports import BrokerSink
@@ -58,6 +59,9 @@ log = structlog.get_logger(__name__)
 # How long a new login waits for the connection it replaces to end (Will published, acknowledged messages
 # handed over) before it goes on regardless; that connection's socket is already aborted by then.
 _TAKEOVER_WAIT = 5.0
+# How long a graceful stop waits for the store to commit what connections handed over, so their PUBACKs go
+# out before the sockets close (a store with storage.idle_linger_ms = 1000 commits within it).
+_ACK_WAIT = 1.5
 
 
 class GuardedBroker(RoutingBroker):
@@ -75,11 +79,16 @@ class GuardedBroker(RoutingBroker):
         require_client_cert: frozenset[str] = frozenset(),
         connect_deadline: float = 10.0,
         max_packet: int = 256 * 1024,
+        admission: ConnectionAdmission | None = None,
+        max_password_checks: int = 1,
     ) -> None:
         super().__init__(config, sink=sink, metrics=metrics)
-        self._connect_deadline = connect_deadline
+        self._prelogin = PreLogin(
+            admission or ConnectionAdmission(max_total=1 << 30, max_pending=1 << 30, max_per_source=1 << 30),
+            metrics, self._throttle, connect_deadline=connect_deadline,
+        )
         self._max_packet = max_packet
-        self._check_credentials = CredentialCheck()
+        self._check_credentials = CredentialCheck(max_checks=max_password_checks, metrics=metrics)
         self.devices = DeviceTable(dict(devices), allow_anonymous=allow_anonymous)
         self._grace = keepalive_grace
         self._require_client_cert = require_client_cert
@@ -91,12 +100,35 @@ class GuardedBroker(RoutingBroker):
         self._no_client_loops.set()
         self._silence_tasks: set[asyncio.Future[None]] = set()
 
+    @property
+    def device_connections(self) -> int:
+        """Logged-in device connections open now (a takeover briefly counts both); 0 once every one is gone."""
+        return sum(self._live.values())
+
+    @property
+    def client_sessions_running(self) -> int:
+        """Client sessions whose handling (and its cleanup) has not ended yet."""
+        return self._client_loops
+
     def set_devices(self, devices: Mapping[str, str | None], *, allow_anonymous: bool) -> None:
         """Config reload: device id -> password hash, for the next login (replaced whole, never edited)."""
         self.devices = DeviceTable(dict(devices), allow_anonymous=allow_anonymous)
 
     def close_password_pool(self) -> None:
         self._check_credentials.close()
+
+    # --- admission: connection limits, before amqtt sees the connection (prelogin.py) ---------------
+
+    async def stream_connected(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listener_name: str
+    ) -> None:
+        ticket = self._prelogin.admit(writer)
+        if ticket is None:
+            return  # refused: already aborted, nothing read
+        try:
+            await super().stream_connected(reader, writer, listener_name)
+        finally:
+            self._prelogin.release(ticket, writer)
 
     # --- authentication: before amqtt touches any session -------------------------------------------
 
@@ -109,28 +141,13 @@ class GuardedBroker(RoutingBroker):
         client id before `_authenticate` runs: a wrong password could disconnect a device, delete its
         subscriptions, or overwrite its Will. A refusal raises, so amqtt never gets to the session.
         """
-        try:
-            async with asyncio.timeout(self._connect_deadline):
-                handler, incoming = await BrokerProtocolHandler.init_from_connect(
-                    reader, writer, self.plugins_manager
-                )
-        except MQTTError:
-            await writer.close()  # a malformed CONNECT (amqtt already sent the CONNACK where one applies)
-            raise
-        except (NoDataError, TimeoutError, OSError, asyncio.IncompleteReadError) as exc:
-            # Closed before its CONNECT, or no CONNECT within the deadline: drop the socket now. amqtt leaves it
-            # to the garbage collector, and until then it stays open (CLOSE-WAIT), one file each: anyone who
-            # can reach the port could exhaust the daemon's files without logging in.
-            reason = "connect-timeout" if isinstance(exc, TimeoutError) else "closed-before-connect"
-            self._metrics.inc("gateway_broker_connections_dropped_total", 1,
-                              "connections closed before a CONNECT arrived", reason=reason)
-            connection.transport_of(writer).abort()
-            raise AMQTTError(reason) from exc
+        handler, incoming = await self._prelogin.read_connect(reader, writer, self.plugins_manager)
         device_id, reason = (
             (None, "shutting-down") if self._closing else await self._check_credentials(self.devices, incoming)
         )
         if device_id is None:
             await self._refuse(incoming, writer, reason)
+        self._prelogin.logged_in(writer)
         # Counted as live before the connection it replaces ends, so a takeover does not flap offline/online.
         self._live[device_id] = self._live.get(device_id, 0) + 1
         try:
@@ -163,13 +180,16 @@ class GuardedBroker(RoutingBroker):
     async def _refuse(self, session: Session, writer: Any, reason: str) -> NoReturn:
         """Count and log a refused login, answer it with a CONNACK code, close, and end amqtt's handling."""
         self._metrics.inc("gateway_broker_logins_refused_total", 1, "refused MQTT logins", reason=reason)
-        log.warning(
-            "broker.login_refused",
-            client_id=session.client_id,
-            username=session.username,
-            reason=reason,
-            remote=session.remote_address,
-        )
+        left_out = self._throttle.allow(("login-refused", reason))
+        if left_out is not None:
+            log.warning(
+                "broker.login_refused",
+                client_id=session.client_id,
+                username=session.username,
+                reason=reason,
+                remote=session.remote_address,
+                left_out_since_last=left_out,
+            )
         await answer_refused(writer)
         # amqtt's _client_connected catches this, releases the listener slot and forgets the connection.
         raise MQTTError(f"login refused: {reason}")
@@ -279,7 +299,9 @@ class GuardedBroker(RoutingBroker):
 
     def _protocol_error(self, device_id: str, error: MQTTError) -> None:
         self._metrics.inc("gateway_broker_protocol_errors_total", 1, "connections closed for a protocol violation")
-        log.warning("broker.protocol_error", device_id=device_id, error=str(error))
+        left_out = self._throttle.allow("protocol-error")
+        if left_out is not None:
+            log.warning("broker.protocol_error", device_id=device_id, error=str(error), left_out_since_last=left_out)
 
     # --- fix 2: drop clients silent for longer than keepalive x grace (armed in _initialize_client_session) --
 
@@ -307,21 +329,21 @@ class GuardedBroker(RoutingBroker):
     async def stop_intake(self, timeout: float = 3.0) -> None:
         """Accept no new connections or packets, and hand everything already parsed to the sink.
 
-        QoS 1 messages are acknowledged only once stored (publish_flow.py), but QoS 0 messages and
-        what a device sent just before it went are in the delivery queues: abort every connection
-        (nothing more is read or acknowledged; the readers end normally on the closed socket), let
-        each client loop finish what it holds, then deliver what is still queued ourselves.
+        QoS 1 messages are acknowledged only once stored (publish_flow.py): stop reading every connection,
+        send the PUBACKs of what the store commits within a short wait, then close it (the readers end
+        normally on the closed socket); let each client loop finish what it holds (QoS 0/2 messages and
+        what a device sent just before it went are in the delivery queues), then deliver what is still
+        queued ourselves.
         """
         self._closing = True
         for server in self._servers.values():
             if server.instance is not None:
                 server.instance.close()
-        # Every accepted connection, also one amqtt has not attached to its handler yet.
-        for conn in list(self._connections.values()):
-            conn.abort()
-            # Bytes received but not yet parsed were never acknowledged (QoS 1 devices will resend
-            # them; QoS 0 promised nothing): drop them instead of parsing a flood on the way out.
-            conn.drop_unread()
+        # Every accepted connection, also one amqtt has not attached to its handler yet: nothing more is read
+        # (bytes received but not parsed were never acknowledged: QoS 1 devices resend them, QoS 0 promised
+        # nothing), and what the store commits meanwhile is acknowledged before the socket closes; a device
+        # told nothing would send it again after the restart.
+        await asyncio.gather(*(conn.acknowledge_and_close(_ACK_WAIT) for conn in list(self._connections.values())))
         # Each client loop now finishes the message it holds (and publishes its Will).
         try:
             await asyncio.wait_for(self._no_client_loops.wait(), timeout)

@@ -15,6 +15,8 @@ from amqtt.session import Session
 
 from gateway import malloc_tuning
 from gateway.broker.amqtt.connection import transport_of
+from gateway.broker.login_backoff import LoginBackoff
+from gateway.core.metrics import Metrics
 from gateway.core.passwords import verify_password, warm_up
 
 # Session fields a CONNECT brings along when it resumes a persistent session. amqtt copies all but
@@ -34,20 +36,42 @@ class DeviceTable:
 
 
 class CredentialCheck:
-    """Decides whose CONNECT is accepted: (device id, "") or (None, the reason it was refused)."""
+    """Decides whose CONNECT is accepted: (device id, "") or (None, the reason it was refused).
 
-    def __init__(self) -> None:
+    argon2 needs its memory cost per check in flight (19 MiB for hashes made by `hash-password`, 64 MiB for
+    older ones): at most `max_checks` run at once, each in a worker thread; the others wait their turn on
+    the event loop (a semaphore: a connection that goes away meanwhile leaves the queue). Failed logins slow
+    down the next attempts from the same source (login_backoff.py), before any hash is computed.
+    """
+
+    def __init__(self, *, max_checks: int = 1, backoff: LoginBackoff | None = None, metrics: Metrics | None = None
+                 ) -> None:
         warm_up()  # before any login is verified in a worker thread
-        # argon2 needs its memory cost (64 MiB by default) per check in flight: with the default executor's
-        # 6 threads, 100 purifiers reconnecting at once took RSS to ~440 MB. Two threads keep the peak near
-        # 180 MB, and on a 2-core board more threads would not check faster anyway.
-        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="argon2")
+        self._pool = ThreadPoolExecutor(max_workers=max_checks, thread_name_prefix="argon2")
+        self._turns = asyncio.Semaphore(max_checks)
         self._verifying = 0  # password checks in flight
+        self.backoff = backoff or LoginBackoff()
+        self._metrics = metrics or Metrics()
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def __call__(self, table: DeviceTable, session: Session) -> tuple[str | None, str]:
+        loop = asyncio.get_running_loop()
+        source = str(session.remote_address)
+        wait = self.backoff.wait_before_check(source, loop.time())
+        if wait > 0:
+            self._metrics.inc("gateway_broker_logins_delayed_total", 1,
+                              "logins held back because their source failed to log in before")
+            await asyncio.sleep(wait)
+        device_id, reason = await self._decide(table, session)
+        if device_id is None:
+            self.backoff.failed(source, loop.time())
+        else:
+            self.backoff.succeeded(source)
+        return device_id, reason
+
+    async def _decide(self, table: DeviceTable, session: Session) -> tuple[str | None, str]:
         username: str | None = session.username
         client_id: str | None = session.client_id
         if username is None:
@@ -68,17 +92,19 @@ class CredentialCheck:
         if password is None:
             return None, "no-password"
         # argon2 costs tens of ms on a Pi: keep it off the event loop.
-        loop = asyncio.get_running_loop()
-        self._verifying += 1
-        try:
-            ok = await loop.run_in_executor(self._pool, verify_password, password_hash, password)
-        finally:
-            self._verifying -= 1
-            if self._verifying == 0:
-                # Each check allocates argon2's memory cost; after a login storm (a power cut brings back
-                # every purifier at once) hand the freed heap back now, not at the next periodic trim
-                # (a trim costs well under a millisecond).
-                malloc_tuning.trim()
+        async with self._turns:
+            self._verifying += 1
+            try:
+                ok = await asyncio.get_running_loop().run_in_executor(
+                    self._pool, verify_password, password_hash, password
+                )
+            finally:
+                self._verifying -= 1
+                if self._verifying == 0:
+                    # Each check allocates argon2's memory cost; after a login storm (a power cut brings back
+                    # every purifier at once) hand the freed heap back now, not at the next periodic trim
+                    # (a trim costs well under a millisecond).
+                    malloc_tuning.trim()
         if ok:
             return username, ""
         return None, "bad-password"

@@ -90,6 +90,18 @@ class StoredAcks:
             return
         self._send_ready()
 
+    async def all_sent(self) -> None:
+        """Wait until the PUBACK of every message handed over is written, or never can be (its receipt failed).
+
+        For a graceful stop: what the store commits before the connection closes is acknowledged, so the
+        device does not send it again after the restart.
+        """
+        while self._order:
+            state = self._order[0][1]
+            if state is None or state is True or state.done():
+                return  # never handed over (taken after the stop began), or a failed receipt: nothing more goes
+            await asyncio.wait((state,))  # (not cancelled with us: the receipt is shared)
+
     def _receipt_done(self, receipt: asyncio.Future[None]) -> None:
         if receipt is self._watched:
             self._watched = None
@@ -185,6 +197,10 @@ class PublishIntake:
             self._run = 0
             await asyncio.sleep(0)
 
+    def stop_taking(self) -> None:
+        """Take no more messages from this connection (a delivery in progress still ends)."""
+        self._closing = True
+
     async def finish(self, timeout: float) -> None:
         """The connection is closing: take nothing more, and let a delivery in progress end (bounded).
 
@@ -192,7 +208,7 @@ class PublishIntake:
         queue) would be redone from the start by the leftovers, with part of it already done: a reading
         stored twice, or a status change (offline, say) already noted, so never recorded.
         """
-        self._closing = True
+        self.stop_taking()
         if not self._delivering:
             return
         idle = self._idle = asyncio.get_running_loop().create_future()

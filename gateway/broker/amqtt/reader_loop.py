@@ -7,9 +7,9 @@ thread under a flat-out QoS 1 load). This loop keeps amqtt's behaviour and diffe
 
 * **Silence** is detected by one timer per connection that checks the time of the last packet, instead
   of a timeout around every read; it calls ``handle_read_timeout`` as amqtt does (our silence closer).
-* **A protocol violation** (a malformed packet, a PUBLISH to a wildcard or ``$`` topic) closes the
-  connection, as MQTT requires; amqtt discarded the packet and read on. So does a packet whose remaining
-  length is over ``max_packet``, before its body is read.
+* **A protocol violation** (a malformed packet, a second CONNECT, a PUBLISH to a wildcard or ``$`` topic)
+  closes the connection, as MQTT requires; amqtt discarded the packet and read on. So does a packet whose
+  remaining length is over ``max_packet``, before its body is read.
 * **PUBLISH at QoS 0/1, PUBACK and PINGREQ** are handled inline, in arrival order: none of them waits
   for another packet from the same client (QoS 1: queue the message, send PUBACK). A client whose
   socket stops taking our PUBACKs then stops being read, which is the back-pressure we want. Every
@@ -23,7 +23,7 @@ checked at start by compat.py); the broker guard tests run every packet path thr
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import structlog
@@ -48,6 +48,8 @@ from amqtt.mqtt.packet import (
     UNSUBSCRIBE,
     MQTTFixedHeader,
 )
+
+from gateway.core.throttle import LogThrottle
 
 log = structlog.get_logger(__name__)
 
@@ -88,6 +90,27 @@ class _SilenceWatch:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+
+_failures = LogThrottle()
+
+
+def _spawn(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    """A handler task whose error is always retrieved: asyncio logs a traceback for each one that is not (a
+    flood of QoS 2 publishes cut off by their connection's end wrote one per packet)."""
+    task = asyncio.create_task(coro)
+    task.add_done_callback(_handler_done)
+    return task
+
+
+def _handler_done(task: asyncio.Task[None]) -> None:
+    if task.cancelled():
+        return
+    error = task.exception()
+    if error is None or isinstance(error.__cause__, asyncio.CancelledError):
+        return  # ended by the connection's end while it sent (amqtt's ProtocolHandlerError)
+    if (left_out := _failures.allow(type(error).__name__)) is not None:
+        log.warning("broker.handler_failed", error=repr(error), left_out_since_last=left_out)
 
 
 def install(handler: Any, on_protocol_error: Callable[[MQTTError], None], *, max_packet: int) -> None:
@@ -134,7 +157,7 @@ async def _reader_loop(handler: Any, on_protocol_error: Callable[[MQTTError], No
                 await plugins.fire_event(MQTTEvents.PACKET_RECEIVED, packet=packet, session=session)
                 if kind == PUBLISH:
                     if packet.qos == QOS_2:
-                        running.append(asyncio.create_task(handler.handle_publish(packet)))
+                        running.append(_spawn(handler.handle_publish(packet)))
                     else:
                         await handler.handle_publish(packet)
                 elif kind == PUBACK:
@@ -142,11 +165,12 @@ async def _reader_loop(handler: Any, on_protocol_error: Callable[[MQTTError], No
                 elif kind == PINGREQ:
                     await handler.handle_pingreq(packet)
                 elif kind == CONNECT:
-                    await handler.handle_connect(packet)
+                    # amqtt logged an error and read on; MQTT says a second CONNECT ends the connection.
+                    raise MQTTError("[MQTT-3.1.0-2] a second CONNECT")
                 else:
                     name = _TASK_HANDLERS.get(kind)
                     if name is not None:
-                        running.append(asyncio.create_task(getattr(handler, name)(packet)))
+                        running.append(_spawn(getattr(handler, name)(packet)))
             except MQTTError as exc:
                 # A malformed packet or a forbidden topic. amqtt read on ("Message discarded"), from the
                 # middle of the packet when parsing failed (a PUBLISH to a wildcard topic left its payload
@@ -164,7 +188,7 @@ async def _reader_loop(handler: Any, on_protocol_error: Callable[[MQTTError], No
         if watch is not None:
             watch.cancel()
     for task in running:
-        task.cancel()
+        task.cancel()  # amqtt turns a cancel inside a send into ProtocolHandlerError: retrieved by _handler_done
     await handler.handle_connection_closed()
     handler._reader_stopped.set()
     await handler.stop()

@@ -18,11 +18,12 @@ from amqtt.errors import MQTTError
 from amqtt.events import BrokerEvents
 from amqtt.session import IncomingApplicationMessage, Session
 
-from gateway.broker.acl import Access, device_may
+from gateway.broker.acl import DEVICE_TOPICS, Access, client_may
 from gateway.broker.amqtt.connection import Connection
 from gateway.broker.amqtt.publish_flow import StoredAckMessage
 from gateway.core.metrics import Metrics
 from gateway.core.ports import BrokerSink
+from gateway.core.throttle import LogThrottle
 
 log = structlog.get_logger(__name__)
 
@@ -37,6 +38,12 @@ class RoutingBroker(Broker):  # type: ignore[misc]
         self._sink = sink
         self._metrics = metrics
         self._current: dict[int, Connection] = {}  # id(session) -> the (newest) connection using that session
+        self._throttle = LogThrottle()  # log lines of events that can come in floods (core/throttle.py)
+        self.offline_queue = 100  # QoS 1/2 messages kept per offline persistent session (broker.offline_queue)
+        self.open_acl = False  # broker.acl = "open": topics outside device/ are free (acl.client_may)
+
+    def _may(self, device_id: str, access: Access, topic: str) -> bool:
+        return client_may(device_id, access, topic, open_acl=self.open_acl)
 
     def device_of(self, session: Session | None) -> str | None:
         """The device a session's current connection logged in as (None: not connected, or never verified)."""
@@ -47,15 +54,40 @@ class RoutingBroker(Broker):  # type: ignore[misc]
 
     async def _topic_filtering(self, session: Session, topic: str, action: Action) -> bool:
         device_id = self.device_of(session)
-        if device_id is not None and device_may(device_id, _ACCESS[action], topic):
+        if device_id is None and action is Action.RECEIVE:
+            device_id = self._offline_device(session)
+        if device_id is not None and self._may(device_id, _ACCESS[action], topic):
             return True
         self._metrics.inc(
             "gateway_broker_acl_denied_total", 1, "refused publish/subscribe/receive", action=action.value
         )
-        if action is not Action.RECEIVE:  # RECEIVE refusals are routine filtering, not an offence
+        # RECEIVE refusals are routine filtering, not an offence; the others once a minute per action with a count
+        if action is not Action.RECEIVE and (left_out := self._throttle.allow(("acl", action))) is not None:
             log.warning("broker.acl_denied", device_id=device_id, client_id=session.client_id, action=action.value,
-                        topic=topic)
+                        topic=topic, left_out_since_last=left_out)
         return False
+
+    def _offline_device(self, session: Session) -> str | None:
+        """The device of a persistent session whose device is offline: a QoS 1 message for it is queued
+        (amqtt asks RECEIVE first, and without a connection there was no device to ask for: nothing was
+        queued). Its client id is its device id: only a verified login creates a session, and a login's
+        client id must equal its device id (logins.py)."""
+        entry = self._sessions.get(session.client_id)
+        return session.client_id if entry is not None and entry[0] is session else None
+
+    async def _retain_broadcast_message(self, broadcast: dict[str, Any], qos: int, target_session: Session) -> None:
+        """Queue a QoS 1/2 message for an offline persistent session, at most `offline_queue` per session: when
+        full, the oldest queued message is dropped (counted) for the new one (for a device's commands the
+        newest say what is wanted now; the command service retries what was not acknowledged anyway)."""
+        queue = target_session.retained_messages
+        while queue.qsize() >= self.offline_queue:
+            queue.get_nowait()
+            self._metrics.inc("gateway_broker_offline_dropped_total", 1,
+                              "messages dropped from a full offline queue (the oldest first)")
+            if (left_out := self._throttle.allow("offline-dropped")) is not None:
+                log.warning("broker.offline_queue_full", client_id=target_session.client_id,
+                            limit=self.offline_queue, left_out_since_last=left_out)
+        await super()._retain_broadcast_message(broadcast, qos, target_session)
 
     # --- ingest hook ----------------------------------------------------------------------------
 
@@ -69,8 +101,9 @@ class RoutingBroker(Broker):  # type: ignore[misc]
         plugins = self.plugins_manager
         await plugins.fire_event(BrokerEvents.MESSAGE_RECEIVED, client_id=session.client_id, message=message)
         topic = message.topic
-        if not topic or topic.startswith("$"):  # (a wildcard topic already failed to parse)
-            # [MQTT-4.7.3-1], [MQTT-4.7.2-1]: the reader ends the connection on this.
+        if not topic or (topic.startswith("$") and not self._may(conn.device_id, Access.PUBLISH, topic)):
+            # [MQTT-4.7.3-1]; `$` topics are the server's unless the ACL gives them (open mode): the reader ends
+            # the connection on this. (A wildcard topic already failed to parse.)
             raise MQTTError(f"PUBLISH to the topic {topic!r}, which no client may publish to")
         receipt = None
         if await self._topic_filtering(session, topic, Action.PUBLISH):
@@ -87,8 +120,11 @@ class RoutingBroker(Broker):  # type: ignore[misc]
     async def _ingest(
         self, device_id: str, topic: str, data: bytes | bytearray | None
     ) -> tuple[asyncio.Future[None] | None, bool]:
-        """Hand a permitted publish to the sink: (its store receipt, whether an MQTT client subscribes to it)."""
-        receipt = await self._sink.message(device_id, topic, bytes(data or b""))
+        """Hand a permitted publish to the sink: (its store receipt, whether an MQTT client subscribes to it).
+        Only `device/` topics are the gateway's; others (open ACL) are only routed between clients."""
+        receipt = None
+        if topic.startswith(DEVICE_TOPICS):
+            receipt = await self._sink.message(device_id, topic, bytes(data or b""))
         # Device data usually has no MQTT subscriber: skip amqtt's (unbounded) broadcast queue then.
         return receipt, self._has_subscriber(topic)
 
@@ -102,7 +138,7 @@ class RoutingBroker(Broker):  # type: ignore[misc]
         if session is not None and topic is not None:
             # From amqtt's client loop (QoS 2, after its ACL check) or a Will, which amqtt never checks.
             device_id = self.device_of(session)
-            if device_id is None or not device_may(device_id, Access.PUBLISH, topic):
+            if device_id is None or not self._may(device_id, Access.PUBLISH, topic):
                 self._metrics.inc("gateway_broker_acl_denied_total", 1, action="will")
                 log.warning("broker.will_denied", device_id=device_id, topic=topic)
                 return
@@ -162,7 +198,7 @@ class RoutingBroker(Broker):  # type: ignore[misc]
             # amqtt stores a retained Will here without any ACL check: a device could plant a retained
             # command for another device (or delete someone's retained message with an empty Will).
             device_id = self.device_of(source_session)
-            if device_id is None or not device_may(device_id, Access.PUBLISH, topic_name):
+            if device_id is None or not self._may(device_id, Access.PUBLISH, topic_name):
                 self._metrics.inc("gateway_broker_acl_denied_total", 1, action="retain")
                 log.warning("broker.retain_denied", client_id=source_session.client_id, topic=topic_name)
                 return
@@ -183,8 +219,10 @@ class RoutingBroker(Broker):  # type: ignore[misc]
         held = [] if conn.intake is None else conn.intake.undelivered
         while held or not queue.empty():
             message = held.pop(0) if held else queue.get_nowait()
-            if message is None or not message.topic or not device_may(device_id, Access.PUBLISH, message.topic):
+            if message is None or not message.topic or not self._may(device_id, Access.PUBLISH, message.topic):
                 continue
+            if not message.topic.startswith(DEVICE_TOPICS):
+                continue  # not the gateway's (open ACL): nothing to store
             self._metrics.inc("gateway_broker_leftovers_delivered_total", 1, "parsed messages amqtt left behind")
             await self._sink.message(device_id, message.topic, bytes(message.data or b""))
 

@@ -1,0 +1,65 @@
+"""WAL checkpoints from a connection of their own, so the store writer's commits never wait for one.
+
+SQLite checkpoints on the committing connection once the WAL holds `wal_autocheckpoint` pages: that commit
+copies the WAL into the database file and syncs both, and every reading queued behind it waits (measured
+with bench_lifecycle: put -> committed p99 at 1,000 readings/s 19-21 ms with it, 7-12 ms without; beside
+retention's deletes 44-188 ms with it, 21 ms without). A PASSIVE checkpoint on another connection runs
+beside the writer (WAL mode lets it: it never takes the write lock) and the writer restarts the WAL from its
+start once everything in it has been copied. The writer keeps a far higher autocheckpoint of its own
+(BACKSTOP_PAGES) in case this task is down or cannot keep up.
+
+A checkpoint every `interval` seconds of loop time (not domain time: an interval): at 100 devices x 1
+reading / 10 s committed one by one, SQLite's default 1,000 pages came every ~14 s, which the write
+figures in the README were measured with; a page written many times between two checkpoints reaches the
+database file once (SD-card wear). 5 s and 15 s measured the same put->committed p99 beside retention.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import aiosqlite
+import structlog
+
+from gateway.core.metrics import Metrics
+
+log = structlog.get_logger(__name__)
+
+BACKSTOP_PAGES = 8000  # the writer's own autocheckpoint (32 MB of 4 KiB pages), for when this task falls behind
+CHECKPOINT_INTERVAL_S = 15.0
+
+
+class WalCheckpointer:
+    def __init__(self, db_path: Path, *, metrics: Metrics, interval: float = CHECKPOINT_INTERVAL_S,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        self._path = db_path
+        self._metrics = metrics
+        self._interval = interval
+        self._sleep = sleep
+
+    async def run(self) -> None:
+        """The supervised task: a PASSIVE checkpoint every interval until cancelled."""
+        conn = await aiosqlite.connect(str(self._path), isolation_level=None)
+        try:
+            await conn.execute("PRAGMA synchronous=NORMAL")  # syncs the WAL, then the database, per checkpoint
+            while True:
+                await self._sleep(self._interval)
+                await self.checkpoint(conn)
+        finally:
+            await conn.close()
+
+    async def checkpoint(self, conn: aiosqlite.Connection) -> tuple[int, int]:
+        """(pages in the WAL, pages copied to the database) of one PASSIVE checkpoint."""
+        try:
+            async with conn.execute("PRAGMA wal_checkpoint(PASSIVE)") as cur:
+                row = await cur.fetchone()
+        except sqlite3.OperationalError as exc:  # locked by a checkpoint of another process: the next one will do
+            self._metrics.inc("gateway_store_checkpoint_errors_total", 1, "background WAL checkpoints that failed")
+            log.warning("store.checkpoint_failed", error=str(exc))
+            return 0, 0
+        in_log, copied = (int(row[1]), int(row[2])) if row else (0, 0)
+        self._metrics.inc("gateway_store_checkpoints_total", 1, "background WAL checkpoints")
+        return in_log, copied

@@ -1,0 +1,127 @@
+"""The data lifecycle job: the rollups' catch-up, each table's retention window, the database's size cap, free
+space handed back.
+
+It runs as a supervised task (app.py: restarted with back-off if it fails, its health in /health) and not on
+control's timer: it is the store's business, a failure here must not stall control, and its passes need no
+exact boundaries (a pass an hour late deletes an hour more). Every cut-off comes from the injected clock, read
+once per pass; the pause between passes and steps is loop time (an interval, not domain time).
+
+A pass is many small steps (LifecycleStep records, store/lifecycle_steps.py): each a transaction that the
+store writer runs after a batch, through its one connection (DESIGN principle 5), then a pause of `pause_ms`
+in which the writer commits whatever ingest queued. A step is sized to take about `step_target_ms` (at most
+`batch_rows` rows), from the time the previous one took: the longest that a reading waits for the lifecycle
+is about one step, on a Pi's card as on a fast disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from gateway.core.clock import Clock
+from gateway.core.metrics import Metrics
+from gateway.core.models import GatewayEvent, LifecycleStep, StoreRecord
+from gateway.settings_retention import RetentionSection
+
+log = structlog.get_logger(__name__)
+
+DAY_S = 86400.0
+STEP_FIRST = 200  # rows (readings, pages) of a pass's first step; the next ones follow the time it took
+STEP_FEWEST = 20
+MB = 1024 * 1024
+Put = Callable[[StoreRecord], Awaitable[None]]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class PassReport:
+    """What one pass removed: rows per table (by age), readings over the size cap, pages handed back."""
+
+    expired: dict[str, int] = field(default_factory=dict)
+    over_cap: int = 0
+    reclaimed_pages: int = 0
+
+
+class DataLifecycle:
+    def __init__(
+        self, policy: RetentionSection, *, put: Put, clock: Clock, metrics: Metrics, sleep: Sleep = asyncio.sleep
+    ) -> None:
+        self._policy = policy
+        self._put = put
+        self._clock = clock
+        self._metrics = metrics
+        self._sleep = sleep
+        self.passes = 0  # retention passes completed (the first runs at start)
+
+    async def run(self) -> None:
+        """The supervised task: rollups caught up every `rollup_interval_seconds`; a retention pass at start and
+        then every `interval_minutes` (by the injected clock)."""
+        next_pass = self._clock.now()
+        while True:
+            now = self._clock.now()
+            if now >= next_pass:
+                await self.run_pass()
+                next_pass = now + self._policy.interval_minutes * 60.0
+            else:
+                await self.catch_up()
+            await self._sleep(self._policy.rollup_interval_seconds)
+
+    async def catch_up(self) -> int:
+        """Fold every reading stored so far into the rollups; how many. Up to the newest reading when it
+        starts: under ingest faster than its steps it would never end otherwise."""
+        newest = await self._repeat("newest", "", limit=1)
+        return await self._repeat("rollup", "", cutoff=float(newest), limit=self._policy.rollup_batch_readings)
+
+    async def run_pass(self) -> PassReport:
+        """Rollups first (retention keeps what they do not hold yet), then retention, size cap, reclaim."""
+        p = self._policy
+        await self.catch_up()
+        now = self._clock.now()
+        report = PassReport()
+        for table, days in p.windows().items():
+            removed = await self._repeat("expire", table, cutoff=now - days * DAY_S)
+            if removed:
+                report.expired[table] = removed
+                self._metrics.inc("gateway_retention_deleted_total", removed, "rows past their retention window",
+                                  table=table)
+        if p.max_db_mb:
+            report.over_cap = await self._repeat("size_cap", "readings", size=p.max_db_mb * MB)
+            if report.over_cap:
+                self._metrics.inc("gateway_retention_size_cap_deleted_total", report.over_cap,
+                                  "oldest readings deleted to keep the database under its size cap")
+                await self._put(GatewayEvent(self._clock.now(), "storage.size_cap", {
+                    "deleted": report.over_cap, "table": "readings", "capMb": p.max_db_mb}))
+                log.warning("retention.size_cap", deleted=report.over_cap, cap_mb=p.max_db_mb)
+        report.reclaimed_pages = await self._repeat("reclaim", "", size=int(p.keep_free_mb * MB),
+                                                    limit=p.reclaim_step_pages)
+        if report.reclaimed_pages:
+            self._metrics.inc("gateway_store_reclaimed_pages_total", report.reclaimed_pages,
+                              "free database pages handed back to the file system")
+        if report.expired or report.reclaimed_pages:
+            log.info("retention.pass", expired=report.expired, reclaimed_pages=report.reclaimed_pages)
+        self.passes += 1
+        return report
+
+    async def _repeat(self, action: str, table: str, *, cutoff: float = 0.0, size: int = 0,
+                      limit: int | None = None) -> int:
+        """Steps until there is nothing left to do; the total removed (folded). Each step's size follows the
+        time the last one held the writer's connection, towards `step_target_ms` (a slow card: smaller steps)."""
+        most = limit or self._policy.batch_rows
+        target = self._policy.step_target_ms / 1000.0
+        step_limit = min(most, STEP_FIRST)
+        total = 0
+        loop = asyncio.get_running_loop()
+        while True:
+            done: asyncio.Future[tuple[int, float]] = loop.create_future()
+            await self._put(LifecycleStep(action, table, cutoff, step_limit, done, size))
+            removed, took = await done
+            total += removed
+            # The size cap deletes by slices of time, which may hold fewer rows than a step takes.
+            if action == "newest" or removed == 0 or (removed < step_limit and action != "size_cap"):
+                return total
+            if took > 0:
+                step_limit = int(min(most, max(STEP_FEWEST, step_limit * target / took)))
+            await self._sleep(self._policy.pause_ms / 1000.0)

@@ -1,0 +1,172 @@
+"""The data lifecycle's steps (a LifecycleStep record): each a planner.Job in its own short transaction on the
+writer's connection, after a batch, so deleting never holds up more than one step's worth of ingest.
+
+* newest: the newest reading's id (what a catch-up folds up to); rollup: the rollups' catch-up (rollups.py).
+* expire: at most `limit` rows of one table older than the cut-off. Readings and rollups are deleted per
+  device through their (device_id, time) keys, the devices found by an index skip-scan: a step costs a
+  probe per device plus its rows, never a table scan. A reading the rollups do not hold yet is kept. The
+  outbox is not a table retention knows (its own budget bounds it).
+* size_cap: over the cap (pages in use, not the file's free pages), the oldest hour of raw readings across
+  all devices, at most `limit` rows.
+* reclaim: incremental auto-vacuum of at most `limit` pages beyond the free space kept (a database created
+  before the gateway had auto-vacuum has none: its free pages are reused by new rows instead).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable
+from functools import partial
+
+import aiosqlite
+import structlog
+
+from gateway.core.models import LifecycleStep
+from gateway.store import aiosqlite_access
+from gateway.store.planner import JobContext
+from gateway.store.rollups import WATERMARK, catch_up, newest_id
+
+log = structlog.get_logger(__name__)
+
+# The distinct device ids of table {t}, one index probe each (SQLite has no skip-scan without ANALYZE data).
+_DEVICES = (
+    "WITH RECURSIVE d(id) AS (SELECT (SELECT min(device_id) FROM {t}) UNION ALL"
+    " SELECT (SELECT min(device_id) FROM {t} WHERE device_id > d.id) FROM d WHERE d.id IS NOT NULL)"
+)
+# Parameters: a cut-off; a row limit. CROSS JOIN keeps the devices as the outer loop (the index's prefix).
+_PER_DEVICE = (
+    "DELETE FROM {t} WHERE {key} IN (" + _DEVICES + " SELECT {rkey} FROM d CROSS JOIN {t} AS r"
+    " WHERE r.device_id = d.id AND r.{time} < ?{also} LIMIT ?)"
+)
+_ROLLUP_KEY = {"key": "(device_id, bucket, metric)", "rkey": "r.device_id, r.bucket, r.metric", "time": "bucket",
+               "also": ""}
+_ROLLED_UP = f" AND r.id <= ({WATERMARK})"
+EXPIRE: dict[str, str] = {
+    "readings": _PER_DEVICE.format(t="readings", key="id", rkey="r.id", time="ts", also=_ROLLED_UP),
+    "rollup_hourly": _PER_DEVICE.format(t="rollup_hourly", **_ROLLUP_KEY),
+    "rollup_daily": _PER_DEVICE.format(t="rollup_daily", **_ROLLUP_KEY),
+    "events": "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE ts < ? ORDER BY ts LIMIT ?)",
+    "quarantine": "DELETE FROM quarantine WHERE id IN (SELECT id FROM quarantine WHERE received_at < ?"
+                  " ORDER BY received_at LIMIT ?)",
+    "command_log": "DELETE FROM command_log WHERE rowid IN (SELECT rowid FROM command_log WHERE created_at < ?"
+                   " AND status NOT IN ('pending', 'sent') ORDER BY created_at LIMIT ?)",
+    "schedule_runs": "DELETE FROM schedule_runs WHERE id IN (SELECT id FROM schedule_runs WHERE at < ?"
+                     " ORDER BY at LIMIT ?)",
+    "rpc_log": "DELETE FROM rpc_log WHERE rowid IN (SELECT rowid FROM rpc_log WHERE at < ? ORDER BY at LIMIT ?)",
+}
+OLDEST_READING = _DEVICES.format(t="readings") + (
+    " SELECT min((SELECT min(ts) FROM readings WHERE device_id = d.id)) FROM d WHERE d.id IS NOT NULL"
+)
+SIZE_CAP_SLICE_S = 3600.0  # the size cap deletes the oldest hour of readings first, then the next
+
+
+def _pragma(db: sqlite3.Connection, name: str) -> int:
+    row = db.execute(f"PRAGMA {name}").fetchone()
+    return int(row[0]) if row else 0
+
+
+def used_bytes(db: sqlite3.Connection) -> int:
+    """Bytes of the database's pages in use (its file size less its free pages)."""
+    return (_pragma(db, "page_count") - _pragma(db, "freelist_count")) * _pragma(db, "page_size")
+
+
+def _delete(db: sqlite3.Connection, sql: str, cutoff: float, limit: int) -> int:
+    db.execute("BEGIN")
+    try:
+        deleted = db.execute(sql, (cutoff, limit)).rowcount
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    return max(deleted, 0)
+
+
+def expire(db: sqlite3.Connection, table: str, cutoff: float, limit: int) -> int:
+    return _delete(db, EXPIRE[table], cutoff, limit)
+
+
+def size_cap(db: sqlite3.Connection, cap_bytes: int, limit: int) -> int:
+    if used_bytes(db) <= cap_bytes:
+        return 0
+    row = db.execute(OLDEST_READING).fetchone()
+    if row is None or row[0] is None:
+        return 0  # no readings left to give up (or none rolled up yet): what fills the database is something else
+    return _delete(db, EXPIRE["readings"], float(row[0]) + SIZE_CAP_SLICE_S, limit)
+
+
+def reclaim(db: sqlite3.Connection, keep_bytes: int, limit: int) -> int:
+    if _pragma(db, "auto_vacuum") != 2:  # incremental
+        return 0
+    free = start = _pragma(db, "freelist_count")
+    target = free - min(limit, free - keep_bytes // _pragma(db, "page_size"))
+    if target >= free:
+        return 0
+    db.execute("BEGIN")
+    try:
+        # Each execute() of this pragma hands back one page through Python's sqlite3 (it steps a statement that
+        # returns no rows once), so it repeats until the free list is down to the target, in one transaction.
+        while free > target:
+            db.execute(f"PRAGMA incremental_vacuum({free - target})")
+            now_free = _pragma(db, "freelist_count")
+            if now_free >= free:
+                break  # nothing more to hand back (never seen; guards the loop)
+            free = now_free
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    return start - free
+
+
+class LifecycleJob:
+    """One LifecycleStep (a planner.Job): its result or error goes to the step's `done`."""
+
+    __slots__ = ("step",)
+
+    def __init__(self, step: LifecycleStep) -> None:
+        self.step = step
+
+    async def __call__(self, conn: aiosqlite.Connection, context: JobContext) -> None:
+        step = self.step
+        run: Callable[[sqlite3.Connection], int]
+        if step.action == "rollup":
+            run = partial(catch_up, limit=step.limit, through=int(step.cutoff))
+        elif step.action == "newest":
+            run = newest_id
+        elif step.action == "expire" and step.table in EXPIRE:
+            run = partial(expire, table=step.table, cutoff=step.cutoff, limit=step.limit)
+        elif step.action == "size_cap":
+            run = partial(size_cap, cap_bytes=step.bytes, limit=step.limit)
+        elif step.action == "reclaim":
+            run = partial(reclaim, keep_bytes=step.bytes, limit=step.limit)
+        else:
+            _finish(step, error=ValueError(f"unknown retention step {step.action!r} of {step.table!r}"))
+            return
+        try:
+            removed, took = await aiosqlite_access.on_worker_thread(conn, _timed, run,
+                                                                    aiosqlite_access.raw_connection(conn))
+        except sqlite3.Error as exc:
+            context.metrics.inc("gateway_lifecycle_errors_total", 1, "failed data lifecycle steps")
+            log.error("lifecycle.step_failed", action=step.action, table=step.table, error=str(exc))
+            _finish(step, error=exc)
+            return
+        _finish(step, removed=removed, took=took)
+
+
+def _timed(run: Callable[[sqlite3.Connection], int], db: sqlite3.Connection) -> tuple[int, float]:
+    """The step's result and how long it held the writer's connection (not counting its wait in the queue)."""
+    started = time.perf_counter()
+    removed = run(db)
+    return removed, time.perf_counter() - started
+
+
+def _finish(step: LifecycleStep, *, removed: int = 0, took: float = 0.0, error: BaseException | None = None) -> None:
+    if step.done.done():  # the caller gave up waiting (shutdown)
+        return
+    if error is not None:
+        step.done.set_exception(error)
+    else:
+        step.done.set_result((removed, took))

@@ -1,0 +1,295 @@
+"""Data lifecycle benchmark: history reads over rollups, retention beside ingest, bytes written per reading.
+
+    .venv/bin/python -m tests.bench.bench_lifecycle            # a week of 100 devices (6 M readings), minutes
+    .venv/bin/python -m tests.bench.bench_lifecycle --smoke    # seconds; what the test suite runs
+
+Prints (asserts nothing about time):
+  * history: a week of 100 devices at 1 reading / 10 s and 90 days of one more, generated once straight into
+    SQLite and folded into the rollups by the real catch-up (its rate printed); then week statistics and a
+    7 x 24-point series for one device and for all 100, 90 days of statistics for one device (auto resolution:
+    exact, rollups inside, raw readings at the ends), and the week's statistics from raw readings to compare;
+  * retention beside ingest: readings put at 1,000/s through the store writer (WAL checkpoints beside it, as
+    in the daemon) while retention deletes a day of 100 devices: put -> committed p50/p99 (the store's part of
+    publish -> committed), with and without;
+  * writes: bytes written per reading (/proc/self/io write_bytes, the storage layer) for 100 devices x 1
+    reading / 10 s with the outbox on, for commits of 1 reading (idle_linger_ms 0) and of 10 (1,000), the
+    rollups' catch-up included; the row's own size; the card wear in GB/day; and the steady-state database
+    size for 100 devices at the default windows, from the bytes per reading and per rollup row measured here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sqlite3
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from gateway.core.clock import ManualClock
+from gateway.core.metrics import Metrics
+from gateway.core.models import Reading
+from gateway.settings_retention import RetentionSection
+from gateway.store import history
+from gateway.store.checkpoints import BACKSTOP_PAGES, WalCheckpointer
+from gateway.store.lifecycle import DataLifecycle
+from gateway.store.read_queries import open_reader
+from gateway.store.writer import StoreWriter
+from tests.bench.common import percentile, run_and_report
+from tests.fixtures.lifecycle import T0, insert_readings, metrics_of, reading_rows
+
+DAY = 86400.0
+READINGS_PER_DAY = 8640  # one every 10 s
+
+
+async def timed(n: int, call: Any) -> float:
+    """Median milliseconds of `n` awaits of call()."""
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        await call()
+        times.append((time.perf_counter() - t0) * 1000)
+    return sorted(times)[len(times) // 2]
+
+
+def fill(path: Path, devices: int, days: float, interval: float, start: float, device_base: int = 0) -> int:
+    total = 0
+    for day in range(int(days)):  # a transaction per day keeps the generator's memory small
+        rows = ((f"AP-{int(d[3:]) + device_base:03d}", *rest) for d, *rest in
+                reading_rows(devices, start + day * DAY, start + (day + 1) * DAY, interval))
+        total += insert_readings(path, rows)
+    return total
+
+
+async def history_reads(folder: Path, devices: int, days: int, long_days: int, interval: float) -> dict[str, float]:
+    path = folder / "history.db"
+    clock = ManualClock(T0 + long_days * DAY)
+    metrics = Metrics()
+    writer = StoreWriter(path, metrics=metrics, clock=clock)
+    await writer.open()
+    task = asyncio.create_task(writer.run())
+    policy = RetentionSection(pause_ms=0, rollup_batch_readings=20_000, step_target_ms=1000)
+    lifecycle = DataLifecycle(policy, put=writer.put, clock=clock, metrics=metrics)
+    t0 = time.perf_counter()
+    generated = fill(path, devices, days, interval, T0 + (long_days - days) * DAY)
+    generated += fill(path, 1, long_days, interval, T0, device_base=devices)  # the long-lived device
+    gen_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    folded = await lifecycle.catch_up()
+    fold_s = time.perf_counter() - t0
+    await writer.close()
+    await task
+    conn = await open_reader(path)
+    end = T0 + long_days * DAY - 1234.5  # not aligned: raw readings at both ends
+    week = (end - days * DAY, end)
+    windows = history.Windows.of(policy, clock.now())
+    ids = [f"AP-{d:03d}" for d in range(devices)]
+    longest = f"AP-{devices:03d}"
+    try:
+        async def all_devices(read: Any) -> None:
+            for device in ids:
+                await read(device)
+
+        async def stats(device: str, resolution: str = "auto") -> None:
+            await history.statistics(conn, device, *week, resolution, windows)
+
+        async def series(device: str) -> None:
+            found = await history.series(conn, device, "pm25", *week, 3600, "auto", windows)
+            assert len(found["points"]) >= days * 24
+
+        return {
+            "generated_readings": float(generated), "generate_s": gen_s, "catch_up_readings_per_s": folded / fold_s,
+            "week_stats_one_ms": await timed(9, lambda: stats(ids[0])),
+            "week_series_one_ms": await timed(9, lambda: series(ids[0])),
+            "week_stats_all_ms": await timed(3, lambda: all_devices(stats)),
+            "week_series_all_ms": await timed(3, lambda: all_devices(series)),
+            "days90_stats_one_ms": await timed(9, lambda: history.statistics(
+                conn, longest, T0 + 999.0, end, "auto", windows)),
+            "week_stats_one_raw_ms": await timed(3, lambda: stats(ids[0], "raw")),
+        }
+    finally:
+        await conn.close()
+
+
+async def retention_beside_ingest(folder: Path, devices: int, rate: int, seconds: float) -> dict[str, float]:
+    """Put `rate` readings/s for `seconds` twice: alone, then while retention deletes a day of `devices`."""
+    path = folder / "retention.db"
+    clock = ManualClock(T0 + 100 * DAY)
+    metrics = Metrics()
+    # As the daemon runs it (app.py): WAL checkpoints beside the writer, the production batch and queue sizes.
+    writer = StoreWriter(path, metrics=metrics, clock=clock, max_batch=250, queue_size=250, outbox=True,
+                         wal_autocheckpoint=BACKSTOP_PAGES)
+    await writer.open()
+    task = asyncio.create_task(writer.run())
+    checkpoints = asyncio.create_task(WalCheckpointer(path, metrics=metrics).run())
+    lifecycle = DataLifecycle(RetentionSection(), put=writer.put, clock=clock, metrics=metrics)
+    expired = fill(path, devices, 1, 10.0, T0)  # a day past the 90-day window
+    await lifecycle.catch_up()
+    loop = asyncio.get_running_loop()
+    out: dict[str, float] = {"retention_deleted": float(expired)}
+
+    async def ingest(label: str, during: asyncio.Task[Any] | None) -> None:
+        latencies: list[float] = []
+
+        def committed(t_put: float, _: object) -> None:
+            latencies.append(loop.time() - t_put)
+
+        start, sent = loop.time(), 0
+        while loop.time() - start < seconds or (during is not None and not during.done()):
+            due = int((loop.time() - start) * rate)
+            for _ in range(due - sent):
+                ts = T0 + 100 * DAY + sent * 0.001
+                t_put = loop.time()  # before put(): a full queue's wait counts
+                await writer.put(Reading(f"AP-{sent % devices:03d}", ts, metrics_of(sent % devices, ts), ts))
+                receipt = writer.receipt()
+                if receipt is not None:
+                    receipt.add_done_callback(partial(committed, t_put))
+                sent += 1
+            await asyncio.sleep(0.002)
+        await writer.flush()
+        out[f"{label}_p50_ms"] = percentile(latencies, 50) * 1000
+        out[f"{label}_p99_ms"] = percentile(latencies, 99) * 1000
+        out[f"{label}_readings"] = float(sent)
+
+    await ingest("ingest_alone", None)
+    t0 = time.perf_counter()
+    retention = asyncio.create_task(lifecycle.run_pass())
+    await ingest("ingest_with_retention", retention)
+    report = await retention
+    out["retention_s"] = time.perf_counter() - t0
+    out["retention_rows_per_s"] = report.expired.get("readings", 0) / out["retention_s"]
+    checkpoints.cancel()
+    await asyncio.gather(checkpoints, return_exceptions=True)
+    await writer.close()
+    await task
+    with sqlite3.connect(path) as db:
+        kept = db.execute("SELECT count(*) FROM readings").fetchone()[0]
+    out["ingest_lost"] = out["ingest_alone_readings"] + out["ingest_with_retention_readings"] - kept
+    return out
+
+
+def proc_io() -> dict[str, int]:
+    text = Path("/proc/self/io").read_text()
+    return {k: int(v) for k, v in (line.split(": ") for line in text.splitlines())}
+
+
+async def write_cost(folder: Path, per_commit: int, readings: int, outbox: bool) -> dict[str, float]:
+    """Bytes written per reading, 100 devices, `per_commit` readings per commit, the catch-up every 600."""
+    path = folder / f"writes-{per_commit}-{outbox}.db"
+    clock = ManualClock(T0)
+    metrics = Metrics()
+    writer = StoreWriter(path, metrics=metrics, clock=clock, outbox=outbox)
+    await writer.open()
+    task = asyncio.create_task(writer.run())
+    lifecycle = DataLifecycle(RetentionSection(), put=writer.put, clock=clock, metrics=metrics)
+    warm = min(2000, readings)  # fill the first pages, so the figures are a running database's
+    for i in range(warm + readings):
+        if i == warm:
+            await writer.flush()
+            await lifecycle.catch_up()
+            before = proc_io()
+        ts = T0 + i * 0.1
+        await writer.put(Reading(f"AP-{i % 100:03d}", ts, metrics_of(i % 100, ts), ts + 0.01))
+        if i % per_commit == per_commit - 1:
+            await writer.flush()
+        if i % 600 == 599:
+            await lifecycle.catch_up()  # once a minute at 10 readings/s
+    await writer.flush()
+    after = proc_io()
+    await writer.close()
+    await task
+    with sqlite3.connect(path) as db:
+        row = db.execute("SELECT avg(length(device_id) + length(metrics) + 8 + 8 + 8) FROM readings").fetchone()
+    wrote = after["write_bytes"] - before["write_bytes"]
+    return {"bytes_per_reading": wrote / readings, "wchar_per_reading": (after["wchar"] - before["wchar"]) / readings,
+            "row_bytes": float(row[0])}
+
+
+def steady_state_gb(folder: Path) -> dict[str, float]:
+    """Bytes per stored reading and per rollup row in the history database, scaled to the default windows."""
+    with sqlite3.connect(folder / "history.db") as db:
+        def table_bytes(name: str) -> float:
+            rows = db.execute("SELECT sum(pgsize) FROM dbstat WHERE name = ? OR name IN"
+                              " (SELECT name FROM sqlite_master WHERE tbl_name = ? AND type = 'index')",
+                              (name, name)).fetchone()
+            return float(rows[0] or 0.0)
+        readings = db.execute("SELECT count(*) FROM readings").fetchone()[0]
+        hourly = db.execute("SELECT count(*) FROM rollup_hourly").fetchone()[0]
+        daily = db.execute("SELECT count(*) FROM rollup_daily").fetchone()[0]
+        per_reading = table_bytes("readings") / readings
+        per_hourly = table_bytes("rollup_hourly") / hourly
+        per_daily = table_bytes("rollup_daily") / daily
+    p = RetentionSection()
+    rollup_rows_per_bucket = 8  # 7 numeric metrics of a purifier, and the reading count
+    raw = 100 * READINGS_PER_DAY * p.readings_days * per_reading
+    hours = 100 * 24 * p.rollup_hourly_days * rollup_rows_per_bucket * per_hourly
+    days = 100 * p.rollup_daily_days * rollup_rows_per_bucket * per_daily
+    return {"stored_bytes_per_reading": per_reading, "bytes_per_hourly_row": per_hourly,
+            "steady_state_gb": (raw + hours + days) / 1e9, "steady_state_raw_gb": raw / 1e9,
+            "raw_days_in_2gb": max(0.0, 2e9 - hours - days) / (100 * READINGS_PER_DAY * per_reading)}
+
+
+async def bench(args: argparse.Namespace) -> dict[str, Any]:
+    if args.smoke:
+        devices, days, long_days, rate, seconds, write_readings = 3, 1, 2, 1000, 1.0, 300
+    else:
+        devices, days, long_days, rate, seconds, write_readings = 100, 7, 90, 1000, 5.0, 12_000
+    results: dict[str, Any] = {"devices": devices, "days": days, "smoke": args.smoke}
+    with tempfile.TemporaryDirectory(prefix="bench-lifecycle-", dir=args.dir) as tmp:
+        folder = Path(tmp)
+        results.update(await history_reads(folder, devices, days, long_days, 10.0))
+        results.update(steady_state_gb(folder))
+        results.update(await retention_beside_ingest(folder, devices, rate, seconds))
+        for name, per_commit, outbox in WRITE_CASES:
+            for key, value in (await write_cost(folder, per_commit, write_readings, outbox)).items():
+                results[f"{key}_{name}"] = value
+            results[f"gb_per_day_{name}"] = results[f"bytes_per_reading_{name}"] * 100 * READINGS_PER_DAY / 1e9
+    return results
+
+
+# (name, readings per commit, outbox on): idle_linger_ms 0 commits each reading of 100 devices x 1 / 10 s alone;
+# 1,000 groups ~10; 10,000 ~100 (a device then waits up to 10 s for its PUBACK).
+WRITE_CASES = (("commit_1", 1, True), ("commit_10", 10, True), ("commit_10_no_outbox", 10, False),
+               ("commit_100", 100, True))
+
+
+def report(r: dict[str, Any]) -> str:
+    return "\n".join([
+        f"history over {r['days']} days of {r['devices']} devices ({r['generated_readings']:,.0f} readings generated "
+        f"in {r['generate_s']:.0f} s, rollups caught up at {r['catch_up_readings_per_s']:,.0f} readings/s):",
+        f"  week statistics: one device {r['week_stats_one_ms']:.1f} ms (raw readings only: "
+        f"{r['week_stats_one_raw_ms']:.0f} ms), all devices {r['week_stats_all_ms']:.0f} ms",
+        f"  week series of 7 x 24 points: one device {r['week_series_one_ms']:.1f} ms, all devices "
+        f"{r['week_series_all_ms']:.0f} ms; 90 days of statistics, one device {r['days90_stats_one_ms']:.1f} ms",
+        f"retention beside ingest: {r['retention_deleted']:,.0f} readings deleted in {r['retention_s']:.1f} s "
+        f"({r['retention_rows_per_s']:,.0f}/s); put -> committed p50/p99 alone {r['ingest_alone_p50_ms']:.1f}/"
+        f"{r['ingest_alone_p99_ms']:.1f} ms, with retention {r['ingest_with_retention_p50_ms']:.1f}/"
+        f"{r['ingest_with_retention_p99_ms']:.1f} ms; lost {r['ingest_lost']:.0f}",
+        f"writes, 100 devices x 1 reading/10 s (a row is {r['row_bytes_commit_1']:.0f} B), bytes written per "
+        f"reading (GB/day), outbox on: commits of 1 {r['bytes_per_reading_commit_1']:,.0f} "
+        f"({r['gb_per_day_commit_1']:.2f}), of 10 {r['bytes_per_reading_commit_10']:,.0f} "
+        f"({r['gb_per_day_commit_10']:.2f}), of 100 {r['bytes_per_reading_commit_100']:,.0f} "
+        f"({r['gb_per_day_commit_100']:.2f}); outbox off, of 10: {r['bytes_per_reading_commit_10_no_outbox']:,.0f} "
+        f"({r['gb_per_day_commit_10_no_outbox']:.2f})",
+        f"steady state, 100 devices at the default windows: {r['steady_state_gb']:.1f} GB "
+        f"(raw readings {r['steady_state_raw_gb']:.1f} GB at {r['stored_bytes_per_reading']:.0f} B each); "
+        f"2 GB holds {r['raw_days_in_2gb']:.0f} days of raw readings",
+    ])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="a tiny run (the test suite's)")
+    parser.add_argument("--dir", type=Path, help="where the databases go (a disk, for write_bytes)")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    run_and_report(parser.parse_args(), bench, report)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""RecentReadings (gateway/ingest/resends.py): a reading sent again is recognised, also after a restart."""
+
+from __future__ import annotations
+
+from gateway.core.models import Reading
+from gateway.ingest.resends import RecentReadings
+
+
+def take(recent: RecentReadings, reading: Reading) -> bool:
+    """True if taken as new (and remembered), False if recognised as a resend."""
+    key = recent.new_content(reading)
+    if key is None:
+        return False
+    recent.remember(reading, key)
+    return True
+
+
+def test_same_time_and_content_is_a_resend() -> None:
+    recent = RecentReadings()
+    assert take(recent, Reading("AP-01", 10.0, {"pm25": 7.9, "fanSpeed": 2}, 11.0, {"fw": "2.1", "a": [1]}))
+    assert not take(recent, Reading("AP-01", 10.0, {"pm25": 7.9, "fanSpeed": 2}, 12.0, {"a": [1], "fw": "2.1"}))
+    assert take(recent, Reading("AP-01", 10.0, {"pm25": 8.0, "fanSpeed": 2}, 12.0))  # other content
+    assert take(recent, Reading("AP-02", 10.0, {"pm25": 7.9, "fanSpeed": 2}, 12.0, {"fw": "2.1"}))  # other device
+
+
+def test_not_remembered_until_taken() -> None:
+    recent = RecentReadings()
+    reading = Reading("AP-01", 10.0, {"pm25": 1.0}, 11.0)
+    assert recent.new_content(reading) is not None  # asked, but never queued (a delivery cut short)
+    assert take(recent, reading)
+
+
+def test_restored_from_the_store_and_bounded_per_device() -> None:
+    recent = RecentReadings(per_device=3)
+    recent.restore([("AP-01", float(ts), {"pm25": float(ts)}, {}) for ts in range(5)])
+    assert not take(recent, Reading("AP-01", 4.0, {"pm25": 4.0}, 0.0))
+    assert not take(recent, Reading("AP-01", 2.0, {"pm25": 2.0}, 0.0))
+    assert take(recent, Reading("AP-01", 1.0, {"pm25": 1.0}, 0.0))  # older than the last three

@@ -1,0 +1,51 @@
+"""WAL checkpoints beside the store writer: copied from their own connection, the WAL restarts from its start."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import aiosqlite
+
+from gateway.core.metrics import Metrics
+from gateway.core.models import Reading
+from gateway.store.checkpoints import BACKSTOP_PAGES, WalCheckpointer
+from gateway.store.writer import StoreWriter
+from tests.fixtures.lifecycle import T0, metrics_of
+
+
+async def test_a_passive_checkpoint_beside_the_writer_copies_the_wal_and_the_wal_is_reused(tmp_path: Path) -> None:
+    path = tmp_path / "g.db"
+    wal = tmp_path / "g.db-wal"
+    metrics = Metrics()
+    writer = StoreWriter(path, metrics=metrics, wal_autocheckpoint=BACKSTOP_PAGES)
+    await writer.open()
+    task = asyncio.create_task(writer.run())
+    checkpointer = WalCheckpointer(path, metrics=metrics)
+    conn = await aiosqlite.connect(str(path), isolation_level=None)
+
+    async def write(start: int, count: int) -> None:
+        for i in range(start, start + count):
+            await writer.put(Reading(f"AP-{i % 20:03d}", T0 + i, metrics_of(i % 20, T0 + i), T0 + i))
+            if i % 50 == 0:
+                await writer.flush()  # many commits, as ingest makes them
+        await writer.flush()
+
+    try:
+        await write(0, 3000)
+        in_log, copied = await checkpointer.checkpoint(conn)
+        assert in_log > 100 and copied == in_log  # nobody else held the WAL: all of it reached the database file
+        rounds = [in_log]
+        for round_ in range(3):
+            await write(3000 + round_ * 3000, 3000)
+            in_log, copied = await checkpointer.checkpoint(conn)
+            assert copied == in_log
+            rounds.append(in_log)
+        # the writer started over at the WAL's beginning after each: it holds one round's frames at most
+        frame = 24 + 4096
+        assert wal.stat().st_size <= 32 + max(rounds) * frame < 32 + sum(rounds) * frame / 2
+        assert metrics.value("gateway_store_checkpoints_total") == 4
+    finally:
+        await conn.close()
+        await writer.close()
+        await task
