@@ -28,7 +28,7 @@ _CTRL_AEAD_SET_IVLEN = 0x9
 _CTRL_AEAD_GET_TAG = 0x10
 _CTRL_AEAD_SET_TAG = 0x11
 _OSSL_PARAM_OCTET_STRING = 5
-_OSSL_PARAM_UNMODIFIED = 2**64 - 1  # SIZE_MAX on the 64-bit platforms; OpenSSL only compares it
+_OSSL_PARAM_UNMODIFIED = ctypes.c_size_t(-1).value  # SIZE_MAX on this platform (32-bit ARM gateways too)
 
 
 class _OsslParam(ctypes.Structure):
