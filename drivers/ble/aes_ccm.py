@@ -173,3 +173,28 @@ class AesCcm:
                 or lib.EVP_CIPHER_CTX_ctrl(ctx, _CTRL_AEAD_GET_TAG, MIC_LENGTH, out) != 1:
             raise RuntimeError("OpenSSL refused the AES-CCM tag")
         return ciphertext, out.raw[:MIC_LENGTH]
+
+
+class CryptographyCcm:
+    """The same decryption with the `cryptography` package's AESCCM: where no libcrypto can be found (a static
+    Python build), at the import cost the ctypes path avoids."""
+
+    __slots__ = ("_ciphers", "_key")
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) != 16:
+            raise ValueError(f"an AES-128 key has 16 bytes, not {len(key)}")
+        self._key = key
+        self._ciphers: dict[int, Any] = {}
+
+    def decrypt(self, nonce: bytes, ciphertext: bytes, mic: bytes, aad: bytes | None = None) -> bytes:
+        from cryptography.exceptions import InvalidTag as LibraryInvalidTag
+        from cryptography.hazmat.primitives.ciphers.aead import AESCCM
+
+        cipher = self._ciphers.get(len(mic))
+        if cipher is None:
+            cipher = self._ciphers[len(mic)] = AESCCM(self._key, tag_length=len(mic))
+        try:
+            return bytes(cipher.decrypt(nonce, ciphertext + mic, aad))
+        except LibraryInvalidTag:
+            raise InvalidTag("MIC mismatch") from None

@@ -18,7 +18,7 @@ from typing import Any, Literal, Protocol
 
 from drivers.ble import atc, bthome, ruuvi
 from drivers.ble.ad import COMPANY_RUUVI, UUID_BTHOME, UUID_ENVIRONMENTAL_SENSING, Advertisement, uuid128_of
-from drivers.ble.aes_ccm import AesCcm, InvalidTag
+from drivers.ble.aes_ccm import AesCcm, CryptographyCcm, InvalidTag
 from gateway.core.errors import PayloadError
 from gateway.core.models import MetricValue, Reading
 
@@ -72,8 +72,12 @@ def normalize_mac(mac: str) -> str:
     return ":".join(digits[i:i + 2] for i in range(0, 12, 2))
 
 
-def make_cipher(bindkey: bytes) -> AesCcm:
-    return AesCcm(bindkey)
+def make_cipher(bindkey: bytes) -> AesCcm | CryptographyCcm:
+    """OpenSSL's AES-CCM through ctypes (0.2 MB); `cryptography`'s (6.6 MB to import) where no libcrypto is found."""
+    try:
+        return AesCcm(bindkey)
+    except ImportError:
+        return CryptographyCcm(bindkey)
 
 
 Values = tuple[dict[str, MetricValue], dict[str, Any]]  # numbers and booleans (metrics); text (extra)
@@ -246,7 +250,8 @@ class DeviceAdvertDecoder:
         return split_values(atc.decode_decrypted(plain, counter))
 
     @staticmethod
-    def _aes_ccm(cipher: AesCcm, nonce: bytes, ciphertext: bytes, mic: bytes, aad: bytes | None, name: str) -> bytes:
+    def _aes_ccm(cipher: AesCcm | CryptographyCcm, nonce: bytes, ciphertext: bytes, mic: bytes, aad: bytes | None,
+                 name: str) -> bytes:
         try:
             return cipher.decrypt(nonce, ciphertext, mic, aad)
         except InvalidTag:

@@ -77,3 +77,21 @@ def test_decrypting_adverts_loads_no_crypto_package() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "ok", out.stderr
+
+
+def test_without_libcrypto_the_cryptography_package_decrypts_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Python without a findable libcrypto (a static build): make_cipher falls back to `cryptography`."""
+    from drivers.ble import aes_ccm, formats
+
+    key, nonce, plain = bytes(range(16)), bytes(range(13)), b"\x02\xca\x09"
+    ciphertext, mic = aes_ccm.AesCcm(key).encrypt(nonce, plain)
+
+    def no_libcrypto() -> None:
+        raise ImportError("no libcrypto here")
+
+    monkeypatch.setattr(aes_ccm, "_libcrypto", no_libcrypto)
+    cipher = formats.make_cipher(key)
+    assert isinstance(cipher, aes_ccm.CryptographyCcm)
+    assert cipher.decrypt(nonce, ciphertext, mic) == plain
+    with pytest.raises(aes_ccm.InvalidTag):
+        cipher.decrypt(nonce, ciphertext, bytes(4))
