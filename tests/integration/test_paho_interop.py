@@ -185,3 +185,5 @@ async def test_dollar_topics(gw: RunningGateway) -> None:
         await b.publish("$" + TOPICS[1], b"", qos=1)  # allowed by the ACL: delivered, not a protocol violation
         assert [str(m.topic) for m in await receive(exact, 1)] == ["$" + TOPICS[1]]
         assert await until_marker(b, "Marker/X") == []  # a wildcard filter does not match a $ topic
+        await b.publish("$" + TOPICS[1], b"two", qos=2)  # QoS 2 too (amqtt's own flow refused every $ topic)
+        assert [(str(m.topic), m.payload) for m in await receive(exact, 1)] == [("$" + TOPICS[1], b"two")]

@@ -7,7 +7,8 @@ future set one Event (`Connection.wake`) instead. Each pass: a disconnect ends t
 queued goes to the store as leftovers, as with amqtt); then SUBSCRIBE and UNSUBSCRIBE requests in the
 order they came (amqtt took at most one of each per wake-up, subscriptions first, so an UNSUBSCRIBE then
 SUBSCRIBE of one topic could end unsubscribed); then QoS 2 messages (QoS 0/1 ones never get here: the
-reader delivers them, publish_flow.py).
+reader delivers them, publish_flow.py). A QoS 2 message to a `$` topic takes the reader's delivery, where the
+ACL decides (amqtt refuses every `$` topic).
 
 The work itself is amqtt's: its `_handle_disconnect`, `_handle_subscription`, `_handle_unsubscription`
 and `_handle_message_delivery`, each given a finished future holding what its own loop would have awaited.
@@ -64,7 +65,7 @@ async def run(
                     await broker._handle_unsubscription(session, handler, request)
             while not deliveries.empty():
                 message = deliveries.get_nowait()
-                if not await broker._handle_message_delivery(session, handler, _done(message)):
+                if not await _deliver(broker, conn, session, message):
                     # A forbidden topic. amqtt would leave its loop here and the connection open, its Will
                     # unsent and a persistent session marked connected. End it as an abnormal disconnect:
                     # the next pass sees it (Will, handler stopped, session disconnected); what is still
@@ -75,6 +76,18 @@ async def run(
                     break
     except asyncio.CancelledError:
         return  # as amqtt's loop does: the broker is shutting down
+
+
+async def _deliver(broker: Broker, conn: Connection, session: Session, message: Any) -> bool:
+    """A QoS 2 message, complete: delivered (False: its topic is forbidden). amqtt refuses every `$` topic;
+    ours are the ACL's to allow (routing.py: `_deliver_read`, which QoS 0/1 messages take from the reader)."""
+    if message is not None and (message.topic or "").startswith("$"):
+        try:
+            await broker._deliver_read(conn, message)  # type: ignore[attr-defined]
+        except MQTTError:
+            return False
+        return True
+    return bool(await broker._handle_message_delivery(session, conn.handler, _done(message)))
 
 
 def _done(value: Any) -> asyncio.Future[Any]:
