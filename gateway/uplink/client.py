@@ -15,8 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import socket
-import ssl
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -35,6 +33,7 @@ from gateway.store.writer import StoreWriter
 from gateway.uplink import messages
 from gateway.uplink.acks import AckTracker
 from gateway.uplink.cancels import honour_cancel
+from gateway.uplink.connect import cloud_client, describe, is_link_error
 from gateway.uplink.outbox_reader import OutboxReader
 from gateway.uplink.reachability import pause_before_reconnect
 from gateway.uplink.rpc import Dispatcher
@@ -160,11 +159,11 @@ class Uplink:
                 try:
                     await self._connection()
                 except (Exception, BaseExceptionGroup) as exc:  # the link must survive anything and say why
-                    self.state.last_error = _describe(exc)
+                    self.state.last_error = describe(exc)
                     if not self._failing:
                         log.warning("uplink.down", error=self.state.last_error, host=self._s.host, port=self._s.port)
                         self._failing = True
-                    if not _is_link_error(exc):
+                    if not is_link_error(exc):
                         log.error("uplink.unexpected_error", exc_info=exc)
                 self._accepting = False
                 if self.state.connected:
@@ -186,25 +185,8 @@ class Uplink:
             await self._reader.close()
 
     async def _connection(self) -> None:
-        will = aiomqtt.Will(self._topics.status, self._status(False), qos=1, retain=True)
-        client = aiomqtt.Client(
-            self._s.host,
-            self._s.port,
-            identifier=self._gateway_id,
-            clean_session=False,
-            keepalive=self._s.keepalive,
-            username=self._s.username,
-            password=self._s.password,
-            tls_context=self._tls_context(),
-            will=will,
-            max_inflight_messages=self._s.inflight,
-            protocol=aiomqtt.ProtocolVersion.V311,
-            socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
-            timeout=10,
-        )
-        # Our window allows `inflight` publishes waiting for PUBACK by design; aiomqtt warns from 10 on,
-        # which would log a line per reading under load.
-        client.pending_calls_threshold = self._s.inflight + RPC_CONCURRENCY + 10
+        client = cloud_client(self._s, self._gateway_id, will_topic=self._topics.status,
+                              will_payload=self._status(False), extra_pending_calls=RPC_CONCURRENCY)
         async with client:
             self._client = client
             split = self._writer.last_seq
@@ -240,14 +222,6 @@ class Uplink:
                 if self._acked:  # acknowledged before the link went: delete them, or they go again (same msgId)
                     with contextlib.suppress(Exception):
                         await asyncio.wait_for(self._delete_acked(), 1.0)
-
-    def _tls_context(self) -> ssl.SSLContext | None:
-        if not self._s.tls:
-            return None
-        ctx = ssl.create_default_context(cafile=str(self._s.ca_file) if self._s.ca_file else None)
-        if self._s.client_cert is not None and self._s.client_key is not None:
-            ctx.load_cert_chain(str(self._s.client_cert), str(self._s.client_key))
-        return ctx
 
     def _status(self, online: bool) -> bytes:
         return messages.status_payload(
@@ -406,15 +380,3 @@ class Uplink:
     async def cancel_requests(self) -> None:
         """At shutdown: stop serving requests still running (their commands stay in the audit log)."""
         await self._rpc.cancel_all()
-
-def _is_link_error(exc: BaseException) -> bool:
-    if isinstance(exc, BaseExceptionGroup):
-        return all(_is_link_error(e) for e in exc.exceptions)
-    return isinstance(exc, aiomqtt.MqttError | OSError | ssl.SSLError | TimeoutError)
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, BaseExceptionGroup):
-        return "; ".join(_describe(e) for e in exc.exceptions)
-    return f"{type(exc).__name__}: {exc}"
-
