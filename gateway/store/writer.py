@@ -6,12 +6,14 @@ takes everything waiting (up to max_batch), after at most `commit_interval` seco
 row arrived, and commits it in one transaction: planned by planner.py from the record kinds'
 planning functions (record_kinds.py), run by transaction.py, on the loop's thread for a trickle and on
 the connection's worker thread otherwise. A refused commit is retried with back-off; receipts
-(receipts.py) tell producers when their records are committed.
+(receipts.py) tell producers when their records are committed. The uplink's deletes skip the queue
+(`put_first`, first_lane.py): the cloud link's pace must not depend on how much devices have queued.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,6 +27,7 @@ from gateway.core.errors import StoreClosedError
 from gateway.core.metrics import Metrics
 from gateway.core.models import OutboxEntry, StoreRecord
 from gateway.store import aiosqlite_access, transaction
+from gateway.store.first_lane import FirstLane
 from gateway.store.planner import JobContext, plan_batch
 from gateway.store.receipts import Receipts
 from gateway.store.record_kinds import RECORD_PLANNERS
@@ -50,8 +53,16 @@ def _transient(exc: sqlite3.Error) -> bool:
     )
 
 
-class _Stop:
+class _Marker:
+    """Queue items that are not records."""
+
+
+class _Stop(_Marker):
     pass
+
+
+class _Wake(_Marker):
+    """Wakes a writer waiting for an empty queue: the first lane has records."""
 
 
 class _Abandoned(Exception):
@@ -59,6 +70,7 @@ class _Abandoned(Exception):
 
 
 _STOP = _Stop()
+_WAKE = _Wake()
 INLINE_COMMIT_MAX = 16  # batches up to this many records commit on the loop's thread
 
 
@@ -89,7 +101,9 @@ class StoreWriter:
         self._wal_autocheckpoint = wal_autocheckpoint  # pages; SQLite's default (a checkpointer may take it over)
         self._quiet = False
         self._max_batch = max_batch
-        self._queue: asyncio.Queue[StoreRecord | _Stop] = asyncio.Queue(maxsize=queue_size)
+        self._queue: asyncio.Queue[StoreRecord | _Marker] = asyncio.Queue(maxsize=queue_size)
+        self._first = FirstLane()
+        self._getting = False  # the run loop waits for the queue (empty): a first-lane record must wake it
         self._synchronous = synchronous
         self._conn: aiosqlite.Connection | None = None
         self._max_params = 999  # parameters per statement: SQLite's limit, read in open()
@@ -167,6 +181,22 @@ class StoreWriter:
                 self._batch_wait.set_result(None)
         await asyncio.shield(fut)  # shared with other receipts: a cancelled caller must not cancel it for them
 
+    async def put_first(self, record: StoreRecord, *, rows: int = 0) -> None:
+        """Commit `record` ahead of everything queued, in the writer's next transaction; returns once it is.
+
+        For the uplink's deletes (first_lane.py): never waits for room in the queue nor for queued records.
+        `rows`: the device records it stands for (readings the cloud took), the queue's pace under overload.
+        """
+        if self._closed:
+            raise StoreClosedError("store is closed")
+        done = self._first.add(record, rows)
+        if self._batch_wait is not None and not self._batch_wait.done():
+            self._batch_wait.set_result(None)  # the batch being gathered commits after it, now
+        elif self._getting:
+            with contextlib.suppress(asyncio.QueueFull):  # full: the writer is awake anyway
+                self._queue.put_nowait(_WAKE)
+        await asyncio.shield(done)  # shared with the lane's other records
+
     def receipt(self) -> asyncio.Future[None] | None:
         """A future done once everything queued so far is committed; None if it already is.
 
@@ -185,9 +215,17 @@ class StoreWriter:
         try:
             await self._no_lock_waits()
             while True:
-                first = await queue.get()
-                if isinstance(first, _Stop):
-                    return
+                while self._first:  # (more may come while it commits)
+                    await self._commit_first()
+                self._getting = True
+                try:
+                    first = await queue.get()
+                finally:
+                    self._getting = False
+                if isinstance(first, _Marker):
+                    if isinstance(first, _Stop):
+                        return
+                    continue  # woken for the first lane
                 batch: list[StoreRecord] = [first]
                 busy = loop.time() - last_commit < 4 * self._interval
                 # Under steady load, wait a bounded moment so one transaction carries many rows. After a
@@ -203,13 +241,20 @@ class StoreWriter:
                     finally:
                         timer.cancel()
                         self._batch_wait = None
+                while self._first:  # arrived during the wait: it does not wait for this batch's commit
+                    await self._commit_first()
                 stop = False
                 self._urgent = False  # what an urgent flush waits for is queued: it is in this batch
-                while len(batch) < self._max_batch and not queue.empty():
+                # Full (the first record is out, its producer not yet back): paced by the cloud link's deletes.
+                limit = self._first.batch_limit(self._max_batch, saturated=queue.qsize() + 1 >= queue.maxsize,
+                                                now=loop.time())
+                while len(batch) < limit and not queue.empty():
                     item = queue.get_nowait()
-                    if isinstance(item, _Stop):
-                        stop = True
-                        break
+                    if isinstance(item, _Marker):
+                        if isinstance(item, _Stop):
+                            stop = True
+                            break
+                        continue
                     batch.append(item)
                 self._receipts.note_take(len(batch))
                 await self._commit_retrying(batch)
@@ -251,9 +296,11 @@ class StoreWriter:
                 rest: list[StoreRecord] = []
                 while not self._queue.empty():
                     item = self._queue.get_nowait()
-                    if not isinstance(item, _Stop):
+                    if not isinstance(item, _Marker):
                         rest.append(item)
                 self._receipts.note_take(len(rest))
+                while self._first:
+                    await self._commit_first()
                 if rest:
                     await self._commit_retrying(rest)
         except (TimeoutError, _Abandoned):
@@ -262,6 +309,7 @@ class StoreWriter:
             await self._conn.close()
             self._conn = None
         self._receipts.fail_all()  # nothing more will be committed: do not leave anyone waiting
+        self._first.fail()
         log.info("store.closed", committed=self._receipts.committed)
 
     async def _abandon(self, timeout: float | None) -> None:
@@ -278,7 +326,12 @@ class StoreWriter:
             aiosqlite_access.raw_connection(self._conn).interrupt()
         await self._stopped.wait()
 
-    async def _commit_retrying(self, batch: list[StoreRecord]) -> None:
+    async def _commit_first(self) -> None:
+        """The first lane's records, in a transaction of their own (not counted by the queue's receipts)."""
+        await self._commit_retrying(self._first.take(), receipted=False)
+        self._first.committed(asyncio.get_running_loop().time())
+
+    async def _commit_retrying(self, batch: list[StoreRecord], *, receipted: bool = True) -> None:
         """Commit a batch; never drop accepted rows because the disk said no for a while.
 
         A transient refusal (locked, busy, full, I/O) keeps the batch and retries with back-off. Any
@@ -295,7 +348,7 @@ class StoreWriter:
                 if self._abandoned:  # close() gave up (an interrupted statement lands here too)
                     raise _Abandoned from exc
                 if not isinstance(exc, sqlite3.Error) or not _transient(exc):
-                    await self._commit_one_by_one(batch)
+                    await self._commit_one_by_one(batch, receipted)
                     return
                 if not failing:
                     log.error("store.commit_failed", error=str(exc), rows=len(batch))
@@ -314,21 +367,25 @@ class StoreWriter:
                 # A lock is usually someone's short transaction: retry it soon. A full or failing disk: slower.
                 delay = min(delay * 2, 1.0 if _locked(exc) else 5.0)
                 continue
+            if receipted:
+                self._receipts.note_committed(len(batch))
             if failing:
                 log.info("store.commit_recovered", rows=len(batch))
             return
 
-    async def _commit_one_by_one(self, batch: list[StoreRecord]) -> None:
+    async def _commit_one_by_one(self, batch: list[StoreRecord], receipted: bool) -> None:
         for rec in batch:
             try:
                 await self._commit([rec])
             except (sqlite3.Error, ValueError) as exc:
                 if isinstance(exc, sqlite3.Error) and _transient(exc):
-                    await self._commit_retrying([rec])
+                    await self._commit_retrying([rec], receipted=receipted)
                     continue
                 self._metrics.inc("gateway_store_rows_refused_total", 1, "records the database refused")
                 log.error("store.record_refused", error=str(exc), record=repr(rec)[:500])
-                # Handled: it will not be retried, and a flush() waiting for it must not wait for the next commit.
+            # Committed, or handled: a refused record will not be retried, and a flush() waiting for it must not
+            # wait for the next commit.
+            if receipted:
                 self._receipts.note_committed(1)
 
     def _notify(self, callback: Callable[[Any], None], records: Sequence[Any]) -> None:
@@ -339,7 +396,7 @@ class StoreWriter:
             log.exception("store.listener_failed", listener=getattr(callback, "__qualname__", repr(callback)))
 
     async def _commit(self, batch: list[StoreRecord]) -> None:
-        """One transaction for the batch, then its jobs (outbox budget), listeners and receipts."""
+        """One transaction for the batch, then its jobs (outbox budget) and listeners (the caller notes receipts)."""
         conn = self._conn
         if conn is None:
             raise StoreClosedError("store is not open")
@@ -374,7 +431,6 @@ class StoreWriter:
         self._metrics.inc("gateway_store_commits_total", 1, "transactions committed")
         for callback in self.on_commit:
             self._notify(callback, batch)
-        self._receipts.note_committed(len(batch))
 
     def _take_seq(self) -> int:
         """An outbox seq for a row a job inserts."""

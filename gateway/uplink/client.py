@@ -250,8 +250,8 @@ class Uplink:
             return
         seqs = tuple(seq for group, _ in acked for seq in group)
         try:
-            await self._writer.put(OutboxDone(seqs))
-            await self._writer.flush(urgent=True)
+            # Ahead of what devices queued; under overload it paces them to what the cloud took (first_lane.py).
+            await self._writer.put_first(OutboxDone(seqs), rows=len(seqs))
             self._metrics.inc("gateway_uplink_sent_total", len(seqs), "outbox rows acknowledged by the cloud")
         finally:
             for _, slots in acked:

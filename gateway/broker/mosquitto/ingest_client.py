@@ -29,6 +29,7 @@ SUBSCRIPTIONS = [(device_topic("+", channel), 1) for channel in sorted(DEVICE_PU
 _KEEPALIVE = 30
 _PREFIX = len("device/")
 _READS_PER_TURN = 64
+_HANDED_PER_TURN = 16  # messages handed to the sink before the consumer lets other tasks run
 
 
 class IngestClientError(RuntimeError):
@@ -137,11 +138,19 @@ class IngestClient:
 
     async def _consume(self) -> None:
         incoming, sink = self._incoming, self._sink
+        run = 0
         while True:
             if not incoming or not self._intake_open:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
+            if run >= _HANDED_PER_TURN:
+                # A full in-flight window is handed over without a wait while the store has room: let the
+                # uplink and the store writer run between bursts, as the embedded broker's readers do.
+                run = 0
+                await asyncio.sleep(0)
+                continue  # (a lost connection may have emptied `incoming` meanwhile)
+            run += 1
             connection, mid, qos, topic, payload = incoming.popleft()
             # Only device/+/{channel} is subscribed, and the ACL lets only device {id} publish to device/{id}/...
             device_id = topic[_PREFIX:topic.index("/", _PREFIX)]

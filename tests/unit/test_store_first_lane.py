@@ -1,0 +1,117 @@
+"""The store writer's first lane (the uplink's deletes): ahead of a full queue, never counted by its receipts."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from gateway.core.errors import StoreClosedError
+from gateway.core.metrics import Metrics
+from gateway.core.models import OutboxDone, Reading, RowWrite, StoreRecord
+from gateway.store.writer import StoreWriter
+
+
+def _reading(i: int) -> Reading:
+    return Reading("AP-01", 1763800000.0 + i, {"pm25": 1.0}, 1763800000.5)
+
+
+def _outbox_seqs(db: Path) -> list[int]:
+    with sqlite3.connect(db) as conn:
+        return [s for (s,) in conn.execute("SELECT seq FROM outbox ORDER BY seq")]
+
+
+async def test_a_delete_commits_ahead_of_a_full_queue_and_its_waiting_producers(tmp_path: Path) -> None:
+    writer = StoreWriter(tmp_path / "g.db", metrics=Metrics(), outbox=True, queue_size=10, max_batch=4)
+    await writer.open()
+    commits: list[list[StoreRecord]] = []
+    writer.on_commit.append(lambda batch: commits.append(list(batch)))
+    task = asyncio.create_task(writer.run())
+    await writer.put(_reading(0))  # outbox seq 1
+    await asyncio.wait_for(writer.flush(), 5)
+    # The writer now stands still: the queue fills (what 100 devices' windows do) and a producer waits for room.
+    gate = asyncio.Event()
+    held = writer._commit
+
+    async def held_commit(batch: list[StoreRecord]) -> None:
+        await gate.wait()
+        await held(batch)
+
+    writer._commit = held_commit  # type: ignore[method-assign]
+    count = 1
+    while True:  # until a producer waits: the writer holds a batch and its queue is full behind it
+        put = asyncio.create_task(writer.put(_reading(count)))
+        count += 1
+        await asyncio.sleep(0.01)
+        if not put.done():
+            break
+    assert writer.queue_depth == 10
+    delete = asyncio.create_task(writer.put_first(OutboxDone((1,))))
+    await asyncio.sleep(0.05)
+    assert not put.done() and not delete.done()
+    before = len(commits)
+    gate.set()  # the batch the writer had taken commits; the delete is the very next transaction
+    await asyncio.wait_for(delete, 5)
+    assert [type(r) for r in commits[before + 1]] == [OutboxDone]
+    # before the fix (put + flush) the delete went behind the waiting producer and every queued reading:
+    assert sum(len(c) for c in commits[before:]) <= 4 + 1
+    await asyncio.wait_for(put, 5)
+    await asyncio.wait_for(writer.flush(), 5)  # the queue's receipts still count queued readings only
+    assert writer.committed == count
+    await writer.close()
+    await task
+    assert _outbox_seqs(tmp_path / "g.db") == list(range(2, count + 1))
+
+
+async def test_a_writer_idle_on_an_empty_queue_wakes_for_the_first_lane(tmp_path: Path) -> None:
+    writer = StoreWriter(tmp_path / "g.db", metrics=Metrics(), outbox=True, commit_interval=30.0)
+    await writer.open()
+    task = asyncio.create_task(writer.run())
+    for i in range(2):
+        await writer.put(_reading(i))
+        await asyncio.wait_for(writer.flush(urgent=True), 5)
+    await asyncio.sleep(0.01)  # the writer waits on its empty queue now
+    await asyncio.wait_for(writer.put_first(OutboxDone((1,))), 5)  # hung without the wake-up
+    assert _outbox_seqs(tmp_path / "g.db") == [2]
+    # The writer is "busy" (it just committed): a reading put now waits in the 30 s batching wait, and a
+    # delete arriving meanwhile cuts it short instead of waiting behind it.
+    await writer.put(_reading(2))
+    await asyncio.sleep(0.01)
+    await asyncio.wait_for(writer.put_first(OutboxDone((2,))), 5)
+    await asyncio.wait_for(writer.flush(), 5)
+    await writer.close()
+    await task
+    assert _outbox_seqs(tmp_path / "g.db") == [3]
+
+
+async def test_close_commits_the_first_lane_and_refuses_it_afterwards(tmp_path: Path) -> None:
+    writer = StoreWriter(tmp_path / "g.db", metrics=Metrics(), outbox=True)
+    await writer.open()
+    await writer.put(_reading(0))
+    task = asyncio.create_task(writer.run())
+    await asyncio.wait_for(writer.flush(), 5)
+    await writer.put(_reading(1))
+    delete = asyncio.create_task(writer.put_first(OutboxDone((1,))))
+    await asyncio.sleep(0)
+    await writer.close()
+    await task
+    await asyncio.wait_for(delete, 1)
+    assert _outbox_seqs(tmp_path / "g.db") == [2]
+    with pytest.raises(StoreClosedError):
+        await writer.put_first(OutboxDone((2,)))
+
+
+async def test_a_refused_first_lane_record_neither_hangs_its_caller_nor_counts_as_queued(tmp_path: Path) -> None:
+    metrics = Metrics()
+    writer = StoreWriter(tmp_path / "g.db", metrics=metrics, outbox=True)
+    await writer.open()
+    task = asyncio.create_task(writer.run())
+    await writer.put(_reading(0))
+    await asyncio.wait_for(writer.flush(), 5)
+    await asyncio.wait_for(writer.put_first(RowWrite("no_such_table", {"x": 1})), 5)  # refused, counted
+    assert metrics.value("gateway_store_rows_refused_total") == 1
+    assert writer.committed == 1  # the queue's count: the lane's records are not in it
+    await writer.close()
+    await task
