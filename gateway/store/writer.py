@@ -13,7 +13,6 @@ the connection's worker thread otherwise. A refused commit is retried with back-
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -32,6 +31,7 @@ from gateway.store.planner import JobContext, plan_batch
 from gateway.store.receipts import Receipts
 from gateway.store.record_kinds import RECORD_PLANNERS
 from gateway.store.schema import connect, migrate
+from gateway.store.writer_queue import STOP, Marker, WriterQueue
 
 log = structlog.get_logger(__name__)
 
@@ -53,24 +53,10 @@ def _transient(exc: sqlite3.Error) -> bool:
     )
 
 
-class _Marker:
-    """Queue items that are not records."""
-
-
-class _Stop(_Marker):
-    pass
-
-
-class _Wake(_Marker):
-    """Wakes a writer waiting for an empty queue: the first lane has records."""
-
-
 class _Abandoned(Exception):
     """close() ran out of time while the disk kept refusing: the writer loop ends, uncommitted."""
 
 
-_STOP = _Stop()
-_WAKE = _Wake()
 INLINE_COMMIT_MAX = 16  # batches up to this many records commit on the loop's thread
 
 
@@ -101,9 +87,8 @@ class StoreWriter:
         self._wal_autocheckpoint = wal_autocheckpoint  # pages; SQLite's default (a checkpointer may take it over)
         self._quiet = False
         self._max_batch = max_batch
-        self._queue: asyncio.Queue[StoreRecord | _Marker] = asyncio.Queue(maxsize=queue_size)
+        self._queue = WriterQueue(queue_size)
         self._first = FirstLane()
-        self._getting = False  # the run loop waits for the queue (empty): a first-lane record must wake it
         self._synchronous = synchronous
         self._conn: aiosqlite.Connection | None = None
         self._max_params = 999  # parameters per statement: SQLite's limit, read in open()
@@ -167,8 +152,7 @@ class StoreWriter:
     async def flush(self, *, urgent: bool = False) -> None:
         """Wait until everything queued before this call is committed.
 
-        `urgent` cuts the writer's batching wait short: the uplink frees an in-flight slot only once
-        its outbox row is deleted, so its throughput is one commit cycle per window.
+        `urgent` cuts the writer's batching wait short, for a caller whose pace is one commit per call.
         """
         fut = self.receipt()
         if fut is None:
@@ -192,9 +176,8 @@ class StoreWriter:
         done = self._first.add(record, rows)
         if self._batch_wait is not None and not self._batch_wait.done():
             self._batch_wait.set_result(None)  # the batch being gathered commits after it, now
-        elif self._getting:
-            with contextlib.suppress(asyncio.QueueFull):  # full: the writer is awake anyway
-                self._queue.put_nowait(_WAKE)
+        else:
+            self._queue.wake()
         await asyncio.shield(done)  # shared with the lane's other records
 
     def receipt(self) -> asyncio.Future[None] | None:
@@ -217,13 +200,9 @@ class StoreWriter:
             while True:
                 while self._first:  # (more may come while it commits)
                     await self._commit_first()
-                self._getting = True
-                try:
-                    first = await queue.get()
-                finally:
-                    self._getting = False
-                if isinstance(first, _Marker):
-                    if isinstance(first, _Stop):
+                first = await queue.get()
+                if isinstance(first, Marker):
+                    if first is STOP:
                         return
                     continue  # woken for the first lane
                 batch: list[StoreRecord] = [first]
@@ -243,19 +222,10 @@ class StoreWriter:
                         self._batch_wait = None
                 while self._first:  # arrived during the wait: it does not wait for this batch's commit
                     await self._commit_first()
-                stop = False
                 self._urgent = False  # what an urgent flush waits for is queued: it is in this batch
-                # Full (the first record is out, its producer not yet back): paced by the cloud link's deletes.
-                limit = self._first.batch_limit(self._max_batch, saturated=queue.qsize() + 1 >= queue.maxsize,
-                                                now=loop.time())
-                while len(batch) < limit and not queue.empty():
-                    item = queue.get_nowait()
-                    if isinstance(item, _Marker):
-                        if isinstance(item, _Stop):
-                            stop = True
-                            break
-                        continue
-                    batch.append(item)
+                # Paced by the cloud link's deletes while devices wait for room (first_lane.py).
+                limit = self._first.batch_limit(self._max_batch, saturated=queue.saturated(), now=loop.time())
+                stop = queue.take(batch, limit)
                 self._receipts.note_take(len(batch))
                 await self._commit_retrying(batch)
                 last_commit = loop.time()
@@ -290,14 +260,9 @@ class StoreWriter:
             self._batch_wait.set_result(None)  # no lingering on the way out
         try:
             async with asyncio.timeout(timeout):
-                await self._queue.put(_STOP)
+                await self._queue.put(STOP)
                 await self._stopped.wait()
-                # A record put after _STOP (a producer that was waiting on a full queue) is committed too.
-                rest: list[StoreRecord] = []
-                while not self._queue.empty():
-                    item = self._queue.get_nowait()
-                    if not isinstance(item, _Marker):
-                        rest.append(item)
+                rest = self._queue.rest()
                 self._receipts.note_take(len(rest))
                 while self._first:
                     await self._commit_first()
