@@ -9,13 +9,16 @@ window's worth) and commit as their own short transaction at the writer's next t
 Their callers wait for that commit, not for the queue's receipts (receipts.py counts queued records only).
 
 **Pace under overload.** Skipping the queue is not enough when devices offer more than the gateway can
-carry: each batch of queued readings costs the event loop their parsing and the writer their commit, the
-cloud link gets one delete (one in-flight window) per batch, and with batches of hundreds it starves. So
-while the queue is full (devices wait for room: their sockets are not read, their PUBACKs wait) and the
-lane has carried deletes recently, a batch takes from the queue only about as many records as the lane's
-records since the last batch stood for (`rows`: the readings the cloud took), at least PACE_FLOOR: devices
-are slowed to what the cloud link carries and both keep a share of the CPU. A cloud link that delivers
-nothing (down, or slow to acknowledge) sets no pace after PACE_WINDOW_S, and a queue with room is never paced.
+carry: every reading taken costs the event loop its parsing and the writer its commit, and ingest, which
+never waits for anything else, takes the CPU the cloud link needs (measured: ~50 readings/s reached the cloud
+while ~4,500/s were stored). So while the cloud link delivers (the lane committed deletes within
+PACE_WINDOW_S), the store may run ahead of it by at most one batch (`max_batch` outbox rows committed and not
+yet deleted: the lead, `rows` being what each delete stood for). A batch then takes from the queue only what
+brings the lead back to that bound, at least PACE_FLOOR, and first waits up to the writer's commit interval
+for the cloud link's next delete. Producers wait for room in the queue meanwhile: the embedded broker stops
+reading the device's socket and its PUBACKs wait, the Mosquitto ingest client's window stays full; devices
+are slowed to what the cloud takes, and live data does not overflow into the backlog. A cloud link that
+delivers nothing (down, or very slow to acknowledge) sets no pace after PACE_WINDOW_S.
 """
 
 from __future__ import annotations
@@ -25,29 +28,29 @@ import asyncio
 from gateway.core.errors import StoreClosedError
 from gateway.core.models import StoreRecord
 
-PACE_FLOOR = 8  # queued records a paced batch takes even when the lane granted none since the last one
+PACE_FLOOR = 8  # queued records a paced batch takes even when the cloud link is a batch behind
 PACE_WINDOW_S = 0.5  # the pace holds this long (loop time) after the lane's last commit that carried rows
 
 
 class FirstLane:
-    """Records waiting for the lane's next commit, with the one future their callers share."""
+    """Records waiting for the lane's next commit, with the one future their callers share; the store's lead."""
 
-    __slots__ = ("_committing", "_done", "_granted", "_granting", "_paced_until", "_records")
+    __slots__ = ("_committing", "_done", "_granting", "_lead", "_paced_until", "_records")
 
     def __init__(self) -> None:
         self._records: list[StoreRecord] = []
         self._granting = 0  # rows the records waiting (or being committed) stand for
-        self._granted = 0  # rows committed since the queue's last batch: what the next paced batch may take
-        self._paced_until = float("-inf")  # loop time
+        self._lead = 0  # outbox rows committed and not yet deleted since the cloud link began to deliver
         self._done: asyncio.Future[None] | None = None  # shared by the records waiting
         self._committing: asyncio.Future[None] | None = None  # shared by the records being committed
+        self._paced_until = float("-inf")  # loop time
 
     def __bool__(self) -> bool:
         return bool(self._records)
 
     def add(self, record: StoreRecord, rows: int) -> asyncio.Future[None]:
-        """Queue `record`, which stands for `rows` device records (the pace); the future is done once it is
-        committed (shield it: it is shared)."""
+        """Queue `record`, which deletes `rows` outbox rows (the pace); the future is done once it is committed
+        (shield it: it is shared)."""
         self._records.append(record)
         self._granting += rows
         if self._done is None:
@@ -63,19 +66,27 @@ class FirstLane:
     def committed(self, now: float) -> None:
         """The records taken last are committed (or refused for good): their callers go on."""
         if self._granting:
-            self._granted += self._granting
+            self._lead = max(0, self._lead - self._granting)
             self._granting = 0
             self._paced_until = now + PACE_WINDOW_S
         done, self._committing = self._committing, None
         if done is not None and not done.done():
             done.set_result(None)
 
-    def batch_limit(self, max_batch: int, *, saturated: bool, now: float) -> int:
-        """How many queued records the writer's next batch may take (called once per batch)."""
-        granted, self._granted = self._granted, 0
-        if not saturated or now >= self._paced_until:
+    def created(self, rows: int) -> None:
+        """A batch from the queue committed `rows` outbox rows."""
+        self._lead += rows
+
+    def behind(self, max_batch: int, now: float) -> bool:
+        """The cloud link delivers and the store is a batch ahead of it: the next batch waits for its delete."""
+        return now < self._paced_until and self._lead >= max_batch
+
+    def batch_limit(self, max_batch: int, now: float) -> int:
+        """How many queued records the writer's next batch may take."""
+        if now >= self._paced_until:
+            self._lead = 0  # not delivering: what is committed now is the next connection's backlog
             return max_batch
-        return min(max_batch, max(PACE_FLOOR, granted))
+        return min(max_batch, max(PACE_FLOOR, max_batch - self._lead))
 
     def fail(self) -> None:
         """The store closed: nobody waits for a commit that will not come."""

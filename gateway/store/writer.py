@@ -212,7 +212,11 @@ class StoreWriter:
                 # small boards wake-ups are what idle CPU is made of), unless told to linger.
                 self._quiet = not busy  # only a trickle commits on the loop's thread (see _commit)
                 pause = self._interval if busy else self._linger
-                if pause > 0 and queue.qsize() < self._max_batch and not self._closed and not self._urgent:
+                # Ahead of the cloud link by a batch: wait for its next delete (cut short by it; first_lane.py).
+                behind = self._first.behind(self._max_batch, loop.time())
+                if behind:
+                    pause = self._interval
+                if pause > 0 and (behind or queue.qsize() < self._max_batch) and not self._closed and not self._urgent:
                     wait = self._batch_wait = loop.create_future()
                     timer = loop.call_later(pause, _resolve, wait)
                     try:
@@ -223,8 +227,7 @@ class StoreWriter:
                 while self._first:  # arrived during the wait: it does not wait for this batch's commit
                     await self._commit_first()
                 self._urgent = False  # what an urgent flush waits for is queued: it is in this batch
-                # Paced by the cloud link's deletes while devices wait for room (first_lane.py).
-                limit = self._first.batch_limit(self._max_batch, saturated=queue.saturated(), now=loop.time())
+                limit = self._first.batch_limit(self._max_batch, loop.time())  # paced by the cloud link's deletes
                 stop = queue.take(batch, limit)
                 self._receipts.note_take(len(batch))
                 await self._commit_retrying(batch)
@@ -308,7 +311,7 @@ class StoreWriter:
         failing = False
         while True:
             try:
-                await self._commit(batch)
+                created = await self._commit(batch)
             except (sqlite3.Error, ValueError) as exc:  # ValueError: a record that cannot be stored as it is
                 if self._abandoned:  # close() gave up (an interrupted statement lands here too)
                     raise _Abandoned from exc
@@ -334,6 +337,7 @@ class StoreWriter:
                 continue
             if receipted:
                 self._receipts.note_committed(len(batch))
+                self._first.created(created)
             if failing:
                 log.info("store.commit_recovered", rows=len(batch))
             return
@@ -360,8 +364,9 @@ class StoreWriter:
             self._metrics.inc("gateway_store_listener_errors_total", 1, "commit listeners that raised")
             log.exception("store.listener_failed", listener=getattr(callback, "__qualname__", repr(callback)))
 
-    async def _commit(self, batch: list[StoreRecord]) -> None:
-        """One transaction for the batch, then its jobs (outbox budget) and listeners (the caller notes receipts)."""
+    async def _commit(self, batch: list[StoreRecord]) -> int:
+        """One transaction for the batch, then its jobs (outbox budget) and listeners (the caller notes receipts).
+        Returns how many outbox rows it created."""
         conn = self._conn
         if conn is None:
             raise StoreClosedError("store is not open")
@@ -396,6 +401,7 @@ class StoreWriter:
         self._metrics.inc("gateway_store_commits_total", 1, "transactions committed")
         for callback in self.on_commit:
             self._notify(callback, batch)
+        return len(plan.outbox)
 
     def _take_seq(self) -> int:
         """An outbox seq for a row a job inserts."""

@@ -31,10 +31,6 @@ class WriterQueue:
     def qsize(self) -> int:
         return self._queue.qsize()
 
-    def saturated(self) -> bool:
-        """Full: the writer's last get left room for one record, which its waiting producer takes at once."""
-        return self._queue.qsize() + 1 >= self._queue.maxsize
-
     async def put(self, item: StoreRecord | Marker) -> None:
         await self._queue.put(item)
 

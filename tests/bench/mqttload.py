@@ -108,15 +108,17 @@ class Device:
         except (asyncio.IncompleteReadError, ConnectionError):
             return
 
-    async def publish(self, topic: str, payload: bytes) -> None:
+    async def publish(self, topic: str, payload: bytes | Callable[[], bytes]) -> None:
+        """`payload` may be made when the message leaves (a callable): after the wait for room in the window."""
         assert self._writer is not None
         if self.qos:
             await self._inflight.acquire()
             pid = self._next_id
             self._next_id = pid % 65535 + 1
-            self._writer.write(publish_packet(topic, payload, 1, pid))
+            data = payload() if callable(payload) else payload
+            self._writer.write(publish_packet(topic, data, 1, pid))
         else:
-            self._writer.write(publish_packet(topic, payload, 0))
+            self._writer.write(publish_packet(topic, payload() if callable(payload) else payload, 0))
         self.sent += 1
         if self._writer.transport.get_write_buffer_size() > 64 * 1024:
             await self._writer.drain()

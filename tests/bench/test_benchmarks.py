@@ -90,6 +90,13 @@ def _lifecycle(figures: dict[str, Any], mode: str) -> None:
     assert figures["ingest_lost"] == 0 and figures["retention_deleted"] > 0
 
 
+def _overload(figures: dict[str, Any], mode: str) -> None:
+    # both backends ran in one run, and nothing offered during or before the overload went missing
+    assert figures["backends"] == ["embedded", "mosquitto"]
+    for backend in figures["backends"]:
+        assert figures[f"{backend}_sustained_lost"] == 0 and figures[f"{backend}_overload_lost"] == 0
+
+
 @dataclass(frozen=True)
 class Bench:
     module: str  # tests.bench.<module>
@@ -143,10 +150,16 @@ MOSQUITTO = Bench("bench_mosquitto_backend", 120, ("mosquitto backend", "device 
     "qos1_rate", "qos1_gateway_cpu_pct", "qos1_mosquitto_cpu_pct", "qos1_cpu_us_per_reading", "fixed_rate_p99_ms",
     "rss_mb_gateway", "rss_mb_mosquitto", "rss_mb_total"), _mosquitto)
 
+OVERLOAD = Bench("bench_overload", 180, ("delivery during a 2x overload", "embedded:", "mosquitto:"), tuple(
+    f"{backend}_{key}" for backend in ("embedded", "mosquitto") for key in (
+        "sustained_rate", "sustained_cpu_ms_per_reading", "overload_offered_rate", "overload_during_rate",
+        "overload_live_p99_ms", "overload_cpu_pct", "ratio", "ratio_per_cpu_s")), _overload)
+
 CASES = [
     pytest.param(bench, mode, id=f"{bench.module.removeprefix('bench_')}-{mode}",
                  marks=mode_marks(mode, bench.smoke_timeout))
-    for bench in (INGEST, UPLINK, CONTROL, STORE, MODBUS, HUB, BLE, PANEL, FLOOD, LOGINS, FUZZ, LIFECYCLE, MOSQUITTO)
+    for bench in (INGEST, UPLINK, CONTROL, STORE, MODBUS, HUB, BLE, PANEL, FLOOD, LOGINS, FUZZ, LIFECYCLE, MOSQUITTO,
+                  OVERLOAD)
     for mode in MODES
 ]
 

@@ -39,9 +39,9 @@ async def test_the_cloud_link_delivers_while_the_store_cannot_keep_up_and_nothin
     writer = gw.gateway.writer
     commit = writer._commit
 
-    async def slow_commit(batch: list[StoreRecord]) -> None:
+    async def slow_commit(batch: list[StoreRecord]) -> int:
         await asyncio.sleep(STORE_PAUSE_PER_READING_S * sum(isinstance(r, Reading) for r in batch))
-        await commit(batch)
+        return await commit(batch)
 
     writer._commit = slow_commit  # type: ignore[method-assign]
     devices = [Device(d, device_password(d), 1, window=WINDOW) for d in DEVICES]

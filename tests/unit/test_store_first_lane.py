@@ -11,6 +11,7 @@ import pytest
 from gateway.core.errors import StoreClosedError
 from gateway.core.metrics import Metrics
 from gateway.core.models import OutboxDone, Reading, RowWrite, StoreRecord
+from gateway.store.first_lane import PACE_FLOOR, PACE_WINDOW_S, FirstLane
 from gateway.store.writer import StoreWriter
 
 
@@ -35,9 +36,9 @@ async def test_a_delete_commits_ahead_of_a_full_queue_and_its_waiting_producers(
     gate = asyncio.Event()
     held = writer._commit
 
-    async def held_commit(batch: list[StoreRecord]) -> None:
+    async def held_commit(batch: list[StoreRecord]) -> int:
         await gate.wait()
-        await held(batch)
+        return await held(batch)
 
     writer._commit = held_commit  # type: ignore[method-assign]
     count = 1
@@ -115,3 +116,25 @@ async def test_a_refused_first_lane_record_neither_hangs_its_caller_nor_counts_a
     assert writer.committed == 1  # the queue's count: the lane's records are not in it
     await writer.close()
     await task
+
+
+async def test_the_pace_bounds_the_stores_lead_over_a_delivering_cloud_link_to_one_batch() -> None:
+    lane = FirstLane()
+    lane.created(300)  # the cloud link delivers nothing (down): no pace, and what piles up is backlog
+    assert lane.batch_limit(250, 0.0) == 250 and not lane.behind(250, 0.0)
+
+    def deleted(rows: int, now: float) -> None:
+        lane.add(OutboxDone(tuple(range(rows))), rows)
+        lane.take()
+        lane.committed(now)
+
+    deleted(20, 1.0)
+    lane.created(300)  # the store ran 300 outbox rows ahead of the link
+    assert lane.behind(250, 1.1)  # the next batch waits for the link's next delete
+    assert lane.batch_limit(250, 1.1) == PACE_FLOOR  # and takes only the floor
+    deleted(100, 1.2)
+    assert not lane.behind(250, 1.3)
+    assert lane.batch_limit(250, 1.3) == 50  # back to one batch ahead
+    lane.created(50)
+    assert lane.batch_limit(250, 1.2 + PACE_WINDOW_S) == 250  # no delete for a while: the pace lapses
+    assert not lane.behind(250, 1.2 + PACE_WINDOW_S)
