@@ -16,7 +16,7 @@ PACE_WINDOW_S), the store may run ahead of it by at most one batch (`max_batch` 
 yet deleted: the lead, `rows` being what each delete stood for). A batch then takes from the queue only what
 brings the lead back to that bound, at least PACE_FLOOR, and first waits up to the writer's commit interval
 for the cloud link's next delete. Producers wait for room in the queue meanwhile: the embedded broker stops
-reading the device's socket and its PUBACKs wait, the Mosquitto ingest client's window stays full; devices
+reading the device's socket and its PUBACKs wait, the Mosquitto ingest client stops reading its own; devices
 are slowed to what the cloud takes, and live data does not overflow into the backlog. A cloud link that
 delivers nothing (down, or very slow to acknowledge) sets no pace after PACE_WINDOW_S.
 """

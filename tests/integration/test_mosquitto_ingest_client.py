@@ -9,7 +9,7 @@ from typing import Any
 import aiomqtt
 
 from gateway.broker.mosquitto.config_files import GATEWAY_USER, IngestEndpoint
-from gateway.broker.mosquitto.ingest_client import IngestClient
+from gateway.broker.mosquitto.ingest_client import INCOMING_MAX, IngestClient
 from tests.fixtures.gateway import wait_for
 from tests.fixtures.mosquitto import MosquittoFactory
 
@@ -76,5 +76,48 @@ async def test_unacknowledged_messages_wait_in_mosquitto_across_a_restart_of_the
     await client.connect()
     try:
         await wait_for(lambda: second.payloads == [b"a", b"b"])
+    finally:
+        await client.close()
+
+
+class BlockedSink(ReceiptsByHand):
+    """A store that takes nothing until `gate` is set (it is far behind), then stores everything at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+
+    async def message(self, client_id: str, topic: str, payload: bytes) -> asyncio.Future[None] | None:
+        await self.gate.wait()
+        self.payloads.append(payload)
+        return None
+
+
+async def test_a_store_far_behind_stops_the_client_reading_and_parsing_what_it_cannot_take(
+    make_mosquitto: MosquittoFactory,
+) -> None:
+    broker = make_mosquitto(users={GATEWAY_USER: "gw", "AP-01": "pw"}, allow_anonymous=False)
+    sink = BlockedSink()
+    client = IngestClient(IngestEndpoint(None, broker.port), username=GATEWAY_USER, password="gw", sink=sink)
+    peak = [0]
+    on_message = client._on_message
+
+    def counted(*args: Any) -> None:
+        on_message(*args)
+        peak[0] = max(peak[0], len(client._incoming))
+
+    client._client.on_message = counted
+    await client.connect()
+    try:
+        total = 2 * 1000
+        await publish(broker.port, *(str(i).encode() for i in range(total)))  # Mosquitto took them all
+        # read as far as the client will: paused at its bound, or (before the fix) everything
+        await wait_for(lambda: getattr(client, "_unread", None) is not None or len(client._incoming) >= total - 1,
+                       timeout=20)
+        sink.gate.set()
+        await wait_for(lambda: len(sink.payloads) == total, timeout=20)
+        assert sink.payloads == [str(i).encode() for i in range(total)]
+        # before the fix all 2,000 were read and parsed while the store took none
+        assert peak[0] <= INCOMING_MAX + 1
     finally:
         await client.close()
