@@ -54,8 +54,9 @@ amqtt.mqtt.protocol.broker_handler.BrokerProtocolHandler, per connection (connec
   init_from_connect            prelogin.read_connect: validates the CONNECT (public, shape checked), handed
                                the packet read whole into amqtt's BufferReader after our size check
 amqtt.mqtt.packet.MQTTFixedHeader.from_stream, .to_bytes
-                               reader_loop and prelogin.read_connect: the remaining length is checked before
-                               a packet's body is read
+                               prelogin.read_connect: the remaining length is checked before a packet's body
+                               is read (reader_loop reads fixed headers itself, and builds amqtt's public
+                               PublishPacket from a PUBLISH read whole)
 amqtt.session.Session:
   inflight_out                 connection._keep_unacknowledged puts an unacknowledged message back
   _init_states                 replaced for every Session of the process (session_states.install): a light
@@ -65,7 +66,8 @@ amqtt.session.Session:
   transitions                  the holder is set here (public name, private contract)
 amqtt.adapters:
   StreamWriterAdapter._writer  connection.transport_of: the asyncio transport, to write PUBACKs and abort
-  StreamReaderAdapter._reader  connection.drop_unread: unparsed bytes are dropped at shutdown
+  StreamReaderAdapter._reader  connection.drop_unread: unparsed bytes are dropped at shutdown; reader_loop
+                               reads headers and PUBLISH bodies from it directly
 asyncio (Python 3.11 to 3.13):
   the loop's exception handler gets "socket.accept() out of system resource" for each failed accept
                                prelogin.AcceptErrors counts those and logs once a minute (public API, the
