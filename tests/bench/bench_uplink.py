@@ -28,7 +28,7 @@ from typing import Any
 import psutil
 
 from tests.bench.bench_ingest import HOST, close_all, connect_all, flat_out, started, wait_port
-from tests.bench.common import percentile, run_and_report
+from tests.bench.common import DAEMON_ARGV, percentile, run_and_report
 from tests.bench.mqttload import connect_packet, read_packet, run_load, subscribe_packet
 from tests.fixtures.gateway import free_port, write_config
 from tests.fixtures.mosquitto import MosquittoBroker
@@ -119,7 +119,7 @@ async def gateway_with_uplink(
              + extra_uplink)
     config = write_config(folder, devices=ids, port=port, extra=extra)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "run", "--config", str(config), stdout=asyncio.subprocess.DEVNULL
+        sys.executable, *DAEMON_ARGV, "--config", str(config), stdout=asyncio.subprocess.DEVNULL
     )
     try:
         await wait_port(port, proc)
