@@ -143,10 +143,25 @@ MOSQUITTO = Bench("bench_mosquitto_backend", 120, ("mosquitto backend", "device 
     "qos1_rate", "qos1_gateway_cpu_pct", "qos1_mosquitto_cpu_pct", "qos1_cpu_us_per_reading", "fixed_rate_p99_ms",
     "rss_mb_gateway", "rss_mb_mosquitto", "rss_mb_total"), _mosquitto)
 
+
+
+def _backends(figures: dict[str, Any], mode: str) -> None:
+    # nothing published went missing on its way to the cloud, on either backend; the cloud's return was seen
+    for backend in ("embedded", "mosquitto"):
+        assert figures[f"{backend}_cloud_lost"] == 0 and figures[f"{backend}_cloud_batched_lost"] == 0
+        assert not math.isnan(figures[f"{backend}_first_reading_after_outage_s"])
+
+
+BACKENDS = Bench("bench_backends", 180, ("broker backends", "device -> cloud"), tuple(
+    f"{backend}_{key}" for backend in ("embedded", "mosquitto") for key in (
+        "sqlite_rate", "cloud_rate", "cloud_batched_rate", "cpu_ms_per_reading", "p99_ms_at_1000",
+        "first_reading_after_outage_s", "rss_mb")), _backends)
+
 CASES = [
     pytest.param(bench, mode, id=f"{bench.module.removeprefix('bench_')}-{mode}",
                  marks=mode_marks(mode, bench.smoke_timeout))
-    for bench in (INGEST, UPLINK, CONTROL, STORE, MODBUS, HUB, BLE, PANEL, FLOOD, LOGINS, FUZZ, LIFECYCLE, MOSQUITTO)
+    for bench in (INGEST, UPLINK, CONTROL, STORE, MODBUS, HUB, BLE, PANEL, FLOOD, LOGINS, FUZZ, LIFECYCLE, MOSQUITTO,
+                  BACKENDS)
     for mode in MODES
 ]
 
