@@ -134,6 +134,18 @@ async def test_a_failed_handshake_is_dropped_and_counted(gateway_factory: Gatewa
     await wait_for(lambda: tls.gw.counter("gateway_broker_connections_open") == 0)
 
 
+async def test_a_connection_closed_before_its_handshake_is_counted_as_such(
+    gateway_factory: GatewayFactory, tmp_path: Path
+) -> None:
+    tls = await tls_gateway(gateway_factory, tmp_path)
+    for _ in range(20):
+        (await connect_raw(tls.port, "127.0.0.2")).close()
+    await wait_for(lambda: tls.gw.counter("gateway_broker_connections_dropped_total",
+                                          reason="closed-before-connect") == 20)
+    assert tls.gw.counter("gateway_broker_connections_dropped_total", reason="tls-failed") == 0
+    await wait_for(lambda: tls.gw.counter("gateway_broker_connections_open") == 0)
+
+
 async def test_connections_waiting_for_their_handshake_make_room_for_a_device(
     gateway_factory: GatewayFactory, tmp_path: Path
 ) -> None:

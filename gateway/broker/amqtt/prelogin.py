@@ -145,7 +145,7 @@ class PreLogin:
                 writer._transport = plain  # type: ignore[attr-defined]
             if not ticket.released:  # (an evicted one is counted as such)
                 self._dropped("connect-timeout" if isinstance(exc, TimeoutError)
-                              else "tls-failed" if isinstance(exc, OSError) else "closed-before-connect")
+                              else "tls-failed" if isinstance(exc, ssl.SSLError) else "closed-before-connect")
             plain.abort()
             return False
         del self._tickets[plain]
