@@ -90,6 +90,15 @@ def _lifecycle(figures: dict[str, Any], mode: str) -> None:
     assert figures["ingest_lost"] == 0 and figures["retention_deleted"] > 0
 
 
+def _crash(figures: dict[str, Any], mode: str) -> None:
+    # through the kill -9s, the outage and the SIGTERM: every reading acknowledged, none acknowledged and lost,
+    # none at the cloud under two msgIds (copies under one msgId are at-least-once, allowed)
+    assert figures["settled"] is True and figures["drained"] is True
+    assert figures["readings_acked"] == figures["readings_taken"] > 0
+    assert figures["lost"] == 0 and figures["two_msgids"] == 0 and figures["stored_twice"] == 0
+    assert figures["gateway_starts"] == figures["kills"] + 2
+
+
 @dataclass(frozen=True)
 class Bench:
     module: str  # tests.bench.<module>
@@ -143,10 +152,15 @@ MOSQUITTO = Bench("bench_mosquitto_backend", 120, ("mosquitto backend", "device 
     "qos1_rate", "qos1_gateway_cpu_pct", "qos1_mosquitto_cpu_pct", "qos1_cpu_us_per_reading", "fixed_rate_p99_ms",
     "rss_mb_gateway", "rss_mb_mosquitto", "rss_mb_total"), _mosquitto)
 
+CRASH = Bench("bench_crash", 120, ("crash benchmark", "LOST", "UNDER TWO msgIds"), (
+    "readings_taken", "readings_acked", "lost", "two_msgids", "same_msgid_duplicates", "stored_twice", "resends",
+    "max_resends_after_one_event", "drain_s"), _crash)
+
 CASES = [
     pytest.param(bench, mode, id=f"{bench.module.removeprefix('bench_')}-{mode}",
                  marks=mode_marks(mode, bench.smoke_timeout))
-    for bench in (INGEST, UPLINK, CONTROL, STORE, MODBUS, HUB, BLE, PANEL, FLOOD, LOGINS, FUZZ, LIFECYCLE, MOSQUITTO)
+    for bench in (INGEST, UPLINK, CONTROL, STORE, MODBUS, HUB, BLE, PANEL, FLOOD, LOGINS, FUZZ, LIFECYCLE, MOSQUITTO,
+                  CRASH)
     for mode in MODES
 ]
 
