@@ -154,7 +154,8 @@ MOSQUITTO = Bench("bench_mosquitto_backend", 120, ("mosquitto backend", "device 
 
 CRASH = Bench("bench_crash", 120, ("crash benchmark", "LOST", "UNDER TWO msgIds"), (
     "readings_taken", "readings_acked", "lost", "two_msgids", "same_msgid_duplicates", "stored_twice", "resends",
-    "max_resends_after_one_event", "drain_s"), _crash)
+    "max_resends_after_one_event", "max_resends_by_one_device", "recognised_resends", "restart_s_median",
+    "restart_s_max", "drain_s"), _crash)
 
 CASES = [
     pytest.param(bench, mode, id=f"{bench.module.removeprefix('bench_')}-{mode}",
