@@ -1,8 +1,8 @@
 """Crash benchmark, black-box: does every acknowledged reading reach the cloud once, under one msgId, through
 kill -9s of the gateway, a cloud outage and a graceful stop? (issue 12, points 7 and 8)
 
-    .venv/bin/python -m tests.bench.bench_crash             # 50 devices, 500 readings/s, 210 s (~5 min)
-    .venv/bin/python -m tests.bench.bench_crash --smoke     # ~30 s; what the test suite runs
+    .venv/bin/python -m tests.bench.bench_crash             # 50 devices, 500 readings/s, 210 s (~4 min)
+    .venv/bin/python -m tests.bench.bench_crash --smoke     # 14 s of load, 3 kill -9s, a 3 s outage (~30 s)
     .venv/bin/python -m tests.bench.bench_crash --keep DIR  # keep the daemon's log, config and database
 
 A real Mosquitto is the cloud broker (own config, free loopback port, persistence on) and the gateway runs
@@ -456,7 +456,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.devices, args.rate, args.seconds, args.kills, args.outage = 20, 200.0, 14.0, 2, 3.0
+        args.devices, args.rate, args.seconds, args.kills, args.outage = 50, 500.0, 14.0, 3, 3.0
     return run_and_report(args, bench, report)
 
 
