@@ -430,7 +430,8 @@ def report(r: dict[str, Any]) -> str:
         f"{r['kills']:.0f} kill -9s, {r['sigterms']:.0f} SIGTERM, a {r['outage_s']:g} s cloud outage "
         f"({r['gateway_starts']:.0f} gateway starts)",
         f"  LOST (acknowledged, never at the cloud): {r['lost']:.0f}",
-        f"  UNDER TWO msgIds at the cloud: {r['two_msgids']:.0f} {r['two_msgids_examples'] or ''}",
+        f"  UNDER TWO msgIds at the cloud: {r['two_msgids']:.0f}"
+        + (f" (device, seq: {r['two_msgids_examples']})" if r["two_msgids_examples"] else ""),
         f"  stored twice in the gateway's database: {r['stored_twice']:.0f}",
         f"  same-msgId duplicates (allowed): {r['same_msgid_duplicates']:.0f}",
         f"  readings taken {r['readings_taken']:.0f}, acknowledged {r['readings_acked']:.0f} "
