@@ -227,7 +227,7 @@ class GatewayProcess:
         self.log = config.parent / "daemon.log"
         self.proc: asyncio.subprocess.Process | None = None
         self.starts = 0
-        self.recognised_resends = 0  # by the processes that ended so far, and the running one when last read
+        self.recognised_by_process: list[int] = []  # each process's count, read just before it was stopped
 
     async def read_resends(self) -> None:
         """Add what the running process recognised since it started (its counter starts at 0 with it)."""
@@ -238,7 +238,9 @@ class GatewayProcess:
             raise RuntimeError(f"GET /metrics: {exc}") from None
         for line in text.splitlines():
             if line.startswith("gateway_ingest_resends_total "):
-                self.recognised_resends += int(float(line.split()[1]))
+                self.recognised_by_process.append(int(float(line.split()[1])))
+                return
+        self.recognised_by_process.append(0)
 
     async def start(self) -> None:
         with self.log.open("a") as log:
@@ -247,6 +249,7 @@ class GatewayProcess:
                 stdout=asyncio.subprocess.DEVNULL, stderr=log)
         try:
             await wait_port(self.port, self.proc, timeout=60)
+            await wait_port(self.api_port, self.proc, timeout=60)  # /metrics is read before the next kill
         except RuntimeError as exc:
             raise RuntimeError(f"the gateway did not start again: {exc}\n{self.log.read_text()[-3000:]}") from None
         self.starts += 1
@@ -419,7 +422,7 @@ async def _run(plan: Plan, gw: GatewayProcess, cloud: MosquittoBroker, devices: 
         "cloud_not_acked": float(sum(key not in tally.acked for key in tally.cloud)),
         "resends": float(tally.resends), "max_resends_after_one_event": float(max(resends_after, default=0)),
         "max_resends_by_one_device": float(max(most_by_one, default=0)),
-        "recognised_resends": float(gw.recognised_resends),
+        "recognised_resends": float(sum(gw.recognised_by_process)), "recognised_by_process": gw.recognised_by_process,
         "restart_s_median": statistics.median(restarts), "restart_s_max": max(restarts),
     }
 
