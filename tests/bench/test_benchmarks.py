@@ -90,6 +90,15 @@ def _lifecycle(figures: dict[str, Any], mode: str) -> None:
     assert figures["ingest_lost"] == 0 and figures["retention_deleted"] > 0
 
 
+def _crash(figures: dict[str, Any], mode: str) -> None:
+    # through the kill -9s, the outage and the SIGTERM: every reading acknowledged, none acknowledged and lost,
+    # none at the cloud under two msgIds (copies under one msgId are at-least-once, allowed)
+    assert figures["settled"] is True and figures["drained"] is True
+    assert figures["readings_acked"] == figures["readings_taken"] > 0
+    assert figures["lost"] == 0 and figures["two_msgids"] == 0 and figures["stored_twice"] == 0
+    assert figures["gateway_starts"] == figures["kills"] + 2
+
+
 @dataclass(frozen=True)
 class Bench:
     module: str  # tests.bench.<module>
@@ -157,11 +166,16 @@ BACKENDS = Bench("bench_backends", 180, ("broker backends", "device -> cloud"), 
         "sqlite_rate", "cloud_rate", "cloud_batched_rate", "cpu_ms_per_reading", "p99_ms_at_1000",
         "first_reading_after_outage_s", "rss_mb")), _backends)
 
+CRASH = Bench("bench_crash", 120, ("crash benchmark", "LOST", "UNDER TWO msgIds"), (
+    "readings_taken", "readings_acked", "lost", "two_msgids", "same_msgid_duplicates", "stored_twice", "resends",
+    "max_resends_after_one_event", "max_resends_by_one_device", "recognised_resends", "restart_s_median",
+    "restart_s_max", "drain_s"), _crash)
+
 CASES = [
     pytest.param(bench, mode, id=f"{bench.module.removeprefix('bench_')}-{mode}",
                  marks=mode_marks(mode, bench.smoke_timeout))
     for bench in (INGEST, UPLINK, CONTROL, STORE, MODBUS, HUB, BLE, PANEL, FLOOD, LOGINS, FUZZ, LIFECYCLE, MOSQUITTO,
-                  BACKENDS)
+                  BACKENDS, CRASH)
     for mode in MODES
 ]
 
