@@ -37,6 +37,7 @@ class Ticket:
     pending: bool = True  # not logged in yet
     waiting: bool = True  # no CONNECT read yet (may be evicted)
     released: bool = field(default=False)
+    connect_by: float = 0.0  # when its CONNECT deadline ends (the backend's clock; set when admitted)
 
 
 class ConnectionAdmission:

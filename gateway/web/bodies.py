@@ -9,10 +9,9 @@ Rules that need the control service's knowledge (day names, HH:MM windows, a com
 action) are checked there too; these models catch what can be said about the shape alone.
 
 The Praan air-purifier backend's request bodies are accepted beside ours, so its clients work unchanged:
-its names are alternative keys of the same fields (``fanMode``/``duration`` for a pre-clean's
-``fanSpeed``/``minutes``; ``startTime``/``endTime``/``isActive`` for a schedule's ``start``/``end``/
-``enabled``) and its ``day`` (one day per schedule) stands for ``days: [day]``. Giving both names of one
-field is refused (which one would win would be a guess).
+its names (from the one table in gateway/web/praan_names.py) are alternative keys of the same fields, and
+its ``day`` (one day per schedule) stands for ``days: [day]``. Giving both names of one field is refused
+(which one would win would be a guess).
 """
 
 from __future__ import annotations
@@ -38,6 +37,7 @@ from pydantic_core import PydanticUndefined
 from gateway.control.desired import FAN_SPEED_MAX, FAN_SPEED_MIN
 from gateway.control.schedules import SCHEDULE_FAN_MAX, SCHEDULE_FAN_MIN, ScheduleError, parse_days
 from gateway.settings import DEVICE_ID_PATTERN
+from gateway.web.praan_names import PRECLEAN, SCHEDULE, Resource
 
 PRECLEAN_MINUTES_MAX = 24 * 60
 DATA_LIMIT_DEFAULT = 100
@@ -76,28 +76,32 @@ def _device_field(default: object = PydanticUndefined) -> Any:
                  description='Device id (the key "device" is accepted too).')
 
 
-def _also(praan: str, ours: str, description: str, default: object = PydanticUndefined) -> Any:
-    """A field the Praan backend's clients send as `praan`."""
+def _also(resource: Resource, ours: str, description: str, default: object = PydanticUndefined) -> Any:
+    """A field the Praan backend's clients send under its own name (the resource's table says which)."""
+    praan = resource.praan(ours)
     return Field(default, validation_alias=AliasChoices(ours, praan),
                  description=f'{description} (the key "{praan}" is accepted too).')
 
 
+_DAY = SCHEDULE.praan("days")
+
+
 def _one_day(data: Any) -> Any:
     """The Praan form's ``day`` (one day per schedule) as our ``days`` list."""
-    if not isinstance(data, dict) or "day" not in data:
+    if not isinstance(data, dict) or _DAY not in data:
         return data
     if "days" in data:
-        raise FieldError("day", "give days (a list) or day (one day), not both")
-    day = data["day"]
+        raise FieldError(_DAY, f"give days (a list) or {_DAY} (one day), not both")
+    day = data[_DAY]
     try:
         parse_days([day])
     except ScheduleError as exc:
-        raise FieldError("day", f"expected a day name (monday..sunday or Mon..Sun), got {day!r}") from exc
-    return {**{k: v for k, v in data.items() if k != "day"}, "days": [day]}
+        raise FieldError(_DAY, f"expected a day name (monday..sunday or Mon..Sun), got {day!r}") from exc
+    return {**{k: v for k, v in data.items() if k != _DAY}, "days": [day]}
 
 
 def _with_one_day(schema: dict[str, Any]) -> None:
-    schema["properties"]["day"] = {"type": "string", "description": 'One day ("monday", or "Mon"): the same as '
+    schema["properties"][_DAY] = {"type": "string", "description": 'One day ("monday", or "Mon"): the same as '
                                    '"days": [day] (the Praan backend\'s form). Give days or day.'}
 
 
@@ -126,10 +130,10 @@ class ScheduleCreate(Body):
 
     deviceId: DeviceIdStr = _device_field()
     days: Days
-    start: HHMM = _also("startTime", "start", "Window start")
-    end: HHMM = _also("endTime", "end", "Window end")
+    start: HHMM = _also(SCHEDULE, "start", "Window start")
+    end: HHMM = _also(SCHEDULE, "end", "Window end")
     fanSpeed: ScheduleFanSpeed
-    enabled: bool = _also("isActive", "enabled", "Whether it runs", True)
+    enabled: bool = _also(SCHEDULE, "enabled", "Whether it runs", True)
 
     @model_validator(mode="before")
     @classmethod
@@ -162,10 +166,10 @@ class ScheduleUpdate(Body):
 
     deviceId: DeviceIdStr | None = _device_field(None)
     days: Days | None = None
-    start: HHMM | None = _also("startTime", "start", "Window start", None)
-    end: HHMM | None = _also("endTime", "end", "Window end", None)
+    start: HHMM | None = _also(SCHEDULE, "start", "Window start", None)
+    end: HHMM | None = _also(SCHEDULE, "end", "Window end", None)
     fanSpeed: ScheduleFanSpeed | None = None
-    enabled: bool | None = _also("isActive", "enabled", "Whether it runs", None)
+    enabled: bool | None = _also(SCHEDULE, "enabled", "Whether it runs", None)
 
     @model_validator(mode="before")
     @classmethod
@@ -198,8 +202,8 @@ class PrecleanStart(Body):
     """Run the device at ``fanSpeed`` for ``minutes``, over any schedule or manual setting; then restore."""
 
     deviceId: DeviceIdStr = _device_field()
-    fanSpeed: ScheduleFanSpeed = _also("fanMode", "fanSpeed", "Fan speed during the pre-clean")
-    minutes: Annotated[int, Field(ge=1, le=PRECLEAN_MINUTES_MAX)] = _also("duration", "minutes", "Length in minutes")
+    fanSpeed: ScheduleFanSpeed = _also(PRECLEAN, "fanSpeed", "Fan speed during the pre-clean")
+    minutes: Annotated[int, Field(ge=1, le=PRECLEAN_MINUTES_MAX)] = _also(PRECLEAN, "minutes", "Length in minutes")
 
 
 class PrecleanCancel(Body):

@@ -1,6 +1,7 @@
 """The REST API's history routes: stored readings (or buckets of them), statistics over a range and bucketed
 series for charts, each reading raw readings, hourly or daily rollups as the range and `resolution` say
-(gateway/store/history.py)."""
+(gateway/store/history.py). Readings and statistics are Praan paths (answers in Praan's names on request,
+gateway/web/praan_names.py); the series is ours."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from gateway.web.aiohttp_web import web
 from gateway.web.api import Call, _json, _page_of
 from gateway.web.bodies import DataQuery, FieldError, Instant, Query, StatisticsQuery
 from gateway.web.openapi import Reply, Route
+from gateway.web.praan_names import READINGS, STATISTICS
 from gateway.web.requests import ApiError
 
 STATISTICS_DEFAULT_SPAN_S = 24 * 3600.0
@@ -61,10 +63,10 @@ async def device_data(call: Call) -> web.StreamResponse:
     head = {"device": device, "from": q.from_, "to": q.to, "limit": q.limit}
     if q.resolution == "raw":
         rows = await read_queries.readings(call.ctx.reader(), device, start=q.from_, end=q.to, limit=q.limit)
-        return _json({**head, "count": len(rows), "data": rows})
+        return call.answer({**head, "count": len(rows), "data": rows})
     start, end = _range(call, q.from_, q.to, DATA_BUCKETS_DEFAULT_SPAN_S)
     found = await history.buckets(call.ctx.reader(), device, start, end, q.resolution, q.limit, _windows(call))
-    return _json({**head, **found, "count": len(found["data"])})
+    return call.answer({**head, **found, "count": len(found["data"])})
 
 
 async def device_statistics(call: Call) -> web.StreamResponse:
@@ -72,7 +74,7 @@ async def device_statistics(call: Call) -> web.StreamResponse:
     q = call.query(StatisticsQuery)
     start, end = _range(call, q.from_, q.to, STATISTICS_DEFAULT_SPAN_S)
     stats = await history.statistics(call.ctx.reader(), device, start, end, q.resolution, _windows(call))
-    return _json({"device": device, **stats})
+    return call.answer({"device": device, **stats})
 
 
 async def device_series(call: Call) -> web.StreamResponse:
@@ -105,7 +107,7 @@ HISTORY_ROUTES: tuple[Route, ...] = (
           {200: Reply("Readings in the range by their own time, newest first; with a resolution other than raw, "
                       "buckets of every metric instead (`resolution` says which)",
                       {"oneOf": [_page_of("Reading"), _BUCKETS]})},
-          query=DataQuery,
+          query=DataQuery, praan=READINGS,
           description="Without `from`, bucketed history covers the last 7 days before `to` (default: now)."),
     Route("GET", "/api/device/{deviceId}/statistics", device_statistics, "Min/max/avg per metric over a range",
           _DEVICES, {200: Reply("Per numeric metric: min, max, avg and count (booleans are left out)", {
@@ -113,7 +115,7 @@ HISTORY_ROUTES: tuple[Route, ...] = (
                   **_RANGE_PROPS, "readings": {"type": "integer"},
                   "metrics": {"type": "object", "additionalProperties": {"type": "object", "properties": {
                       "min": _NUMBER, "max": _NUMBER, "avg": _NUMBER, "count": {"type": "integer"}}}}}})},
-          query=StatisticsQuery,
+          query=StatisticsQuery, praan=STATISTICS,
           description="`from`/`to` in the answer are the range covered: a range widened to whole buckets "
                       "(resolution hour/day, or an end older than the raw readings kept) says so there."),
     Route("GET", "/api/device/{deviceId}/series", device_series, "A metric as points of `step` seconds (charts)",

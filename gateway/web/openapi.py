@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from gateway.settings import DEVICE_ID_PATTERN
+from gateway.web.praan_names import NAMES_HEADER, Resource, describe, praan_schema
 
 OPENAPI_VERSION = "3.1.0"
 
@@ -47,6 +48,8 @@ class Route:
     # that differ only in a placeholder's name, and the backend has GET /api/schedule/{deviceId} beside
     # PUT /api/schedule/{scheduleId}: both are /api/schedule/{id}, each operation saying what `id` is.
     aliases: Mapping[str, str] = field(default_factory=dict)
+    # A Praan path (one the Praan backend's clients call): what its answer is, for answers in Praan's names.
+    praan: Resource | None = None
 
     @property
     def path_params(self) -> dict[str, str]:
@@ -171,8 +174,6 @@ COMPONENTS: dict[str, dict[str, Any]] = {
             "endsAt": _NUM,
             "remainingSeconds": {"type": "number"},
             "source": {"type": "string", "description": "Who started it (when active)"},
-            "willEndAt": {"type": ["string", "null"], "format": "date-time",
-                          "description": "endsAt as ISO 8601 UTC (Praan's field)"},
         },
     },
     "Reading": {
@@ -214,11 +215,11 @@ def openapi_document(routes: Sequence[Route], *, title: str, version: str) -> di
             "version": version,
             "description": "Local REST API of the edge gateway. JSON in, JSON out; errors are "
                            '{"error": {"status", "message", "field"?}}. No login yet: it listens on '
-                           "127.0.0.1 unless the installer says otherwise. The paths are the Praan "
-                           "air-purifier backend's and its request names are accepted beside ours: deviceId "
-                           "(device), fanMode (fanSpeed) and duration (minutes) of a pre-clean, day (days: [day]), "
-                           "startTime (start), endTime (end) and isActive (enabled) of a schedule; each body "
-                           "field's description names its other key.",
+                           "127.0.0.1 unless the installer says otherwise. The paths marked x-praan-names are "
+                           "the Praan air-purifier backend's: its request names are accepted beside ours (each "
+                           "body field's description names its other key), and each answer uses one vocabulary: "
+                           f"ours, or Praan's when the {NAMES_HEADER} header says praan or (without the header) "
+                           "the body used a Praan name. Praan's names: " + describe() + ".",
         },
         "paths": paths,
         "components": {"schemas": schemas},
@@ -240,6 +241,9 @@ def _operation(route: Route, schemas: dict[str, Any]) -> dict[str, Any]:
         params.append({"name": name, "in": "path", "required": True, **PATH_PARAMS[kind]})
     if route.query is not None:
         params += _query_params(route.query)
+    if route.praan is not None:
+        params.append(_names_header(route.praan))
+        op["x-praan-names"] = route.praan.all_names()
     if params:
         op["parameters"] = params
     if route.body is not None:
@@ -249,7 +253,7 @@ def _operation(route: Route, schemas: dict[str, Any]) -> dict[str, Any]:
         }
     responses: dict[str, Any] = {}
     for status, reply in sorted(route.replies.items()):
-        responses[str(status)] = _response(reply)
+        responses[str(status)] = _response(reply, route.praan, schemas)
     errors = set(route.errors) | {500}
     kinds = set(route.path_params.values())
     if route.body is not None or route.query is not None or "scheduleId" in kinds:
@@ -262,12 +266,25 @@ def _operation(route: Route, schemas: dict[str, Any]) -> dict[str, Any]:
     return op
 
 
-def _response(reply: Reply) -> dict[str, Any]:
+def _response(reply: Reply, praan: Resource | None = None, schemas: dict[str, Any] | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {"description": reply.description}
     if reply.schema is not None:
         schema = ref(reply.schema) if isinstance(reply.schema, str) else reply.schema
+        if praan is not None and schemas is not None:
+            theirs = praan_schema(praan, schema, schemas)
+            if theirs != schema:  # ours, or the same in Praan's names (see the X-Field-Names parameter)
+                schema = {"anyOf": [schema, theirs]}
         out["content"] = {"application/json": {"schema": schema}}
     return out
+
+
+def _names_header(praan: Resource) -> dict[str, Any]:
+    names = praan.all_names()
+    differ = ", ".join(f"{theirs} for {ours}" for ours, theirs in names.items() if ours != theirs)
+    return {"name": NAMES_HEADER, "in": "header", "required": False,
+            "description": "The answer's field names: praan (the Praan backend's: " + (differ or "no field differs")
+                           + ") or ours. Without it: Praan's when the body used a Praan name, else ours.",
+            "schema": {"enum": ["ours", "praan"]}}
 
 
 def _model_ref(model: type[BaseModel], schemas: dict[str, Any]) -> dict[str, str]:

@@ -36,6 +36,11 @@ class ApiError(Exception):
 
 
 async def read_body(request: web.Request, model: type[BaseModel]) -> BaseModel:
+    return validate_body(model, await read_object(request))
+
+
+async def read_object(request: web.Request) -> dict[str, Any]:
+    """The body as a JSON object (400 when it is not one)."""
     raw = await request.read()
     if not raw.strip():
         raise ApiError(400, "a JSON object is required as the request body")
@@ -47,6 +52,10 @@ async def read_body(request: web.Request, model: type[BaseModel]) -> BaseModel:
         raise ApiError(400, "invalid JSON: nested too deep") from None
     if not isinstance(data, dict):
         raise ApiError(400, f"the body must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+def validate_body(model: type[BaseModel], data: dict[str, Any]) -> BaseModel:
     try:
         return model.model_validate(data)
     except ValidationError as exc:

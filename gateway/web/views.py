@@ -4,15 +4,15 @@ The control service returns records and dataclasses; the wire forms (camelCase k
 are made here, in one place for both front doors. The stored audit log's pages use the same command
 form (gateway/store/read_queries.py builds those rows).
 
-Fields the Praan air-purifier backend's clients read that ours lack (``willEndAt``, ``lastExecuted``,
-``executionHistory``) are in the REST forms, as ISO 8601 UTC times where that backend answers JavaScript
-dates; ours stay epoch seconds. Each field has one name per object.
+These are our names. A schedule carries the fields the Praan air-purifier backend's clients read that
+ours lacked (``lastExecuted``, ``executionHistory``: ISO 8601 UTC times, as that backend answers JavaScript
+dates; ours stay epoch seconds). Answers in Praan's names are rendered from these by
+gateway/web/praan_names.py. Each field has one name per object.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 from gateway.control.attempts import log_to_json
@@ -22,6 +22,7 @@ from gateway.control.schedule_service import RunRecord
 from gateway.control.schedules import Schedule
 from gateway.control.service import DeviceControl
 from gateway.core.models import DeviceState
+from gateway.web.praan_names import iso_utc
 
 
 def command_json(record: CommandRecord) -> dict[str, Any]:
@@ -45,13 +46,6 @@ def command_json(record: CommandRecord) -> dict[str, Any]:
     }
 
 
-def iso_utc(ts: float | None) -> str | None:
-    """Epoch seconds as ISO 8601 in UTC with milliseconds (``2026-11-23T08:00:00.000Z``), as a JS Date prints."""
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def schedule_json(schedule: Schedule, history: Sequence[RunRecord] = ()) -> dict[str, object]:
     """The REST API's form: the device as ``deviceId`` (the cloud's form, `to_json`, says ``device``), and
     its recent runs (newest first): ``lastExecuted`` (the latest start) and ``executionHistory``."""
@@ -72,11 +66,6 @@ def preclean_json(status: PrecleanStatus) -> dict[str, Any]:
                 "remainingSeconds": 0}
     return {"device": status.device, "active": True, "fanSpeed": status.fan_speed, "startedAt": status.started_at,
             "endsAt": status.ends_at, "remainingSeconds": status.remaining_seconds, "source": status.source}
-
-
-def preclean_rest_json(status: PrecleanStatus) -> dict[str, Any]:
-    """The REST API's form: the cloud's, and ``willEndAt`` (the end as ISO 8601, null when inactive)."""
-    return {**preclean_json(status), "willEndAt": iso_utc(status.ends_at)}
 
 
 def device_control_json(view: DeviceControl) -> dict[str, Any]:

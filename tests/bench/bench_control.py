@@ -31,7 +31,7 @@ import psutil
 from firmware_sim.purifier import SimulatedPurifier
 
 from tests.bench.bench_ingest import HOST, wait_port
-from tests.bench.common import percentile, run_and_report
+from tests.bench.common import DAEMON_ARGV, percentile, run_and_report
 from tests.fixtures.gateway import device_password, free_port, write_config
 
 
@@ -43,7 +43,7 @@ async def gateway_process(
     mqtt_port, api_port = free_port(), free_port()
     config = write_config(folder, devices=ids, port=mqtt_port, api=f"port = {api_port}", **config_keys)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "run", "--config", str(config), stdout=asyncio.subprocess.DEVNULL
+        sys.executable, *DAEMON_ARGV, "--config", str(config), stdout=asyncio.subprocess.DEVNULL
     )
     try:
         await wait_port(mqtt_port, proc)

@@ -34,7 +34,7 @@ from typing import Any
 import psutil
 
 from tests.bench.bench_ingest import wait_port
-from tests.bench.common import run_and_report
+from tests.bench.common import DAEMON_ARGV, run_and_report
 from tests.bench.mqttload import connect_packet, remaining_length
 from tests.fixtures.gateway import cheap_hash, device_password, free_port, write_config
 
@@ -89,7 +89,7 @@ async def gateway(
     log = workdir / "gateway.log"
     with log.open("wb") as out:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway", "run", "--config", str(config), stdout=out, stderr=out,
+            sys.executable, *DAEMON_ARGV, "--config", str(config), stdout=out, stderr=out,
             preexec_fn=_limit_files(max_files) if max_files else None,
         )
     try:

@@ -28,7 +28,7 @@ from typing import Any
 import psutil
 
 from tests.bench.bench_ingest import HOST, close_all, connect_all, flat_out, started, wait_port
-from tests.bench.common import percentile, run_and_report
+from tests.bench.common import DAEMON_ARGV, percentile, run_and_report
 from tests.bench.mqttload import connect_packet, read_packet, run_load, subscribe_packet
 from tests.fixtures.gateway import free_port, write_config
 from tests.fixtures.mosquitto import MosquittoBroker
@@ -95,7 +95,7 @@ class CloudCounter:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
-    async def wait_for(self, total: int, quiet: float = 2.0, limit: float = 300.0) -> float:
+    async def wait_for(self, total: int, quiet: float = 2.0, limit: float = 300.0, poll: float = 0.05) -> float:
         """Wait until `total` readings arrived (or none for `quiet` s); returns the last arrival time."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + limit
@@ -105,21 +105,22 @@ class CloudCounter:
                 seen, since = self.count, loop.time()
             elif loop.time() - since > quiet:
                 break
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(poll)
         return self.last
 
 
 @contextlib.asynccontextmanager
 async def gateway_with_uplink(
-    ids: list[str], folder: Path, cloud_port: int, *, batch: bool, extra_uplink: str = ""
+    ids: list[str], folder: Path, cloud_port: int, *, batch: bool, extra_uplink: str = "", backend: str = "embedded",
+    gateway_id: str = "gw-test",
 ) -> AsyncIterator[Any]:
     port = free_port()
     extra = (f"[uplink]\nenabled = true\nhost = \"127.0.0.1\"\nport = {cloud_port}\ntls = false\n"
              f"reconnect_max_seconds = 1\nbatch = {'true' if batch else 'false'}\nbacklog_share = 1.0\n"
              + extra_uplink)
-    config = write_config(folder, devices=ids, port=port, extra=extra)
+    config = write_config(folder, devices=ids, port=port, extra=extra, backend=backend, gateway_id=gateway_id)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "run", "--config", str(config), stdout=asyncio.subprocess.DEVNULL
+        sys.executable, *DAEMON_ARGV, "--config", str(config), stdout=asyncio.subprocess.DEVNULL
     )
     try:
         await wait_port(port, proc)

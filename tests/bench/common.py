@@ -1,4 +1,4 @@
-"""What the benchmarks share: percentiles and the run-print-save tail of their main()."""
+"""What the benchmarks share: percentiles, the daemon's command line and the run-print-save tail of their main()."""
 
 from __future__ import annotations
 
@@ -11,6 +11,11 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
+
+# `edge-gateway run` as a production install runs it: the test venv also holds greenlet (Playwright's
+# dependency, absent from config/requirements.lock), which structlog imports when it can (+1.2 MB of RSS).
+DAEMON_ARGV = ("-c", "import sys; sys.modules['greenlet'] = None; from gateway.cli import main; sys.exit(main())",
+               "run")
 
 
 def percentile(values: Sequence[float], q: float) -> float:

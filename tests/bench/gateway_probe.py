@@ -3,6 +3,7 @@
 The probe measures publish -> committed latency from the `sent` field the load client puts in each
 reading. SIGUSR1 writes the figures since the last SIGUSR1 to the stats file (one JSON line each).
 """
+# ruff: noqa: E402
 
 from __future__ import annotations
 
@@ -14,6 +15,10 @@ import time
 from array import array
 from collections.abc import Sequence
 from pathlib import Path
+
+# greenlet is in the test venv only (Playwright's dependency; config/requirements.lock has none), and structlog
+# imports it when it can (+1.2 MB): keep it out, so the figures are those of a production install.
+sys.modules.setdefault("greenlet", None)  # type: ignore[arg-type]  (before structlog: the imports below follow)
 
 import gateway.__main__  # noqa: F401  first, as in `edge-gateway run`: it keeps rich out of the process
 from gateway.app import Gateway

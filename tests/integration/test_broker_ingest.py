@@ -324,21 +324,12 @@ async def test_a_device_that_publishes_and_disconnects_at_once_loses_nothing_ack
 async def test_tls_listener_with_configured_certificate(lan_gateway_factory: GatewayFactory, tmp_path: Path) -> None:
     import ssl
 
-    import trustme
-
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
-    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
-    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
     from tests.fixtures.gateway import free_port
+    from tests.fixtures.tls import tls_listener
 
     tls_port = free_port()
-    gw = await lan_gateway_factory(extra_listeners=(
-        f'[[broker.listeners]]\nname = "lan-tls"\nhost = "127.0.0.1"\nport = {tls_port}\n'
-        f'certfile = "{tmp_path / "cert.pem"}"\nkeyfile = "{tmp_path / "key.pem"}"\n'
-    ))
-    ctx = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+    listener, ctx = tls_listener(tmp_path, tls_port)
+    gw = await lan_gateway_factory(extra_listeners=listener)
     async with aiomqtt.Client("127.0.0.1", tls_port, identifier="AP-01", username="AP-01",
                               password=device_password("AP-01"), tls_context=ctx) as client:
         await client.publish("device/AP-01/data", reading(pm25=42.0), qos=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import tomllib
 import types
 from pathlib import Path
@@ -74,7 +75,8 @@ async def test_a_missing_instance_attribute_is_named(monkeypatch: pytest.MonkeyP
 
 
 def test_the_broker_instance_check_names_a_missing_attribute() -> None:
-    fields = {"_sessions": {}, "_subscriptions": {}, "_retained_messages": {}, "plugins_manager": None, "config": None}
+    fields: dict[str, Any] = {"_sessions": {}, "_subscriptions": {}, "_retained_messages": {},
+                              "_broadcast_queue": asyncio.Queue(), "plugins_manager": None, "config": None}
     with pytest.raises(IncompatibleLibraryError) as failed:
         compat.check_broker(types.SimpleNamespace(**fields))
     assert failed.value.problems == ["Broker()._servers: missing"]

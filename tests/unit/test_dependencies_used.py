@@ -61,3 +61,27 @@ def test_the_daemon_never_imports_tomlkit() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_running_daemon_loads_jinja2_only_when_a_panel_page_is_asked_for(tmp_path: Path) -> None:
+    """The panel's pages and Jinja2 (~1.5 MB) load at the first page request, not at start."""
+    from tests.fixtures.gateway import free_port, write_config
+
+    api_port = free_port()
+    config = write_config(tmp_path, devices=["AP-001"], port=free_port(), api=f"port = {api_port}")
+    code = (
+        "import asyncio, sys, urllib.request\n"
+        "from tests.fixtures.gateway import running\n"
+        "def loaded(): return sorted({m.split('.')[0] for m in sys.modules} & {'jinja2', 'markupsafe'})\n"
+        "async def main():\n"
+        f"    async with running({str(config)!r}) as gw:\n"
+        "        print('at start', loaded())\n"
+        f"        url = 'http://127.0.0.1:{api_port}/login'\n"
+        "        page = await asyncio.to_thread(urllib.request.urlopen, url, timeout=10)\n"
+        "        print('after a page', page.status, loaded())\n"
+        "asyncio.run(main())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    lines = [line for line in out.stdout.splitlines() if line.startswith(("at start", "after a page"))]
+    assert lines == ["at start []", "after a page 200 ['jinja2', 'markupsafe']"]

@@ -48,10 +48,17 @@ def test_air_quality_maps_are_the_vendor_tables() -> None:
     for row in doc["siemens_qsa2700"]["holding_registers_16bit"]:
         assert qsa[row["address"]].writable == (row["access"] == "R/W")  # type: ignore[attr-defined]
     pm = _by_address("delta_ohm_pmsense.toml", "input")
-    for row in doc["delta_ohm_pmsense"]["input_registers_fc04"]:
-        if isinstance(row["address"], int):
-            assert pm[row["address"]].data_type == "int16"  # type: ignore[attr-defined]
-            assert pm[row["address"]].scale == row.get("scale", 1)  # type: ignore[attr-defined]
+    instant = [row for row in doc["delta_ohm_pmsense"]["input_registers_fc04"] if isinstance(row["address"], int)]
+    for row in instant:
+        assert pm[row["address"]].data_type == "int16"  # type: ignore[attr-defined]
+        assert pm[row["address"]].scale == row.get("scale", 1)  # type: ignore[attr-defined]
+    # "6..11: same quantities averaged over 10 s": each averaged register is its instant one's twin
+    (averaged,) = [row for row in doc["delta_ohm_pmsense"]["input_registers_fc04"] if row["address"] == "6..11"]
+    assert "averaged over 10 s" in averaged["name"]
+    for row in instant:
+        twin = pm[row["address"] + 6]
+        assert (twin.data_type, twin.scale) == ("int16", row.get("scale", 1))  # type: ignore[attr-defined]
+        assert twin.metric == pm[row["address"]].metric + "_avg10s"  # type: ignore[attr-defined]
 
 
 def test_shipped_maps_decode_the_vendors_example_values() -> None:

@@ -13,7 +13,8 @@ from gateway.control.preclean import PrecleanStatus
 from gateway.control.schedule_service import RunRecord
 from gateway.control.schedules import Schedule
 from gateway.control.service import DeviceControl
-from gateway.web.views import command_json, device_control_json, preclean_json, preclean_rest_json, schedule_json
+from gateway.web.praan_names import PRECLEAN, to_praan
+from gateway.web.views import command_json, device_control_json, preclean_json, schedule_json
 
 RECORD = CommandRecord("c-1", "AP-01", "setFanSpeed", 4, "api", CommandStatus.ACKED, 1, 10.0, 11.0, 11.0, 12.5,
                        None, {"fanSpeed": 4, "powerOn": True}, None)
@@ -47,6 +48,12 @@ def test_preclean_rest_form_adds_will_end_at() -> None:
     assert preclean_rest_json(PrecleanStatus("AP-01", True, 5, 100.0, 700.0, 599.5, "api"))["willEndAt"] == (
         "1970-01-01T00:11:40.000Z")
     assert preclean_rest_json(PrecleanStatus("AP-01", False, None, None, None, 0, None))["willEndAt"] is None
+
+
+def preclean_rest_json(status: PrecleanStatus) -> dict[str, object]:
+    """The pre-clean as a Praan path answers it in Praan's names (willEndAt there, endsAt in ours)."""
+    out: dict[str, object] = to_praan(PRECLEAN, preclean_json(status))
+    return out
 
 
 def test_preclean_inactive_and_active() -> None:

@@ -23,6 +23,10 @@ amqtt.broker.Broker, methods overridden (GuardedBroker in guarded.py, its base R
                                message); the command-readiness event (BrokerSink.subscribed)
   _create_ssl_context          guarded: a listener with a CA requires client certificates (a staticmethod
                                in amqtt, called through the instance)
+  _create_server_instance      guarded: a TLS listener's SSL context is kept out of asyncio's start_server,
+                               so the handshake runs after admission (prelogin.PreLogin.start_tls)
+  _run_broadcast               routing: delivery at min(message QoS, subscription QoS) (amqtt: the
+                               subscription's, or a forced one); called by amqtt's _broadcast_loop
   _retain_broadcast_message    routing: the queue of an offline persistent session is bounded (broker.
                                offline_queue), the oldest dropped first
 amqtt.broker.Broker, methods called:
@@ -35,6 +39,8 @@ amqtt.broker.Broker, attributes:
   _sessions                    guarded: session lookup on login, removal of a refused session
   _subscriptions               routing: a client's own filters, "has a subscriber"; embedded.command_ready
   _retained_messages           routing: replay, deletion by an empty retained publish
+  _broadcast_queue             routing._run_broadcast takes the next message from it (amqtt's dicts: session,
+                               topic, data and, where given, qos)
   _servers (Server.instance)   guarded.stop_intake closes the listeners; embedded.bound_ports, and
                               embedded.start closes those bound before a failed one
 amqtt.mqtt.protocol.broker_handler.BrokerProtocolHandler, per connection (connection.attach, reader_loop):
@@ -54,10 +60,12 @@ amqtt.mqtt.protocol.broker_handler.BrokerProtocolHandler, per connection (connec
   init_from_connect            prelogin.read_connect: validates the CONNECT (public, shape checked), handed
                                the packet read whole into amqtt's BufferReader after our size check
 amqtt.mqtt.packet.MQTTFixedHeader.from_stream, .to_bytes
-                               reader_loop and prelogin.read_connect: the remaining length is checked before
-                               a packet's body is read
+                               prelogin.read_connect: the remaining length is checked before a packet's body
+                               is read (reader_loop reads fixed headers itself, and builds amqtt's public
+                               PublishPacket from a PUBLISH read whole)
 amqtt.session.Session:
   inflight_out                 connection._keep_unacknowledged puts an unacknowledged message back
+  is_anonymous                 routing._run_broadcast: queued for offline only if not anonymous (amqtt's rule)
   _init_states                 replaced for every Session of the process (session_states.install): a light
                                state holder instead of a transitions.Machine (~16 KB a session)
   _on_enter_connected, _on_enter_disconnected
@@ -65,12 +73,18 @@ amqtt.session.Session:
   transitions                  the holder is set here (public name, private contract)
 amqtt.adapters:
   StreamWriterAdapter._writer  connection.transport_of: the asyncio transport, to write PUBACKs and abort
-  StreamReaderAdapter._reader  connection.drop_unread: unparsed bytes are dropped at shutdown
+  StreamReaderAdapter._reader  connection.drop_unread: unparsed bytes are dropped at shutdown; reader_loop
+                               reads headers and PUBLISH bodies from it directly
 asyncio (Python 3.11 to 3.13):
   the loop's exception handler gets "socket.accept() out of system resource" for each failed accept
                                prelogin.AcceptErrors counts those and logs once a minute (public API, the
                                message text is asyncio's)
   StreamReader._buffer         connection.drop_unread
+  StreamWriter.start_tls       prelogin.PreLogin.start_tls (public, 3.11+; server side because the stream came
+                               from start_server): called with no await after the accept, so the ClientHello
+                               is still unread when the handshake takes over the socket
+  StreamWriter._transport      prelogin.PreLogin.start_tls: a connection closed during its handshake gets its
+                               TCP transport back (asyncio leaves None there, and the writer's __del__ fails)
   Event._waiters               slim_waits: an empty list instead of a deque (~860 bytes an Event)
   Queue._getters, Queue._putters, Queue._finished, Queue._queue
                                slim_waits: the same for Queues (~3.3 KB a Queue)

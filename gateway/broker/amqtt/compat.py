@@ -11,7 +11,9 @@ What is checked (the list with the reasons is the package's module doc, __init__
   names amqtt 0.12.1 gives it (amqtt calls some of them by keyword, and a renamed one means a changed
   contract);
 * the instance attributes we read or replace, on freshly made objects (amqtt sets them in __init__);
-* the asyncio internals slim_waits.py and connection.py use (they belong to the Python version).
+* the asyncio internals slim_waits.py and connection.py use, and StreamWriter.start_tls (Python 3.11+)
+  and StreamWriter._transport, with which prelogin.py upgrades an admitted connection (they belong to
+  the Python version).
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ _METHODS: dict[str, dict[str, tuple[str, ...]]] = {
         "_client_message_loop": _CONNECTION,
         "_topic_filtering": ("self", "session", "topic", "action"),
         "_broadcast_message": ("self", "session", "topic", "data", "force_qos"),
+        "_run_broadcast": ("self", "running_tasks"),
+        "_create_server_instance": ("self", "listener_name", "listener_type", "address", "port", "ssl_context"),
         "_publish_retained_messages_for_subscription": ("self", "subscription", "session"),
         "_create_ssl_context": ("listener",),  # a staticmethod
         "_delete_session": ("self", "client_id"),
@@ -96,7 +100,7 @@ _SESSION_FIELDS: dict[str, type | None] = {
     "keep_alive": int, "will_flag": bool, "will_message": None, "will_topic": None, "will_qos": None,
     "will_retain": None, "remote_address": None, "remote_port": None, "ssl_object": None,
     "transitions": None, "delivered_message_queue": asyncio.Queue, "retained_messages": asyncio.Queue,
-    "inflight_out": dict,
+    "inflight_out": dict, "is_anonymous": bool,
 }
 _HANDLER_FIELDS: dict[str, type | None] = {
     "_pending_subscriptions": asyncio.Queue, "_pending_unsubscriptions": asyncio.Queue,
@@ -105,6 +109,7 @@ _HANDLER_FIELDS: dict[str, type | None] = {
 }
 _BROKER_FIELDS: dict[str, type | None] = {
     "_sessions": dict, "_subscriptions": dict, "_retained_messages": dict, "_servers": dict,
+    "_broadcast_queue": asyncio.Queue,
     "plugins_manager": None, "config": None,
 }
 
@@ -210,4 +215,17 @@ def _asyncio_problems() -> list[str]:
     })
     problems += _field_problems(f"asyncio.Event() ({python})", asyncio.Event(), {"_waiters": deque})
     problems += _field_problems(f"asyncio.StreamReader() ({python})", asyncio.StreamReader(), {"_buffer": bytearray})
+    problems += _method_problems(asyncio.StreamWriter, "start_tls",
+                                 ("self", "sslcontext", "server_hostname", "ssl_handshake_timeout"))
+    given = _ClosedTransport()
+    writer = asyncio.StreamWriter(given, None, None, asyncio.get_running_loop())  # type: ignore[arg-type]
+    if vars(writer).get("_transport") is not given:
+        problems.append(f"asyncio.StreamWriter()._transport ({python}): does not hold the transport it was given")
     return problems
+
+
+class _ClosedTransport:
+    """Stands in for a transport in the StreamWriter check (its __del__ asks this)."""
+
+    def is_closing(self) -> bool:
+        return True

@@ -19,9 +19,10 @@ test_broker_sessions.py fail if a fault comes back):
    per connection (`Connection`).
 
 This class does logins before any session lookup (4), takeovers, the life of each connection (5),
-silence (2), client certificates and the orderly shutdown; routing.py (its base) the ACL, the ingest hook
-and retained messages (1, 3); logins.py the credential check; connection.py, reader_loop.py,
-publish_flow.py and client_loop.py what runs per connection.
+silence (2), TLS handshakes only for admitted connections, client certificates and the orderly shutdown;
+routing.py (its base) the ACL, the ingest hook, retained messages (1, 3) and the QoS of each delivery;
+logins.py the credential check; connection.py, reader_loop.py, publish_flow.py and client_loop.py what
+runs per connection.
 
 Authentication and the ACL are plain method overrides instead of amqtt plugins: plugins are
 configured by import path (no way to hand them our device table) and each call costs a task.
@@ -41,7 +42,7 @@ from typing import Any, NoReturn
 
 import structlog
 from amqtt.broker import Broker
-from amqtt.contexts import ListenerConfig
+from amqtt.contexts import ListenerConfig, ListenerType
 from amqtt.errors import MQTTError
 from amqtt.session import Session
 
@@ -124,9 +125,10 @@ class GuardedBroker(RoutingBroker):
     ) -> None:
         ticket = self._prelogin.admit(writer)
         if ticket is None:
-            return  # refused: already aborted, nothing read
+            return  # refused: already aborted, nothing read (on a TLS listener: no handshake either)
         try:
-            await super().stream_connected(reader, writer, listener_name)
+            if await self._prelogin.start_tls(ticket, writer, listener_name):  # (no await before it: see there)
+                await super().stream_connected(reader, writer, listener_name)
         finally:
             self._prelogin.release(ticket, writer)
 
@@ -315,7 +317,18 @@ class GuardedBroker(RoutingBroker):
 
         return close_silent_client
 
-    # --- TLS: a listener with a CA requires client certificates -------------------------------------
+    # --- TLS: the handshake after admission; a listener with a CA requires client certificates --------
+
+    async def _create_server_instance(
+        self, listener_name: str, listener_type: ListenerType, address: str | None, port: int,
+        ssl_context: ssl.SSLContext | None,
+    ) -> Any:
+        """amqtt's listener, except that a TLS one accepts plain TCP: stream_connected admits a connection
+        first and only then does its handshake (prelogin.py), so a connection over a limit costs none."""
+        if ssl_context is not None and listener_type == ListenerType.TCP:
+            self._prelogin.tls_contexts[listener_name] = ssl_context
+            ssl_context = None
+        return await super()._create_server_instance(listener_name, listener_type, address, port, ssl_context)
 
     def _create_ssl_context(self, listener: ListenerConfig) -> ssl.SSLContext:
         ctx: ssl.SSLContext = Broker._create_ssl_context(listener)

@@ -2,6 +2,12 @@
 
 * **Admission** (gateway/broker/admission.py decides): `GuardedBroker.stream_connected` asks before
   amqtt sees the connection; a refused one is aborted there, before a byte of it is read.
+* **TLS** (`PreLogin.start_tls`): a TLS listener accepts plain TCP (`GuardedBroker._create_server_instance`
+  takes the listener's SSL context out of asyncio's start_server) and the handshake runs only for an
+  admitted connection, within its CONNECT deadline. With the context in start_server, asyncio did the
+  handshake (up to 60 s, a private key operation each) before the callback that admits: a flood of TLS
+  connects cost a handshake each, and no limit saw them while they shook hands.
+* **The CONNECT deadline** runs from the accept: the handshake and the CONNECT share it.
 * **The CONNECT** (`read_connect`): its fixed header is read first. Anything but a CONNECT, or one
   announcing more than the limit, is a protocol violation and the body is never read (amqtt parsed
   field after field of whatever length was announced: a 256 MB CONNECT was read for 3 MB before it
@@ -15,6 +21,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from typing import Any
 
 import structlog
@@ -88,6 +95,8 @@ class PreLogin:
         self._throttle = throttle
         self._connect_deadline = connect_deadline
         self._tickets: dict[object, Ticket] = {}  # transport -> its ticket, while its connection is open
+        # Listener name -> the SSL context of a TLS listener, whose handshake start_tls does after admission.
+        self.tls_contexts: dict[str, ssl.SSLContext] = {}
 
     def admit(self, writer: asyncio.StreamWriter) -> Ticket | None:
         """A ticket for a new connection, or None: refused, and its socket already aborted."""
@@ -107,8 +116,41 @@ class PreLogin:
                             total=self.admission.total, pending=self.admission.pending,
                             left_out_since_last=left_out)
             return None
+        ticket.connect_by = asyncio.get_running_loop().time() + self._connect_deadline
         self._tickets[transport] = ticket
         return ticket
+
+    async def start_tls(self, ticket: Ticket, writer: asyncio.StreamWriter, listener_name: str) -> bool:
+        """The TLS handshake of an admitted connection on a TLS listener, within its CONNECT deadline (True at
+        once on a plain listener). False: it failed or timed out; the socket is dropped and counted.
+
+        Called with no await between the accept and here: asyncio's start_tls stops reading the socket before
+        the loop runs its first read, so the ClientHello is still in the socket for the handshake (a byte
+        read into the plain StreamReader first would be lost to it).
+        """
+        context = self.tls_contexts.get(listener_name)
+        if context is None:
+            return True
+        plain = writer.transport
+        try:
+            async with asyncio.timeout_at(ticket.connect_by):
+                await writer.start_tls(context, ssl_handshake_timeout=self._connect_deadline)
+        except (OSError, AttributeError) as exc:  # (ssl.SSLError, ConnectionError and TimeoutError are OSErrors)
+            if isinstance(exc, AttributeError):
+                if writer.transport is not None:
+                    raise
+                # Closed while it shook hands (evicted, or aborted): asyncio ends the handshake as done but with
+                # no TLS transport, and start_tls fails on that. The stream gets its (closed) TCP transport back,
+                # or its __del__ would fail on None, an "Exception ignored" line per such connection.
+                writer._transport = plain  # type: ignore[attr-defined]
+            if not ticket.released:  # (an evicted one is counted as such)
+                self._dropped("connect-timeout" if isinstance(exc, TimeoutError)
+                              else "tls-failed" if isinstance(exc, ssl.SSLError) else "closed-before-connect")
+            plain.abort()
+            return False
+        del self._tickets[plain]
+        self._tickets[writer.transport] = ticket  # what amqtt's adapter (and transport_of) hold from now on
+        return True
 
     def release(self, ticket: Ticket, writer: asyncio.StreamWriter) -> None:
         self._tickets.pop(writer.transport, None)
@@ -124,8 +166,11 @@ class PreLogin:
         raises AMQTTError or MQTTError, which amqtt's _client_connected takes as "no session"."""
         transport = transport_of(writer)
         ticket = self._tickets.get(transport)
+        # (every connection has its ticket from stream_connected; the fallback keeps the deadline regardless)
+        now = asyncio.get_running_loop().time()
+        connect_by = ticket.connect_by if ticket is not None else now + self._connect_deadline
         try:
-            async with asyncio.timeout(self._connect_deadline):
+            async with asyncio.timeout_at(connect_by):
                 handler, incoming = await read_connect(reader, writer, plugins, MAX_CONNECT_BYTES)
         except MQTTError:
             # amqtt refused the CONNECT's content (protocol name or level, flags) and answered it.

@@ -9,6 +9,7 @@ device that logged in.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from typing import Any
 
 import structlog
@@ -16,6 +17,7 @@ from amqtt.broker import Broker
 from amqtt.contexts import Action
 from amqtt.errors import MQTTError
 from amqtt.events import BrokerEvents
+from amqtt.mqtt.constants import QOS_0, QOS_2
 from amqtt.session import IncomingApplicationMessage, Session
 
 from gateway.broker.acl import DEVICE_TOPICS, Access, client_may
@@ -110,7 +112,7 @@ class RoutingBroker(Broker):  # type: ignore[misc]
             await plugins.fire_event(BrokerEvents.MESSAGE_BROADCAST, client_id=session.client_id, message=message)
             receipt, forward = await self._ingest(conn.device_id, topic, message.data)  # (ACL checked above)
             if forward:
-                await super()._broadcast_message(session, topic, message.data)
+                await super()._broadcast_message(session, topic, message.data, message.qos)
             if message.publish_packet is not None and message.publish_packet.retain_flag:
                 await self.retain_message(session, topic, message.data, message.qos)
         if isinstance(message, StoredAckMessage) and conn.acks is not None:
@@ -146,6 +148,37 @@ class RoutingBroker(Broker):  # type: ignore[misc]
             if not forward:
                 return
         await super()._broadcast_message(session, topic, data, force_qos)
+
+    async def _run_broadcast(self, running_tasks: deque[asyncio.Task[Any]]) -> None:
+        """amqtt's (one message from the broadcast queue to each subscriber), delivered at the lower of the
+        message's QoS and the subscription's (MQTT 3.1.1, 3.8.4). amqtt delivered at the subscription's QoS
+        (a QoS 0 publish reached a QoS 1 subscriber as QoS 1), or at the QoS it was handed whatever the
+        subscription (a Will, a command to a device).
+
+        A broadcast's "qos" is the message's QoS: what `_deliver_read` passes, a Will's, a command's (1). Only
+        a QoS 2 message from amqtt's own flow comes without one.
+        """
+        broadcast = await self._broadcast_queue.get()
+        topic = broadcast["topic"]
+        published = broadcast.get("qos")
+        if published is None:
+            published = QOS_2
+        for topic_filter, subscriptions in self._subscriptions.items():
+            if not self._matches(topic, topic_filter):
+                continue
+            for target, granted in subscriptions:
+                qos = granted if granted < published else published
+                if not await self._topic_filtering(target, topic, Action.RECEIVE):
+                    continue
+                if not target.transitions.is_connected():
+                    # A persistent session's QoS 1/2 messages wait for it [MQTT-3.1.2-5] (amqtt's rule).
+                    if not target.clean_session and qos != QOS_0 and not target.is_anonymous:
+                        await self._retain_broadcast_message(broadcast, qos, target)
+                    continue
+                handler = self._get_handler(target)
+                if handler is not None:
+                    publish = handler.mqtt_publish(topic, broadcast["data"], qos, retain=False)
+                    running_tasks.append(asyncio.ensure_future(publish))
 
     def _has_subscriber(self, topic: str) -> bool:
         subs = self._subscriptions

@@ -14,7 +14,8 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 from urllib.parse import quote
 
-import aiohttp_jinja2
+import jinja2
+from markupsafe import Markup
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway import __version__
@@ -51,8 +52,13 @@ def render(request: web.Request, template: str, context: dict[str, Any], status:
     panel = request.app[PANEL]
     settings = panel.sources.settings()
     base = {"version": __version__, "gateway_id": settings.gateway.id, "timezone": settings.gateway.timezone,
-            "fmt": panel.formats, "static": panel.static_url, "inline_css": panel.inline_css}
-    response = aiohttp_jinja2.render_template(template, request, {**base, **context}, status=status)
+            "fmt": panel.formats, "static": panel.static_url, "inline_css": Markup(panel.inline_css)}
+    if panel.templates is None:
+        panel.templates = jinja2.Environment(
+            loader=jinja2.PackageLoader("gateway.web.panel", "templates"),
+            autoescape=jinja2.select_autoescape(default=True), trim_blocks=True, lstrip_blocks=True)
+    html = panel.templates.get_template(template).render({**base, **context})
+    response = web.Response(text=html, content_type="text/html", status=status)
     response.headers.update(SECURITY_HEADERS)
     return response
 
