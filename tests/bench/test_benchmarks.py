@@ -78,6 +78,11 @@ def _logins(figures: dict[str, Any], mode: str) -> None:
     assert figures["storm_accepted"] == figures["devices"]
 
 
+def _cpu_stages(figures: dict[str, Any], mode: str) -> None:
+    # every reading offered reached the cloud (the CPU is divided by them)
+    assert figures["delivered"] > 0 and figures["cpu_ms_per_reading"] > 0
+
+
 def _fuzz(figures: dict[str, Any], mode: str) -> None:
     # nothing crashed, and every acknowledged payload is a reading or a quarantine row
     assert figures["crashes"] == 0 and figures["alive"] is True
@@ -105,7 +110,7 @@ INGEST = Bench("bench_ingest", 180, ("flat out QoS 1: gateway", "bare amqtt"), (
     "gateway_idle_cpu_pct", "gateway_idle_cpu_pct_linger_1s"), _ingest)
 UPLINK = Bench("bench_uplink", 240, ("sustained device -> cloud",), (
     "sustained_rate", "bare_qos1_rate", "e2e_100_p50_ms", "e2e_100_p99_ms", "drain_per_reading_rate",
-    "drain_batched_rate", "rss_mb"), _uplink)
+    "drain_batched_rate", "rss_mb", "cpu_ms_per_reading"), _uplink)
 CONTROL = Bench("bench_control", 180, ("API command -> ack -> API response",), (
     "sequential_p50_ms", "sequential_p99_ms", "concurrent_wall_ms", "concurrent_p99_ms", "rss_mb"), _control)
 STORE = Bench("bench_store", 120, ("store writer alone", "median: flat out"), (
@@ -143,10 +148,13 @@ MOSQUITTO = Bench("bench_mosquitto_backend", 120, ("mosquitto backend", "device 
     "qos1_rate", "qos1_gateway_cpu_pct", "qos1_mosquitto_cpu_pct", "qos1_cpu_us_per_reading", "fixed_rate_p99_ms",
     "rss_mb_gateway", "rss_mb_mosquitto", "rss_mb_total"), _mosquitto)
 
+CPU_STAGES = Bench("cpu_stages", 120, ("CPU per reading",), ("cpu_ms_per_reading",), _cpu_stages)
+
 CASES = [
     pytest.param(bench, mode, id=f"{bench.module.removeprefix('bench_')}-{mode}",
                  marks=mode_marks(mode, bench.smoke_timeout))
-    for bench in (INGEST, UPLINK, CONTROL, STORE, MODBUS, HUB, BLE, PANEL, FLOOD, LOGINS, FUZZ, LIFECYCLE, MOSQUITTO)
+    for bench in (INGEST, UPLINK, CONTROL, STORE, MODBUS, HUB, BLE, PANEL, FLOOD, LOGINS, FUZZ, LIFECYCLE, MOSQUITTO,
+                  CPU_STAGES)
     for mode in MODES
 ]
 
