@@ -10,6 +10,10 @@ thread under a flat-out QoS 1 load). This loop keeps amqtt's behaviour and diffe
 * **A protocol violation** (a malformed packet, a second CONNECT, a PUBLISH to a wildcard or ``$`` topic)
   closes the connection, as MQTT requires; amqtt discarded the packet and read on. So does a packet whose
   remaining length is over ``max_packet``, before its body is read.
+* **A PUBLISH packet** is read with one read of its body and taken apart in place (``read_publish``), not
+  field by field from the stream (amqtt: five awaited reads and a coroutine per field). Its topic must be
+  UTF-8 and its body hold its topic and packet id, or it is a protocol violation (amqtt read past the packet
+  into the next one when the body was too short, and turned a topic that is not UTF-8 into "b'...'").
 * **PUBLISH at QoS 0/1, PUBACK and PINGREQ** are handled inline, in arrival order: none of them waits
   for another packet from the same client (QoS 1: queue the message, send PUBACK). A client whose
   socket stops taking our PUBACKs then stops being read, which is the back-pressure we want. Every
@@ -27,6 +31,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import structlog
+from amqtt.codecs_amqtt import read_or_raise
 from amqtt.errors import MQTTError, NoDataError
 from amqtt.events import MQTTEvents
 from amqtt.mqtt import packet_class
@@ -48,6 +53,7 @@ from amqtt.mqtt.packet import (
     UNSUBSCRIBE,
     MQTTFixedHeader,
 )
+from amqtt.mqtt.publish import PublishPacket, PublishPayload, PublishVariableHeader
 
 from gateway.core.throttle import LogThrottle
 
@@ -93,6 +99,23 @@ class _SilenceWatch:
 
 
 _failures = LogThrottle()
+
+
+async def read_publish(reader: Any, fixed_header: MQTTFixedHeader) -> PublishPacket:
+    """The PUBLISH packet whose fixed header was read: its body in one read, taken apart in place."""
+    body = await read_or_raise(reader, fixed_header.remaining_length)
+    end = 2 + (body[0] << 8 | body[1]) if len(body) >= 2 else len(body) + 1
+    qos = (fixed_header.flags >> 1) & 0x03
+    start = end + 2 if qos else end
+    if start > len(body):
+        raise MQTTError(f"malformed PUBLISH: {len(body)} bytes cannot hold its topic and packet id")
+    try:
+        topic = body[2:end].decode()
+    except UnicodeDecodeError:
+        raise MQTTError("[MQTT-1.5.3-1] a PUBLISH topic that is not UTF-8") from None
+    packet_id = (body[end] << 8 | body[end + 1]) if qos else None
+    # (PublishVariableHeader refuses a topic with a wildcard: MQTTError, as amqtt's parser does)
+    return PublishPacket(fixed_header, PublishVariableHeader(topic, packet_id), PublishPayload(body[start:]))
 
 
 def _spawn(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
@@ -153,7 +176,10 @@ async def _reader_loop(handler: Any, on_protocol_error: Callable[[MQTTError], No
                 if kind in (RESERVED_0, RESERVED_15):
                     await handler.handle_connection_closed()
                     continue
-                packet = await packet_class(fixed_header).from_stream(reader, fixed_header=fixed_header)
+                if kind == PUBLISH:
+                    packet = await read_publish(reader, fixed_header)
+                else:
+                    packet = await packet_class(fixed_header).from_stream(reader, fixed_header=fixed_header)
                 await plugins.fire_event(MQTTEvents.PACKET_RECEIVED, packet=packet, session=session)
                 if kind == PUBLISH:
                     if packet.qos == QOS_2:
