@@ -10,6 +10,8 @@ thread under a flat-out QoS 1 load). This loop keeps amqtt's behaviour and diffe
 * **A protocol violation** (a malformed packet, a second CONNECT, a PUBLISH to a wildcard or ``$`` topic)
   closes the connection, as MQTT requires; amqtt discarded the packet and read on. So does a packet whose
   remaining length is over ``max_packet``, before its body is read.
+* **A fixed header** is read with one read of its first two bytes (a longer remaining length reads on, a byte
+  at a time, at most four as amqtt allows), not a read per byte.
 * **A PUBLISH packet** is read with one read of its body and taken apart in place (``read_publish``), not
   field by field from the stream (amqtt: five awaited reads and a coroutine per field). Its topic must be
   UTF-8 and its body hold its topic and packet id, or it is a protocol violation (amqtt read past the packet
@@ -101,6 +103,26 @@ class _SilenceWatch:
 _failures = LogThrottle()
 
 
+async def read_fixed_header(reader: Any) -> MQTTFixedHeader | None:
+    """The next packet's fixed header; None at the end of the stream (amqtt's MQTTFixedHeader.from_stream)."""
+    try:
+        head = await read_or_raise(reader, 2)
+        length = head[1] & 0x7F
+        if head[1] & 0x80:
+            multiplier = 128
+            while True:
+                byte = (await read_or_raise(reader, 1))[0]
+                length += (byte & 0x7F) * multiplier
+                if not byte & 0x80:
+                    break
+                multiplier *= 128
+                if multiplier > 128**3:
+                    raise MQTTError(f"Invalid remaining length bytes, packet_type={head[0] >> 4}")
+    except NoDataError:
+        return None
+    return MQTTFixedHeader(head[0] >> 4, head[0] & 0x0F, length)
+
+
 async def read_publish(reader: Any, fixed_header: MQTTFixedHeader) -> PublishPacket:
     """The PUBLISH packet whose fixed header was read: its body in one read, taken apart in place."""
     body = await read_or_raise(reader, fixed_header.remaining_length)
@@ -163,7 +185,7 @@ async def _reader_loop(handler: Any, on_protocol_error: Callable[[MQTTError], No
                 if len(running) >= trim_at:
                     running[:] = [task for task in running if not task.done()]
                     trim_at = max(8, 2 * len(running))
-                fixed_header = await MQTTFixedHeader.from_stream(reader)
+                fixed_header = await read_fixed_header(reader)
                 if not fixed_header:
                     break  # EOF
                 if watch is not None:
