@@ -15,8 +15,8 @@ know which message the cloud acknowledged, so the lanes:
   while the buffer holds a packet.
 
 aiomqtt keeps the connection, the socket and every other publish. Uses private names of paho-mqtt
-(``_mid_generate``, ``_out_packet`` and its entries' form, ``_handle_pubackcomp``, ``_sock_recv``, ``_in_packet``,
-``_sock``) and
+(``_mid_generate``, ``_out_packet`` and its entries' form, ``_registered_write``, ``_handle_pubackcomp``,
+``_sock_recv``, ``_in_packet``, ``_sock``) and
 ``aiomqtt.Client._client``; both libraries are pinned in pyproject.toml and ``check()`` names any that is
 missing when a connection starts.
 """
@@ -31,7 +31,8 @@ import paho.mqtt.client as paho
 
 T = TypeVar("T")
 _MISSING = object()
-_PRIVATE = ("_mid_generate", "_out_packet", "_handle_pubackcomp", "_sock_recv", "_in_packet", "_sock")
+_PRIVATE = ("_mid_generate", "_out_packet", "_registered_write", "_handle_pubackcomp", "_sock_recv", "_in_packet",
+            "_sock")
 _PUBLISH_QOS1 = 0x32
 _READ_SIZE = 65536  # one recv() for every PUBACK waiting (a PUBACK is 4 bytes)
 _READS_PER_TURN = 1024  # packets read in one event-loop turn at most (others' turn comes)
@@ -139,10 +140,15 @@ class AckTracker(Generic[T]):
         inner = self._paho
         if inner._sock is None:
             raise aiomqtt.MqttCodeError(paho.MQTT_ERR_NO_CONN, "Could not publish message")
-        # Behind whatever paho has queued, written now: no write callback and loop turn per batch (paho's
-        # _packet_queue would have aiomqtt register one, through call_soon_threadsafe).
+        # Behind whatever paho has queued. Written now when paho waits for no write callback: no callback and
+        # loop turn per batch (paho's _packet_queue would have aiomqtt register one, through
+        # call_soon_threadsafe). While one is on its way, that callback writes it: a write here would end
+        # paho's registration before aiomqtt's add_writer has run, which would then stay registered for good
+        # (a callback every loop turn).
         inner._out_packet.append({"command": paho.PUBLISH, "mid": 0, "qos": 1, "pos": 0,
                                   "to_process": len(packets), "packet": packets, "info": None})
+        if inner._registered_write:
+            return
         rc = inner.loop_write()
         if rc != paho.MQTT_ERR_SUCCESS:
             raise aiomqtt.MqttCodeError(rc, "Could not publish message")

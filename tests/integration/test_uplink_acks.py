@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import aiomqtt
 import pytest
@@ -69,3 +70,29 @@ async def test_the_private_names_it_needs_are_checked(mosquitto: MosquittoBroker
 
     with pytest.raises(RuntimeError, match="_mid_generate"):
         check(Stripped())  # type: ignore[arg-type]
+
+
+async def test_a_batch_flushed_while_paho_waits_for_its_write_callback_leaves_no_writer_behind(
+    mosquitto: MosquittoBroker,
+) -> None:
+    acked: list[int] = []
+    async with aiomqtt.Client(mosquitto.host, mosquitto.port, identifier="acks-writer",
+                              protocol=aiomqtt.ProtocolVersion.V311) as client:
+        tracker: AckTracker[int] = AckTracker(client, acked.append)
+        inner = client._client
+        inner.publish("t/own", b"own", 1)  # paho registers a write callback: aiomqtt adds it on the next loop turn
+        tracker.publish("t/0", b"ours", 0)
+        tracker.flush()  # in the same turn
+        writes = [0]
+        loop_write = inner.loop_write
+
+        def counted() -> Any:
+            writes[0] += 1
+            return loop_write()
+
+        inner.loop_write = counted  # type: ignore[method-assign]
+        await wait_for(lambda: acked == [0], timeout=10)
+        await asyncio.sleep(0.3)
+    # The callback wrote what was queued and ended its registration; a writer left registered on the socket
+    # (always writable) was called every loop turn: thousands of times here.
+    assert writes[0] <= 2
