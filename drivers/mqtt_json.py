@@ -30,7 +30,7 @@ def parse_object(payload: bytes) -> dict[str, Any]:
     try:
         # Decode explicitly: json.loads(bytes) would also guess UTF-16/32, which the contract does not allow.
         text = payload.decode("utf-8")
-        obj = (_CHECKED if _RISKY_NUMBER.search(payload) else _PLAIN).decode(text)
+        obj = _DECODER.decode(text)
         if _SURROGATE_ESCAPE.search(payload):  # rare: only then pay for a second look
             json.dumps(obj, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
@@ -94,13 +94,8 @@ def decode_generic_reading(device_id: str, obj: dict[str, Any], received_at: flo
     return Reading(device_id, ts, metrics, received_at, extra)
 
 
-# Decoders made once: json.loads with hooks builds a new decoder and scanner per call. The number hooks only
-# check (a Python call per number): a payload with no number they could refuse, no exponent (1e999 is inf) and
-# no run of 19 digits (past SQLite's integers; a float of 309 digits is inf), decodes to the same values
-# without them. The rare payload with one (or with such text in a string) takes the checked decoder.
-_CHECKED = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float, parse_int=_bounded_int)
-_PLAIN = json.JSONDecoder(parse_constant=_reject_constant)
-_RISKY_NUMBER = re.compile(rb"[0-9][eE]|[0-9]{19}")
+# One decoder for every payload: json.loads with hooks builds a new decoder and scanner per call.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float, parse_int=_bounded_int)
 
 
 def _json_type(value: object) -> str:
