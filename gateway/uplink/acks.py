@@ -1,10 +1,24 @@
-"""QoS 1 publishing with a PUBACK callback, for the outbox lanes.
+"""QoS 1 publishing of the outbox lanes on the paho client that aiomqtt drives, with each PUBACK as a callback.
 
-aiomqtt's ``publish()`` costs a task, an Event and a wait per message, which at a few thousand readings
-a second was a large part of the uplink's CPU (profiled). The outbox only needs to know *which* message
-the cloud acknowledged, so the lanes publish through the paho client that aiomqtt drives and get the
-PUBACK as a callback. aiomqtt stays in charge of the connection, the socket and every other publish.
-Uses ``aiomqtt.Client._client`` (the paho client): aiomqtt is pinned below 3 in pyproject.toml.
+aiomqtt's ``publish()`` costs a task, an Event and a wait per message. paho's own ``publish()`` builds an
+MQTTMessage with an MQTTMessageInfo (a threading.Condition), takes its locks, sends each message with a
+send() of its own, and for each PUBACK reads three times (1 byte, 1 byte, the rest), makes a reason code
+and a properties object and walks its in-flight table. The outbox only needs its bytes on the wire and to
+know which message the cloud acknowledged, so the lanes:
+
+* build their PUBLISH packets (MQTT 3.1.1) themselves, the topic's bytes cached, with a packet id from
+  paho's own counter (no clash with the other publishes on the connection);
+* write a lane's packets together (``flush()``): one send() for all of them, through paho's queue, so they
+  keep their place among paho's own packets (pings, subscriptions, status);
+* take their PUBACKs before paho's handler does (by packet id; any other PUBACK goes on to paho);
+* give paho's reads a buffer: one recv() brings every packet waiting, and the read callback reads on
+  while the buffer holds a packet.
+
+aiomqtt keeps the connection, the socket and every other publish. Uses private names of paho-mqtt
+(``_mid_generate``, ``_out_packet`` and its entries' form, ``_registered_write``, ``_handle_pubackcomp``,
+``_sock_recv``, ``_in_packet``, ``_sock``) and
+``aiomqtt.Client._client``; both libraries are pinned in pyproject.toml and ``check()`` names any that is
+missing when a connection starts.
 """
 
 from __future__ import annotations
@@ -17,31 +31,124 @@ import paho.mqtt.client as paho
 
 T = TypeVar("T")
 _MISSING = object()
+_PRIVATE = ("_mid_generate", "_out_packet", "_registered_write", "_handle_pubackcomp", "_sock_recv", "_in_packet",
+            "_sock")
+_PUBLISH_QOS1 = 0x32
+_READ_SIZE = 65536  # one recv() for every PUBACK waiting (a PUBACK is 4 bytes)
+_READS_PER_TURN = 1024  # packets read in one event-loop turn at most (others' turn comes)
+
+
+def check(client: aiomqtt.Client) -> None:
+    """Raise RuntimeError naming the private names this module needs that the installed libraries lack."""
+    inner = getattr(client, "_client", None)
+    missing = ["aiomqtt.Client._client"] if inner is None else [
+        f"paho.mqtt.client.Client.{name}" for name in _PRIVATE if not hasattr(inner, name)
+    ]
+    if missing:
+        raise RuntimeError(f"uplink: the installed aiomqtt/paho-mqtt lack {', '.join(missing)} (see uplink/acks.py)")
+
+
+def _remaining_length(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n % 128, n // 128
+        out.append(byte | 0x80 if n else byte)
+        if not n:
+            return bytes(out)
 
 
 class AckTracker(Generic[T]):
-    """Publishes QoS 1 messages and calls ``on_ack(token)`` when the broker's PUBACK for one arrives."""
+    """Publishes QoS 1 messages and calls ``on_ack(token)`` when the broker's PUBACK for one arrives.
+
+    ``publish()`` builds a message; ``flush()`` hands what was built to paho (the caller flushes before it
+    waits for anything, and after its last publish).
+    """
 
     def __init__(self, client: aiomqtt.Client, on_ack: Callable[[T], None]) -> None:
+        check(client)
         self._paho: paho.Client = client._client
         self._on_ack = on_ack
         self._pending: dict[int, T] = {}
-        inner = self._paho.on_publish  # aiomqtt's own: publishes that are not ours still reach it
+        self._topics: dict[str, bytes] = {}  # topic -> its length and UTF-8 bytes, as a PUBLISH carries it
+        self._out = bytearray()  # packets built, not yet handed to paho
+        self._read = bytearray()  # bytes received, not yet read by paho
+        self._install()
 
-        def on_publish(c: Any, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
-            token = self._pending.pop(mid, _MISSING)
-            if token is _MISSING:
-                if inner is not None:
-                    inner(c, userdata, mid, reason_code, properties)  # type: ignore[call-arg]
-                return
-            self._on_ack(token)  # type: ignore[arg-type]
+    def _install(self) -> None:
+        inner = self._paho
+        pending, on_ack, buffered = self._pending, self._on_ack, self._read
+        handle_pubackcomp = inner._handle_pubackcomp
+        sock_recv = inner._sock_recv
+        loop_read = inner.loop_read
 
-        self._paho.on_publish = on_publish
+        def pubackcomp(cmd: Any) -> Any:
+            if cmd == "PUBACK":
+                packet = inner._in_packet["packet"]
+                if len(packet) == 2:  # MQTT 3.1.1: the packet id alone
+                    token = pending.pop(packet[0] << 8 | packet[1], _MISSING)
+                    if token is not _MISSING:
+                        on_ack(token)  # type: ignore[arg-type]
+                        return paho.MQTT_ERR_SUCCESS
+            return handle_pubackcomp(cmd)
+
+        def recv(bufsize: int) -> bytes:
+            if not buffered:
+                data = sock_recv(_READ_SIZE)  # raises BlockingIOError when nothing waits, as paho expects
+                if len(data) <= bufsize:
+                    return data
+                buffered.extend(data)
+            out = bytes(buffered[:bufsize])
+            del buffered[:bufsize]
+            return out
+
+        def read(max_packets: int = 1) -> Any:
+            rc = loop_read(max_packets)
+            turns = _READS_PER_TURN
+            while buffered and rc == paho.MQTT_ERR_SUCCESS and inner._sock is not None and turns:
+                rc = loop_read(max_packets)
+                turns -= 1
+            return rc
+
+        inner._handle_pubackcomp = pubackcomp  # type: ignore[method-assign]
+        inner._sock_recv = recv  # type: ignore[method-assign]
+        inner.loop_read = read  # type: ignore[method-assign]
 
     def publish(self, topic: str, payload: bytes, token: T) -> None:
-        """Hand the message to paho (it writes when the socket can take it); raises if the link is down."""
-        info = self._paho.publish(topic, payload, 1)
-        if info.rc != paho.MQTT_ERR_SUCCESS:
-            raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
-        # A QoS 1 PUBACK is read by the event loop later, never inside publish(): recording it now is safe.
-        self._pending[info.mid] = token
+        """Build the message (QoS 1, not retained); it goes at the next flush()."""
+        head = self._topics.get(topic)
+        if head is None:
+            encoded = topic.encode()
+            if not encoded or b"+" in encoded or b"#" in encoded or len(encoded) > 65535:
+                raise ValueError(f"not a topic to publish to: {topic!r}")
+            head = self._topics[topic] = len(encoded).to_bytes(2, "big") + encoded
+        mid = self._paho._mid_generate()
+        out = self._out
+        out.append(_PUBLISH_QOS1)
+        out += _remaining_length(len(head) + 2 + len(payload))
+        out += head
+        out += mid.to_bytes(2, "big")
+        out += payload
+        # A PUBACK is read by the event loop later, never inside publish(): recording it now is safe.
+        self._pending[mid] = token
+
+    def flush(self) -> None:
+        """Write the messages built (what the socket does not take now, paho writes when it can); raises if
+        the link is down (the messages are dropped: their tokens never see a PUBACK)."""
+        if not self._out:
+            return
+        packets, self._out = bytes(self._out), bytearray()
+        inner = self._paho
+        if inner._sock is None:
+            raise aiomqtt.MqttCodeError(paho.MQTT_ERR_NO_CONN, "Could not publish message")
+        # Behind whatever paho has queued. Written now when paho waits for no write callback: no callback and
+        # loop turn per batch (paho's _packet_queue would have aiomqtt register one, through
+        # call_soon_threadsafe). While one is on its way, that callback writes it: a write here would end
+        # paho's registration before aiomqtt's add_writer has run, which would then stay registered for good
+        # (a callback every loop turn).
+        inner._out_packet.append({"command": paho.PUBLISH, "mid": 0, "qos": 1, "pos": 0,
+                                  "to_process": len(packets), "packet": packets, "info": None})
+        if inner._registered_write:
+            return
+        rc = inner.loop_write()
+        if rc != paho.MQTT_ERR_SUCCESS:
+            raise aiomqtt.MqttCodeError(rc, "Could not publish message")

@@ -264,16 +264,20 @@ class Uplink:
         entries: list[OutboxEntry],
         slots: list[asyncio.Semaphore],
     ) -> None:
-        """Send entries as messages (batches when configured), each holding the given slots until deleted."""
+        """Send entries as messages (batches when configured), each holding the given slots until deleted.
+        The messages built go to the socket together: before any wait for a slot, and at the end."""
         for topic, payload, seqs in self._pack(entries):
             for slot in slots:
+                if slot.locked():
+                    tracker.flush()  # what waits for this slot's PUBACKs must be on its way first
                 await slot.acquire()
             try:
                 tracker.publish(topic, payload, (seqs, slots))
             except BaseException:
                 for slot in slots:
                     slot.release()
-                raise  # the link is down: the connection's task group ends and the supervisor reconnects
+                raise
+        tracker.flush()  # raises if the link is down: the connection's task group ends and the supervisor reconnects
 
     def _pack(self, entries: list[OutboxEntry]) -> Iterator[tuple[str, bytes, tuple[int, ...]]]:
         """The messages for `entries`, each built when the one before it has been handed over (a page's

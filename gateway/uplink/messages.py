@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.core.models import OutboxEntry
@@ -16,6 +16,13 @@ _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 class Topics:
     org: str
     gateway_id: str
+    # Made once, spliced into every message: the gateway id as JSON, and a msgId's JSON up to its seq.
+    gateway_json: str = field(init=False, repr=False, compare=False)
+    msg_id_head: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "gateway_json", _dumps(self.gateway_id))
+        object.__setattr__(self, "msg_id_head", _dumps(msg_id(self.gateway_id, 0))[:-2])  # '"gw:' of '"gw:0"'
 
     def telemetry(self, device_id: str) -> str:
         return f"v1/telemetry/{self.org}/{device_id}"
@@ -50,24 +57,23 @@ def msg_id(gateway_id: str, seq: int) -> str:
 
 def entry_message(topics: Topics, entry: OutboxEntry) -> tuple[str, bytes]:
     """One outbox row as its own message. The stored body is already JSON: spliced, not re-encoded."""
-    gw = _dumps(topics.gateway_id)
-    mid = _dumps(msg_id(topics.gateway_id, entry.seq))
+    gw, head = topics.gateway_json, topics.msg_id_head
     if entry.kind == "telemetry":
-        payload = f'{{"ts":{entry.ts!r},"metrics":{entry.body},"gatewayId":{gw},"msgId":{mid}}}'
+        payload = f'{{"ts":{entry.ts!r},"metrics":{entry.body},"gatewayId":{gw},"msgId":{head}{entry.seq}"}}'
         return topics.telemetry(entry.device_id or topics.gateway_id), payload.encode()
     # event body is {"type": ..., "data": ...}: open it up and add the envelope fields
-    payload = f'{{"ts":{entry.ts!r},{entry.body[1:-1]},"gatewayId":{gw},"msgId":{mid}}}'
+    payload = f'{{"ts":{entry.ts!r},{entry.body[1:-1]},"gatewayId":{gw},"msgId":{head}{entry.seq}"}}'
     return topics.event(entry.device_id), payload.encode()
 
 
 def batch_message(topics: Topics, entries: Sequence[OutboxEntry]) -> tuple[str, bytes]:
     """Telemetry rows as one batch message: {"gatewayId", "readings": [{"deviceId", "ts", "metrics", "msgId"}]}."""
-    gw = topics.gateway_id
+    head = topics.msg_id_head
     parts = [
-        f'{{"deviceId":{_dumps(e.device_id)},"ts":{e.ts!r},"metrics":{e.body},"msgId":{_dumps(msg_id(gw, e.seq))}}}'
+        f'{{"deviceId":{_dumps(e.device_id)},"ts":{e.ts!r},"metrics":{e.body},"msgId":{head}{e.seq}"}}'
         for e in entries
     ]
-    return topics.batch, f'{{"gatewayId":{_dumps(gw)},"readings":[{",".join(parts)}]}}'.encode()
+    return topics.batch, f'{{"gatewayId":{topics.gateway_json},"readings":[{",".join(parts)}]}}'.encode()
 
 
 def batch_item_size(entry: OutboxEntry) -> int:

@@ -7,6 +7,8 @@ Prints (asserts nothing about time):
   * sustained readings/s that reach the cloud, device QoS 1 flat out, and the bare amqtt broker's
     QoS 1 forwarding rate under the same load;
   * end-to-end latency (device publish -> cloud subscriber) p50/p99 at fixed rates;
+  * CPU per reading: the gateway process's CPU seconds (broker, ingest, store, uplink; every thread)
+    over the readings that reached the cloud, at a fixed offer (--cpu-rate, 1,000/s; 100 devices, QoS 1);
   * drain rate of a backlog built while the cloud was down, per-reading and batched;
   * gateway peak RSS.
 """
@@ -143,9 +145,24 @@ async def sustained(devices: list[Any], counter: CloudCounter, seconds: float) -
     return counter.count / max(last - t0, 1e-9), float(sent - counter.count)
 
 
+async def cpu_per_reading(gw: Any, devices: list[Any], counter: CloudCounter, rate: float,
+                          seconds: float) -> tuple[float, int]:
+    """(gateway CPU seconds, readings delivered to the cloud) for `seconds` of `rate` readings/s offered: the
+    CPU is user + system of every thread, read once the last reading has arrived (nothing left in flight)."""
+    ps = psutil.Process(gw.pid)
+    counter.reset()
+    sent_before = sum(d.sent for d in devices)
+    before = ps.cpu_times()
+    await run_load(devices, seconds=seconds, rate=rate)
+    await counter.wait_for(sum(d.sent for d in devices) - sent_before)
+    after = ps.cpu_times()
+    return float((after.user - before.user) + (after.system - before.system)), counter.count
+
+
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
     ids = [f"AP-{i:03d}" for i in range(1, args.devices + 1)]
-    results: dict[str, Any] = {"devices": args.devices, "seconds": args.seconds, "backlog": args.backlog}
+    results: dict[str, Any] = {"devices": args.devices, "seconds": args.seconds, "backlog": args.backlog,
+                               "cpu_rate": args.cpu_rate}
     rounds: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-uplink-") as tmp:
         work = Path(tmp)
@@ -175,6 +192,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                         counter.measure = False
                         rounds.setdefault(f"e2e_{rate:g}_p50_ms", []).append(percentile(counter.latencies, 50) * 1000)
                         rounds.setdefault(f"e2e_{rate:g}_p99_ms", []).append(percentile(counter.latencies, 99) * 1000)
+                    cpu, delivered = await cpu_per_reading(gw, devices, counter, args.cpu_rate, args.seconds)
+                    rounds.setdefault("cpu_ms_per_reading", []).append(1000 * cpu / max(delivered, 1))
                     rounds.setdefault("rss_mb", []).append(ps.memory_info().rss / 2**20)
                     await close_all(devices)
 
@@ -234,6 +253,8 @@ def report(r: dict[str, Any]) -> str:
         base = key.removesuffix("_p50_ms")
         p99 = r[base + "_p99_ms"]
         lines.append(f"  {base.removeprefix('e2e_')}/s end to end: p50 {r[key]:.1f} ms, p99 {p99:.1f} ms")
+    lines.append(f"  CPU per reading at {r['cpu_rate']:g}/s offered ({r['devices']} devices, QoS 1): "
+                 f"{r['cpu_ms_per_reading']:.3f} ms of the gateway's CPU per reading delivered to the cloud")
     lines.append(
         f"  backlog drain: {r['drain_per_reading_rate']:.0f} readings/s per-reading "
         f"(lost {r['drain_per_reading_lost']:.0f}), {r['drain_batched_rate']:.0f} readings/s batched "
@@ -249,11 +270,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--rates", type=lambda s: [float(x) for x in s.split(",")], default=[1000.0])
     parser.add_argument("--backlog", type=int, default=100_000)
+    parser.add_argument("--cpu-rate", type=float, default=1000.0, help="offered readings/s of the CPU phase")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args(argv)
     if args.smoke:
         args.devices, args.seconds, args.repeat, args.rates, args.backlog = 5, 1.0, 1, [100.0], 500
+        args.cpu_rate = 100.0
     return run_and_report(args, bench, report)
 
 

@@ -78,6 +78,11 @@ def _logins(figures: dict[str, Any], mode: str) -> None:
     assert figures["storm_accepted"] == figures["devices"]
 
 
+def _cpu_stages(figures: dict[str, Any], mode: str) -> None:
+    # every reading offered reached the cloud (the CPU is divided by them)
+    assert figures["delivered"] > 0 and figures["cpu_ms_per_reading"] > 0
+
+
 def _fuzz(figures: dict[str, Any], mode: str) -> None:
     # nothing crashed, and every acknowledged payload is a reading or a quarantine row
     assert figures["crashes"] == 0 and figures["alive"] is True
@@ -121,7 +126,7 @@ INGEST = Bench("bench_ingest", 180, ("flat out QoS 1: gateway", "bare amqtt"), (
     "gateway_idle_cpu_pct", "gateway_idle_cpu_pct_linger_1s"), _ingest)
 UPLINK = Bench("bench_uplink", 240, ("sustained device -> cloud",), (
     "sustained_rate", "bare_qos1_rate", "e2e_100_p50_ms", "e2e_100_p99_ms", "drain_per_reading_rate",
-    "drain_batched_rate", "rss_mb"), _uplink)
+    "drain_batched_rate", "rss_mb", "cpu_ms_per_reading"), _uplink)
 CONTROL = Bench("bench_control", 180, ("API command -> ack -> API response",), (
     "sequential_p50_ms", "sequential_p99_ms", "concurrent_wall_ms", "concurrent_p99_ms", "rss_mb"), _control)
 STORE = Bench("bench_store", 120, ("store writer alone", "median: flat out"), (
@@ -182,11 +187,13 @@ CRASH = Bench("bench_crash", 120, ("crash benchmark", "LOST", "UNDER TWO msgIds"
     "max_resends_after_one_event", "max_resends_by_one_device", "recognised_resends", "restart_s_median",
     "restart_s_max", "drain_s"), _crash)
 
+CPU_STAGES = Bench("cpu_stages", 120, ("CPU per reading",), ("cpu_ms_per_reading",), _cpu_stages)
+
 CASES = [
     pytest.param(bench, mode, id=f"{bench.module.removeprefix('bench_')}-{mode}",
                  marks=mode_marks(mode, bench.smoke_timeout))
     for bench in (INGEST, UPLINK, CONTROL, STORE, MODBUS, HUB, BLE, PANEL, FLOOD, LOGINS, FUZZ, LIFECYCLE, MOSQUITTO,
-                  BACKENDS, CRASH, OVERLOAD)
+                  BACKENDS, CRASH, OVERLOAD, CPU_STAGES)
     for mode in MODES
 ]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 import structlog
 
 from tests.bench.mqttload import connect_packet, publish_packet, subscribe_packet
@@ -27,6 +28,26 @@ async def test_a_second_connect_ends_the_connection_as_a_protocol_violation(gate
     finally:
         writer.close()
     assert gw.counter("gateway_broker_protocol_errors_total") == 1
+
+
+@pytest.mark.parametrize("body", [
+    b"\x00\x40device/AP-01/data",  # a topic length past the packet's end (amqtt read on into the next packet)
+    b"\x00\x04dev\xff\x00\x01{}",  # a topic that is not UTF-8 (amqtt made it "b'dev\\xff'")
+    b"\x00",  # not even the topic's length
+], ids=["topic-past-the-end", "topic-not-utf8", "one-byte"])
+async def test_a_malformed_publish_ends_the_connection_as_a_protocol_violation(
+    gateway_factory: GatewayFactory, body: bytes
+) -> None:
+    gw = await gateway_factory(api="enabled = false")
+    reader, writer = await logged_in(gw.port)
+    try:
+        writer.write(bytes([0x32, len(body)]) + body + publish_packet("device/AP-01/data", b"{}", 1, packet_id=2))
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # closed, the packet after it not taken
+    finally:
+        writer.close()
+    assert gw.counter("gateway_broker_protocol_errors_total") == 1
+    assert gw.query("SELECT count(*) FROM readings") == [(0,)]
+    assert gw.query("SELECT count(*) FROM quarantine") == [(0,)]
 
 
 async def test_refused_subscriptions_and_quarantined_payloads_are_logged_once_with_a_count(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -159,3 +161,18 @@ def test_purifier_unknown_numbers_are_metrics_so_the_cloud_gets_them_too() -> No
 def test_purifier_with_only_unknown_numbers_is_still_refused() -> None:
     with pytest.raises(PayloadError, match="no known purifier metric"):
         decode_purifier_reading("AP-01", {"co2": 612}, 1.0)
+
+
+@pytest.mark.parametrize("payload", [
+    b'{"timestamp": 1763800000123, "pm25": 7.9, "temperature": -3.25, "powerOn": true, "fw": "v2e1"}',
+    b'{"a": 1E5, "b": [1e-3, {"c": 12345678901234567}], "d": null}',
+    b'{"n": 9223372036854775807, "m": -9223372036854775807}',
+])
+def test_the_number_checks_keep_every_storable_value(payload: bytes) -> None:
+    # The decoder's number hooks (drivers/mqtt_json.py) only check: the values are json's own.
+    assert parse_object(payload) == json.loads(payload)
+
+
+def test_a_float_of_309_digits_without_an_exponent_is_refused() -> None:
+    with pytest.raises(PayloadError, match="out of range for a number"):
+        parse_object(b'{"pm25": ' + b"9" * 309 + b'.5}')

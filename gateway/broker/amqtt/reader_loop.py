@@ -13,7 +13,9 @@ thread under a flat-out QoS 1 load). This loop keeps amqtt's behaviour and diffe
 * **A packet's fixed header, and a PUBLISH whole**, are read with one ``readexactly`` each (two or three
   for the header) and parsed from those bytes; amqtt read every field with a call of its own through
   its reader adapter (about eight reads and a dozen coroutines a PUBLISH: ~30 % of this loop's time
-  under a flat-out load). The packet handed on is amqtt's own ``PublishPacket``.
+  under a flat-out load). The packet handed on is amqtt's own ``PublishPacket``. Its topic must be UTF-8
+  and its body hold its topic and packet id, or it is a protocol violation (amqtt read past the packet
+  into the next one when the body was too short, and turned a topic that is not UTF-8 into "b'...'").
 * **PUBLISH at QoS 0/1, PUBACK and PINGREQ** are handled inline, in arrival order: none of them waits
   for another packet from the same client (QoS 1: queue the message, send PUBACK). A client whose
   socket stops taking our PUBACKs then stops being read, which is the back-pressure we want. Every
@@ -154,7 +156,7 @@ def publish_packet(fixed_header: MQTTFixedHeader, body: bytes) -> PublishPacket:
     try:
         topic = raw_topic.decode("utf-8")
     except UnicodeDecodeError:
-        topic = str(raw_topic)  # as amqtt's decode_string: the ACL then refuses the topic
+        raise MQTTError("[MQTT-1.5.3-1] a PUBLISH topic that is not UTF-8") from None
     packet_id = int.from_bytes(body[end:payload_at], "big") if qos else None
     return PublishPacket(fixed_header, PublishVariableHeader(topic, packet_id), PublishPayload(body[payload_at:]))
 
