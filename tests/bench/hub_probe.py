@@ -3,6 +3,7 @@
 The gateway's own BLE decoders are not wired into the demultiplexer yet; relayed adverts are decoded by the
 tests' small BTHome decoder, which knows the simulator's beacons (MACs 0..beacons-1 -> T-1..T-20).
 """
+# ruff: noqa: E402
 
 from __future__ import annotations
 
@@ -10,6 +11,10 @@ import asyncio
 import sys
 
 from firmware_sim.hub import beacon_mac
+
+# greenlet is in the test venv only (Playwright's dependency; config/requirements.lock has none), and structlog
+# imports it when it can (+1.2 MB): keep it out, so the figures are those of a production install.
+sys.modules.setdefault("greenlet", None)  # type: ignore[arg-type]  (before structlog: the imports below follow)
 
 import gateway.__main__  # noqa: F401  first, as in `edge-gateway run`: it keeps rich out of the process
 from gateway.app import Gateway
