@@ -28,6 +28,10 @@ class RetentionSection(BaseModel):
     # day: at this default they keep ~10 days of raw readings and the rollups' full windows (README, "Data
     # lifecycle"); a few devices keep the full 90 days. Raise it on a larger card.
     max_db_mb: Annotated[int, Field(ge=0)] = 2048
+    # Raw readings are rows as they arrive (a commit per batch, the device's PUBACK after it); each pass moves
+    # the readings of every device-hour that ended this many hours ago into one compact row per device and
+    # hour (a few bytes a reading instead of ~160; README, "Data lifecycle"). Reads take both forms. 0: never.
+    compact_after_hours: Annotated[float, Field(ge=0)] = 2.0
     # Retention runs at start and then this often.
     interval_minutes: Annotated[float, Field(gt=0, le=24 * 60)] = 60.0
     # New readings are folded into the hourly/daily rollups this often, this many per transaction (history
