@@ -194,8 +194,10 @@ def create_database(path: Path, page_size: int) -> None:
     """A new database file with this page size (and incremental auto-vacuum, as schema.connect makes one)."""
     db = sqlite3.connect(path, isolation_level=None)
     try:
-        db.execute("PRAGMA auto_vacuum=INCREMENTAL")
         db.execute(f"PRAGMA page_size={page_size}")
+        db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        db.execute("CREATE TABLE header_written (x)")  # the page size holds from the first write on
+        db.execute("DROP TABLE header_written")
         db.execute("PRAGMA journal_mode=WAL")
     finally:
         db.close()
