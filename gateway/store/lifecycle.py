@@ -32,6 +32,7 @@ log = structlog.get_logger(__name__)
 DAY_S = 86400.0
 STEP_FIRST = 200  # rows (readings, pages) of a pass's first step; the next ones follow the time it took
 STEP_FEWEST = 20
+DROP_FEWEST = 2000  # ids a step of compaction's deletes takes at least (lifecycle.DataLifecycle._drop_covered)
 MB = 1024 * 1024
 UNTIL_NONE_LEFT = ("size_cap",)
 Put = Callable[[StoreRecord], Awaitable[None]]
@@ -92,7 +93,7 @@ class DataLifecycle:
             limit = STEP_FIRST
             while device_hours:
                 count, took, found = await self._step(LifecycleStep("compact", "readings", 0.0, limit, self._future(),
-                                                                    through, found=device_hours))
+                                                                    through, found=list(device_hours)))
                 moved += count
                 device_hours = device_hours[found[0]:]
                 limit = self._next_limit(limit, took, self._policy.batch_rows)
@@ -138,14 +139,14 @@ class DataLifecycle:
         return report
 
     async def _drop_covered(self) -> None:
-        """Delete the covered rows of the wave in id order, in steps of about `step_target_ms`. Every step
-        rewrites each device's page of the (device_id, ts) index that its rows touch: steps of 5,000 ids wrote
-        ~12 % less than these (bench_lifecycle's write case) but held the writer up to 150 ms."""
-        after, limit = 0, STEP_FIRST
+        """Delete the covered rows of the wave in id order, in steps of about `step_target_ms` but never fewer
+        than DROP_FEWEST ids: every step rewrites the page of the (device_id, ts) index of each device whose
+        rows it deletes (at 100 devices ~400 KB a step), so steps of 20 ids wrote ~5 KB a reading."""
+        after, limit = 0, DROP_FEWEST
         while after >= 0:
             _, took, found = await self._step(LifecycleStep("drop_covered", "readings", after, limit, self._future()))
             after = found[0]
-            limit = self._next_limit(limit, took, self._policy.batch_rows)
+            limit = max(DROP_FEWEST, self._next_limit(limit, took, self._policy.batch_rows))
             if after >= 0:
                 await self._sleep(self._policy.pause_ms / 1000.0)
 

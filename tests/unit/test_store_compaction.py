@@ -18,6 +18,7 @@ from gateway.core.clock import ManualClock
 from gateway.core.models import LifecycleStep, Reading
 from gateway.settings_retention import RetentionSection
 from gateway.store import history, queries, read_queries
+from gateway.store.lifecycle import DataLifecycle
 from gateway.store.schema import MIGRATIONS
 from tests.fixtures.lifecycle import T0, all_readings, insert_readings, metrics_of, reading_rows, running_store
 
@@ -212,3 +213,22 @@ async def test_the_newest_row_stays_a_row_so_the_next_reading_is_still_rolled_up
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT sum(count) FROM rollup_hourly WHERE metric = ''").fetchone()[0] == 61
     db.close()
+
+
+async def test_a_wave_takes_every_device_of_its_hours_then_deletes_their_rows_once(tmp_path: Path) -> None:
+    path = tmp_path / "g.db"
+    actions: list[str] = []
+    async with running_store(path, POLICY, clock=ManualClock(T0 + 5 * HOUR)) as store:
+        insert_readings(path, reading_rows(3, T0, T0 + 5 * HOUR, 60))
+
+        async def counted(record: Any) -> None:
+            actions.append(record.action)
+            await store.writer.put(record)
+
+        lifecycle = DataLifecycle(POLICY, put=counted, clock=store.clock, metrics=store.metrics)
+        await lifecycle.catch_up()
+        actions.clear()
+        assert await lifecycle.compact(T0 + 3 * HOUR) == 3 * 3 * 60
+    # leftovers (none), one wave of the 3 hours x 3 devices, its deletes, then a plan that finds nothing
+    assert actions[0] == "drop_covered" and actions.count("compact_plan") == 2
+    assert actions.index("drop_covered", 1) > max(i for i, a in enumerate(actions) if a == "compact")
