@@ -24,10 +24,13 @@ class RetentionSection(BaseModel):
     rpc_log_days: Days = 30.0  # answers kept so a repeated JSON-RPC request id is not executed twice
     # The database's cap in MB of pages in use (0: none). Over it, the oldest raw readings go first, an hour at
     # a time across all devices, and a `storage.size_cap` event says how many. The outbox is never touched
-    # (its own budget, [outbox], bounds it). 100 purifiers at 1 reading / 10 s store ~140 MB of raw readings a
-    # day: at this default they keep ~10 days of raw readings and the rollups' full windows (README, "Data
-    # lifecycle"); a few devices keep the full 90 days. Raise it on a larger card.
+    # (its own budget, [outbox], bounds it). 100 purifiers at 1 reading / 10 s with every window full take
+    # 0.8-1.6 GB, raw readings compacted (README, "Data lifecycle"): this default is a guard, not the window.
     max_db_mb: Annotated[int, Field(ge=0)] = 2048
+    # Raw readings are rows as they arrive (a commit per batch, the device's PUBACK after it); each pass moves
+    # the readings of every device-hour that ended this many hours ago into one compact row per device and
+    # hour (a few bytes a reading instead of ~160; README, "Data lifecycle"). Reads take both forms. 0: never.
+    compact_after_hours: Annotated[float, Field(ge=0)] = 2.0
     # Retention runs at start and then this often.
     interval_minutes: Annotated[float, Field(gt=0, le=24 * 60)] = 60.0
     # New readings are folded into the hourly/daily rollups this often, this many per transaction (history

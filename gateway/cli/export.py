@@ -13,13 +13,16 @@ import json
 import os
 import sqlite3
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
 from gateway.cli.common import EXIT_CONFIG, EXIT_FAILED, add_config_option, fail
 from gateway.cli.database import add_database_options, database_path, read_only
+from gateway.store.compaction import hour_of
+from gateway.store.raw_readings import Row, all_rows, has_blocks
+from gateway.store.reading_blocks import decode
 
 
 def timestamp(text: str) -> float:
@@ -86,33 +89,42 @@ def _opened(path: Path | None) -> Iterator[IO[str]]:
         yield out
 
 
-Row = tuple[str, float, float, str]  # device_id, ts, received_at, metrics (JSON text)
-
-
-def _where(devices: list[str], since: float | None, until: float | None) -> tuple[str, list[Any]]:
-    clauses = ["r.ts >= ?", "r.ts < ?"]
+def _where(devices: list[str], since: float | None, until: float | None,
+           table: str = "r", time: str = "ts") -> tuple[str, list[Any]]:
+    clauses = [f"{table}.{time} >= ?", f"{table}.{time} < ?"]
     params: list[Any] = [float("-inf") if since is None else since, float("inf") if until is None else until]
     if devices:
-        clauses.append(f"r.device_id IN ({', '.join('?' * len(devices))})")
+        clauses.append(f"{table}.device_id IN ({', '.join('?' * len(devices))})")
         params += devices
     return " AND ".join(clauses), params
 
 
+def _block_where(devices: list[str], since: float | None, until: float | None) -> tuple[str, list[Any]]:
+    """Compacted device-hours that may hold readings of the range (an hour starts before its readings)."""
+    return _where(devices, None if since is None else float(hour_of(since)), until, "b", "hour")
+
+
 def _readings(
     conn: sqlite3.Connection, devices: list[str], since: float | None, until: float | None
-) -> sqlite3.Cursor:
-    """The readings in the range, oldest first, as a cursor (rows stream; nothing is held in memory)."""
+) -> Generator[Row, None, None]:
+    """The readings in the range, rows and compacted, oldest first, streamed (an hour of blocks held at most)."""
     where, params = _where(devices, since, until)
-    return conn.execute(
-        f"SELECT r.device_id, r.ts, r.received_at, r.metrics FROM readings AS r WHERE {where} ORDER BY r.ts, r.id",
-        params,
-    )
+    lo, hi = params[0], params[1]
+    return all_rows(conn, where, params, *_block_where(devices, since, until), lo, hi)
 
 
 def _metric_names(conn: sqlite3.Connection, devices: list[str], since: float | None, until: float | None) -> list[str]:
     where, params = _where(devices, since, until)
-    sql = f"SELECT DISTINCT m.key FROM readings AS r, json_each(r.metrics) AS m WHERE {where} ORDER BY m.key"
-    return [str(key) for (key,) in conn.execute(sql, params)]
+    compacted = has_blocks(conn)  # not in a database of an earlier gateway (not migrated)
+    sql = (f"SELECT DISTINCT m.key FROM {'raw_rows' if compacted else 'readings'} AS r, json_each(r.metrics) AS m"
+           f" WHERE {where}")
+    names = {str(key) for (key,) in conn.execute(sql, params)}
+    if not compacted:
+        return sorted(names)
+    block_where, block_params = _block_where(devices, since, until)
+    for (data,) in conn.execute(f"SELECT b.data FROM reading_hours AS b WHERE {block_where}", block_params):
+        names.update(name for ts, _, metrics, _ in decode(data) if params[0] <= ts < params[1] for name in metrics)
+    return sorted(names)
 
 
 def _iso(epoch: float) -> str:

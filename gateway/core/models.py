@@ -180,8 +180,13 @@ class LifecycleStep:
     hourly/daily rollups into them, up to id `cutoff`; "expire"
     deletes at most `limit` rows of `table` older than `cutoff`; "size_cap" deletes at most `limit` of the
     oldest readings while the database holds more than `bytes` (`table` is "readings"); "reclaim" hands at
-    most `limit` free pages back to the file system, keeping `bytes` of them. `done` gets how many readings
-    (rows, pages) the step handled and the seconds its transaction took, or the error.
+    most `limit` free pages back to the file system, keeping `bytes` of them. Compaction (store/compaction.py):
+    "compact_plan" puts [through, (hour, device)...] of the next device-hours ending by `cutoff` into
+    `found`; "compact" moves the readings with id <= `bytes` of the device-hours in `found` into their
+    blocks, as many as about `limit` readings take (how many: `found`); "drop_covered"
+    deletes the wave's covered rows among `limit` ids after id `cutoff`, the last id looked at (-1: done)
+    in `found`. `done` gets how many readings (rows, pages) the step handled and the seconds its transaction
+    took, or the error.
     """
 
     action: str
@@ -190,6 +195,7 @@ class LifecycleStep:
     limit: int
     done: asyncio.Future[tuple[int, float]]
     bytes: int = 0
+    found: list[Any] = field(default_factory=list)  # what a step finds besides its count (compaction's steps)
 
 
 StoreRecord = (

@@ -1,4 +1,5 @@
 """History reads that choose raw readings, hourly or daily rollups by range: statistics and bucketed series.
+Raw readings are read in both forms, rows and compacted device-hours (store/compaction.py).
 
 `resolution`:
   * "auto" (default): exact. The range is cut into whole days (daily rollups), whole hours (hourly rollups)
@@ -28,7 +29,9 @@ import aiosqlite
 
 from gateway.settings_retention import RetentionSection
 from gateway.store import aiosqlite_access
+from gateway.store.compaction import blocks_in, entries_in
 from gateway.store.read_queries import open_reader
+from gateway.store.reading_blocks import Entry
 from gateway.store.rollups import DAY, HOUR, READINGS_KEY, TABLES, WATERMARK
 
 T = TypeVar("T")
@@ -163,6 +166,18 @@ def _numeric(value: Any) -> bool:
     return value.__class__ is int or value.__class__ is float
 
 
+def _merge_numbers(per_metric: dict[str, Agg], metrics: dict[str, Any]) -> None:
+    for name, value in metrics.items():
+        if _numeric(value):
+            _merge(per_metric, name, [value, value, value, 1, None, None])
+
+
+def _compacted(db: sqlite3.Connection, device: str, piece: Piece) -> list[Entry]:
+    """A raw piece's compacted readings (store/compaction.py), oldest first: a piece is the partial hours at a
+    range's ends (or a raw range), a block or two."""
+    return entries_in(blocks_in(db, device, piece.start, piece.end), piece.start, piece.end, piece.closed)
+
+
 def _in_read_transaction(db: sqlite3.Connection, read: Callable[[], T]) -> T:
     """One snapshot for the rollups, their watermark and the raw rows (the catch-up commits beside us)."""
     db.execute("BEGIN")
@@ -185,10 +200,13 @@ def statistics_now(db: sqlite3.Connection, device: str, lo: float, hi: float, re
         for piece in parts:
             if piece.source == "raw":
                 where, bounds = _raw_range(piece)
-                row = db.execute(f"SELECT count(*) FROM readings AS r WHERE r.device_id = ? AND {where}",
+                row = db.execute(f"SELECT count(*) FROM raw_rows AS r WHERE r.device_id = ? AND {where}",
                                  (device, *bounds)).fetchone()
                 readings += int(row[0]) if row else 0
-                sql = (f"SELECT m.key, min(m.value), max(m.value), total(m.value), count(*) FROM readings AS r,"
+                for _, _, metrics, _ in _compacted(db, device, piece):
+                    readings += 1
+                    _merge_numbers(per_metric, metrics)
+                sql = (f"SELECT m.key, min(m.value), max(m.value), total(m.value), count(*) FROM raw_rows AS r,"
                        f" json_each(r.metrics) AS m WHERE r.device_id = ? AND {where} AND {_NUMERIC} GROUP BY m.key")
             else:
                 sql = (f"SELECT metric, min(min), max(max), total(sum), sum(count) FROM {TABLES[_width(piece.source)]}"
@@ -201,9 +219,7 @@ def statistics_now(db: sqlite3.Connection, device: str, lo: float, hi: float, re
                     _merge(per_metric, str(key), [low, high, total, int(count), None, None])
         for _, metrics in _fresh(db, device, [p for p in parts if p.source != "raw"]):
             readings += 1
-            for name, value in metrics.items():
-                if _numeric(value):
-                    _merge(per_metric, name, [value, value, value, 1, None, None])
+            _merge_numbers(per_metric, metrics)
 
     _in_read_transaction(db, read)
     metrics = {name: {"min": a[0], "max": a[1], "avg": a[2] / a[3], "count": a[3]}
@@ -229,7 +245,11 @@ def series_now(db: sqlite3.Connection, device: str, metric: str, lo: float, hi: 
         for piece in parts:
             if piece.source == "raw":
                 where, bounds = _raw_range(piece)
-                sql = (f"SELECT r.ts, m.value FROM readings AS r, json_each(r.metrics) AS m"
+                for ts, _, metrics, _ in _compacted(db, device, piece):  # stored before the piece's rows
+                    value = metrics.get(metric)
+                    if _numeric(value):
+                        add(ts, value)
+                sql = (f"SELECT r.ts, m.value FROM raw_rows AS r, json_each(r.metrics) AS m"
                        f" WHERE r.device_id = ? AND {where} AND m.key = ? AND {_NUMERIC} ORDER BY r.id")
                 for ts, value in db.execute(sql, (device, *bounds, metric)):
                     add(ts, value)

@@ -1,5 +1,5 @@
-"""The data lifecycle job: the rollups' catch-up, each table's retention window, the database's size cap, free
-space handed back.
+"""The data lifecycle job: the rollups' catch-up, raw readings compacted by device-hour, each table's retention
+window, the database's size cap, free space handed back.
 
 It runs as a supervised task (app.py: restarted with back-off if it fails, its health in /health) and not on
 control's timer: it is the store's business, a failure here must not stall control, and its passes need no
@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 
@@ -31,7 +32,9 @@ log = structlog.get_logger(__name__)
 DAY_S = 86400.0
 STEP_FIRST = 200  # rows (readings, pages) of a pass's first step; the next ones follow the time it took
 STEP_FEWEST = 20
+DROP_FEWEST = 2000  # ids a step of compaction's deletes takes at least (lifecycle.DataLifecycle._drop_covered)
 MB = 1024 * 1024
+UNTIL_NONE_LEFT = ("size_cap",)
 Put = Callable[[StoreRecord], Awaitable[None]]
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -41,6 +44,7 @@ class PassReport:
     """What one pass removed: rows per table (by age), readings over the size cap, pages handed back."""
 
     expired: dict[str, int] = field(default_factory=dict)
+    compacted: int = 0
     over_cap: int = 0
     reclaimed_pages: int = 0
 
@@ -75,12 +79,40 @@ class DataLifecycle:
         newest = await self._repeat("newest", "", limit=1)
         return await self._repeat("rollup", "", cutoff=float(newest), limit=self._policy.rollup_batch_readings)
 
+    async def compact(self, cutoff: float) -> int:
+        """Move the raw readings of every device-hour that ended by `cutoff` (and that the rollups hold) into
+        one compact row per device-hour, an hour of all devices at a time (store/compaction.py); how many
+        readings moved."""
+        moved = 0
+        await self._drop_covered()  # what an interrupted pass left
+        while True:
+            _, _, plan = await self._step(LifecycleStep("compact_plan", "readings", cutoff, 0, self._future()))
+            if not plan:
+                break
+            through, *device_hours = plan
+            limit = STEP_FIRST
+            while device_hours:
+                count, took, found = await self._step(LifecycleStep("compact", "readings", 0.0, limit, self._future(),
+                                                                    through, found=list(device_hours)))
+                moved += count
+                device_hours = device_hours[found[0]:]
+                limit = self._next_limit(limit, took, self._policy.batch_rows)
+                await self._sleep(self._policy.pause_ms / 1000.0)
+            await self._drop_covered()
+        if moved:
+            self._metrics.inc("gateway_readings_compacted_total", moved,
+                              "raw readings moved into their device-hour's compact row")
+        return moved
+
     async def run_pass(self) -> PassReport:
-        """Rollups first (retention keeps what they do not hold yet), then retention, size cap, reclaim."""
+        """Rollups first (retention and compaction keep what they do not hold yet), then compaction, retention,
+        size cap, reclaim."""
         p = self._policy
         await self.catch_up()
         now = self._clock.now()
         report = PassReport()
+        if p.compact_after_hours:
+            report.compacted = await self.compact(now - p.compact_after_hours * 3600.0)
         for table, days in p.windows().items():
             removed = await self._repeat("expire", table, cutoff=now - days * DAY_S)
             if removed:
@@ -100,10 +132,38 @@ class DataLifecycle:
         if report.reclaimed_pages:
             self._metrics.inc("gateway_store_reclaimed_pages_total", report.reclaimed_pages,
                               "free database pages handed back to the file system")
-        if report.expired or report.reclaimed_pages:
-            log.info("retention.pass", expired=report.expired, reclaimed_pages=report.reclaimed_pages)
+        if report.expired or report.reclaimed_pages or report.compacted:
+            log.info("retention.pass", expired=report.expired, compacted=report.compacted,
+                     reclaimed_pages=report.reclaimed_pages)
         self.passes += 1
         return report
+
+    async def _drop_covered(self) -> None:
+        """Delete the covered rows of the wave in id order, in steps of about `step_target_ms` but never fewer
+        than DROP_FEWEST ids: every step rewrites the page of the (device_id, ts) index of each device whose
+        rows it deletes (at 100 devices ~400 KB a step), so steps of 20 ids wrote ~5 KB a reading."""
+        after, limit = 0, DROP_FEWEST
+        while after >= 0:
+            _, took, found = await self._step(LifecycleStep("drop_covered", "readings", after, limit, self._future()))
+            after = found[0]
+            limit = max(DROP_FEWEST, self._next_limit(limit, took, self._policy.batch_rows))
+            if after >= 0:
+                await self._sleep(self._policy.pause_ms / 1000.0)
+
+    def _future(self) -> asyncio.Future[tuple[int, float]]:
+        return asyncio.get_running_loop().create_future()
+
+    async def _step(self, step: LifecycleStep) -> tuple[int, float, list[Any]]:
+        """Run one step: its count, the seconds it took, what it found."""
+        await self._put(step)
+        count, took = await step.done
+        return count, took, step.found
+
+    def _next_limit(self, limit: int, took: float, most: int) -> int:
+        """The next step's size, towards `step_target_ms` from the time this one took."""
+        if took <= 0:
+            return limit
+        return int(min(most, max(STEP_FEWEST, limit * self._policy.step_target_ms / 1000.0 / took)))
 
     async def _repeat(self, action: str, table: str, *, cutoff: float = 0.0, size: int = 0,
                       limit: int | None = None) -> int:
@@ -119,8 +179,10 @@ class DataLifecycle:
             await self._put(LifecycleStep(action, table, cutoff, step_limit, done, size))
             removed, took = await done
             total += removed
-            # The size cap deletes by slices of time, which may hold fewer rows than a step takes.
-            if action == "newest" or removed == 0 or (removed < step_limit and action != "size_cap"):
+            # The size cap deletes by slices of time, which may hold fewer rows than a step takes; compaction and
+            # the readings' retention take whole device-hours, which may hold fewer or more.
+            if action == "newest" or removed == 0 or (removed < step_limit and action not in UNTIL_NONE_LEFT
+                                                      and table != "readings"):
                 return total
             if took > 0:
                 step_limit = int(min(most, max(STEP_FEWEST, step_limit * target / took)))

@@ -2,12 +2,14 @@
 writer's connection, after a batch, so deleting never holds up more than one step's worth of ingest.
 
 * newest: the newest reading's id (what a catch-up folds up to); rollup: the rollups' catch-up (rollups.py).
+* compact_plan, compact, drop_covered: the three kinds of compaction step (compaction.py).
 * expire: at most `limit` rows of one table older than the cut-off. Readings and rollups are deleted per
   device through their (device_id, time) keys, the devices found by an index skip-scan: a step costs a
-  probe per device plus its rows, never a table scan. A reading the rollups do not hold yet is kept. The
-  outbox is not a table retention knows (its own budget bounds it).
+  probe per device plus its rows, never a table scan. A reading the rollups do not hold yet is kept.
+  Compacted readings go a whole device-hour row at a time; the hour a cut-off falls in is rewritten without
+  the readings before it. The outbox is not a table retention knows (its own budget bounds it).
 * size_cap: over the cap (pages in use, not the file's free pages), the oldest hour of raw readings across
-  all devices, at most `limit` rows.
+  all devices, rows and compacted, at most about `limit` readings.
 * reclaim: incremental auto-vacuum of at most `limit` pages beyond the free space kept (a database created
   before the gateway had auto-vacuum has none: its free pages are reused by new rows instead).
 """
@@ -24,8 +26,10 @@ import structlog
 
 from gateway.core.models import LifecycleStep
 from gateway.store import aiosqlite_access
+from gateway.store.compaction import compact_hours, drop_covered, hour_of, plan_wave
 from gateway.store.planner import JobContext
-from gateway.store.rollups import WATERMARK, catch_up, newest_id
+from gateway.store.reading_blocks import decode, encode
+from gateway.store.rollups import HOUR, WATERMARK, catch_up, newest_id
 
 log = structlog.get_logger(__name__)
 
@@ -58,6 +62,17 @@ EXPIRE: dict[str, str] = {
 OLDEST_READING = _DEVICES.format(t="readings") + (
     " SELECT min((SELECT min(ts) FROM readings WHERE device_id = d.id)) FROM d WHERE d.id IS NOT NULL"
 )
+# Compacted readings (store/compaction.py): whole blocks before a cut-off (parameters: the last hour start
+# wholly before it; a row limit), and the blocks of one hour (the one that straddles a cut-off).
+_BLOCKS_BEFORE = _DEVICES.format(t="reading_hours") + (
+    " SELECT r.rowid, r.count FROM d CROSS JOIN reading_hours AS r WHERE r.device_id = d.id AND r.hour <= ? LIMIT ?"
+)
+_BLOCKS_OF_HOUR = _DEVICES.format(t="reading_hours") + (
+    " SELECT r.rowid, r.data FROM d CROSS JOIN reading_hours AS r WHERE r.device_id = d.id AND r.hour = ?"
+)
+OLDEST_BLOCK = _DEVICES.format(t="reading_hours") + (
+    " SELECT min((SELECT min(hour) FROM reading_hours WHERE device_id = d.id)) FROM d WHERE d.id IS NOT NULL"
+)
 SIZE_CAP_SLICE_S = 3600.0  # the size cap deletes the oldest hour of readings first, then the next
 
 
@@ -84,16 +99,64 @@ def _delete(db: sqlite3.Connection, sql: str, cutoff: float, limit: int) -> int:
 
 
 def expire(db: sqlite3.Connection, table: str, cutoff: float, limit: int) -> int:
+    if table == "readings":
+        return expire_readings(db, cutoff, limit)
     return _delete(db, EXPIRE[table], cutoff, limit)
+
+
+def expire_readings(db: sqlite3.Connection, cutoff: float, limit: int) -> int:
+    """Readings older than the cut-off, rows and compacted: whole blocks first (up to about `limit` readings),
+    then rows, then the readings before it in the blocks of the hour it cuts (rewritten). How many readings."""
+    db.execute("BEGIN")
+    try:
+        deleted = _expire_blocks(db, cutoff, limit)
+        if not deleted:
+            deleted = max(db.execute(EXPIRE["readings"], (cutoff, limit)).rowcount, 0)
+        if not deleted and cutoff != hour_of(cutoff):
+            deleted = _trim_blocks(db, cutoff)
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    return deleted
+
+
+def _expire_blocks(db: sqlite3.Connection, cutoff: float, limit: int) -> int:
+    taken: list[tuple[int]] = []
+    readings = 0
+    for rowid, count in db.execute(_BLOCKS_BEFORE, (cutoff - HOUR, limit)).fetchall():  # hour + HOUR <= cutoff
+        if taken and readings + count > limit:
+            break
+        taken.append((rowid,))
+        readings += int(count)
+    db.executemany("DELETE FROM reading_hours WHERE rowid = ?", taken)
+    return readings
+
+
+def _trim_blocks(db: sqlite3.Connection, cutoff: float) -> int:
+    dropped = 0
+    for rowid, data in db.execute(_BLOCKS_OF_HOUR, (hour_of(cutoff),)).fetchall():
+        entries = decode(data)
+        kept = [e for e in entries if e[0] >= cutoff]
+        if len(kept) == len(entries):
+            continue
+        dropped += len(entries) - len(kept)
+        if kept:
+            db.execute("UPDATE reading_hours SET count = ?, data = ? WHERE rowid = ?", (len(kept), encode(kept), rowid))
+        else:
+            db.execute("DELETE FROM reading_hours WHERE rowid = ?", (rowid,))
+    return dropped
 
 
 def size_cap(db: sqlite3.Connection, cap_bytes: int, limit: int) -> int:
     if used_bytes(db) <= cap_bytes:
         return 0
-    row = db.execute(OLDEST_READING).fetchone()
-    if row is None or row[0] is None:
+    oldest = [row[0] for row in (db.execute(OLDEST_READING).fetchone(), db.execute(OLDEST_BLOCK).fetchone())
+              if row is not None and row[0] is not None]
+    if not oldest:
         return 0  # no readings left to give up (or none rolled up yet): what fills the database is something else
-    return _delete(db, EXPIRE["readings"], float(row[0]) + SIZE_CAP_SLICE_S, limit)
+    return expire_readings(db, float(min(oldest)) + SIZE_CAP_SLICE_S, limit)
 
 
 def reclaim(db: sqlite3.Connection, keep_bytes: int, limit: int) -> int:
@@ -121,6 +184,27 @@ def reclaim(db: sqlite3.Connection, keep_bytes: int, limit: int) -> int:
     return start - free
 
 
+def _plan(step: LifecycleStep, db: sqlite3.Connection) -> int:
+    step.found[:] = plan_wave(db, step.cutoff)
+    return max(0, len(step.found) - 1)  # device-hours
+
+
+def _compact(step: LifecycleStep, db: sqlite3.Connection) -> int:
+    moved, taken = compact_hours(db, step.found, step.bytes, step.limit)
+    step.found[:] = [taken]
+    return moved
+
+
+def _drop(step: LifecycleStep, db: sqlite3.Connection) -> int:
+    deleted, last = drop_covered(db, int(step.cutoff), step.limit)
+    step.found[:] = [last]
+    return deleted
+
+
+COMPACTION: dict[str, Callable[[LifecycleStep, sqlite3.Connection], int]] = {
+    "compact_plan": _plan, "compact": _compact, "drop_covered": _drop}
+
+
 class LifecycleJob:
     """One LifecycleStep (a planner.Job): its result or error goes to the step's `done`."""
 
@@ -132,7 +216,9 @@ class LifecycleJob:
     async def __call__(self, conn: aiosqlite.Connection, context: JobContext) -> None:
         step = self.step
         run: Callable[[sqlite3.Connection], int]
-        if step.action == "rollup":
+        if step.action in COMPACTION:
+            run = partial(COMPACTION[step.action], step)
+        elif step.action == "rollup":
             run = partial(catch_up, limit=step.limit, through=int(step.cutoff))
         elif step.action == "newest":
             run = newest_id

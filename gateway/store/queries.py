@@ -9,6 +9,7 @@ from typing import Any
 import aiosqlite
 
 from gateway.core.models import DeviceState
+from gateway.store.reading_blocks import decode
 
 
 async def load_device_states(conn: aiosqlite.Connection) -> dict[str, DeviceState]:
@@ -35,13 +36,29 @@ async def load_recent_readings(
     out: list[tuple[str, float, dict[str, Any], dict[str, Any]]] = []
     for device_id in devices:
         async with conn.execute(
-            "SELECT ts, metrics, extra FROM readings WHERE device_id = ? ORDER BY ts DESC LIMIT ?",
+            "SELECT ts, metrics, extra FROM raw_rows WHERE device_id = ? ORDER BY ts DESC LIMIT ?",
             (device_id, per_device),
         ) as cur:
-            rows = list(await cur.fetchall())
+            rows = [(ts, json.loads(metrics), json.loads(extra) if extra else {}) async for ts, metrics, extra in cur]
+        if len(rows) < per_device:  # a device quiet for hours: its last readings are compacted (compaction.py)
+            rows = await _with_compacted(conn, device_id, rows, per_device)
         for ts, metrics, extra in reversed(rows):
-            out.append((device_id, ts, json.loads(metrics), json.loads(extra) if extra else {}))
+            out.append((device_id, ts, metrics, extra))
     return out
+
+
+async def _with_compacted(conn: aiosqlite.Connection, device_id: str, rows: list[tuple[float, Any, Any]],
+                          per_device: int) -> list[tuple[float, Any, Any]]:
+    """The device's newest rows and, older than them, its newest compacted readings: `per_device` in all, newest
+    first."""
+    older: list[tuple[float, Any, Any]] = []
+    async with conn.execute("SELECT data FROM reading_hours WHERE device_id = ? ORDER BY hour DESC",
+                            (device_id,)) as cur:
+        async for (data,) in cur:
+            older.extend((ts, metrics, extra or {}) for ts, _, metrics, extra in reversed(decode(data)))
+            if len(rows) + len(older) >= per_device:
+                break
+    return sorted(rows + older, key=lambda r: -r[0])[:per_device]
 
 
 async def load_hub_part_sizes(conn: aiosqlite.Connection) -> list[tuple[str, str, int, int, int, float]]:

@@ -15,6 +15,8 @@ from typing import Any
 
 import aiosqlite
 
+from gateway.store import raw_readings
+
 SCHEDULE_RUNS_LIMIT = 50
 
 _OPEN_START = float("-inf")
@@ -34,13 +36,8 @@ async def readings(
     conn: aiosqlite.Connection, device: str, *, start: float | None = None, end: float | None = None, limit: int
 ) -> list[dict[str, Any]]:
     """``[{ts, receivedAt, metrics}]`` of one device within the range, newest first, at most ``limit``."""
-    sql = (
-        "SELECT ts, received_at, metrics FROM readings WHERE device_id = ? AND ts >= ? AND ts <= ?"
-        " ORDER BY ts DESC, id DESC LIMIT ?"
-    )
-    async with conn.execute(sql, (device, *_range(start, end), limit)) as cur:
-        rows = await cur.fetchall()
-    return [{"ts": ts, "receivedAt": received, "metrics": json.loads(metrics)} for ts, received, metrics in rows]
+    rows = await raw_readings.newest(conn, device, *_range(start, end), limit)
+    return [{"ts": ts, "receivedAt": received, "metrics": metrics} for ts, received, metrics in rows]
 
 
 async def latest_reading(conn: aiosqlite.Connection, device: str) -> dict[str, Any] | None:
@@ -59,20 +56,32 @@ async def metric_statistics(
     """
     lo, hi = _range(start, end)
     async with conn.execute(
-        "SELECT count(*) FROM readings WHERE device_id = ? AND ts >= ? AND ts <= ?", (device, lo, hi)
+        "SELECT count(*) FROM raw_rows WHERE device_id = ? AND ts >= ? AND ts <= ?", (device, lo, hi)
     ) as cur:
         row = await cur.fetchone()
     total = int(row[0]) if row else 0
     sql = (
-        "SELECT m.key, min(m.value), max(m.value), avg(m.value), count(*)"
-        " FROM readings AS r, json_each(r.metrics) AS m"
+        "SELECT m.key, min(m.value), max(m.value), total(m.value), count(*)"
+        " FROM raw_rows AS r, json_each(r.metrics) AS m"
         " WHERE r.device_id = ? AND r.ts >= ? AND r.ts <= ? AND m.type IN ('integer', 'real')"
-        " GROUP BY m.key ORDER BY m.key"
+        " GROUP BY m.key"
     )
-    metrics: dict[str, dict[str, Any]] = {}
+    aggs: dict[str, list[Any]] = {}  # name -> [min, max, sum, count]
     async with conn.execute(sql, (device, lo, hi)) as cur:
-        async for key, low, high, mean, count in cur:
-            metrics[str(key)] = {"min": low, "max": high, "avg": mean, "count": int(count)}
+        async for key, low, high, added, count in cur:
+            aggs[str(key)] = [low, high, added, int(count)]
+    for _, _, values, _ in await raw_readings.compacted_entries(conn, device, lo, hi):
+        total += 1
+        for name, value in values.items():
+            if value.__class__ is int or value.__class__ is float:  # numbers; booleans drop out as above
+                agg = aggs.get(name)
+                if agg is None:
+                    aggs[name] = [value, value, value, 1]
+                else:
+                    agg[0], agg[1] = min(agg[0], value), max(agg[1], value)
+                    agg[2] += value
+                    agg[3] += 1
+    metrics = {name: {"min": a[0], "max": a[1], "avg": a[2] / a[3], "count": a[3]} for name, a in sorted(aggs.items())}
     return {"readings": total, "metrics": metrics}
 
 
@@ -136,19 +145,32 @@ async def metric_series(
     Columns, not rows (``{"ts": [...], "pm25": [...]}``): a week at one reading per 10 s is 60,480 rows,
     reduced here to a few hundred points. A metric a bucket lacks is None (a gap in the line).
     """
-    averages = ", ".join("avg(json_extract(metrics, ?))" for _ in metrics)
+    sums = ", ".join("total(json_extract(metrics, ?)), count(json_extract(metrics, ?))" for _ in metrics)
     sql = (
-        f"SELECT CAST(ts / ? AS INTEGER) AS bucket, {averages} FROM readings"
-        " WHERE device_id = ? AND ts >= ? AND ts <= ? GROUP BY bucket ORDER BY bucket"
+        f"SELECT CAST(ts / ? AS INTEGER) AS bucket, {sums} FROM raw_rows"
+        " WHERE device_id = ? AND ts >= ? AND ts <= ? GROUP BY bucket"
     )
-    series: dict[str, list[float | None]] = {"ts": [], **{name: [] for name in metrics}}
-    columns = [series[name] for name in metrics]
-    params = (bucket_s, *(f"$.{name}" for name in metrics), device, start, end)
+    # bucket -> [sum, count] per metric, rows and compacted readings (booleans count as 1/0, as json_extract's)
+    buckets: dict[int, list[float]] = {}
+    params = (bucket_s, *(f"$.{name}" for name in metrics for _ in range(2)), device, start, end)
     async with conn.execute(sql, params) as cur:
         async for bucket, *values in cur:
-            series["ts"].append(float(bucket) * bucket_s)
-            for column, value in zip(columns, values, strict=True):
-                column.append(None if value is None else round(float(value), 3))
+            buckets[int(bucket)] = [float(v) for v in values]
+    for ts, _, reading, _ in await raw_readings.compacted_entries(conn, device, start, end):
+        into = buckets.setdefault(int(ts / bucket_s), [0.0] * (2 * len(metrics)))
+        for k, name in enumerate(metrics):
+            value = reading.get(name)
+            if value is not None and value.__class__ is not str:
+                into[2 * k] += value
+                into[2 * k + 1] += 1
+    series: dict[str, list[float | None]] = {"ts": [], **{name: [] for name in metrics}}
+    columns = [series[name] for name in metrics]
+    for bucket in sorted(buckets):
+        added = buckets[bucket]
+        series["ts"].append(float(bucket) * bucket_s)
+        for k, column in enumerate(columns):
+            count = added[2 * k + 1]
+            column.append(round(added[2 * k] / count, 3) if count else None)
     return series
 
 

@@ -198,6 +198,29 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX schedule_runs_at ON schedule_runs (at);
     CREATE INDEX rpc_log_at ON rpc_log (at);
     """,
+    # 7: compacted raw readings (store/compaction.py). A device's readings of one UTC hour (hour = its start,
+    # epoch s) that the rollups hold, as one compact value (store/reading_blocks.py) instead of a row each:
+    # count = how many it holds, through = it holds every readings row of its device and hour with id <=
+    # through. Such a row is "covered" until compaction deletes it (in id order, a page at a time); raw_rows
+    # are the readings rows not covered, what raw reads take beside the blocks (store/raw_readings.py).
+    """
+    CREATE TABLE reading_hours (
+        device_id TEXT NOT NULL,
+        hour INTEGER NOT NULL,
+        count INTEGER NOT NULL,
+        through INTEGER NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (device_id, hour)
+    );
+    CREATE VIEW raw_rows AS SELECT * FROM readings AS r WHERE NOT EXISTS (
+        SELECT 1 FROM reading_hours AS b WHERE b.device_id = r.device_id
+        AND b.hour = CAST(r.ts AS INTEGER) - (r.ts < CAST(r.ts AS INTEGER))
+                     - ((CAST(r.ts AS INTEGER) - (r.ts < CAST(r.ts AS INTEGER))) % 3600 + 3600) % 3600
+        AND r.id <= b.through
+    );
+    -- The ids of covered rows not deleted yet (one row while a compaction wave is under way; a restart ends it).
+    CREATE TABLE compaction_wave (id INTEGER PRIMARY KEY CHECK (id = 1), first INTEGER NOT NULL, last INTEGER NOT NULL);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -5,16 +5,19 @@
 
 Prints (asserts nothing about time):
   * history: a week of 100 devices at 1 reading / 10 s and 90 days of one more, generated once straight into
-    SQLite and folded into the rollups by the real catch-up (its rate printed); then week statistics and a
-    7 x 24-point series for one device and for all 100, 90 days of statistics for one device (auto resolution:
-    exact, rollups inside, raw readings at the ends), and the week's statistics from raw readings to compare;
+    SQLite, folded into the rollups by the real catch-up and compacted into device-hours as the daemon's
+    pass does (their rates printed); then week statistics and a 7 x 24-point series for one device and for all
+    100, 90 days of statistics for one device (auto resolution: exact, rollups inside, raw readings at the
+    ends), and the week's statistics from raw readings to compare;
   * retention beside ingest: readings put at 1,000/s through the store writer (WAL checkpoints beside it, as
-    in the daemon) while retention deletes a day of 100 devices: put -> committed p50/p99 (the store's part of
-    publish -> committed), with and without;
+    in the daemon) while retention deletes a compacted day of 100 devices: put -> committed p50/p99 (the
+    store's part of publish -> committed), with and without;
   * writes: bytes written per reading (/proc/self/io write_bytes, the storage layer) for 100 devices x 1
-    reading / 10 s with the outbox on, for commits of 1 reading (idle_linger_ms 0) and of 10 (1,000), the
-    rollups' catch-up included; the row's own size; the card wear in GB/day; and the steady-state database
-    size for 100 devices at the default windows, from the bytes per reading and per rollup row measured here.
+    reading / 10 s with the outbox on, for commits of 1 reading (idle_linger_ms 0), of 10 (1,000) and more,
+    pages of 4, 2 and 1 KiB, the rollups' catch-up and a final WAL checkpoint included, plus what compacting
+    the readings writes; the row's own size; the card wear in GB/day; put -> committed by idle_linger_ms;
+  * the steady-state database size for 100 devices at the default windows, from the bytes per compacted
+    reading (and per noisy one) and per rollup row measured here.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import random
 import sqlite3
 import tempfile
 import time
@@ -35,7 +39,7 @@ from gateway.core.clock import ManualClock
 from gateway.core.metrics import Metrics
 from gateway.core.models import Reading
 from gateway.settings_retention import RetentionSection
-from gateway.store import history
+from gateway.store import history, reading_blocks
 from gateway.store.checkpoints import BACKSTOP_PAGES, WalCheckpointer
 from gateway.store.lifecycle import DataLifecycle
 from gateway.store.read_queries import open_reader
@@ -82,6 +86,11 @@ async def history_reads(folder: Path, devices: int, days: int, long_days: int, i
     t0 = time.perf_counter()
     folded = await lifecycle.catch_up()
     fold_s = time.perf_counter() - t0
+    sizes = stored_bytes(path, "readings")
+    t0 = time.perf_counter()
+    compacted = await lifecycle.compact(clock.now() - policy.compact_after_hours * 3600)  # as the daemon's pass
+    compact_s = time.perf_counter() - t0
+    sizes.update(stored_bytes(path, "reading_hours"))
     await writer.close()
     await task
     conn = await open_reader(path)
@@ -103,6 +112,7 @@ async def history_reads(folder: Path, devices: int, days: int, long_days: int, i
             assert len(found["points"]) >= days * 24
 
         return {
+            **sizes, "compacted_readings": float(compacted), "compact_readings_per_s": compacted / compact_s,
             "generated_readings": float(generated), "generate_s": gen_s, "catch_up_readings_per_s": folded / fold_s,
             "week_stats_one_ms": await timed(9, lambda: stats(ids[0])),
             "week_series_one_ms": await timed(9, lambda: series(ids[0])),
@@ -130,6 +140,8 @@ async def retention_beside_ingest(folder: Path, devices: int, rate: int, seconds
     lifecycle = DataLifecycle(RetentionSection(), put=writer.put, clock=clock, metrics=metrics)
     expired = fill(path, devices, 1, 10.0, T0)  # a day past the 90-day window
     await lifecycle.catch_up()
+    setup = DataLifecycle(RetentionSection(pause_ms=0), put=writer.put, clock=clock, metrics=metrics)
+    await setup.compact(T0 + DAY)  # long since compacted, as in a running daemon
     loop = asyncio.get_running_loop()
     out: dict[str, float] = {"retention_deleted": float(expired)}
 
@@ -178,15 +190,32 @@ def proc_io() -> dict[str, int]:
     return {k: int(v) for k, v in (line.split(": ") for line in text.splitlines())}
 
 
-async def write_cost(folder: Path, per_commit: int, readings: int, outbox: bool) -> dict[str, float]:
-    """Bytes written per reading, 100 devices, `per_commit` readings per commit, the catch-up every 600."""
-    path = folder / f"writes-{per_commit}-{outbox}.db"
+def create_database(path: Path, page_size: int) -> None:
+    """A new database file with this page size (and incremental auto-vacuum, as schema.connect makes one)."""
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute(f"PRAGMA page_size={page_size}")
+        db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        db.execute("CREATE TABLE header_written (x)")  # the page size holds from the first write on
+        db.execute("DROP TABLE header_written")
+        db.execute("PRAGMA journal_mode=WAL")
+    finally:
+        db.close()
+
+
+async def write_cost(folder: Path, per_commit: int, readings: int, outbox: bool,
+                     page_size: int) -> dict[str, float]:
+    """Bytes written per reading, 100 devices, `per_commit` readings per commit, the catch-up every 600, the WAL
+    checkpointed at the end; then the bytes that compacting them writes, per reading."""
+    path = folder / f"writes-{per_commit}-{outbox}-{page_size}.db"
+    create_database(path, page_size)
     clock = ManualClock(T0)
     metrics = Metrics()
     writer = StoreWriter(path, metrics=metrics, clock=clock, outbox=outbox)
     await writer.open()
     task = asyncio.create_task(writer.run())
-    lifecycle = DataLifecycle(RetentionSection(), put=writer.put, clock=clock, metrics=metrics)
+    # production step sizes; no pauses between steps (they change no byte written)
+    lifecycle = DataLifecycle(RetentionSection(pause_ms=0), put=writer.put, clock=clock, metrics=metrics)
     warm = min(2000, readings)  # fill the first pages, so the figures are a running database's
     for i in range(warm + readings):
         if i == warm:
@@ -200,85 +229,181 @@ async def write_cost(folder: Path, per_commit: int, readings: int, outbox: bool)
         if i % 600 == 599:
             await lifecycle.catch_up()  # once a minute at 10 readings/s
     await writer.flush()
-    after = proc_io()
-    await writer.close()
-    await task
     with sqlite3.connect(path) as db:
         row = db.execute("SELECT avg(length(device_id) + length(metrics) + 8 + 8 + 8) FROM readings").fetchone()
+        db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    after = proc_io()
+    await lifecycle.catch_up()
+    compacted = await lifecycle.compact(T0 + (warm + readings) * 0.1 + 3600)  # every reading, once
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    compacting = proc_io()
+    await writer.close()
+    await task
     wrote = after["write_bytes"] - before["write_bytes"]
     return {"bytes_per_reading": wrote / readings, "wchar_per_reading": (after["wchar"] - before["wchar"]) / readings,
-            "row_bytes": float(row[0])}
+            "row_bytes": float(row[0]),
+            "compaction_bytes_per_reading": (compacting["write_bytes"] - after["write_bytes"]) / compacted}
 
 
-def steady_state_gb(folder: Path) -> dict[str, float]:
-    """Bytes per stored reading and per rollup row in the history database, scaled to the default windows."""
+async def linger_latency(folder: Path, linger_s: float, seconds: float) -> dict[str, float]:
+    """put -> committed at 100 devices x 1 reading / 10 s (10 a second, evenly) with `idle_linger` = linger_s:
+    what commit grouping costs a device in PUBACK delay."""
+    path = folder / f"linger-{linger_s}.db"
+    writer = StoreWriter(path, metrics=Metrics(), clock=ManualClock(T0), outbox=True, idle_linger=linger_s)
+    await writer.open()
+    task = asyncio.create_task(writer.run())
+    loop = asyncio.get_running_loop()
+    latencies: list[float] = []
+
+    def committed(t_put: float, _: object) -> None:
+        latencies.append(loop.time() - t_put)
+
+    start = loop.time()
+    for i in range(int(seconds * 10)):
+        await asyncio.sleep(max(0.0, start + i * 0.1 - loop.time()))
+        ts = T0 + i * 0.1
+        t_put = loop.time()
+        await writer.put(Reading(f"AP-{i % 100:03d}", ts, metrics_of(i % 100, ts), ts))
+        receipt = writer.receipt()
+        if receipt is not None:
+            receipt.add_done_callback(partial(committed, t_put))
+    await writer.flush()
+    await writer.close()
+    await task
+    return {"p50_ms": percentile(latencies, 50) * 1000, "p99_ms": percentile(latencies, 99) * 1000}
+
+
+def stored_bytes(path: Path, table: str) -> dict[str, float]:
+    """Bytes on disk per reading of `table` (its pages and its indexes' pages, dbstat) and how many readings."""
+    with sqlite3.connect(path) as db:
+        used = db.execute("SELECT sum(pgsize) FROM dbstat WHERE name = ? OR name IN"
+                          " (SELECT name FROM sqlite_master WHERE tbl_name = ? AND type = 'index')",
+                          (table, table)).fetchone()[0] or 0.0
+        count = db.execute("SELECT count(*) FROM readings" if table == "readings"
+                           else "SELECT coalesce(sum(count), 0), coalesce(sum(length(data)), 0) FROM reading_hours"
+                           ).fetchone()
+        out = {f"{table}_stored_bytes_per_reading": float(used) / max(1, count[0])}
+        if table == "reading_hours":
+            out["block_bytes_per_reading"] = float(count[1]) / max(1, count[0])  # the compact values alone
+        return out
+
+
+def noisy_block_bytes() -> float:
+    """Bytes per reading of an hour of a noisy purifier: values at their sensors' resolutions jumping by noise
+    (not the smooth curves of metrics_of), arrival times from a real clock (no decimal form)."""
+    rng = random.Random(1)
+    entries = []
+    for k in range(360):
+        ts = T0 + k * 10.0 + round(rng.uniform(0, 0.999), 3)  # a device's millisecond time
+        smooth = metrics_of(0, ts)
+        noisy = {"pm25": max(0, int(smooth["pm25"] + rng.gauss(0, 3))), "pm10": max(0, int(smooth["pm10"] +
+                 rng.gauss(0, 4))), "temperature": round(smooth["temperature"] + rng.gauss(0, 0.2), 2),
+                 "humidity": round(smooth["humidity"] + rng.gauss(0, 1), 1), "voc": int(smooth["voc"] +
+                 rng.gauss(0, 10)), "fanSpeed": smooth["fanSpeed"], "powerOn": smooth["powerOn"]}
+        entries.append((ts, ts + rng.uniform(0.001, 0.05), noisy, None))
+    return len(reading_blocks.encode(entries)) / len(entries)
+
+
+def steady_state_gb(folder: Path, r: dict[str, Any]) -> dict[str, float]:
+    """The database of 100 devices at the default windows, from the bytes per stored reading (compacted, and
+    compacted as noisy readings would be) and per rollup row measured in the history database. The raw readings'
+    last `compact_after_hours` and the outbox are left out (a few MB)."""
     with sqlite3.connect(folder / "history.db") as db:
         def table_bytes(name: str) -> float:
             rows = db.execute("SELECT sum(pgsize) FROM dbstat WHERE name = ? OR name IN"
                               " (SELECT name FROM sqlite_master WHERE tbl_name = ? AND type = 'index')",
                               (name, name)).fetchone()
             return float(rows[0] or 0.0)
-        readings = db.execute("SELECT count(*) FROM readings").fetchone()[0]
         hourly = db.execute("SELECT count(*) FROM rollup_hourly").fetchone()[0]
         daily = db.execute("SELECT count(*) FROM rollup_daily").fetchone()[0]
-        per_reading = table_bytes("readings") / readings
         per_hourly = table_bytes("rollup_hourly") / hourly
         per_daily = table_bytes("rollup_daily") / daily
     p = RetentionSection()
     rollup_rows_per_bucket = 8  # 7 numeric metrics of a purifier, and the reading count
-    raw = 100 * READINGS_PER_DAY * p.readings_days * per_reading
+    raw_readings = 100 * READINGS_PER_DAY * p.readings_days
     hours = 100 * 24 * p.rollup_hourly_days * rollup_rows_per_bucket * per_hourly
     days = 100 * p.rollup_daily_days * rollup_rows_per_bucket * per_daily
-    return {"stored_bytes_per_reading": per_reading, "bytes_per_hourly_row": per_hourly,
-            "steady_state_gb": (raw + hours + days) / 1e9, "steady_state_raw_gb": raw / 1e9,
-            "raw_days_in_2gb": max(0.0, 2e9 - hours - days) / (100 * READINGS_PER_DAY * per_reading)}
+    compacted = r["reading_hours_stored_bytes_per_reading"]
+    noisy = compacted - r["block_bytes_per_reading"] + r["noisy_block_bytes_per_reading"]
+    return {"bytes_per_hourly_row": per_hourly, "rollups_gb": (hours + days) / 1e9,
+            "steady_state_gb": (raw_readings * compacted + hours + days) / 1e9,
+            "steady_state_noisy_gb": (raw_readings * noisy + hours + days) / 1e9,
+            "steady_state_rows_gb": (raw_readings * r["readings_stored_bytes_per_reading"] + hours + days) / 1e9,
+            "noisy_stored_bytes_per_reading": noisy, "readings_90_days": float(raw_readings)}
 
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
     if args.smoke:
         devices, days, long_days, rate, seconds, write_readings = 3, 1, 2, 1000, 1.0, 300
+        lingers: tuple[float, ...] = (1.0,)
+        linger_s = 2.0
     else:
         devices, days, long_days, rate, seconds, write_readings = 100, 7, 90, 1000, 5.0, 12_000
+        lingers, linger_s = (0.0, 0.25, 1.0, 5.0), 20.0
     results: dict[str, Any] = {"devices": devices, "days": days, "smoke": args.smoke}
     with tempfile.TemporaryDirectory(prefix="bench-lifecycle-", dir=args.dir) as tmp:
         folder = Path(tmp)
         results.update(await history_reads(folder, devices, days, long_days, 10.0))
-        results.update(steady_state_gb(folder))
+        results["noisy_block_bytes_per_reading"] = noisy_block_bytes()
+        results.update(steady_state_gb(folder, results))
         results.update(await retention_beside_ingest(folder, devices, rate, seconds))
-        for name, per_commit, outbox in WRITE_CASES:
-            for key, value in (await write_cost(folder, per_commit, write_readings, outbox)).items():
+        for name, per_commit, outbox, page_size in (SMOKE_WRITE_CASES if args.smoke else WRITE_CASES):
+            for key, value in (await write_cost(folder, per_commit, write_readings, outbox, page_size)).items():
                 results[f"{key}_{name}"] = value
-            results[f"gb_per_day_{name}"] = results[f"bytes_per_reading_{name}"] * 100 * READINGS_PER_DAY / 1e9
+            results[f"total_bytes_per_reading_{name}"] = (results[f"bytes_per_reading_{name}"]
+                                                          + results[f"compaction_bytes_per_reading_{name}"])
+            results[f"gb_per_day_{name}"] = results[f"total_bytes_per_reading_{name}"] * 100 * READINGS_PER_DAY / 1e9
+        for linger in lingers:
+            for key, value in (await linger_latency(folder, linger, linger_s)).items():
+                results[f"linger_{int(linger * 1000)}_{key}"] = value
     return results
 
 
-# (name, readings per commit, outbox on): idle_linger_ms 0 commits each reading of 100 devices x 1 / 10 s alone;
-# 1,000 groups ~10; 10,000 ~100 (a device then waits up to 10 s for its PUBACK).
-WRITE_CASES = (("commit_1", 1, True), ("commit_10", 10, True), ("commit_10_no_outbox", 10, False),
-               ("commit_100", 100, True))
+# (name, readings per commit, outbox on, page size): idle_linger_ms 0 commits each reading of 100 devices x 1 / 10 s
+# alone; 1,000 groups ~10; 5,000 (its maximum) ~50; 100 would take a linger of 10 s.
+WRITE_CASES = (("commit_1", 1, True, 4096), ("commit_10", 10, True, 4096), ("commit_10_no_outbox", 10, False, 4096),
+               ("commit_100", 100, True, 4096), ("commit_10_p2048", 10, True, 2048),
+               ("commit_10_p1024", 10, True, 1024), ("commit_50_p1024", 50, True, 1024),
+               ("commit_50_p4096", 50, True, 4096))
+SMOKE_WRITE_CASES = WRITE_CASES[:2] + WRITE_CASES[5:6]  # the suite's time: commits of 1, 10; 1 KiB pages
 
 
 def report(r: dict[str, Any]) -> str:
+    def writes(name: str) -> str:
+        if f"bytes_per_reading_{name}" not in r:
+            return "(not in the smoke run)"
+        return (f"{r[f'bytes_per_reading_{name}']:,.0f} + {r[f'compaction_bytes_per_reading_{name}']:,.0f} "
+                f"({r[f'gb_per_day_{name}']:.2f} GB/day)")
+
+    lingers = ", ".join(f"{k.split('_')[1]} ms: {r[k]:.0f}/{r[k.replace('p50', 'p99')]:.0f} ms"
+                        for k in r if k.startswith("linger_") and k.endswith("_p50_ms"))
     return "\n".join([
         f"history over {r['days']} days of {r['devices']} devices ({r['generated_readings']:,.0f} readings generated "
-        f"in {r['generate_s']:.0f} s, rollups caught up at {r['catch_up_readings_per_s']:,.0f} readings/s):",
+        f"in {r['generate_s']:.0f} s, rollups caught up at {r['catch_up_readings_per_s']:,.0f} readings/s, "
+        f"{r['compacted_readings']:,.0f} compacted at {r['compact_readings_per_s']:,.0f} readings/s):",
         f"  week statistics: one device {r['week_stats_one_ms']:.1f} ms (raw readings only: "
         f"{r['week_stats_one_raw_ms']:.0f} ms), all devices {r['week_stats_all_ms']:.0f} ms",
         f"  week series of 7 x 24 points: one device {r['week_series_one_ms']:.1f} ms, all devices "
         f"{r['week_series_all_ms']:.0f} ms; 90 days of statistics, one device {r['days90_stats_one_ms']:.1f} ms",
-        f"retention beside ingest: {r['retention_deleted']:,.0f} readings deleted in {r['retention_s']:.1f} s "
+        f"retention beside ingest: {r['retention_deleted']:,.0f} compacted readings deleted in "
+        f"{r['retention_s']:.1f} s "
         f"({r['retention_rows_per_s']:,.0f}/s); put -> committed p50/p99 alone {r['ingest_alone_p50_ms']:.1f}/"
         f"{r['ingest_alone_p99_ms']:.1f} ms, with retention {r['ingest_with_retention_p50_ms']:.1f}/"
         f"{r['ingest_with_retention_p99_ms']:.1f} ms; lost {r['ingest_lost']:.0f}",
         f"writes, 100 devices x 1 reading/10 s (a row is {r['row_bytes_commit_1']:.0f} B), bytes written per "
-        f"reading (GB/day), outbox on: commits of 1 {r['bytes_per_reading_commit_1']:,.0f} "
-        f"({r['gb_per_day_commit_1']:.2f}), of 10 {r['bytes_per_reading_commit_10']:,.0f} "
-        f"({r['gb_per_day_commit_10']:.2f}), of 100 {r['bytes_per_reading_commit_100']:,.0f} "
-        f"({r['gb_per_day_commit_100']:.2f}); outbox off, of 10: {r['bytes_per_reading_commit_10_no_outbox']:,.0f} "
-        f"({r['gb_per_day_commit_10_no_outbox']:.2f})",
-        f"steady state, 100 devices at the default windows: {r['steady_state_gb']:.1f} GB "
-        f"(raw readings {r['steady_state_raw_gb']:.1f} GB at {r['stored_bytes_per_reading']:.0f} B each); "
-        f"2 GB holds {r['raw_days_in_2gb']:.0f} days of raw readings",
+        f"reading as a row + compacting it, outbox on: commits of 1 {writes('commit_1')}, of 10 {writes('commit_10')}"
+        f", of 50 {writes('commit_50_p4096')}, of 100 {writes('commit_100')}; outbox off, of 10: "
+        f"{writes('commit_10_no_outbox')}",
+        f"  pages of 2 KiB, commits of 10: {writes('commit_10_p2048')}; 1 KiB: {writes('commit_10_p1024')}, "
+        f"commits of 50: {writes('commit_50_p1024')}",
+        f"  put -> committed p50/p99 by idle_linger_ms at this rate: {lingers}",
+        f"steady state, 100 devices at the default windows ({r['readings_90_days'] / 1e6:.1f} M raw readings): "
+        f"{r['steady_state_gb']:.2f} GB (compacted readings {r['reading_hours_stored_bytes_per_reading']:.1f} B each "
+        f"all in, of which the compact value {r['block_bytes_per_reading']:.1f} B; rollups {r['rollups_gb']:.2f} GB); "
+        f"noisy readings ({r['noisy_block_bytes_per_reading']:.1f} B compact, {r['noisy_stored_bytes_per_reading']:.1f}"
+        f" B all in) {r['steady_state_noisy_gb']:.2f} GB; as rows ({r['readings_stored_bytes_per_reading']:.0f} B each)"
+        f" it would be {r['steady_state_rows_gb']:.1f} GB",
     ])
 
 

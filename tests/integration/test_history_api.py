@@ -3,7 +3,7 @@ readings by range and still equal the raw computation; the rollups are caught up
 
 from __future__ import annotations
 
-import json
+import sqlite3
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,6 +14,7 @@ from gateway.cloud_methods import register_history_methods
 from gateway.core.clock import ManualClock
 from gateway.settings_retention import RetentionSection
 from gateway.store import history
+from gateway.store.raw_readings import device_entries
 from gateway.uplink.rpc import Dispatcher, Request
 from tests.fixtures.gateway import GatewayFactory, RunningGateway
 from tests.fixtures.lifecycle import T0, assert_same_points, insert_readings, raw_series, reading_rows
@@ -40,10 +41,15 @@ async def get(gw: RunningGateway, path: str, status: int = 200, **params: Any) -
 
 
 def raw_statistics(gw: RunningGateway, device: str, lo: float, hi: float) -> dict[str, Any]:
-    rows = gw.query("SELECT metrics FROM readings WHERE device_id = ? AND ts >= ? AND ts <= ?", (device, lo, hi))
+    # rows and compacted device-hours (the gateway's own lifecycle pass at start may have compacted them)
+    db = sqlite3.connect(gw.db_path)
+    try:
+        rows = device_entries(db, device, lo, hi)
+    finally:
+        db.close()
     values: dict[str, list[float]] = {}
-    for (text,) in rows:
-        for name, value in json.loads(text).items():
+    for _, _, metrics, _ in rows:
+        for name, value in metrics.items():
             if not isinstance(value, bool):
                 values.setdefault(name, []).append(value)
     return {"readings": len(rows), "metrics": {n: (min(v), max(v), len(v), sum(v) / len(v)) for n, v in values.items()}}

@@ -8,12 +8,13 @@ import asyncio
 import math
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from gateway.core.models import Reading
 from gateway.settings_retention import RetentionSection
-from tests.fixtures.lifecycle import T0, insert_readings, metrics_of, reading_rows, running_store
+from tests.fixtures.lifecycle import T0, all_readings, insert_readings, metrics_of, reading_rows, running_store
 
 DAY = 86400.0
 DEVICES = 20
@@ -25,6 +26,19 @@ POLICY = RetentionSection(readings_days=90, rollup_hourly_days=100, rollup_daily
 def file_bytes(path: Path) -> int:
     """The database file and its write-ahead log."""
     return path.stat().st_size + path.with_name(path.name + "-wal").stat().st_size
+
+
+def hourly_aggregates(readings: list[tuple[str, float, float, dict[str, Any]]]) -> list[tuple[Any, ...]]:
+    """(device, hour, metric, min, max, sum, count) of the numeric metrics, as SQL over raw rows would give."""
+    aggs: dict[tuple[str, int, str], list[Any]] = {}
+    for device, ts, _, metrics in readings:
+        for key, value in metrics.items():
+            if value.__class__ in (int, float):
+                agg = aggs.setdefault((device, int(ts) // 3600 * 3600, key), [value, value, 0.0, 0])
+                agg[0], agg[1] = min(agg[0], value), max(agg[1], value)
+                agg[2] += value
+                agg[3] += 1
+    return [(*key, *agg) for key, agg in aggs.items()]
 
 
 @pytest.mark.slow
@@ -41,14 +55,13 @@ async def test_120_days_of_20_devices_keep_exactly_their_windows_in_a_file_that_
             await store.lifecycle.run_pass()
             sizes[day] = file_bytes(path)
     now = T0 + 120 * DAY
+    readings = all_readings(path)  # rows and compacted device-hours
+    kept = (len(readings), min(ts for _, ts, _, _ in readings))
+    raw = hourly_aggregates(readings)
     with sqlite3.connect(path) as db:
-        kept = db.execute("SELECT count(*), min(ts) FROM readings").fetchone()
+        compacted = db.execute("SELECT sum(count) FROM reading_hours").fetchone()[0]
         oldest_hour = db.execute("SELECT min(bucket) FROM rollup_hourly").fetchone()[0]
         oldest_day = db.execute("SELECT min(bucket) FROM rollup_daily").fetchone()[0]
-        raw = db.execute(
-            "SELECT r.device_id, CAST(r.ts AS INTEGER) / 3600 * 3600 AS b, m.key, min(m.value), max(m.value),"
-            " total(m.value), count(*) FROM readings AS r, json_each(r.metrics) AS m"
-            " WHERE m.type IN ('integer', 'real') GROUP BY r.device_id, b, m.key").fetchall()
         rolled = {(d, b, k): (lo, hi, s, n) for d, b, k, lo, hi, s, n in db.execute(
             "SELECT device_id, bucket, metric, min, max, sum, count FROM rollup_hourly WHERE metric != ''")}
     # exactly the readings of the last 90 days
@@ -59,6 +72,7 @@ async def test_120_days_of_20_devices_keep_exactly_their_windows_in_a_file_that_
     for device, bucket, key, low, high, total, count in raw:
         r_low, r_high, r_total, r_count = rolled[(device, bucket, key)]
         assert (r_low, r_high, r_count) == (low, high, count) and math.isclose(r_total, total, rel_tol=1e-12)
+    assert compacted == kept[0] - 4 * DEVICES  # all but the last 2 hours' readings (2 per device-hour)
     # steady state from day 110 on (every window full): the file no longer grows
     assert max(sizes[d] for d in range(111, 120)) <= sizes[110] * 1.02, sizes
     assert sizes[119] < sizes[60] * 1.6  # and it stopped early: raw readings are most of it

@@ -18,6 +18,7 @@ from gateway.store.history import Windows, pieces, widen
 from gateway.store.lifecycle_steps import SIZE_CAP_SLICE_S
 from tests.fixtures.lifecycle import (
     T0,
+    all_readings,
     assert_same_points,
     insert_readings,
     metrics_of,
@@ -111,7 +112,8 @@ async def test_retention_keeps_exactly_its_window_and_what_the_rollups_or_the_ou
     now = T0 + 5 * DAY
     with sqlite3.connect(path) as db:
         oldest = {t: db.execute(f"SELECT min({c}) FROM {t}").fetchone()[0] for t, c in (
-            ("readings", "ts"), ("rollup_hourly", "bucket"), ("rollup_daily", "bucket"))}
+            ("rollup_hourly", "bucket"), ("rollup_daily", "bucket"))}
+        oldest["readings"] = min(ts for _, ts, _, _ in all_readings(path))  # rows and compacted
         commands = [r[0] for r in db.execute("SELECT command_id FROM command_log ORDER BY command_id")]
         outbox = db.execute("SELECT count(*) FROM outbox").fetchone()[0]
     assert report.expired["readings"] == 2 * 3 * 144 and again.expired["readings"] == 1
@@ -125,7 +127,8 @@ async def test_retention_keeps_exactly_its_window_and_what_the_rollups_or_the_ou
 async def test_the_size_cap_deletes_the_oldest_readings_first_and_says_so(tmp_path: Path) -> None:
     path = tmp_path / "g.db"
     insert_path_rows = list(reading_rows(4, T0, T0 + 2 * DAY, 60))
-    policy = RetentionSection(pause_ms=0, max_db_mb=1, batch_rows=500, step_target_ms=1000)
+    # raw readings as rows (compacted, these few would never reach the cap)
+    policy = RetentionSection(pause_ms=0, max_db_mb=1, batch_rows=500, step_target_ms=1000, compact_after_hours=0)
     async with running_store(path, policy) as store:
         insert_readings(path, insert_path_rows)
         store.clock.advance(2 * DAY)
