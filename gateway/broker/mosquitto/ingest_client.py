@@ -1,11 +1,12 @@
 """The gateway's own client on the managed Mosquitto: it takes what devices publish, QoS 1, persistent session.
 
-paho-mqtt runs on the daemon's event loop (its socket watched with add_reader/add_writer, no thread), with
-manual acknowledgements: a message is handed to the BrokerSink, and its PUBACK goes to Mosquitto only when
-the sink's receipt is done (the store committed it). What was never acknowledged stays in the session
-Mosquitto keeps for us and comes again when it resumes (after a restart of either side). Messages are
-handed over one at a time in arrival order; Mosquitto's `max_inflight_messages` bounds how many are on
-their way unacknowledged, which is the back-pressure when the store falls behind.
+An asyncio protocol on the daemon's event loop (no thread) speaking the little MQTT 3.1.1 it needs
+(mqtt_wire.py), with acknowledgements by hand: a message is handed to the BrokerSink, and its PUBACK goes to
+Mosquitto only when the sink's receipt is done (the store committed it); the PUBACKs of one commit go in one
+write. What was never acknowledged stays in the session Mosquitto keeps for us and comes again when it
+resumes (after a restart of either side). Messages are handed over one at a time in arrival order;
+Mosquitto's `max_inflight_messages` bounds how many are on their way unacknowledged, which is the
+back-pressure when the store falls behind (and reading pauses while too many wait here, for QoS 0).
 """
 
 from __future__ import annotations
@@ -15,10 +16,9 @@ from collections import deque
 from functools import partial
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import structlog
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
+from gateway.broker.mosquitto import mqtt_wire as wire
 from gateway.broker.mosquitto.config_files import IngestEndpoint
 from gateway.core.ports import BrokerSink
 from gateway.core.topics import DEVICE_PUBLISH_CHANNELS, device_topic
@@ -26,49 +26,42 @@ from gateway.core.topics import DEVICE_PUBLISH_CHANNELS, device_topic
 log = structlog.get_logger(__name__)
 
 SUBSCRIPTIONS = [(device_topic("+", channel), 1) for channel in sorted(DEVICE_PUBLISH_CHANNELS)]
-_KEEPALIVE = 30
+KEEPALIVE = 30
 _PREFIX = len("device/")
-_READS_PER_TURN = 64
+_SUBSCRIBE_ID = 1
+_PAUSE_AT = 4096  # messages waiting for the sink: reading pauses here (QoS 0 has no inflight limit)
+_RESUME_AT = 1024
 
 
 class IngestClientError(RuntimeError):
     """The client could not log in or subscribe, or lost its connection."""
 
 
-class IngestClient:
+class IngestClient(asyncio.Protocol):
     def __init__(self, endpoint: IngestEndpoint, *, username: str, password: str, sink: BrokerSink) -> None:
         self._endpoint = endpoint
+        self._username = username
+        self._password = password
         self._sink = sink
         self._loop = asyncio.get_running_loop()
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=username, clean_session=False, protocol=mqtt.MQTTv311,
-            transport="unix" if endpoint.socket_path is not None else "tcp", manual_ack=True,
-            reconnect_on_failure=False,
-        )
-        client.username_pw_set(username, password)
-        client.max_queued_messages_set(0)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_subscribe = self._on_subscribe
-        client.on_message = self._on_message
-        client.on_socket_open = self._on_socket_open
-        client.on_socket_close = self._on_socket_close
-        client.on_socket_register_write = self._on_register_write
-        client.on_socket_unregister_write = self._on_unregister_write
-        self._client = client
-        # (connection number, mid, qos, topic, payload): a mid is acknowledged only on the connection it came on
-        self._incoming: deque[tuple[int, int, int, str, bytes]] = deque()
-        self._connection = 0
+        self._transport: asyncio.Transport | None = None
+        self._incoming: deque[wire.Publish] = deque()  # every one from the current connection
+        self._reader = wire.PacketReader(self._incoming)
+        self._paused = False
+        self._connection = 0  # a packet id is acknowledged only on the connection it came on
         self._wake = asyncio.Event()
         self._waiter: asyncio.Future[Any] | None = None  # CONNACK or SUBACK awaited
         self._lost: asyncio.Future[None] = self._loop.create_future()
-        self._misc: asyncio.Task[None] | None = None
+        self._keepalive: asyncio.TimerHandle | None = None
+        self._ping_due = False  # a PINGREQ went out and its PINGRESP has not come back
         self._consumer: asyncio.Task[None] | None = None
-        self._receipt: asyncio.Future[None] | None = None  # the receipt the newest batch of mids waits on
+        self._receipt: asyncio.Future[None] | None = None  # the receipt the newest batch of ids waits on
         self._batch: list[int] = []
         self._batch_connection = 0
         self._refusing = False  # a receipt failed: no more PUBACKs on this connection (Mosquitto resends)
         self._intake_open = True
+        self._next_id = 0
+        self._commands: dict[int, tuple[str, bytes]] = {}  # our QoS 1 publishes Mosquitto has not acknowledged
         self.connected = False
 
     # --- life ---------------------------------------------------------------------------------------
@@ -82,20 +75,27 @@ class IngestClient:
         self._waiter = self._loop.create_future()
         ep = self._endpoint
         try:
-            host, port = (str(ep.socket_path), 1) if ep.socket_path is not None else ("127.0.0.1", ep.port)
-            self._client.connect(host, port, _KEEPALIVE)  # loopback or a unix socket: connects at once
             async with asyncio.timeout(timeout):
+                if ep.socket_path is not None:
+                    await self._loop.create_unix_connection(lambda: self, str(ep.socket_path))
+                else:
+                    await self._loop.create_connection(lambda: self, "127.0.0.1", ep.port)
+                self._write(wire.connect(self._username, self._username, self._password, KEEPALIVE,
+                                         clean_session=False))
                 session_present = await self._waiter
                 if not session_present:
                     self._waiter = self._loop.create_future()
-                    self._client.subscribe(SUBSCRIPTIONS)
+                    self._write(wire.subscribe(_SUBSCRIBE_ID, SUBSCRIPTIONS))
                     await self._waiter
         except (OSError, TimeoutError, IngestClientError) as exc:
-            self._client.disconnect()
+            if self._transport is not None:
+                self._transport.abort()
             raise IngestClientError(f"gateway client on Mosquitto: {exc}") from exc
         finally:
             self._waiter = None
         self.connected = True
+        for packet_id, (topic, payload) in self._commands.items():  # as paho did: unacknowledged ones again
+            self._write(wire.publish(topic, payload, qos=1, packet_id=packet_id, dup=True))
         if self._consumer is None:
             self._consumer = self._loop.create_task(self._consume(), name="mosquitto-ingest")
 
@@ -114,26 +114,26 @@ class IngestClient:
             self._consumer.cancel()
             await asyncio.gather(self._consumer, return_exceptions=True)
             self._consumer = None
-        if self.connected:
-            self._client.disconnect()  # queued after the PUBACKs: they go first
+        if self.connected and self._transport is not None:
+            self._transport.write(wire.DISCONNECT_PACKET)  # after the PUBACKs already written: they go first
+            self._transport.close()
             try:
                 async with asyncio.timeout(2):
                     await self.wait_lost()
             except TimeoutError:
                 log.warning("mosquitto.ingest_close_slow")
+                if self._transport is not None:
+                    self._transport.abort()
 
     def publish(self, topic: str, payload: bytes) -> None:
+        """A command, QoS 1 (sent again on the next connection until Mosquitto acknowledges it)."""
         if not self.connected:
             raise IngestClientError("not connected to Mosquitto")
-        info = self._client.publish(topic, payload, qos=1)
-        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            raise IngestClientError(f"publish failed: {mqtt.error_string(info.rc)}")
+        packet_id = self._take_id()
+        self._commands[packet_id] = (topic, payload)
+        self._write(wire.publish(topic, payload, qos=1, packet_id=packet_id))
 
     # --- messages -----------------------------------------------------------------------------------
-
-    def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
-        self._incoming.append((self._connection, message.mid, message.qos, message.topic, bytes(message.payload)))
-        self._wake.set()
 
     async def _consume(self) -> None:
         incoming, sink = self._incoming, self._sink
@@ -142,100 +142,124 @@ class IngestClient:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            connection, mid, qos, topic, payload = incoming.popleft()
+            packet_id, qos, topic, payload = incoming.popleft()
+            connection = self._connection  # the deque holds the current connection's messages only
+            if self._paused and len(incoming) <= _RESUME_AT:
+                self._resume_reading()
             # Only device/+/{channel} is subscribed, and the ACL lets only device {id} publish to device/{id}/...
             device_id = topic[_PREFIX:topic.index("/", _PREFIX)]
             receipt = await sink.message(device_id, topic, payload)
             if qos == 0:
                 continue
             if receipt is None:
-                self._ack(connection, [mid])
+                self._ack(connection, [packet_id])
             elif receipt is self._receipt and connection == self._batch_connection:
-                self._batch.append(mid)  # one callback per store commit, not per message
+                self._batch.append(packet_id)  # one callback and one write per store commit, not per message
             else:
-                self._receipt, self._batch, self._batch_connection = receipt, [mid], connection
+                self._receipt, self._batch, self._batch_connection = receipt, [packet_id], connection
                 receipt.add_done_callback(partial(self._settle, connection, self._batch))
 
-    def _settle(self, connection: int, mids: list[int], receipt: asyncio.Future[None]) -> None:
+    def _settle(self, connection: int, packet_ids: list[int], receipt: asyncio.Future[None]) -> None:
         if connection != self._connection:
             return  # that connection is gone: Mosquitto sends these again on the current one
         if receipt.cancelled() or receipt.exception() is not None:
             # Not stored: no PUBACK for these nor any later one on this connection. Mosquitto sends them
             # again when the session resumes; while intake runs, reconnect for that.
-            if not self._refusing and self._intake_open and self.connected:
+            if not self._refusing and self._intake_open and self.connected and self._transport is not None:
                 log.warning("mosquitto.ingest_not_stored", reconnecting=True)
-                self._client.disconnect()
+                self._transport.close()
             self._refusing = True
             return
-        self._ack(connection, mids)
+        self._ack(connection, packet_ids)
 
-    def _ack(self, connection: int, mids: list[int]) -> None:
-        if self._refusing or not self.connected or connection != self._connection:
+    def _ack(self, connection: int, packet_ids: list[int]) -> None:
+        # (Not `connected`: a resumed session's messages can be handled before connect() has returned.)
+        if self._refusing or connection != self._connection:
             return
-        ack = self._client.ack
-        for mid in mids:
-            ack(mid, 1)
+        self._write(wire.pubacks(packet_ids))
 
-    # --- paho callbacks -----------------------------------------------------------------------------
+    def _take_id(self) -> int:
+        for _ in range(65535):
+            self._next_id = self._next_id % 65535 + 1
+            if self._next_id not in self._commands:
+                return self._next_id
+        raise IngestClientError("65,535 commands unacknowledged by Mosquitto")
 
-    def _on_connect(self, _c: mqtt.Client, _u: Any, flags: mqtt.ConnectFlags, reason: Any, _p: Any) -> None:
-        waiter = self._waiter
-        if waiter is None or waiter.done():
+    def _write(self, data: bytes) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
+
+    def _resume_reading(self) -> None:
+        self._paused = False
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
+
+    # --- asyncio.Protocol ---------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self._reader.reset()
+        self._ping_due = False
+        self._keepalive = self._loop.call_later(KEEPALIVE / 2, self._ping)
+
+    def data_received(self, data: bytes) -> None:
+        incoming = self._incoming
+        try:
+            others = self._reader.feed(data)
+        except wire.ProtocolError as exc:
+            log.error("mosquitto.ingest_protocol_error", error=str(exc))
+            if self._transport is not None:
+                self._transport.abort()
             return
-        if reason.is_failure:
-            waiter.set_exception(IngestClientError(f"login refused: {reason}"))
-        else:
-            waiter.set_result(flags.session_present)
+        if incoming:
+            self._wake.set()
+            if len(incoming) >= _PAUSE_AT and not self._paused and self._transport is not None:
+                self._paused = True
+                self._transport.pause_reading()
+        for kind, body in others:
+            self._control_packet(kind, body)
 
-    def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, reasons: list[Any], _p: Any) -> None:
-        waiter = self._waiter
-        if waiter is None or waiter.done():
-            return
-        if any(r.is_failure for r in reasons):
-            waiter.set_exception(IngestClientError(f"subscription refused: {reasons}"))
-        else:
-            waiter.set_result(True)
-
-    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+    def connection_lost(self, exc: Exception | None) -> None:
         self.connected = False
+        self._transport = None
+        self._paused = False
         self._incoming.clear()  # unacknowledged: Mosquitto sends them again on the next connection
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            self._keepalive = None
         if not self._lost.done():
             self._lost.set_result(None)
         if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_exception(IngestClientError(f"disconnected: {reason}"))
+            self._waiter.set_exception(IngestClientError(f"disconnected: {exc or 'closed by Mosquitto'}"))
 
-    def _on_socket_open(self, client: mqtt.Client, _u: Any, sock: Any) -> None:
-        self._loop.add_reader(sock, self._readable)
-        if self._misc is None or self._misc.done():
-            self._misc = self._loop.create_task(self._misc_loop(client), name="mosquitto-ingest-keepalive")
+    def _control_packet(self, kind: int, body: bytes) -> None:
+        waiter = self._waiter
+        if kind == wire.PUBACK:
+            if len(body) >= 2:
+                self._commands.pop(int.from_bytes(body[:2], "big"), None)
+        elif kind == wire.PINGRESP:
+            self._ping_due = False
+        elif kind == wire.CONNACK and waiter is not None and not waiter.done() and len(body) == 2:
+            if body[1] != 0:
+                waiter.set_exception(IngestClientError(f"login refused: CONNACK return code {body[1]}"))
+            else:
+                waiter.set_result(bool(body[0] & 0x01))
+        elif kind == wire.SUBACK and waiter is not None and not waiter.done():
+            if any(code & 0x80 for code in body[2:]):
+                waiter.set_exception(IngestClientError(f"subscription refused: return codes {list(body[2:])}"))
+            else:
+                waiter.set_result(True)
 
-    def _readable(self) -> None:
-        """paho reads one packet per loop_read(): read on while each call brings a message, up to a bound, so
-        a busy socket costs one event-loop turn per batch of messages, not per message."""
-        client, incoming = self._client, self._incoming
-        for _ in range(_READS_PER_TURN):
-            before = len(incoming)
-            client.loop_read()
-            if len(incoming) == before or not self.connected:
-                return
-
-    def _on_socket_close(self, _client: mqtt.Client, _u: Any, sock: Any) -> None:
-        self._loop.remove_reader(sock)
-        self._loop.remove_writer(sock)
-        if self._misc is not None:
-            self._misc.cancel()
-
-    def _on_register_write(self, client: mqtt.Client, _u: Any, sock: Any) -> None:
-        self._loop.add_writer(sock, client.loop_write)
-
-    def _on_unregister_write(self, _client: mqtt.Client, _u: Any, sock: Any) -> None:
-        self._loop.remove_writer(sock)
-
-    @staticmethod
-    async def _misc_loop(client: mqtt.Client) -> None:
-        """paho's keepalive pings and timeouts, once a second (its own loop would be a thread)."""
-        while True:
-            if client.loop_misc() != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                return
-            await asyncio.sleep(1)
-
+    def _ping(self) -> None:
+        """Every half keepalive: a PINGREQ; a connection whose last one went unanswered that long is dead."""
+        transport = self._transport
+        if transport is None:
+            return
+        if self._ping_due:
+            log.warning("mosquitto.ingest_no_pingresp")
+            transport.abort()
+            return
+        self._ping_due = True
+        self._write(wire.PINGREQ_PACKET)
+        self._keepalive = self._loop.call_later(KEEPALIVE / 2, self._ping)
