@@ -1,15 +1,19 @@
 """The gateway's own client on Mosquitto (gateway/broker/mosquitto/ingest_client.py) against a real Mosquitto:
-a message is acknowledged to Mosquitto only once its receipt is done; one whose receipt failed comes again."""
+a message is acknowledged to Mosquitto only once its receipt is done; one whose receipt failed comes again;
+reading pauses while too many messages wait for the sink; keepalive pings."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import aiomqtt
+import pytest
 
 from gateway.broker.mosquitto.config_files import GATEWAY_USER, IngestEndpoint
-from gateway.broker.mosquitto.ingest_client import IngestClient
+from gateway.broker.mosquitto.ingest_client import _PAUSE_AT, IngestClient
+from tests.bench.mqttload import connect_packet, publish_packet
 from tests.fixtures.gateway import wait_for
 from tests.fixtures.mosquitto import MosquittoFactory
 
@@ -78,3 +82,73 @@ async def test_unacknowledged_messages_wait_in_mosquitto_across_a_restart_of_the
         await wait_for(lambda: second.payloads == [b"a", b"b"])
     finally:
         await client.close()
+
+
+class HeldSink(ReceiptsByHand):
+    """Takes every message at once (receipt None: nothing to wait for) once `go` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.go = asyncio.Event()
+
+    async def message(self, client_id: str, topic: str, payload: bytes) -> asyncio.Future[None] | None:
+        await self.go.wait()
+        self.payloads.append(payload)
+        return None
+
+
+async def test_a_qos0_flood_pauses_reading_while_the_sink_waits_and_loses_nothing(
+    make_mosquitto: MosquittoFactory,
+) -> None:
+    broker = make_mosquitto(users={GATEWAY_USER: "gw", "AP-01": "pw"}, allow_anonymous=False)
+    sink = HeldSink()
+    client = IngestClient(IngestEndpoint(None, broker.port), username=GATEWAY_USER, password="gw", sink=sink)
+    await client.connect()
+    count = _PAUSE_AT * 2
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", broker.port)
+        writer.write(connect_packet("AP-01", "AP-01", "pw"))
+        assert (await reader.readexactly(4))[3] == 0
+        writer.write(b"".join(publish_packet("device/AP-01/data", b"%d" % i, 0) for i in range(count)))
+        await writer.drain()
+        await wait_for(lambda: client._paused)  # the sink holds the first one: reading stops at the bound
+        sink.go.set()
+        await wait_for(lambda: len(sink.payloads) == count, timeout=20)
+        assert sink.payloads == [b"%d" % i for i in range(count)] and not client._paused
+        writer.close()
+    finally:
+        await client.close()
+
+
+async def test_keepalive_pings_keep_the_connection_and_a_silent_peer_is_dropped(
+    make_mosquitto: MosquittoFactory,
+) -> None:
+    broker = make_mosquitto(users={GATEWAY_USER: "gw"}, allow_anonymous=False)
+    client = IngestClient(IngestEndpoint(None, broker.port), username=GATEWAY_USER, password="gw",
+                          sink=ReceiptsByHand(), keepalive=1)
+    await client.connect()
+    try:
+        with pytest.raises(TimeoutError):  # Mosquitto answers each PINGREQ: still connected after 3 keepalives
+            await asyncio.wait_for(client.wait_lost(), 3)
+    finally:
+        await client.close()
+
+    async def silent_broker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1024)  # CONNECT
+        writer.write(b"\x20\x02\x01\x00")  # CONNACK, session present; then never a PINGRESP
+        with contextlib.suppress(ConnectionError):
+            while await reader.read(1024):  # until the client drops the connection
+                pass
+        writer.close()
+
+    server = await asyncio.start_server(silent_broker, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = IngestClient(IngestEndpoint(None, port), username=GATEWAY_USER, password="gw",
+                          sink=ReceiptsByHand(), keepalive=1)
+    try:
+        await client.connect()
+        await asyncio.wait_for(client.wait_lost(), 3)  # its PINGREQ unanswered for half a keepalive: dropped
+        assert not client.connected
+    finally:
+        await client.close()
+        server.close()

@@ -38,8 +38,10 @@ class IngestClientError(RuntimeError):
 
 
 class IngestClient(asyncio.Protocol):
-    def __init__(self, endpoint: IngestEndpoint, *, username: str, password: str, sink: BrokerSink) -> None:
+    def __init__(self, endpoint: IngestEndpoint, *, username: str, password: str, sink: BrokerSink,
+                 keepalive: int = KEEPALIVE) -> None:
         self._endpoint = endpoint
+        self._keepalive_s = keepalive
         self._username = username
         self._password = password
         self._sink = sink
@@ -80,7 +82,7 @@ class IngestClient(asyncio.Protocol):
                     await self._loop.create_unix_connection(lambda: self, str(ep.socket_path))
                 else:
                     await self._loop.create_connection(lambda: self, "127.0.0.1", ep.port)
-                self._write(wire.connect(self._username, self._username, self._password, KEEPALIVE,
+                self._write(wire.connect(self._username, self._username, self._password, self._keepalive_s,
                                          clean_session=False))
                 session_present = await self._waiter
                 if not session_present:
@@ -201,7 +203,7 @@ class IngestClient(asyncio.Protocol):
         self._transport = transport
         self._reader.reset()
         self._ping_due = False
-        self._keepalive = self._loop.call_later(KEEPALIVE / 2, self._ping)
+        self._keepalive = self._loop.call_later(self._keepalive_s / 2, self._ping)
 
     def data_received(self, data: bytes) -> None:
         incoming = self._incoming
@@ -262,4 +264,4 @@ class IngestClient(asyncio.Protocol):
             return
         self._ping_due = True
         self._write(wire.PINGREQ_PACKET)
-        self._keepalive = self._loop.call_later(KEEPALIVE / 2, self._ping)
+        self._keepalive = self._loop.call_later(self._keepalive_s / 2, self._ping)
