@@ -37,6 +37,11 @@ class ReceiptsByHand:
     async def subscribed(self, *_: Any) -> None: ...
 
 
+def gateway_client(port: int, sink: ReceiptsByHand, keepalive: int = 30) -> IngestClient:
+    return IngestClient(IngestEndpoint(None, port), username=GATEWAY_USER, password="gw", sink=sink,
+                        keepalive=keepalive)
+
+
 async def publish(port: int, *payloads: bytes) -> None:
     async with aiomqtt.Client("127.0.0.1", port, identifier="AP-01", username="AP-01", password="pw") as device:
         for payload in payloads:
@@ -46,7 +51,7 @@ async def publish(port: int, *payloads: bytes) -> None:
 async def test_only_what_was_stored_is_acknowledged_and_the_rest_comes_again(make_mosquitto: MosquittoFactory) -> None:
     broker = make_mosquitto(users={GATEWAY_USER: "gw", "AP-01": "pw"}, allow_anonymous=False)
     sink = ReceiptsByHand()
-    client = IngestClient(IngestEndpoint(None, broker.port), username=GATEWAY_USER, password="gw", sink=sink)
+    client = gateway_client(broker.port, sink)
     await client.connect()
     try:
         await publish(broker.port, b"a", b"b")
@@ -69,14 +74,14 @@ async def test_unacknowledged_messages_wait_in_mosquitto_across_a_restart_of_the
 ) -> None:
     broker = make_mosquitto(users={GATEWAY_USER: "gw", "AP-01": "pw"}, allow_anonymous=False)
     first = ReceiptsByHand()
-    client = IngestClient(IngestEndpoint(None, broker.port), username=GATEWAY_USER, password="gw", sink=first)
+    client = gateway_client(broker.port, first)
     await client.connect()
     await publish(broker.port, b"a")
     await wait_for(lambda: first.payloads == [b"a"])
     await client.close()  # "a" never stored (its receipt is still pending): no PUBACK went to Mosquitto
     await publish(broker.port, b"b")  # while no gateway client is connected: queued in its session
     second = ReceiptsByHand()
-    client = IngestClient(IngestEndpoint(None, broker.port), username=GATEWAY_USER, password="gw", sink=second)
+    client = gateway_client(broker.port, second)
     await client.connect()
     try:
         await wait_for(lambda: second.payloads == [b"a", b"b"])
@@ -102,7 +107,7 @@ async def test_a_qos0_flood_pauses_reading_while_the_sink_waits_and_loses_nothin
 ) -> None:
     broker = make_mosquitto(users={GATEWAY_USER: "gw", "AP-01": "pw"}, allow_anonymous=False)
     sink = HeldSink()
-    client = IngestClient(IngestEndpoint(None, broker.port), username=GATEWAY_USER, password="gw", sink=sink)
+    client = gateway_client(broker.port, sink)
     await client.connect()
     count = _PAUSE_AT * 2
     try:
@@ -124,8 +129,7 @@ async def test_keepalive_pings_keep_the_connection_and_a_silent_peer_is_dropped(
     make_mosquitto: MosquittoFactory,
 ) -> None:
     broker = make_mosquitto(users={GATEWAY_USER: "gw"}, allow_anonymous=False)
-    client = IngestClient(IngestEndpoint(None, broker.port), username=GATEWAY_USER, password="gw",
-                          sink=ReceiptsByHand(), keepalive=1)
+    client = gateway_client(broker.port, ReceiptsByHand(), keepalive=1)
     await client.connect()
     try:
         with pytest.raises(TimeoutError):  # Mosquitto answers each PINGREQ: still connected after 3 keepalives
@@ -143,8 +147,7 @@ async def test_keepalive_pings_keep_the_connection_and_a_silent_peer_is_dropped(
 
     server = await asyncio.start_server(silent_broker, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    client = IngestClient(IngestEndpoint(None, port), username=GATEWAY_USER, password="gw",
-                          sink=ReceiptsByHand(), keepalive=1)
+    client = gateway_client(port, ReceiptsByHand(), keepalive=1)
     try:
         await client.connect()
         await asyncio.wait_for(client.wait_lost(), 3)  # its PINGREQ unanswered for half a keepalive: dropped
