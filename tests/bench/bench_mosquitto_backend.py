@@ -107,9 +107,10 @@ def report(results: dict[str, Any]) -> str:
     lines.append(f"  {results['fixed_rate']:g}/s: latency publish->committed p50 "
                  f"{results['fixed_rate_p50_ms']:.1f} ms, p99 {results['fixed_rate_p99_ms']:.1f} ms")
     lines.append(f"  RSS with {results['devices']} devices: gateway {results['rss_mb_gateway']:.1f} MB + Mosquitto "
-                 f"{results['rss_mb_mosquitto']:.1f} MB = {results['rss_mb_total']:.1f} MB; PSS {results['pss_mb_gateway']:.1f} "
-                 f"+ {results['pss_mb_mosquitto']:.1f} = {results['pss_mb_total']:.1f} MB (private: "
-                 f"{results['uss_mb_gateway']:.1f} + {results['uss_mb_mosquitto']:.1f} MB)")
+                 f"{results['rss_mb_mosquitto']:.1f} MB = {results['rss_mb_total']:.1f} MB; "
+                 f"PSS {results['pss_mb_gateway']:.1f} + {results['pss_mb_mosquitto']:.1f} = "
+                 f"{results['pss_mb_total']:.1f} MB (private: {results['uss_mb_gateway']:.1f} + "
+                 f"{results['uss_mb_mosquitto']:.1f} MB)")
     return "\n".join(lines)
 
 
