@@ -1,6 +1,6 @@
 """The gateway's own client on Mosquitto (gateway/broker/mosquitto/ingest_client.py) against a real Mosquitto:
 a message is acknowledged to Mosquitto only once its receipt is done; one whose receipt failed comes again;
-reading pauses while too many messages wait for the sink; keepalive pings."""
+parsing and reading stop while too many messages wait for the sink; keepalive pings."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import aiomqtt
 import pytest
 
 from gateway.broker.mosquitto.config_files import GATEWAY_USER, IngestEndpoint
-from gateway.broker.mosquitto.ingest_client import _PAUSE_AT, IngestClient
+from gateway.broker.mosquitto.ingest_client import INCOMING_MAX, IngestClient
 from tests.bench.mqttload import connect_packet, publish_packet
 from tests.fixtures.gateway import wait_for
 from tests.fixtures.mosquitto import MosquittoFactory
@@ -102,21 +102,24 @@ class HeldSink(ReceiptsByHand):
         return None
 
 
-async def test_a_qos0_flood_pauses_reading_while_the_sink_waits_and_loses_nothing(
-    make_mosquitto: MosquittoFactory,
+@pytest.mark.parametrize("qos", [0, 1])
+async def test_a_store_far_behind_stops_the_client_parsing_and_reading_and_nothing_is_lost(
+    make_mosquitto: MosquittoFactory, qos: int,
 ) -> None:
     broker = make_mosquitto(users={GATEWAY_USER: "gw", "AP-01": "pw"}, allow_anonymous=False)
     sink = HeldSink()
     client = gateway_client(broker.port, sink)
     await client.connect()
-    count = _PAUSE_AT * 2
+    count = INCOMING_MAX * 8
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", broker.port)
         writer.write(connect_packet("AP-01", "AP-01", "pw"))
         assert (await reader.readexactly(4))[3] == 0
-        writer.write(b"".join(publish_packet("device/AP-01/data", b"%d" % i, 0) for i in range(count)))
+        writer.write(b"".join(publish_packet("device/AP-01/data", b"%d" % i, qos, i + 1) for i in range(count)))
         await writer.drain()
-        await wait_for(lambda: client._paused)  # the sink holds the first one: reading stops at the bound
+        # The sink holds the first one: parsing stops at the bound, reading too (the rest waits in Mosquitto).
+        await wait_for(lambda: client._paused)
+        assert INCOMING_MAX - 1 <= len(client._incoming) <= INCOMING_MAX  # (the one the sink holds may be out)
         sink.go.set()
         await wait_for(lambda: len(sink.payloads) == count, timeout=20)
         assert sink.payloads == [b"%d" % i for i in range(count)] and not client._paused

@@ -1,5 +1,5 @@
 """The MQTT 3.1.1 packets of the gateway's client on Mosquitto (gateway/broker/mosquitto/mqtt_wire.py): what
-it sends, byte for byte, and the reader's split of a stream cut anywhere."""
+it sends, byte for byte, and the reader's split of a stream cut anywhere, and its limit."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def _stream() -> tuple[bytes, list[wire.Publish], list[tuple[int, bytes]]]:
 def test_the_reader_takes_a_stream_cut_anywhere(chunk: int) -> None:
     stream, publishes, others = _stream()
     got: deque[wire.Publish] = deque()
-    reader = wire.PacketReader(got)
+    reader = wire.PacketReader(got, 1 << 30)
     seen: list[tuple[int, bytes]] = []
     for start in range(0, len(stream), chunk):
         seen += reader.feed(stream[start:start + chunk])
@@ -56,7 +56,7 @@ def test_the_reader_takes_a_stream_cut_anywhere(chunk: int) -> None:
 
 def test_a_new_connection_drops_the_last_ones_partial_packet() -> None:
     got: deque[wire.Publish] = deque()
-    reader = wire.PacketReader(got)
+    reader = wire.PacketReader(got, 1 << 30)
     reader.feed(publish_packet("device/AP-01/data", b"abc", 1, 9)[:5])
     reader.reset()
     reader.feed(publish_packet("device/AP-01/data", b"def", 1, 10))
@@ -71,4 +71,18 @@ def test_a_new_connection_drops_the_last_ones_partial_packet() -> None:
 ])
 def test_what_no_broker_sends_is_a_protocol_error(packet: bytes) -> None:
     with pytest.raises(wire.ProtocolError):
-        wire.PacketReader(deque()).feed(packet)
+        wire.PacketReader(deque(), 1 << 30).feed(packet)
+
+
+def test_past_its_limit_the_reader_holds_the_rest_unparsed_until_asked_again() -> None:
+    got: deque[wire.Publish] = deque()
+    reader = wire.PacketReader(got, 2)
+    stream = b"".join(publish_packet("device/AP-01/data", b"%d" % i, 1, i + 1) for i in range(5)) + b"\xd0\x00"
+    assert reader.feed(stream) == []
+    assert [m[3] for m in got] == [b"0", b"1"]
+    got.popleft()
+    assert reader.feed() == [] and [m[3] for m in got] == [b"1", b"2"]
+    got.clear()
+    assert reader.feed() == [] and [m[3] for m in got] == [b"3", b"4"]  # (the PINGRESP still waits)
+    got.clear()
+    assert reader.feed() == [(wire.PINGRESP, b"")]

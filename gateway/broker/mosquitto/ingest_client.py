@@ -4,9 +4,9 @@ An asyncio protocol on the daemon's event loop (no thread) speaking the little M
 (mqtt_wire.py), with acknowledgements by hand: a message is handed to the BrokerSink, and its PUBACK goes to
 Mosquitto only when the sink's receipt is done (the store committed it); the PUBACKs of one commit go in one
 write. What was never acknowledged stays in the session Mosquitto keeps for us and comes again when it
-resumes (after a restart of either side). Messages are handed over one at a time in arrival order;
-Mosquitto's `max_inflight_messages` bounds how many are on their way unacknowledged, which is the
-back-pressure when the store falls behind (and reading pauses while too many wait here, for QoS 0).
+resumes (after a restart of either side). Messages are handed over one at a time in arrival order. When the
+store falls behind, the client stops parsing and reading once INCOMING_MAX messages wait here: the rest wait
+in Mosquitto's queue for our session, unparsed, and the CPU goes to the store and the cloud link.
 """
 
 from __future__ import annotations
@@ -29,8 +29,10 @@ SUBSCRIPTIONS = [(device_topic("+", channel), 1) for channel in sorted(DEVICE_PU
 KEEPALIVE = 30
 _PREFIX = len("device/")
 _SUBSCRIBE_ID = 1
-_PAUSE_AT = 4096  # messages waiting for the sink: reading pauses here (QoS 0 has no inflight limit)
-_RESUME_AT = 1024
+# Messages parsed and not yet handed to the sink: past this nothing more is parsed or read until half are handed
+# over (Mosquitto's max_inflight_messages does not bound it: QoS 0, and measured under overload, 10,000 held).
+INCOMING_MAX = 256
+_HANDED_PER_TURN = 16  # messages handed to the sink before the consumer lets other tasks run
 
 
 class IngestClientError(RuntimeError):
@@ -48,14 +50,14 @@ class IngestClient(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._incoming: deque[wire.Publish] = deque()  # every one from the current connection
-        self._reader = wire.PacketReader(self._incoming)
-        self._paused = False
+        self._reader = wire.PacketReader(self._incoming, INCOMING_MAX)
+        self._paused = False  # the transport is not read (INCOMING_MAX)
         self._connection = 0  # a packet id is acknowledged only on the connection it came on
         self._wake = asyncio.Event()
         self._waiter: asyncio.Future[Any] | None = None  # CONNACK or SUBACK awaited
         self._lost: asyncio.Future[None] = self._loop.create_future()
         self._keepalive: asyncio.TimerHandle | None = None
-        self._ping_due = False  # a PINGREQ went out and its PINGRESP has not come back
+        self._ping_due = False  # a PINGREQ went out and nothing has come back since
         self._consumer: asyncio.Task[None] | None = None
         self._receipt: asyncio.Future[None] | None = None  # the receipt the newest batch of ids waits on
         self._batch: list[int] = []
@@ -139,15 +141,23 @@ class IngestClient(asyncio.Protocol):
 
     async def _consume(self) -> None:
         incoming, sink = self._incoming, self._sink
+        run = 0
         while True:
             if not incoming or not self._intake_open:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
+            if run >= _HANDED_PER_TURN:
+                # Handed over without a wait while the store has room: let the uplink and the store writer run
+                # between bursts, as the embedded broker's readers do.
+                run = 0
+                await asyncio.sleep(0)
+                continue  # (a lost connection may have emptied `incoming` meanwhile)
+            run += 1
             packet_id, qos, topic, payload = incoming.popleft()
             connection = self._connection  # the deque holds the current connection's messages only
-            if self._paused and len(incoming) <= _RESUME_AT:
-                self._resume_reading()
+            if self._paused and len(incoming) <= INCOMING_MAX // 2:
+                self._read_again()
             # Only device/+/{channel} is subscribed, and the ACL lets only device {id} publish to device/{id}/...
             device_id = topic[_PREFIX:topic.index("/", _PREFIX)]
             receipt = await sink.message(device_id, topic, payload)
@@ -191,10 +201,13 @@ class IngestClient(asyncio.Protocol):
         if self._transport is not None and not self._transport.is_closing():
             self._transport.write(data)
 
-    def _resume_reading(self) -> None:
-        self._paused = False
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.resume_reading()
+    def _read_again(self) -> None:
+        """Half of what was parsed ahead is handed over: parse what was held back, then read on if room is left."""
+        self._received(b"")
+        if self._paused and len(self._incoming) < INCOMING_MAX and self._transport is not None:
+            self._paused = False
+            if not self._transport.is_closing():
+                self._transport.resume_reading()
 
     # --- asyncio.Protocol ---------------------------------------------------------------------------
 
@@ -206,6 +219,10 @@ class IngestClient(asyncio.Protocol):
         self._keepalive = self._loop.call_later(self._keepalive_s / 2, self._ping)
 
     def data_received(self, data: bytes) -> None:
+        self._ping_due = False  # Mosquitto is there
+        self._received(data)
+
+    def _received(self, data: bytes) -> None:
         incoming = self._incoming
         try:
             others = self._reader.feed(data)
@@ -216,7 +233,9 @@ class IngestClient(asyncio.Protocol):
             return
         if incoming:
             self._wake.set()
-            if len(incoming) >= _PAUSE_AT and not self._paused and self._transport is not None:
+            if len(incoming) >= INCOMING_MAX and not self._paused and self._transport is not None:
+                # The store is behind: stop reading what it cannot take yet (the rest of this chunk is held
+                # unparsed by the reader); the consumer reads on once it has handed half of these over.
                 self._paused = True
                 self._transport.pause_reading()
         for kind, body in others:
@@ -240,8 +259,6 @@ class IngestClient(asyncio.Protocol):
         if kind == wire.PUBACK:
             if len(body) >= 2:
                 self._commands.pop(int.from_bytes(body[:2], "big"), None)
-        elif kind == wire.PINGRESP:
-            self._ping_due = False
         elif kind == wire.CONNACK and waiter is not None and not waiter.done() and len(body) == 2:
             if body[1] != 0:
                 waiter.set_exception(IngestClientError(f"login refused: CONNACK return code {body[1]}"))
@@ -254,11 +271,12 @@ class IngestClient(asyncio.Protocol):
                 waiter.set_result(True)
 
     def _ping(self) -> None:
-        """Every half keepalive: a PINGREQ; a connection whose last one went unanswered that long is dead."""
+        """Every half keepalive: a PINGREQ. A connection that brought nothing since the last one is dead, unless
+        reading is paused (for the store: then nothing can be known)."""
         transport = self._transport
         if transport is None:
             return
-        if self._ping_due:
+        if self._ping_due and not self._paused:
             log.warning("mosquitto.ingest_no_pingresp")
             transport.abort()
             return

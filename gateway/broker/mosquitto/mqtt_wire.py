@@ -53,26 +53,30 @@ def pubacks(packet_ids: Sequence[int]) -> bytes:
 
 class PacketReader:
     """Splits the byte stream into packets: PUBLISHes go to `publishes` (in order), the others are returned
-    by feed() as (packet type, body). A packet cut between two chunks waits for the rest."""
+    by feed() as (packet type, body). A packet cut between two chunks waits for the rest. Parsing stops while
+    `publishes` holds `limit` or more: the rest of the chunk waits, unparsed, for the next feed()."""
 
-    __slots__ = ("_rest", "publishes")
+    __slots__ = ("_rest", "limit", "publishes")
 
-    def __init__(self, publishes: deque[Publish]) -> None:
+    def __init__(self, publishes: deque[Publish], limit: int) -> None:
         self.publishes = publishes
+        self.limit = limit
         self._rest = b""
 
     def reset(self) -> None:
         """A new connection: what was left of the last one's stream is dropped."""
         self._rest = b""
 
-    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+    def feed(self, data: bytes = b"") -> list[tuple[int, bytes]]:
+        """Parse what `data` completes (nothing new: what was held back at the limit)."""
         if self._rest:
             data = self._rest + data
         append = self.publishes.append
         others: list[tuple[int, bytes]] = []
         end = len(data)
         pos = 0
-        while end - pos >= 2:
+        publishes, limit = self.publishes, self.limit
+        while end - pos >= 2 and len(publishes) < limit:
             first = data[pos]
             length = data[pos + 1]
             head = pos + 2
