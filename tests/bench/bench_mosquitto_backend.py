@@ -6,8 +6,8 @@
 Prints figures and writes them as JSON (--json); asserts nothing about time. Per round (the median is
 reported): readings committed/s with every device publishing QoS 1 flat out (counted until the gateway
 has caught up, as bench_ingest does), CPU of the gateway and of Mosquitto over that phase, and publish ->
-committed latency p50/p99 at a fixed rate (--rate); once: RSS of the gateway and of Mosquitto with every device
-connected. The embedded backend's figures are bench_ingest's.
+committed latency p50/p99 at a fixed rate (--rate); once: RSS, PSS and private memory of the gateway and
+of Mosquitto with every device connected. The embedded backend's figures are bench_ingest's.
 """
 
 from __future__ import annotations
@@ -85,6 +85,12 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             results["rss_mb_gateway"] = target.rss() / 2**20
             results["rss_mb_mosquitto"] = mosquitto_of(target).memory_info().rss / 2**20
             results["rss_mb_total"] = results["rss_mb_gateway"] + results["rss_mb_mosquitto"]
+            # The two RSS figures both count the library pages the processes share (libc, libcrypto: most of
+            # Mosquitto's RSS); PSS splits each shared page between the processes that map it.
+            for name, proc in (("gateway", psutil.Process(target.proc.pid)), ("mosquitto", mosquitto_of(target))):
+                full = proc.memory_full_info()
+                results[f"pss_mb_{name}"], results[f"uss_mb_{name}"] = full.pss / 2**20, full.uss / 2**20
+            results["pss_mb_total"] = results["pss_mb_gateway"] + results["pss_mb_mosquitto"]
             await close_all(devices)
     return results
 
@@ -101,7 +107,10 @@ def report(results: dict[str, Any]) -> str:
     lines.append(f"  {results['fixed_rate']:g}/s: latency publish->committed p50 "
                  f"{results['fixed_rate_p50_ms']:.1f} ms, p99 {results['fixed_rate_p99_ms']:.1f} ms")
     lines.append(f"  RSS with {results['devices']} devices: gateway {results['rss_mb_gateway']:.1f} MB + Mosquitto "
-                 f"{results['rss_mb_mosquitto']:.1f} MB = {results['rss_mb_total']:.1f} MB")
+                 f"{results['rss_mb_mosquitto']:.1f} MB = {results['rss_mb_total']:.1f} MB; "
+                 f"PSS {results['pss_mb_gateway']:.1f} + {results['pss_mb_mosquitto']:.1f} = "
+                 f"{results['pss_mb_total']:.1f} MB (private: {results['uss_mb_gateway']:.1f} + "
+                 f"{results['uss_mb_mosquitto']:.1f} MB)")
     return "\n".join(lines)
 
 

@@ -66,6 +66,28 @@ async def read_packet(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     return header[0], await reader.readexactly(length)
 
 
+def split_packets(data: bytes) -> tuple[list[int], bytes]:
+    """The first bytes of the complete packets in `data`, and the start of an incomplete one."""
+    kinds: list[int] = []
+    pos, end = 0, len(data)
+    while pos < end:
+        length, shift, head = 0, 0, pos + 1
+        while head < end:
+            byte = data[head]
+            head += 1
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        else:
+            break  # its remaining length is cut
+        if head + length > end:
+            break
+        kinds.append(data[pos])
+        pos = head + length
+    return kinds, data[pos:]
+
+
 @dataclass
 class Device:
     """One device connection: publishes readings, counts PUBACKs."""
@@ -98,14 +120,18 @@ class Device:
             self._ack_task = asyncio.create_task(self._read_acks())
 
     async def _read_acks(self) -> None:
+        """Counts PUBACKs from whatever the socket has: one read for many, not three per packet (at 10,000
+        messages/s the load generator's own CPU would be measured as the broker's slowness)."""
         assert self._reader is not None
+        rest = b""
         try:
-            while True:
-                kind, _ = await read_packet(self._reader)
-                if kind == 0x40:
-                    self.acked += 1
+            while data := await self._reader.read(65536):
+                kinds, rest = split_packets(rest + data)
+                acks = kinds.count(0x40)
+                self.acked += acks
+                for _ in range(acks):
                     self._inflight.release()
-        except (asyncio.IncompleteReadError, ConnectionError):
+        except ConnectionError:
             return
 
     async def publish(self, topic: str, payload: bytes | Callable[[], bytes]) -> None:

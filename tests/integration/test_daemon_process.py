@@ -18,6 +18,7 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
+from tests.fixtures.backends import MOSQUITTO
 from tests.fixtures.gateway import cheap_hash, device_password, free_port, write_config
 
 
@@ -45,10 +46,12 @@ class DaemonProcess:
 
 
 @contextlib.asynccontextmanager
-async def _start_daemon(tmp_path: Path, storage: str = "") -> AsyncIterator[DaemonProcess]:
+async def _start_daemon(tmp_path: Path, storage: str = "", backend: str = "embedded") -> AsyncIterator[DaemonProcess]:
     port = free_port()
-    config = write_config(tmp_path, devices=["AP-01", "AP-02", "AP-03", "AP-04"], port=port, storage=storage)
+    config = write_config(tmp_path, devices=["AP-01", "AP-02", "AP-03", "AP-04"], port=port, storage=storage,
+                          backend=backend)
     notify_path = tmp_path / "notify.sock"
+    notify_path.unlink(missing_ok=True)  # a daemon started before in this folder
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(notify_path))
     notify.setblocking(False)
@@ -64,8 +67,12 @@ async def _start_daemon(tmp_path: Path, storage: str = "") -> AsyncIterator[Daem
         yield d
     finally:
         if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+            proc.terminate()  # a clean stop (on Mosquitto, it stops its child too), else SIGKILL
+            try:
+                await asyncio.wait_for(proc.wait(), 10)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
         notify.close()
 
 
@@ -132,8 +139,10 @@ async def test_sigterm_during_a_burst_loses_no_accepted_reading(daemon: DaemonPr
     print(f"acked {sum(len(v) for v in acked.values())}, stored {total_stored}, shutdown {took:.2f} s")
 
 
-async def _raw_publisher(port: int, device_id: str, acked: list[int], going: asyncio.Event) -> None:
-    """QoS 1 flat out with 50 in flight; a sequence number counts as acked when its PUBACK came (in order)."""
+async def _raw_publisher(port: int, device_id: str, acked: list[int], going: asyncio.Event,
+                         until: int | None = None) -> None:
+    """QoS 1 flat out with 50 in flight (until `until` readings are acked, if given); a sequence number counts
+    as acked when its PUBACK came (in order)."""
     from tests.bench.mqttload import connect_packet, publish_packet
 
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -155,6 +164,8 @@ async def _raw_publisher(port: int, device_id: str, acked: list[int], going: asy
             acked.append(acked_seq)
             if len(acked) >= 1000:
                 going.set()
+            if until is not None and len(acked) >= until:
+                break
     writer.close()
 
 
@@ -178,6 +189,43 @@ async def test_kill_9_during_a_burst_loses_no_acknowledged_reading(tmp_path: Pat
     for device_id in devices:
         missing = set(acked[device_id]) - stored[device_id]
         assert not missing, f"{device_id}: {len(missing)} acknowledged readings lost, e.g. {sorted(missing)[:5]}"
+
+
+@pytest.mark.skipif(not MOSQUITTO.exists(), reason="no /usr/sbin/mosquitto")
+@pytest.mark.timeout(120)  # two daemon starts and a drain, on a loaded machine
+@pytest.mark.xfail(strict=False, reason=(
+    "open: in some runs (4 of 5 with the paho client, 1 of 4 with the protocol client) the first ~50 readings "
+    "of the first device (its first in-flight window) are never stored, not even quarantined; cause not found"))
+async def test_kill_9_on_the_mosquitto_backend_loses_no_acknowledged_reading(tmp_path: Path) -> None:
+    """On Mosquitto a device's PUBACK comes from Mosquitto. After a kill -9 of the daemon, what Mosquitto
+    acknowledged and the gateway had not yet committed (or acknowledged to Mosquitto) waits in the gateway's
+    session; Mosquitto, left running, is stopped by the next start (SIGTERM: it saves its sessions), and the
+    next daemon stores all of it."""
+    devices = ["AP-01", "AP-02", "AP-03", "AP-04"]
+    acked: dict[str, list[int]] = {d: [] for d in devices}
+    async with _start_daemon(tmp_path, storage="commit_interval_ms = 200", backend="mosquitto") as daemon:
+        going = asyncio.Event()
+        publishers = [asyncio.create_task(_raw_publisher(daemon.port, d, acked[d], going, until=3000))
+                      for d in devices]
+        await asyncio.wait_for(going.wait(), 30)
+        await asyncio.sleep(0.1)  # in the middle of a commit interval
+        daemon.proc.kill()
+        await daemon.proc.wait()
+    # The devices publish on to the Mosquitto left behind until the next start stops it; the next daemon
+    # commits often (its backlog is the whole burst).
+    async with _start_daemon(tmp_path, backend="mosquitto") as daemon:
+        await asyncio.wait_for(asyncio.gather(*publishers), 15)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while True:
+            stored = _stored_seqs(daemon.db, devices)
+            missing = {d: set(acked[d]) - stored[d] for d in devices}
+            if not any(missing.values()) or loop.time() > deadline:
+                break
+            await asyncio.sleep(0.2)
+    for device_id in devices:
+        lost = missing[device_id]
+        assert not lost, f"{device_id}: {len(lost)} acknowledged readings lost, e.g. {sorted(lost)[:5]}"
 
 
 async def test_sighup_reloads_devices_and_keeps_running(daemon: DaemonProcess) -> None:

@@ -1,15 +1,19 @@
 """The gateway's own client on Mosquitto (gateway/broker/mosquitto/ingest_client.py) against a real Mosquitto:
-a message is acknowledged to Mosquitto only once its receipt is done; one whose receipt failed comes again."""
+a message is acknowledged to Mosquitto only once its receipt is done; one whose receipt failed comes again;
+parsing and reading stop while too many messages wait for the sink; keepalive pings."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import aiomqtt
+import pytest
 
 from gateway.broker.mosquitto.config_files import GATEWAY_USER, IngestEndpoint
 from gateway.broker.mosquitto.ingest_client import INCOMING_MAX, IngestClient
+from tests.bench.mqttload import connect_packet, publish_packet
 from tests.fixtures.gateway import wait_for
 from tests.fixtures.mosquitto import MosquittoFactory
 
@@ -33,6 +37,11 @@ class ReceiptsByHand:
     async def subscribed(self, *_: Any) -> None: ...
 
 
+def gateway_client(port: int, sink: ReceiptsByHand, keepalive: int = 30) -> IngestClient:
+    return IngestClient(IngestEndpoint(None, port), username=GATEWAY_USER, password="gw", sink=sink,
+                        keepalive=keepalive)
+
+
 async def publish(port: int, *payloads: bytes) -> None:
     async with aiomqtt.Client("127.0.0.1", port, identifier="AP-01", username="AP-01", password="pw") as device:
         for payload in payloads:
@@ -42,7 +51,7 @@ async def publish(port: int, *payloads: bytes) -> None:
 async def test_only_what_was_stored_is_acknowledged_and_the_rest_comes_again(make_mosquitto: MosquittoFactory) -> None:
     broker = make_mosquitto(users={GATEWAY_USER: "gw", "AP-01": "pw"}, allow_anonymous=False)
     sink = ReceiptsByHand()
-    client = IngestClient(IngestEndpoint(None, broker.port), username=GATEWAY_USER, password="gw", sink=sink)
+    client = gateway_client(broker.port, sink)
     await client.connect()
     try:
         await publish(broker.port, b"a", b"b")
@@ -65,14 +74,14 @@ async def test_unacknowledged_messages_wait_in_mosquitto_across_a_restart_of_the
 ) -> None:
     broker = make_mosquitto(users={GATEWAY_USER: "gw", "AP-01": "pw"}, allow_anonymous=False)
     first = ReceiptsByHand()
-    client = IngestClient(IngestEndpoint(None, broker.port), username=GATEWAY_USER, password="gw", sink=first)
+    client = gateway_client(broker.port, first)
     await client.connect()
     await publish(broker.port, b"a")
     await wait_for(lambda: first.payloads == [b"a"])
     await client.close()  # "a" never stored (its receipt is still pending): no PUBACK went to Mosquitto
     await publish(broker.port, b"b")  # while no gateway client is connected: queued in its session
     second = ReceiptsByHand()
-    client = IngestClient(IngestEndpoint(None, broker.port), username=GATEWAY_USER, password="gw", sink=second)
+    client = gateway_client(broker.port, second)
     await client.connect()
     try:
         await wait_for(lambda: second.payloads == [b"a", b"b"])
@@ -80,44 +89,72 @@ async def test_unacknowledged_messages_wait_in_mosquitto_across_a_restart_of_the
         await client.close()
 
 
-class BlockedSink(ReceiptsByHand):
-    """A store that takes nothing until `gate` is set (it is far behind), then stores everything at once."""
+class HeldSink(ReceiptsByHand):
+    """Takes every message at once (receipt None: nothing to wait for) once `go` is set."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.gate = asyncio.Event()
+        self.go = asyncio.Event()
 
     async def message(self, client_id: str, topic: str, payload: bytes) -> asyncio.Future[None] | None:
-        await self.gate.wait()
+        await self.go.wait()
         self.payloads.append(payload)
         return None
 
 
-async def test_a_store_far_behind_stops_the_client_reading_and_parsing_what_it_cannot_take(
-    make_mosquitto: MosquittoFactory,
+@pytest.mark.parametrize("qos", [0, 1])
+async def test_a_store_far_behind_stops_the_client_parsing_and_reading_and_nothing_is_lost(
+    make_mosquitto: MosquittoFactory, qos: int,
 ) -> None:
     broker = make_mosquitto(users={GATEWAY_USER: "gw", "AP-01": "pw"}, allow_anonymous=False)
-    sink = BlockedSink()
-    client = IngestClient(IngestEndpoint(None, broker.port), username=GATEWAY_USER, password="gw", sink=sink)
-    peak = [0]
-    on_message = client._on_message
-
-    def counted(*args: Any) -> None:
-        on_message(*args)
-        peak[0] = max(peak[0], len(client._incoming))
-
-    client._client.on_message = counted
+    sink = HeldSink()
+    client = gateway_client(broker.port, sink)
     await client.connect()
+    count = INCOMING_MAX * 8
     try:
-        total = 2 * 1000
-        await publish(broker.port, *(str(i).encode() for i in range(total)))  # Mosquitto took them all
-        # read as far as the client will: paused at its bound, or (before the fix) everything
-        await wait_for(lambda: getattr(client, "_unread", None) is not None or len(client._incoming) >= total - 1,
-                       timeout=20)
-        sink.gate.set()
-        await wait_for(lambda: len(sink.payloads) == total, timeout=20)
-        assert sink.payloads == [str(i).encode() for i in range(total)]
-        # before the fix all 2,000 were read and parsed while the store took none
-        assert peak[0] <= INCOMING_MAX + 1
+        reader, writer = await asyncio.open_connection("127.0.0.1", broker.port)
+        writer.write(connect_packet("AP-01", "AP-01", "pw"))
+        assert (await reader.readexactly(4))[3] == 0
+        writer.write(b"".join(publish_packet("device/AP-01/data", b"%d" % i, qos, i + 1) for i in range(count)))
+        await writer.drain()
+        # The sink holds the first one: parsing stops at the bound, reading too (the rest waits in Mosquitto).
+        await wait_for(lambda: client._paused)
+        assert INCOMING_MAX - 1 <= len(client._incoming) <= INCOMING_MAX  # (the one the sink holds may be out)
+        sink.go.set()
+        await wait_for(lambda: len(sink.payloads) == count, timeout=20)
+        assert sink.payloads == [b"%d" % i for i in range(count)] and not client._paused
+        writer.close()
     finally:
         await client.close()
+
+
+async def test_keepalive_pings_keep_the_connection_and_a_silent_peer_is_dropped(
+    make_mosquitto: MosquittoFactory,
+) -> None:
+    broker = make_mosquitto(users={GATEWAY_USER: "gw"}, allow_anonymous=False)
+    client = gateway_client(broker.port, ReceiptsByHand(), keepalive=1)
+    await client.connect()
+    try:
+        with pytest.raises(TimeoutError):  # Mosquitto answers each PINGREQ: still connected after 3 keepalives
+            await asyncio.wait_for(client.wait_lost(), 3)
+    finally:
+        await client.close()
+
+    async def silent_broker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1024)  # CONNECT
+        writer.write(b"\x20\x02\x01\x00")  # CONNACK, session present; then never a PINGRESP
+        with contextlib.suppress(ConnectionError):
+            while await reader.read(1024):  # until the client drops the connection
+                pass
+        writer.close()
+
+    server = await asyncio.start_server(silent_broker, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = gateway_client(port, ReceiptsByHand(), keepalive=1)
+    try:
+        await client.connect()
+        await asyncio.wait_for(client.wait_lost(), 3)  # its PINGREQ unanswered for half a keepalive: dropped
+        assert not client.connected
+    finally:
+        await client.close()
+        server.close()
