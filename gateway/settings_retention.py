@@ -34,9 +34,9 @@ class RetentionSection(BaseModel):
     # Retention runs at start and then this often.
     interval_minutes: Annotated[float, Field(gt=0, le=24 * 60)] = 60.0
     # New readings are folded into the hourly/daily rollups this often, this many per transaction (history
-    # reads add the readings not folded yet, so this only bounds how many those are). A fold holds the writer:
-    # 2,000 readings took 19-50 ms beside 1,000 readings/s of ingest, 500 keep its commits' wait near 10 ms and
-    # still fold ~8,000 readings/s with the pauses between steps.
+    # reads add the readings not folded yet, so this only bounds how many those are). A fold holds the writer
+    # (2,000 readings took 19-50 ms beside 1,000 readings/s of ingest), so a step folds at most 500; with the
+    # pauses between steps the catch-up still folds thousands of readings a second.
     rollup_interval_seconds: Annotated[float, Field(gt=0, le=3600)] = 60.0
     rollup_batch_readings: Annotated[int, Field(ge=10, le=100_000)] = 500
     # A step (one transaction) is sized to take about step_target_ms, at most batch_rows rows; between two the
