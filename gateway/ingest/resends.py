@@ -7,6 +7,11 @@ the time and a fingerprint of the content of its last `per_device` readings (loa
 start, so a restart does not forget them) and acknowledges a resend without storing it. Devices resend
 at most their in-flight window (20 for our purifiers), oldest first, so 64 covers it with room.
 
+A copy can also arrive while the first one still waits for room in the store's queue: the device gave up on a
+connection and sent it again on a new one. It is not a resend yet (nothing acknowledges the first copy before
+it is queued, and that copy may still be cut short), so it waits until the first copy is queued or cut short,
+then looks again (`queueing`, `other_copy_queueing`, `queued`).
+
 Two distinct readings with the same time and the same values are indistinguishable from a resend; the
 contract's readings carry their own time, so that would be the device's bug, not data.
 
@@ -16,6 +21,7 @@ reading.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -37,6 +43,8 @@ class RecentReadings:
     def __init__(self, per_device: int = PER_DEVICE) -> None:
         self._per_device = per_device
         self._by_device: dict[str, dict[float, int]] = {}  # device -> ts -> fingerprint, oldest first
+        # (device, ts) of readings on their way into the store's queue -> a future once another copy waits
+        self._queueing: dict[tuple[str, float], asyncio.Future[None] | None] = {}
 
     def new_content(self, reading: Reading) -> int | None:
         """None if the device sent this reading before; otherwise its fingerprint, for `remember` once it is
@@ -46,6 +54,25 @@ class RecentReadings:
         if recent is not None and recent.get(reading.ts) == key:
             return None
         return key
+
+    def other_copy_queueing(self, slot: tuple[str, float]) -> asyncio.Future[None] | None:
+        """For a copy of (device, ts) on its way into the queue, a future done once that copy is queued or cut
+        short (shared: shield it); None if there is none."""
+        if slot not in self._queueing:
+            return None
+        waiter = self._queueing[slot]
+        if waiter is None:
+            waiter = self._queueing[slot] = asyncio.get_running_loop().create_future()
+        return waiter
+
+    def queueing(self, slot: tuple[str, float]) -> None:
+        """The reading of (device, ts) goes into the store's queue now (`queued` once it is there or cut short)."""
+        self._queueing[slot] = None
+
+    def queued(self, slot: tuple[str, float]) -> None:
+        waiter = self._queueing.pop(slot, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def remember(self, reading: Reading, key: int) -> None:
         recent = self._by_device.get(reading.device_id)
