@@ -196,3 +196,29 @@ async def test_a_catch_up_ends_at_the_newest_reading_when_it_started_while_inges
             feeding.cancel()
             await asyncio.gather(feeding, return_exceptions=True)
     assert folded >= 120
+
+
+async def test_a_reading_after_a_silence_longer_than_the_window_reaches_the_rollups(tmp_path: Path) -> None:
+    """Every reading expired: the readings table hands the next one the id 1, which the rollups' watermark had
+    passed; it must still be folded."""
+    path = tmp_path / "g.db"
+    policy = RetentionSection(readings_days=1, pause_ms=0, batch_rows=100, step_target_ms=1000)
+    async with running_store(path, policy) as store:
+        insert_readings(path, reading_rows(2, T0, T0 + HOUR, 600))
+        store.clock.advance(3 * DAY)
+        report = await store.lifecycle.run_pass()
+        assert report.expired["readings"] == 2 * 6
+        late = T0 + 3 * DAY - 60.0
+        await store.writer.put(Reading("AP-000", late, {"pm25": 42.0}, late))
+        await store.writer.flush()
+        await store.lifecycle.run_pass()
+    conn = await read_queries.open_reader(path)
+    try:
+        got = await history.statistics(conn, "AP-000", late - 600, late + 600)
+    finally:
+        await conn.close()
+    assert got["readings"] == 1 and got["metrics"]["pm25"]["max"] == 42.0
+    with sqlite3.connect(path) as db:
+        [(hourly,)] = db.execute("SELECT count(*) FROM rollup_hourly WHERE device_id = 'AP-000' AND metric = 'pm25'"
+                                 " AND bucket = ?", (late - late % HOUR,)).fetchall()
+    assert hourly == 1
