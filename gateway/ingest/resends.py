@@ -13,7 +13,8 @@ it is queued, and that copy may still be cut short), so it waits until the first
 then looks again (`queueing`, `other_copy_queueing`, `queued`).
 
 Two distinct readings with the same time and the same values are indistinguishable from a resend; the
-contract's readings carry their own time, so that would be the device's bug, not data.
+contract's readings carry their own time, so that would be the device's bug, not data. Readings of other
+content at the same time are all remembered (a resend of any of them is recognised).
 
 Cost per reading: a hash of its metrics and two dict operations (~1.5 us here); ~100 bytes per remembered
 reading.
@@ -42,7 +43,8 @@ def fingerprint(metrics: Mapping[str, MetricValue], extra: Mapping[str, Any]) ->
 class RecentReadings:
     def __init__(self, per_device: int = PER_DEVICE) -> None:
         self._per_device = per_device
-        self._by_device: dict[str, dict[float, int]] = {}  # device -> ts -> fingerprint, oldest first
+        # device -> ts -> fingerprint, oldest first; a tuple of them where readings of other content share a time
+        self._by_device: dict[str, dict[float, int | tuple[int, ...]]] = {}
         # (device, ts) of readings on their way into the store's queue -> a future once another copy waits
         self._queueing: dict[tuple[str, float], asyncio.Future[None] | None] = {}
 
@@ -51,8 +53,10 @@ class RecentReadings:
         queued for the store (a delivery cut short before that is redone, and must not count as a resend)."""
         key = fingerprint(reading.metrics, reading.extra)
         recent = self._by_device.get(reading.device_id)
-        if recent is not None and recent.get(reading.ts) == key:
-            return None
+        if recent is not None:
+            seen = recent.get(reading.ts)
+            if seen == key or (type(seen) is tuple and key in seen):
+                return None
         return key
 
     def other_copy_queueing(self, slot: tuple[str, float]) -> asyncio.Future[None] | None:
@@ -78,7 +82,14 @@ class RecentReadings:
         recent = self._by_device.get(reading.device_id)
         if recent is None:
             recent = self._by_device[reading.device_id] = {}
-        recent[reading.ts] = key
+        seen = recent.get(reading.ts)
+        if seen is None or seen == key:
+            recent[reading.ts] = key
+        elif type(seen) is tuple:
+            if key not in seen:
+                recent[reading.ts] = (*seen, key)
+        else:
+            recent[reading.ts] = (seen, key)  # other content at the same time: a resend of either is recognised
         if len(recent) > self._per_device:
             del recent[next(iter(recent))]
 

@@ -91,3 +91,12 @@ async def test_a_copy_waiting_behind_one_cut_short_is_stored_itself() -> None:
     store.room.set()
     await again
     assert store.queued == [copy]
+
+
+def test_readings_of_other_content_at_the_same_time_are_all_remembered() -> None:
+    recent = RecentReadings()
+    first = Reading("AP-01", 10.0, {"pm25": 1.0}, 11.0)
+    second = Reading("AP-01", 10.0, {"pm25": 2.0}, 11.0)
+    third = Reading("AP-01", 10.0, {"pm25": 3.0}, 11.0)
+    assert take(recent, first) and take(recent, second) and take(recent, third)
+    assert not take(recent, first) and not take(recent, second) and not take(recent, third)
