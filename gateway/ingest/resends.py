@@ -85,7 +85,7 @@ class RecentReadings:
         seen = recent.get(reading.ts)
         if seen is None or seen == key:
             recent[reading.ts] = key
-        elif type(seen) is tuple:
+        elif isinstance(seen, tuple):
             if key not in seen:
                 recent[reading.ts] = (*seen, key)
         else:
