@@ -241,9 +241,10 @@ class LifecycleJob:
         try:
             removed, took = await aiosqlite_access.on_worker_thread(conn, _timed, run,
                                                                     aiosqlite_access.raw_connection(conn))
-        except sqlite3.Error as exc:
+        except Exception as exc:  # the database's refusal, or a block that does not decode (ValueError, zlib.error)
             context.metrics.inc("gateway_lifecycle_errors_total", 1, "failed data lifecycle steps")
-            log.error("lifecycle.step_failed", action=step.action, table=step.table, error=str(exc))
+            log.error("lifecycle.step_failed", action=step.action, table=step.table,
+                      error=f"{type(exc).__name__}: {exc}")
             _finish(step, error=exc)
             return
         _finish(step, removed=removed, took=took)

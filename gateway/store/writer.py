@@ -387,12 +387,16 @@ class StoreWriter:
                     conn, transaction.run, aiosqlite_access.raw_connection(conn), statements
                 )
         self._next_seq = plan.next_seq
-        if plan.jobs:  # their own transactions: a failure there must not replay the batch above
+        # The batch is durable from here on: nothing below may make the caller think it failed (a retry
+        # would store every row a second time), so jobs' and listeners' errors are contained and counted.
+        if plan.jobs:  # each in its own transaction
             context = JobContext(self._metrics, self._take_seq if self._outbox else None)
             for job in plan.jobs:
-                await job(conn, context)
-        # The batch is durable from here on: nothing below may make the caller think it failed (a retry
-        # would store every row a second time), so listeners' errors are contained and counted.
+                try:
+                    await job(conn, context)
+                except Exception:
+                    self._metrics.inc("gateway_store_job_errors_total", 1, "jobs after a commit that raised")
+                    log.exception("store.job_failed", job=type(job).__name__)
         if plan.outbox:
             for outbox_callback in self.on_outbox:
                 self._notify(outbox_callback, plan.outbox)
