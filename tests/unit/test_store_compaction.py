@@ -8,8 +8,9 @@ import asyncio
 import json
 import math
 import sqlite3
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -17,7 +18,8 @@ from gateway.cli.export import _metric_names, _readings
 from gateway.core.clock import ManualClock
 from gateway.core.models import LifecycleStep, Reading
 from gateway.settings_retention import RetentionSection
-from gateway.store import history, queries, read_queries
+from gateway.store import history, queries, raw_readings, read_queries
+from gateway.store.compaction import compact_hours, plan_wave
 from gateway.store.lifecycle import DataLifecycle
 from gateway.store.reading_blocks import CorruptBlockError, decode
 from gateway.store.schema import MIGRATIONS
@@ -256,3 +258,45 @@ async def test_a_block_that_does_not_decode_is_skipped_at_start_and_named_in_one
     finally:
         await conn.close()
     assert {d for d, *_ in recent} == {"AP-000"} and len(recent) == 64
+
+
+class _CompactedBeforeBlocksAreRead:
+    """A reader's connection; just before its first read of the blocks, a compaction step commits on another
+    connection (what the store writer does beside the API's reader)."""
+
+    def __init__(self, path: Path) -> None:
+        self.db = sqlite3.connect(path, isolation_level=None)
+        self._path = path
+        self.compacted = 0
+
+    def execute(self, sql: str, params: Any = ()) -> Any:
+        if "reading_hours" in sql and not self.compacted:
+            other = sqlite3.connect(self._path, isolation_level=None)
+            try:
+                found = plan_wave(other, T0 + 3 * HOUR)
+                self.compacted, _ = compact_hours(other, found[1:], found[0], 10**6)
+            finally:
+                other.close()
+        return self.db.execute(sql, params)
+
+
+def test_a_read_of_rows_and_blocks_is_one_snapshot_while_compaction_commits_beside_it(tmp_path: Path) -> None:
+    path = tmp_path / "g.db"
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA journal_mode=WAL")  # as the store writer opens it: readers beside a writer
+        for sql in MIGRATIONS:
+            db.executescript(sql)
+    insert_readings(path, reading_rows(1, T0, T0 + 3 * HOUR, 60))
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE rollup_state SET readings_through = (SELECT max(id) FROM readings)")
+    reader = _CompactedBeforeBlocksAreRead(path)
+    try:
+        db = cast(sqlite3.Connection, reader)
+        lo, hi = T0, T0 + 3 * HOUR
+        got = raw_readings.in_read_transaction(db, partial(raw_readings.newest, db, "AP-000", lo, hi, 500))
+        stats = raw_readings.in_read_transaction(db, partial(read_queries.metric_statistics_now, db, "AP-000", lo, hi))
+    finally:
+        reader.db.close()
+    assert reader.compacted == 3 * 60 - 1  # all but the newest row, moved between the two reads of `newest`
+    assert len(got) == len({ts for ts, *_ in got}) == 3 * 60
+    assert stats["readings"] == 3 * 60
