@@ -35,11 +35,12 @@ PACE_WINDOW_S = 0.5  # the pace holds this long (loop time) after the lane's las
 class FirstLane:
     """Records waiting for the lane's next commit, with the one future their callers share; the store's lead."""
 
-    __slots__ = ("_committing", "_done", "_granting", "_lead", "_paced_until", "_records")
+    __slots__ = ("_committing", "_committing_rows", "_done", "_granting", "_lead", "_paced_until", "_records")
 
     def __init__(self) -> None:
         self._records: list[StoreRecord] = []
-        self._granting = 0  # rows the records waiting (or being committed) stand for
+        self._granting = 0  # rows the records waiting stand for
+        self._committing_rows = 0  # rows the records being committed stand for
         self._lead = 0  # outbox rows committed and not yet deleted since the cloud link began to deliver
         self._done: asyncio.Future[None] | None = None  # shared by the records waiting
         self._committing: asyncio.Future[None] | None = None  # shared by the records being committed
@@ -61,13 +62,14 @@ class FirstLane:
         """The records for the writer's next transaction (`committed()` when it is done)."""
         records, self._records = self._records, []
         self._committing, self._done = self._done, None
+        self._committing_rows, self._granting = self._granting, 0  # records added from now on: the next take
         return records
 
     def committed(self, now: float) -> None:
         """The records taken last are committed (or refused for good): their callers go on."""
-        if self._granting:
-            self._lead = max(0, self._lead - self._granting)
-            self._granting = 0
+        if self._committing_rows:
+            self._lead = max(0, self._lead - self._committing_rows)
+            self._committing_rows = 0
             self._paced_until = now + PACE_WINDOW_S
         done, self._committing = self._committing, None
         if done is not None and not done.done():
@@ -91,6 +93,7 @@ class FirstLane:
     def fail(self) -> None:
         """The store closed: nobody waits for a commit that will not come."""
         self._records = []
+        self._granting = self._committing_rows = 0
         for fut in (self._committing, self._done):
             if fut is not None and not fut.done():
                 fut.set_exception(StoreClosedError("store closed before this was committed"))

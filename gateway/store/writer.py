@@ -216,7 +216,8 @@ class StoreWriter:
                 behind = self._first.behind(self._max_batch, loop.time())
                 if behind:
                     pause = self._interval
-                if pause > 0 and (behind or queue.qsize() < self._max_batch) and not self._closed and not self._urgent:
+                if (pause > 0 and (behind or queue.qsize() < self._max_batch) and not self._first
+                        and not self._closed and not self._urgent):  # (a delete that came as it woke: no wait)
                     wait = self._batch_wait = loop.create_future()
                     timer = loop.call_later(pause, _resolve, wait)
                     try:
