@@ -231,6 +231,7 @@ class StoreWriter:
                 limit = self._first.batch_limit(self._max_batch, loop.time())  # paced by the cloud link's deletes
                 stop = queue.take(batch, limit)
                 self._receipts.note_take(len(batch))
+                self._receipts.next_batch = limit  # receipts shared up to what the next batch likely takes
                 await self._commit_retrying(batch)
                 last_commit = loop.time()
                 if stop:
