@@ -6,9 +6,12 @@ import asyncio
 from typing import Any
 
 import aiomqtt
+import paho.mqtt.client as paho
 import pytest
 
-from gateway.uplink.acks import AckTracker, check
+from gateway.core.errors import IncompatibleLibraryError
+from gateway.uplink import acks
+from gateway.uplink.acks import AckTracker, check, check_installed
 from tests.fixtures.gateway import wait_for
 from tests.fixtures.mosquitto import MosquittoBroker
 
@@ -68,8 +71,28 @@ async def test_the_private_names_it_needs_are_checked(mosquitto: MosquittoBroker
     class Stripped:
         _client = object()
 
-    with pytest.raises(RuntimeError, match="_mid_generate"):
+    with pytest.raises(IncompatibleLibraryError, match=r"is not a paho\.mqtt\.client\.Client"):
         check(Stripped())  # type: ignore[arg-type]
+
+
+async def test_a_missing_or_changed_private_name_or_another_version_stops_the_start_naming_each(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    check_installed()  # the pinned versions pass
+    monkeypatch.delattr(paho.Client, "_mid_generate")
+    monkeypatch.setattr(acks, "PINNED", {**acks.PINNED, "paho-mqtt": "1.6.1"})
+    original_init = paho.Client.__init__
+
+    def init_with_a_list(self: paho.Client, *args: Any, **kwargs: Any) -> None:
+        original_init(self, *args, **kwargs)
+        self._out_packet = []  # type: ignore[assignment]
+
+    monkeypatch.setattr(paho.Client, "__init__", init_with_a_list)
+    with pytest.raises(IncompatibleLibraryError) as err:
+        check_installed()
+    text = str(err.value)
+    assert "Client._mid_generate is missing" in text and "Client._out_packet has another form (list)" in text
+    assert "paho-mqtt 2.2.0, the uplink was written against 1.6.1" in text
 
 
 async def test_a_batch_flushed_while_paho_waits_for_its_write_callback_leaves_no_writer_behind(
