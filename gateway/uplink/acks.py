@@ -24,6 +24,7 @@ uplink is built (start-up: IncompatibleLibraryError, exit 3, naming each name mi
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import importlib.metadata
 from collections.abc import Callable
@@ -136,6 +137,9 @@ class AckTracker(Generic[T]):
             while buffered and rc == paho.MQTT_ERR_SUCCESS and inner._sock is not None and turns:
                 rc = loop_read(max_packets)
                 turns -= 1
+            if buffered and rc == paho.MQTT_ERR_SUCCESS and inner._sock is not None:
+                # The rest at a later turn: the socket may stay silent, and nothing else would read it.
+                asyncio.get_running_loop().call_soon(read)
             return rc
 
         inner._handle_pubackcomp = pubackcomp  # type: ignore[method-assign]

@@ -119,3 +119,58 @@ async def test_a_batch_flushed_while_paho_waits_for_its_write_callback_leaves_no
     # The callback wrote what was queued and ended its registration; a writer left registered on the socket
     # (always writable) was called every loop turn: thousands of times here.
     assert writes[0] <= 2
+
+
+async def _acks_in_one_write(count: int, connected: asyncio.Event) -> tuple[asyncio.Server, int]:
+    """A peer that speaks just enough MQTT 3.1.1: CONNACK, then once `count` QoS 1 PUBLISHes arrived, all their
+    PUBACKs in one write (what a busy cloud broker's socket can hold for one of our reads)."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        ids: list[bytes] = []
+        try:
+            while True:
+                kind = (await reader.readexactly(1))[0]
+                length, shift = 0, 0
+                while True:
+                    byte = (await reader.readexactly(1))[0]
+                    length |= (byte & 0x7F) << shift
+                    shift += 7
+                    if not byte & 0x80:
+                        break
+                body = await reader.readexactly(length)
+                if kind >> 4 == 1:  # CONNECT
+                    writer.write(b"\x20\x02\x00\x00")
+                    connected.set()
+                elif kind >> 4 == 3:  # PUBLISH, QoS 1
+                    start = 2 + int.from_bytes(body[:2], "big")
+                    ids.append(body[start:start + 2])
+                    if len(ids) == count:
+                        writer.write(b"".join(b"\x40\x02" + i for i in ids))
+                elif kind >> 4 == 12:  # PINGREQ
+                    writer.write(b"\xd0\x00")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def test_more_pubacks_in_one_read_than_one_turn_reads_are_all_handled_without_new_bytes() -> None:
+    count = 3000  # PUBACKs in one write: more than one event-loop turn's reads (_READS_PER_TURN)
+    connected = asyncio.Event()
+    server, port = await _acks_in_one_write(count, connected)
+    acked: list[int] = []
+    try:
+        async with aiomqtt.Client("127.0.0.1", port, identifier="acks-many", keepalive=600,
+                                  protocol=aiomqtt.ProtocolVersion.V311) as client:
+            tracker: AckTracker[int] = AckTracker(client, acked.append)
+            for n in range(count):
+                tracker.publish("t/many", b"x", n)
+            tracker.flush()
+            # Nothing else arrives on the socket (no ping for 600 s): the reads left over must be scheduled.
+            await wait_for(lambda: len(acked) == count, timeout=10)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert sorted(acked) == list(range(count))
