@@ -14,6 +14,7 @@ from gateway.uplink import acks
 from gateway.uplink.acks import AckTracker, check, check_installed
 from tests.fixtures.gateway import wait_for
 from tests.fixtures.mosquitto import MosquittoBroker
+from tests.fixtures.mqtt_packets import read_packet
 
 
 async def _received(broker: MosquittoBroker, topic: str, into: list[tuple[str, bytes]], ready: asyncio.Event) -> None:
@@ -129,15 +130,7 @@ async def _acks_in_one_write(count: int, connected: asyncio.Event) -> tuple[asyn
         ids: list[bytes] = []
         try:
             while True:
-                kind = (await reader.readexactly(1))[0]
-                length, shift = 0, 0
-                while True:
-                    byte = (await reader.readexactly(1))[0]
-                    length |= (byte & 0x7F) << shift
-                    shift += 7
-                    if not byte & 0x80:
-                        break
-                body = await reader.readexactly(length)
+                kind, body = await read_packet(reader)
                 if kind >> 4 == 1:  # CONNECT
                     writer.write(b"\x20\x02\x00\x00")
                     connected.set()
