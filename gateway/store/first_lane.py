@@ -3,15 +3,15 @@ and the pace it sets for the queue under overload.
 
 The uplink frees a slot of its in-flight window only once the outbox rows of an acknowledged message are
 deleted (a crash then resends at most the window), so its throughput is its window per delete. Queued behind
-what devices keep sending, under overload that delete waited for the commits of every reading ahead of it
-and the cloud link starved. Records of this lane skip the queue (and its bound: the uplink holds at most a
+what devices keep sending, under overload that delete would wait for the commits of every reading ahead of it
+and the cloud link would starve. Records of this lane skip the queue (and its bound: the uplink holds at most a
 window's worth) and commit as their own short transaction at the writer's next turn, before the next batch.
 Their callers wait for that commit, not for the queue's receipts (receipts.py counts queued records only).
 
 **Pace under overload.** Skipping the queue is not enough when devices offer more than the gateway can
 carry: every reading taken costs the event loop its parsing and the writer its commit, and ingest, which
-never waits for anything else, takes the CPU the cloud link needs (measured: ~50 readings/s reached the cloud
-while ~4,500/s were stored). So while the cloud link delivers (the lane committed deletes within
+never waits for anything else, would take the CPU the cloud link needs (without a pace, ~50 readings/s reach
+the cloud here while ~4,500/s are stored). So while the cloud link delivers (the lane committed deletes within
 PACE_WINDOW_S), the store may run ahead of it by at most one batch (`max_batch` outbox rows committed and not
 yet deleted: the lead, `rows` being what each delete stood for). A batch then takes from the queue only what
 brings the lead back to that bound, at least PACE_FLOOR, and first waits up to the writer's commit interval
