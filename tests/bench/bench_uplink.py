@@ -97,8 +97,9 @@ class CloudCounter:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
-    async def wait_for(self, total: int, quiet: float = 2.0, limit: float = 300.0, poll: float = 0.05) -> float:
-        """Wait until `total` readings arrived (or none for `quiet` s); returns the last arrival time."""
+    async def wait_for(self, total: int, quiet: float = 10.0, limit: float = 300.0, poll: float = 0.05) -> float:
+        """Wait until `total` readings arrived (or none for `quiet` s: only then does `quiet` cost time, and a
+        loaded machine can pause a delivery for seconds); returns the last arrival time."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + limit
         seen, since = -1, loop.time()
