@@ -124,6 +124,22 @@ async def test_mosquitto_files_are_owner_only_and_hold_no_password(gateway_facto
     assert "max_queued_messages 0" in conf and "max_inflight_messages 1000" in conf
 
 
+async def test_mosquitto_gets_none_of_the_daemons_systemd_variables(
+        gateway_factory: GatewayFactory, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Mosquitto, built with systemd support, sends READY=1 to an inherited $NOTIFY_SOCKET once its listeners
+    are open: before the gateway's session on it existed, so devices let in on that signal had their first
+    readings acknowledged by Mosquitto and dropped (no subscriber yet)."""
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify.sock"))  # nobody listens: sends are dropped
+    monkeypatch.setenv("WATCHDOG_USEC", "60000000")
+    gw = await gateway_factory(backend="mosquitto")
+    environ = _environment(gw.gateway.broker.child.pid)  # type: ignore[attr-defined]
+    assert [v for v in environ if v.startswith((b"NOTIFY_SOCKET=", b"WATCHDOG_"))] == []
+
+
+def _environment(pid: int) -> list[bytes]:
+    return Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+
+
 async def test_a_killed_mosquitto_is_restarted_and_devices_come_back(gateway_factory: GatewayFactory) -> None:
     gw = await gateway_factory(backend="mosquitto")
     broker = gw.gateway.broker
