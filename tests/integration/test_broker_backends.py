@@ -17,12 +17,14 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
+from gateway.broker.mosquitto.ingest_client import IngestClient
 from gateway.core.topics import command_topic
 from tests.fixtures.gateway import (
     GatewayFactory,
     RunningGateway,
     cheap_mosquitto_hash,
     device_password,
+    free_port,
     running,
     wait_for,
     write_config,
@@ -138,6 +140,39 @@ async def test_mosquitto_gets_none_of_the_daemons_systemd_variables(
 
 def _environment(pid: int) -> list[bytes]:
     return Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+
+
+async def test_devices_find_a_listener_only_once_the_gateways_session_on_mosquitto_exists(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mosquitto acknowledges a device's QoS 1 message that no session subscribed to, and drops it. On a new
+    data dir the gateway's session is made (and saved) before any device listener opens."""
+    port = free_port()
+    logins: list[tuple[bool, bool]] = []  # per login of the gateway's client: (devices could connect, session kept)
+    connect = IngestClient.connect
+
+    async def watched(client: IngestClient, timeout: float = 10.0) -> bool:
+        devices_in = await _accepts(port)
+        session = await connect(client, timeout)
+        logins.append((devices_in, session))
+        return session
+
+    monkeypatch.setattr(IngestClient, "connect", watched)
+    config = write_config(tmp_path, backend="mosquitto", port=port)
+    async with running(config):
+        pass
+    assert logins == [(False, False), (True, True)]
+    async with running(config):  # the session is on disk now: one start
+        pass
+    assert logins[2:] == [(True, True)]
+
+
+async def _accepts(port: int) -> bool:
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return False
+    writer.close()
+    return True
 
 
 async def test_a_killed_mosquitto_is_restarted_and_devices_come_back(gateway_factory: GatewayFactory) -> None:
