@@ -25,7 +25,7 @@ from tests.fixtures.gateway import cheap_hash, device_password, free_port, write
 
 # Readings carry the time of this run: the daemon's data lifecycle, which runs at each start, compacts readings
 # older than 2 h out of the readings table these tests read and expires those older than 90 days, by their own
-# time (a fixed date in the past made the second start of a test take away what the first had stored).
+# time: readings dated in the past would leave that table at a test's second start and look lost.
 _T0_MS = int(time.time() * 1000)
 
 
