@@ -17,12 +17,14 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
+from gateway.broker.mosquitto.ingest_client import IngestClient
 from gateway.core.topics import command_topic
 from tests.fixtures.gateway import (
     GatewayFactory,
     RunningGateway,
     cheap_mosquitto_hash,
     device_password,
+    free_port,
     running,
     wait_for,
     write_config,
@@ -122,6 +124,55 @@ async def test_mosquitto_files_are_owner_only_and_hold_no_password(gateway_facto
         assert device_password("AP-01") not in path.read_text(errors="replace")
     conf = written["mosquitto.conf"].read_text().splitlines()
     assert "max_queued_messages 0" in conf and "max_inflight_messages 1000" in conf
+
+
+async def test_mosquitto_gets_none_of_the_daemons_systemd_variables(
+        gateway_factory: GatewayFactory, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Mosquitto, built with systemd support, sends READY=1 to an inherited $NOTIFY_SOCKET once its listeners
+    are open: before the gateway's session on it existed, so devices let in on that signal had their first
+    readings acknowledged by Mosquitto and dropped (no subscriber yet)."""
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify.sock"))  # nobody listens: sends are dropped
+    monkeypatch.setenv("WATCHDOG_USEC", "60000000")
+    gw = await gateway_factory(backend="mosquitto")
+    environ = _environment(gw.gateway.broker.child.pid)  # type: ignore[attr-defined]
+    assert [v for v in environ if v.startswith((b"NOTIFY_SOCKET=", b"WATCHDOG_"))] == []
+
+
+def _environment(pid: int) -> list[bytes]:
+    return Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+
+
+async def test_devices_find_a_listener_only_once_the_gateways_session_on_mosquitto_exists(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mosquitto acknowledges a device's QoS 1 message that no session subscribed to, and drops it. On a new
+    data dir the gateway's session is made (and saved) before any device listener opens."""
+    port = free_port()
+    logins: list[tuple[bool, bool]] = []  # per login of the gateway's client: (devices could connect, session kept)
+    connect = IngestClient.connect
+
+    async def watched(client: IngestClient, timeout: float = 10.0) -> bool:
+        devices_in = await _accepts(port)
+        session = await connect(client, timeout)
+        logins.append((devices_in, session))
+        return session
+
+    monkeypatch.setattr(IngestClient, "connect", watched)
+    config = write_config(tmp_path, backend="mosquitto", port=port)
+    async with running(config):
+        pass
+    assert logins == [(False, False), (True, True)]
+    async with running(config):  # the session is on disk now: one start
+        pass
+    assert logins[2:] == [(True, True)]
+
+
+async def _accepts(port: int) -> bool:
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return False
+    writer.close()
+    return True
 
 
 async def test_a_killed_mosquitto_is_restarted_and_devices_come_back(gateway_factory: GatewayFactory) -> None:

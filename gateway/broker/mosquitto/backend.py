@@ -74,12 +74,13 @@ class MosquittoBroker:
         self._dir.chmod(0o700)
         self._ports = [lst.port or _free_port(lst.host) for lst in self._settings.listeners]
         self._endpoint = files.ingest_endpoint(self._dir, _free_port("127.0.0.1"))
+        if self._settings.mosquitto.persistence and not (self._dir / files.PERSISTENCE_NAME).exists():
+            await self._create_ingest_session()
         self._write_files()
         await self._child.start()
-        self._ingest = IngestClient(self._endpoint, username=files.GATEWAY_USER, password=self._password,
-                                    sink=self._sink)
+        self._ingest = self._ingest_client()
         try:
-            await self._ingest.connect()
+            await self._connect_ingest(self._ingest)
         except IngestClientError:
             await self._child.stop()
             raise
@@ -98,7 +99,7 @@ class MosquittoBroker:
             await self._child.start()
             log.info("mosquitto.restarted", pid=self._child.pid)
         if not ingest.connected:
-            await ingest.connect()
+            await self._connect_ingest(ingest)
         exited = asyncio.ensure_future(self._child.wait())
         lost = asyncio.ensure_future(ingest.wait_lost())
         try:
@@ -148,12 +149,40 @@ class MosquittoBroker:
 
     # --- files and log ------------------------------------------------------------------------------
 
-    def _write_files(self) -> None:
+    def _write_files(self, *, device_listeners: bool = True) -> None:
         assert self._endpoint is not None
         s, folder = self._settings, self._dir
         files.write_private(folder / files.PASSWORDS_NAME, files.password_file(self._devices, self._password_hash))
         files.write_private(folder / files.ACL_NAME, files.acl_file(self._devices, allow_anonymous=s.allow_anonymous))
-        files.write_private(folder / files.CONFIG_NAME, files.mosquitto_conf(s, folder, self._endpoint, self._ports))
+        files.write_private(folder / files.CONFIG_NAME, files.mosquitto_conf(
+            s, folder, self._endpoint, self._ports, device_listeners=device_listeners))
+
+    # --- the gateway's session ----------------------------------------------------------------------
+
+    def _ingest_client(self) -> IngestClient:
+        assert self._endpoint is not None
+        return IngestClient(self._endpoint, username=files.GATEWAY_USER, password=self._password, sink=self._sink)
+
+    async def _create_ingest_session(self) -> None:
+        """A new state dir: Mosquitto holds no session for the gateway yet, and a device's message that comes
+        before our subscription is acknowledged by Mosquitto and dropped (no subscriber). So Mosquitto first
+        runs with the gateway's listener only: our client subscribes, and the stop (SIGTERM) saves the session
+        with its subscriptions; device listeners open only on top of it."""
+        self._write_files(device_listeners=False)
+        await self._child.start()
+        client = self._ingest_client()
+        try:
+            await client.connect()
+            await client.close()  # a DISCONNECT: Mosquitto keeps the session (not a clean one)
+        finally:
+            await self._child.stop()
+        log.info("mosquitto.ingest_session_created", file=str(self._dir / files.PERSISTENCE_NAME))
+
+    async def _connect_ingest(self, ingest: IngestClient) -> None:
+        if not await ingest.connect() and self._settings.mosquitto.persistence:
+            # Expired (the gateway away longer than session_expiry_seconds) or its file lost: what devices
+            # published since, Mosquitto acknowledged and dropped.
+            log.warning("mosquitto.ingest_session_lost", action="subscribed again")
 
     async def _on_log_line(self, line: str) -> None:
         event = parse_line(line)

@@ -23,6 +23,10 @@ log = structlog.get_logger(__name__)
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
 _RUNNING = " running"  # "mosquitto version 2.0.11 running": every listener is open
+# systemd's variables are for the daemon (the unit's main process): Mosquitto, built with systemd support, would
+# send its own READY=1 to the daemon's notify socket as soon as its listeners are open, before the gateway's
+# session is there to take what devices publish (a supervisor that listens to it lets devices in too early).
+_SYSTEMD_VARIABLES = frozenset({"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"})
 
 
 class MosquittoStartError(RuntimeError):
@@ -57,6 +61,7 @@ class MosquittoChild:
             proc = await asyncio.create_subprocess_exec(
                 str(self._binary), "-c", str(self._config), stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, start_new_session=True,
+                env={k: v for k, v in os.environ.items() if k not in _SYSTEMD_VARIABLES},
             )
         except OSError as exc:
             raise MosquittoStartError(f"cannot run {self._binary}: {exc}") from exc

@@ -20,7 +20,7 @@ from gateway.settings_broker import BrokerSection
 
 GATEWAY_USER = "_gateway"  # cannot be a device id (those start with a letter or digit)
 CONFIG_NAME, PASSWORDS_NAME, ACL_NAME, SOCKET_NAME = "mosquitto.conf", "passwords", "acl", "ingest.sock"
-PID_NAME = "mosquitto.pid"
+PID_NAME, PERSISTENCE_NAME = "mosquitto.pid", "mosquitto.db"
 _UNIX_PATH_MAX = 100  # sun_path is 108 bytes on Linux; Mosquitto refuses a longer socket path
 
 
@@ -45,8 +45,10 @@ def ingest_endpoint(directory: Path, free_port: int) -> IngestEndpoint:
     return IngestEndpoint(None, free_port)
 
 
-def mosquitto_conf(broker: BrokerSection, directory: Path, ingest: IngestEndpoint, ports: list[int]) -> str:
-    """The config file; `ports[i]` is the port listener i binds (its configured one, or a free one for 0)."""
+def mosquitto_conf(broker: BrokerSection, directory: Path, ingest: IngestEndpoint, ports: list[int], *,
+                   device_listeners: bool = True) -> str:
+    """The config file; `ports[i]` is the port listener i binds (its configured one, or a free one for 0).
+    Without `device_listeners`, only the gateway's own client can connect."""
     m = broker.mosquitto
     lines = [
         "# Written by edge-gateway at each start from its [broker] section: edits here are overwritten.",
@@ -62,7 +64,7 @@ def mosquitto_conf(broker: BrokerSection, directory: Path, ingest: IngestEndpoin
         f"persistent_client_expiration {max(1, math.ceil(broker.session_expiry_seconds / 3600))}h",
         f"persistence {_bool(m.persistence)}",
         f"persistence_location {directory}/",
-        "persistence_file mosquitto.db",
+        f"persistence_file {PERSISTENCE_NAME}",
         f"autosave_interval {m.autosave_interval_seconds}",
         f"pid_file {directory / PID_NAME}",  # a Mosquitto left behind by a daemon killed with -9 is found by it
         # Presence comes from the connection log (connection_log.py): these lines, no timestamps.
@@ -78,6 +80,8 @@ def mosquitto_conf(broker: BrokerSection, directory: Path, ingest: IngestEndpoin
     if os.getuid() == 0:
         lines.append(f"user {pwd.getpwuid(0).pw_name}")  # as root, Mosquitto drops to "mosquitto": not our files
     lines += ["", "# the gateway's own client", ingest.config_line()]
+    if not device_listeners:
+        return "\n".join(lines) + "\n"
     for listener, port in zip(broker.listeners, ports, strict=True):
         # (Listener options go after their `listener` line: before any, Mosquitto adds a listener on 1883.)
         lines += ["", f"# {listener.name}", f"listener {port} {listener.host}"]

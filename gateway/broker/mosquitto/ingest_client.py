@@ -70,8 +70,9 @@ class IngestClient(asyncio.Protocol):
 
     # --- life ---------------------------------------------------------------------------------------
 
-    async def connect(self, timeout: float = 10.0) -> None:
-        """Log in (and subscribe, when Mosquitto kept no session for us); raises IngestClientError."""
+    async def connect(self, timeout: float = 10.0) -> bool:
+        """Log in (and subscribe, when Mosquitto kept no session for us); raises IngestClientError. Whether
+        Mosquitto had kept our session."""
         self._lost = self._loop.create_future()
         self._connection += 1
         self._refusing = False
@@ -86,7 +87,7 @@ class IngestClient(asyncio.Protocol):
                     await self._loop.create_connection(lambda: self, "127.0.0.1", ep.port)
                 self._write(wire.connect(self._username, self._username, self._password, self._keepalive_s,
                                          clean_session=False))
-                session_present = await self._waiter
+                session_present: bool = await self._waiter
                 if not session_present:
                     self._waiter = self._loop.create_future()
                     self._write(wire.subscribe(_SUBSCRIBE_ID, SUBSCRIPTIONS))
@@ -102,6 +103,7 @@ class IngestClient(asyncio.Protocol):
             self._write(wire.publish(topic, payload, qos=1, packet_id=packet_id, dup=True))
         if self._consumer is None:
             self._consumer = self._loop.create_task(self._consume(), name="mosquitto-ingest")
+        return session_present
 
     async def wait_lost(self) -> None:
         """Returns when the connection is lost (raises nothing: the caller decides what that means)."""
