@@ -16,6 +16,7 @@ from gateway.broker.mosquitto.ingest_client import INCOMING_MAX, IngestClient
 from tests.bench.mqttload import connect_packet, publish_packet
 from tests.fixtures.gateway import wait_for
 from tests.fixtures.mosquitto import MosquittoFactory
+from tests.fixtures.mqtt_packets import read_packet
 
 
 class ReceiptsByHand:
@@ -132,11 +133,12 @@ async def test_keepalive_pings_keep_the_connection_and_a_silent_peer_is_dropped(
     make_mosquitto: MosquittoFactory,
 ) -> None:
     broker = make_mosquitto(users={GATEWAY_USER: "gw"}, allow_anonymous=False)
-    client = gateway_client(broker.port, ReceiptsByHand(), keepalive=1)
+    # 2 s: a PINGRESP is due within half a keepalive, and 0.5 s (keepalive 1) is within a loaded CI's pauses.
+    client = gateway_client(broker.port, ReceiptsByHand(), keepalive=2)
     await client.connect()
     try:
-        with pytest.raises(TimeoutError):  # Mosquitto answers each PINGREQ: still connected after 3 keepalives
-            await asyncio.wait_for(client.wait_lost(), 3)
+        with pytest.raises(TimeoutError):  # Mosquitto answers each PINGREQ: still connected after 2 keepalives
+            await asyncio.wait_for(client.wait_lost(), 4.5)
     finally:
         await client.close()
 
@@ -158,3 +160,87 @@ async def test_keepalive_pings_keep_the_connection_and_a_silent_peer_is_dropped(
     finally:
         await client.close()
         server.close()
+
+
+class _ScriptedMosquitto:
+    """A peer in Mosquitto's place: CONNACK with the session present, then the PUBLISHes given (QoS 1, ids 1..n);
+    records the packet ids of the PUBACKs that come back, in their order."""
+
+    def __init__(self, payloads: list[bytes]) -> None:
+        self.payloads = payloads
+        self.pubacks: list[int] = []
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            await read_packet(reader)  # CONNECT
+            writer.write(b"\x20\x02\x01\x00")
+            writer.write(b"".join(publish_packet("device/AP-01/data", p, 1, i + 1)
+                                  for i, p in enumerate(self.payloads)))
+            while True:
+                kind, body = await read_packet(reader)
+                if kind >> 4 == 4:
+                    self.pubacks.append(int.from_bytes(body[:2], "big"))
+        writer.close()
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+
+class _FirstWaitsSecondStored(ReceiptsByHand):
+    """The first message's receipt waits for the test; the second was stored already (a resend: no receipt)."""
+
+    async def message(self, client_id: str, topic: str, payload: bytes) -> asyncio.Future[None] | None:
+        if self.payloads:
+            self.payloads.append(payload)
+            return None
+        return await super().message(client_id, topic, payload)
+
+
+async def test_a_message_stored_already_is_acknowledged_after_the_ones_before_it() -> None:
+    peer = _ScriptedMosquitto([b"a", b"b"])
+    sink = _FirstWaitsSecondStored()
+    client = gateway_client(await peer.start(), sink)
+    try:
+        await client.connect()
+        await wait_for(lambda: sink.payloads == [b"a", b"b"])
+        sink.receipts[0].set_result(None)
+        await wait_for(lambda: len(peer.pubacks) == 2)
+        assert peer.pubacks == [1, 2]  # in the order the PUBLISHes came (MQTT-4.6.0-2)
+    finally:
+        await client.close()
+        await peer.stop()
+
+
+class _FailsOnce(ReceiptsByHand):
+    """Raises on its first message (a bug), then takes messages."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed = False
+
+    async def message(self, client_id: str, topic: str, payload: bytes) -> asyncio.Future[None] | None:
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("a bug in the sink")
+        return await super().message(client_id, topic, payload)
+
+
+async def test_a_consumer_that_fails_drops_the_connection_and_the_next_one_consumes_again() -> None:
+    peer = _ScriptedMosquitto([b"a"])
+    sink = _FailsOnce()
+    client = gateway_client(await peer.start(), sink)
+    try:
+        await client.connect()
+        await asyncio.wait_for(client.wait_lost(), 5)  # not a connection that stays up with nobody reading it
+        await client.connect()
+        await wait_for(lambda: sink.payloads == [b"a"])  # sent again on the new connection, consumed
+    finally:
+        await client.close()
+        await peer.stop()

@@ -68,6 +68,9 @@ def test_a_new_connection_drops_the_last_ones_partial_packet() -> None:
     b"\x32\x03\x00\x05a",  # its topic runs past the packet
     b"\x30\x04\x00\x02\xff\xfe",  # topic not UTF-8
     b"\x30\xff\xff\xff\xff\x01",  # remaining length over 4 bytes
+    b"\x30\x00",  # no topic length at all, at the end of what was read
+    b"\x30\x01\x00",  # half a topic length
+    b"\x30\x01\x00" + publish_packet("device/AP-01/data", b"x", 1, 1),  # ... followed by a packet
 ])
 def test_what_no_broker_sends_is_a_protocol_error(packet: bytes) -> None:
     with pytest.raises(wire.ProtocolError):

@@ -101,8 +101,9 @@ class IngestClient(asyncio.Protocol):
         self.connected = True
         for packet_id, (topic, payload) in self._commands.items():  # as paho did: unacknowledged ones again
             self._write(wire.publish(topic, payload, qos=1, packet_id=packet_id, dup=True))
-        if self._consumer is None:
+        if self._consumer is None or self._consumer.done():
             self._consumer = self._loop.create_task(self._consume(), name="mosquitto-ingest")
+            self._consumer.add_done_callback(self._consumer_ended)
         return session_present
 
     async def wait_lost(self) -> None:
@@ -165,15 +166,29 @@ class IngestClient(asyncio.Protocol):
             receipt = await sink.message(device_id, topic, payload)
             if qos == 0:
                 continue
-            if receipt is None:
-                self._ack(connection, [packet_id])
+            if receipt is None:  # stored already; behind the batch still waiting, if any (PUBACKs in order)
+                if self._receipt is not None and connection == self._batch_connection:
+                    self._batch.append(packet_id)
+                else:
+                    self._ack(connection, [packet_id])
             elif receipt is self._receipt and connection == self._batch_connection:
                 self._batch.append(packet_id)  # one callback and one write per store commit, not per message
             else:
                 self._receipt, self._batch, self._batch_connection = receipt, [packet_id], connection
                 receipt.add_done_callback(partial(self._settle, connection, self._batch))
 
+    def _consumer_ended(self, task: asyncio.Task[None]) -> None:
+        """A bug ended the consumer: say so, and drop the connection (connect() starts a new consumer; what was
+        not acknowledged comes again)."""
+        if task.cancelled() or task.exception() is None:
+            return
+        log.error("mosquitto.ingest_consumer_failed", exc_info=task.exception())
+        if self._transport is not None:
+            self._transport.abort()
+
     def _settle(self, connection: int, packet_ids: list[int], receipt: asyncio.Future[None]) -> None:
+        if receipt is self._receipt:
+            self._receipt = None  # no batch waits now: a message stored already is acknowledged at once
         if connection != self._connection:
             return  # that connection is gone: Mosquitto sends these again on the current one
         if receipt.cancelled() or receipt.exception() is not None:

@@ -102,6 +102,8 @@ class PacketReader:
                 qos = (first >> 1) & 0x03
                 if qos > 1:
                     raise ProtocolError(f"PUBLISH at QoS {qos} (subscribed at QoS 1)")
+                if length < 2:
+                    raise ProtocolError("PUBLISH without its topic's length")
                 topic_end = head + 2 + ((data[head] << 8) | data[head + 1])
                 if topic_end + 2 * qos > stop:
                     raise ProtocolError("PUBLISH shorter than its topic")
