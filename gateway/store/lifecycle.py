@@ -26,6 +26,7 @@ from gateway.core.clock import Clock
 from gateway.core.metrics import Metrics
 from gateway.core.models import GatewayEvent, LifecycleStep, StoreRecord
 from gateway.settings_retention import RetentionSection
+from gateway.store.step_holds import StepHolds
 
 log = structlog.get_logger(__name__)
 
@@ -59,6 +60,7 @@ class DataLifecycle:
         self._metrics = metrics
         self._sleep = sleep
         self.passes = 0  # retention passes completed (the first runs at start)
+        self.holds = StepHolds(metrics)  # how long each kind of step held the writer's connection
 
     async def run(self) -> None:
         """The supervised task: rollups caught up every `rollup_interval_seconds`; a retention pass at start and
@@ -154,9 +156,10 @@ class DataLifecycle:
         return asyncio.get_running_loop().create_future()
 
     async def _step(self, step: LifecycleStep) -> tuple[int, float, list[Any]]:
-        """Run one step: its count, the seconds it took, what it found."""
+        """Run one step: its count, the seconds it held the writer's connection (recorded), what it found."""
         await self._put(step)
         count, took = await step.done
+        self.holds.record(step.action, took)
         return count, took, step.found
 
     def _next_limit(self, limit: int, took: float, most: int) -> int:
@@ -173,11 +176,8 @@ class DataLifecycle:
         target = self._policy.step_target_ms / 1000.0
         step_limit = min(most, STEP_FIRST)
         total = 0
-        loop = asyncio.get_running_loop()
         while True:
-            done: asyncio.Future[tuple[int, float]] = loop.create_future()
-            await self._put(LifecycleStep(action, table, cutoff, step_limit, done, size))
-            removed, took = await done
+            removed, took, _ = await self._step(LifecycleStep(action, table, cutoff, step_limit, self._future(), size))
             total += removed
             # The size cap deletes by slices of time, which may hold fewer rows than a step takes; compaction and
             # the readings' retention take whole device-hours, which may hold fewer or more.
