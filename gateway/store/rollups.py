@@ -44,9 +44,8 @@ STAGE = (
 
 def _fold_sql(table: str, width: int) -> str:
     """Fold the staged values and the readings with first < id <= last (parameters: first, last) into `table`.
-    Metric first in the grouping: led by the device, SQLite would read the readings through their device index
-    (to skip a sort) from its start. SQLite evaluates every SET expression against the row as it was, so `last`
-    and `last_ts` compare the same old ts."""
+    SQLite evaluates every SET expression against the row as it was, so `last` and `last_ts` compare the same
+    old ts."""
     staged_bucket = "h" if width == HOUR else f"(h - ((h % {width}) + {width}) % {width})"
     bucket = _bucket(width)
     return f"""
