@@ -17,8 +17,8 @@ A WAL that grows fast is checkpointed before the interval: beside 1,000 readings
 passed the writer's backstop within the interval, during a retention pass within a few seconds, and the
 writer's own checkpoints then stalled ingest's commits 30-66 ms each. So every POLL_S the task reads how many
 frames the WAL holds (the wal-index header, a read of the -shm file) and checkpoints at once from
-`early_pages` on: at a gateway's ordinary pace (100 devices x 1 reading / 10 s) the WAL never gets there and
-the interval holds.
+`early_pages` on: at a gateway's ordinary pace (100 devices x 1 reading / 10 s, each committed alone: ~1,000
+pages in ~14 s, as above) the WAL gets there about when the interval ends anyway.
 """
 
 from __future__ import annotations
