@@ -7,8 +7,14 @@ the time and a fingerprint of the content of its last `per_device` readings (loa
 start, so a restart does not forget them) and acknowledges a resend without storing it. Devices resend
 at most their in-flight window (20 for our purifiers), oldest first, so 64 covers it with room.
 
+A copy can also arrive while the first one still waits for room in the store's queue: the device gave up on a
+connection and sent it again on a new one. It is not a resend yet (nothing acknowledges the first copy before
+it is queued, and that copy may still be cut short), so it waits until the first copy is queued or cut short,
+then looks again (`queueing`, `other_copy_queueing`, `queued`).
+
 Two distinct readings with the same time and the same values are indistinguishable from a resend; the
-contract's readings carry their own time, so that would be the device's bug, not data.
+contract's readings carry their own time, so that would be the device's bug, not data. Readings of other
+content at the same time are all remembered (a resend of any of them is recognised).
 
 Cost per reading: a hash of its metrics and two dict operations (~1.5 us here); ~100 bytes per remembered
 reading.
@@ -16,6 +22,7 @@ reading.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -36,22 +43,53 @@ def fingerprint(metrics: Mapping[str, MetricValue], extra: Mapping[str, Any]) ->
 class RecentReadings:
     def __init__(self, per_device: int = PER_DEVICE) -> None:
         self._per_device = per_device
-        self._by_device: dict[str, dict[float, int]] = {}  # device -> ts -> fingerprint, oldest first
+        # device -> ts -> fingerprint, oldest first; a tuple of them where readings of other content share a time
+        self._by_device: dict[str, dict[float, int | tuple[int, ...]]] = {}
+        # (device, ts) of readings on their way into the store's queue -> a future once another copy waits
+        self._queueing: dict[tuple[str, float], asyncio.Future[None] | None] = {}
 
     def new_content(self, reading: Reading) -> int | None:
         """None if the device sent this reading before; otherwise its fingerprint, for `remember` once it is
         queued for the store (a delivery cut short before that is redone, and must not count as a resend)."""
         key = fingerprint(reading.metrics, reading.extra)
         recent = self._by_device.get(reading.device_id)
-        if recent is not None and recent.get(reading.ts) == key:
-            return None
+        if recent is not None:
+            seen = recent.get(reading.ts)
+            if seen == key or (type(seen) is tuple and key in seen):
+                return None
         return key
+
+    def other_copy_queueing(self, slot: tuple[str, float]) -> asyncio.Future[None] | None:
+        """For a copy of (device, ts) on its way into the queue, a future done once that copy is queued or cut
+        short (shared: shield it); None if there is none."""
+        if slot not in self._queueing:
+            return None
+        waiter = self._queueing[slot]
+        if waiter is None:
+            waiter = self._queueing[slot] = asyncio.get_running_loop().create_future()
+        return waiter
+
+    def queueing(self, slot: tuple[str, float]) -> None:
+        """The reading of (device, ts) goes into the store's queue now (`queued` once it is there or cut short)."""
+        self._queueing[slot] = None
+
+    def queued(self, slot: tuple[str, float]) -> None:
+        waiter = self._queueing.pop(slot, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def remember(self, reading: Reading, key: int) -> None:
         recent = self._by_device.get(reading.device_id)
         if recent is None:
             recent = self._by_device[reading.device_id] = {}
-        recent[reading.ts] = key
+        seen = recent.get(reading.ts)
+        if seen is None or seen == key:
+            recent[reading.ts] = key
+        elif isinstance(seen, tuple):
+            if key not in seen:
+                recent[reading.ts] = (*seen, key)
+        else:
+            recent[reading.ts] = (seen, key)  # other content at the same time: a resend of either is recognised
         if len(recent) > self._per_device:
             del recent[next(iter(recent))]
 

@@ -68,14 +68,24 @@ class Ingest:
     async def accept(self, reading: Reading) -> None:
         """Raises PayloadError (the link quarantines what it received) for a reading outside the time window."""
         self.admit(reading)
-        key = self.recent.new_content(reading)
-        if key is None:
-            # Taken before (its PUBACK was lost): acknowledged with what is queued now, not stored again.
-            self._metrics.inc("gateway_ingest_resends_total", 1, "readings a device sent again, not stored twice")
-            return
-        self._registry.reading(reading)
-        await self._put(reading)
-        self.recent.remember(reading, key)
+        recent, slot = self.recent, (reading.device_id, reading.ts)
+        while True:
+            key = recent.new_content(reading)
+            if key is None:
+                # Taken before (its PUBACK was lost): acknowledged with what is queued now, not stored again.
+                self._metrics.inc("gateway_ingest_resends_total", 1, "readings a device sent again, not stored twice")
+                return
+            other = recent.other_copy_queueing(slot)
+            if other is None:
+                break
+            await asyncio.shield(other)  # a copy from another connection waits for room: queued, or cut short?
+        recent.queueing(slot)
+        try:
+            self._registry.reading(reading)
+            await self._put(reading)
+            recent.remember(reading, key)
+        finally:
+            recent.queued(slot)
 
     def admit(self, reading: Reading) -> None:
         """The checks every reading must pass (its time window); raises PayloadError with the reason."""

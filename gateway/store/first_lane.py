@@ -3,15 +3,15 @@ and the pace it sets for the queue under overload.
 
 The uplink frees a slot of its in-flight window only once the outbox rows of an acknowledged message are
 deleted (a crash then resends at most the window), so its throughput is its window per delete. Queued behind
-what devices keep sending, under overload that delete waited for the commits of every reading ahead of it
-and the cloud link starved. Records of this lane skip the queue (and its bound: the uplink holds at most a
+what devices keep sending, under overload that delete would wait for the commits of every reading ahead of it
+and the cloud link would starve. Records of this lane skip the queue (and its bound: the uplink holds at most a
 window's worth) and commit as their own short transaction at the writer's next turn, before the next batch.
 Their callers wait for that commit, not for the queue's receipts (receipts.py counts queued records only).
 
 **Pace under overload.** Skipping the queue is not enough when devices offer more than the gateway can
 carry: every reading taken costs the event loop its parsing and the writer its commit, and ingest, which
-never waits for anything else, takes the CPU the cloud link needs (measured: ~50 readings/s reached the cloud
-while ~4,500/s were stored). So while the cloud link delivers (the lane committed deletes within
+never waits for anything else, would take the CPU the cloud link needs (without a pace, ~50 readings/s reach
+the cloud here while ~4,500/s are stored). So while the cloud link delivers (the lane committed deletes within
 PACE_WINDOW_S), the store may run ahead of it by at most one batch (`max_batch` outbox rows committed and not
 yet deleted: the lead, `rows` being what each delete stood for). A batch then takes from the queue only what
 brings the lead back to that bound, at least PACE_FLOOR, and first waits up to the writer's commit interval
@@ -35,11 +35,12 @@ PACE_WINDOW_S = 0.5  # the pace holds this long (loop time) after the lane's las
 class FirstLane:
     """Records waiting for the lane's next commit, with the one future their callers share; the store's lead."""
 
-    __slots__ = ("_committing", "_done", "_granting", "_lead", "_paced_until", "_records")
+    __slots__ = ("_committing", "_committing_rows", "_done", "_granting", "_lead", "_paced_until", "_records")
 
     def __init__(self) -> None:
         self._records: list[StoreRecord] = []
-        self._granting = 0  # rows the records waiting (or being committed) stand for
+        self._granting = 0  # rows the records waiting stand for
+        self._committing_rows = 0  # rows the records being committed stand for
         self._lead = 0  # outbox rows committed and not yet deleted since the cloud link began to deliver
         self._done: asyncio.Future[None] | None = None  # shared by the records waiting
         self._committing: asyncio.Future[None] | None = None  # shared by the records being committed
@@ -61,13 +62,14 @@ class FirstLane:
         """The records for the writer's next transaction (`committed()` when it is done)."""
         records, self._records = self._records, []
         self._committing, self._done = self._done, None
+        self._committing_rows, self._granting = self._granting, 0  # records added from now on: the next take
         return records
 
     def committed(self, now: float) -> None:
         """The records taken last are committed (or refused for good): their callers go on."""
-        if self._granting:
-            self._lead = max(0, self._lead - self._granting)
-            self._granting = 0
+        if self._committing_rows:
+            self._lead = max(0, self._lead - self._committing_rows)
+            self._committing_rows = 0
             self._paced_until = now + PACE_WINDOW_S
         done, self._committing = self._committing, None
         if done is not None and not done.done():
@@ -91,6 +93,7 @@ class FirstLane:
     def fail(self) -> None:
         """The store closed: nobody waits for a commit that will not come."""
         self._records = []
+        self._granting = self._committing_rows = 0
         for fut in (self._committing, self._done):
             if fut is not None and not fut.done():
                 fut.set_exception(StoreClosedError("store closed before this was committed"))

@@ -20,21 +20,19 @@ import asyncio
 import json
 import math
 import sqlite3
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import aiosqlite
 
 from gateway.settings_retention import RetentionSection
 from gateway.store import aiosqlite_access
 from gateway.store.compaction import blocks_in, entries_in
+from gateway.store.raw_readings import in_read_transaction
 from gateway.store.read_queries import open_reader
 from gateway.store.reading_blocks import Entry
 from gateway.store.rollups import DAY, HOUR, READINGS_KEY, TABLES, WATERMARK
-
-T = TypeVar("T")
 
 Resolution = Literal["auto", "raw", "hour", "day"]
 AUTO_HOURS_SPAN_S = 7 * 86400.0  # bucketed history: up to a week in hours, beyond in days
@@ -178,15 +176,6 @@ def _compacted(db: sqlite3.Connection, device: str, piece: Piece) -> list[Entry]
     return entries_in(blocks_in(db, device, piece.start, piece.end), piece.start, piece.end, piece.closed)
 
 
-def _in_read_transaction(db: sqlite3.Connection, read: Callable[[], T]) -> T:
-    """One snapshot for the rollups, their watermark and the raw rows (the catch-up commits beside us)."""
-    db.execute("BEGIN")
-    try:
-        return read()
-    finally:
-        db.execute("COMMIT")
-
-
 def statistics_now(db: sqlite3.Connection, device: str, lo: float, hi: float, resolution: str = "auto",
                    windows: Windows = Windows()) -> dict[str, Any]:
     """``{from, to, resolution, readings, metrics: {name: {min, max, avg, count}}}`` (numeric metrics only)."""
@@ -221,7 +210,7 @@ def statistics_now(db: sqlite3.Connection, device: str, lo: float, hi: float, re
             readings += 1
             _merge_numbers(per_metric, metrics)
 
-    _in_read_transaction(db, read)
+    in_read_transaction(db, read)  # the rollups, their watermark, the raw rows
     metrics = {name: {"min": a[0], "max": a[1], "avg": a[2] / a[3], "count": a[3]}
                for name, a in sorted(per_metric.items())}
     return {"from": lo, "to": hi, "resolution": resolution, "readings": readings, "metrics": metrics}
@@ -264,7 +253,7 @@ def series_now(db: sqlite3.Connection, device: str, metric: str, lo: float, hi: 
             if _numeric(value):
                 add(ts, value)
 
-    _in_read_transaction(db, read)
+    in_read_transaction(db, read)  # the rollups, their watermark, the raw rows
     points = [{"ts": b, "min": a[0], "max": a[1], "avg": a[2] / a[3], "count": a[3], "last": a[5]}
               for b, a in sorted(buckets.items())]
     return {"from": lo, "to": hi, "step": step, "resolution": resolution, "points": points}
@@ -297,7 +286,7 @@ def buckets_now(db: sqlite3.Connection, device: str, lo: float, hi: float, resol
                 if _numeric(value):
                     add(bucket, name, [value, value, value, 1, ts, value])
 
-    _in_read_transaction(db, read)
+    in_read_transaction(db, read)  # the rollups, their watermark, the raw rows
     data = []
     for bucket in sorted(per_bucket, reverse=True)[:limit]:
         aggs = per_bucket[bucket]

@@ -46,6 +46,11 @@ _PER_DEVICE = (
 _ROLLUP_KEY = {"key": "(device_id, bucket, metric)", "rkey": "r.device_id, r.bucket, r.metric", "time": "bucket",
                "also": ""}
 _ROLLED_UP = f" AND r.id <= ({WATERMARK})"
+# readings' ids are max(id) + 1: with the newest rows gone (every device silent longer than the window), the
+# next reading would take an id the watermark has passed and never be folded. Every row left is folded, so the
+# watermark comes down to the newest one left.
+_WATERMARK_TO_NEWEST = ("UPDATE rollup_state SET readings_through = (SELECT coalesce(max(id), 0) FROM readings)"
+                        " WHERE readings_through > (SELECT coalesce(max(id), 0) FROM readings)")
 EXPIRE: dict[str, str] = {
     "readings": _PER_DEVICE.format(t="readings", key="id", rkey="r.id", time="ts", also=_ROLLED_UP),
     "rollup_hourly": _PER_DEVICE.format(t="rollup_hourly", **_ROLLUP_KEY),
@@ -112,6 +117,8 @@ def expire_readings(db: sqlite3.Connection, cutoff: float, limit: int) -> int:
         deleted = _expire_blocks(db, cutoff, limit)
         if not deleted:
             deleted = max(db.execute(EXPIRE["readings"], (cutoff, limit)).rowcount, 0)
+            if deleted:
+                db.execute(_WATERMARK_TO_NEWEST)
         if not deleted and cutoff != hour_of(cutoff):
             deleted = _trim_blocks(db, cutoff)
         db.execute("COMMIT")
@@ -234,9 +241,10 @@ class LifecycleJob:
         try:
             removed, took = await aiosqlite_access.on_worker_thread(conn, _timed, run,
                                                                     aiosqlite_access.raw_connection(conn))
-        except sqlite3.Error as exc:
+        except Exception as exc:  # the database's refusal, or a block that does not decode (ValueError, zlib.error)
             context.metrics.inc("gateway_lifecycle_errors_total", 1, "failed data lifecycle steps")
-            log.error("lifecycle.step_failed", action=step.action, table=step.table, error=str(exc))
+            log.error("lifecycle.step_failed", action=step.action, table=step.table,
+                      error=f"{type(exc).__name__}: {exc}")
             _finish(step, error=exc)
             return
         _finish(step, removed=removed, took=took)

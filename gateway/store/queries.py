@@ -7,9 +7,12 @@ from collections.abc import Iterable
 from typing import Any
 
 import aiosqlite
+import structlog
 
 from gateway.core.models import DeviceState
-from gateway.store.reading_blocks import decode
+from gateway.store.reading_blocks import CorruptBlockError, decode
+
+log = structlog.get_logger(__name__)
 
 
 async def load_device_states(conn: aiosqlite.Connection) -> dict[str, DeviceState]:
@@ -52,10 +55,15 @@ async def _with_compacted(conn: aiosqlite.Connection, device_id: str, rows: list
     """The device's newest rows and, older than them, its newest compacted readings: `per_device` in all, newest
     first."""
     older: list[tuple[float, Any, Any]] = []
-    async with conn.execute("SELECT data FROM reading_hours WHERE device_id = ? ORDER BY hour DESC",
+    async with conn.execute("SELECT hour, data FROM reading_hours WHERE device_id = ? ORDER BY hour DESC",
                             (device_id,)) as cur:
-        async for (data,) in cur:
-            older.extend((ts, metrics, extra or {}) for ts, _, metrics, extra in reversed(decode(data)))
+        async for hour, data in cur:
+            try:
+                entries = decode(data)
+            except CorruptBlockError as exc:  # start-up goes on: this memory only recognises resends
+                log.error("store.block_corrupt", device_id=device_id, hour=hour, error=str(exc))
+                continue
+            older.extend((ts, metrics, extra or {}) for ts, _, metrics, extra in reversed(entries))
             if len(rows) + len(older) >= per_device:
                 break
     return sorted(rows + older, key=lambda r: -r[0])[:per_device]

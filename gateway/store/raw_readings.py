@@ -12,16 +12,20 @@ from __future__ import annotations
 import heapq
 import json
 import sqlite3
-from collections.abc import Generator, Iterable, Iterator
-from typing import Any
+from collections.abc import Callable, Generator, Iterable, Iterator
+from functools import partial
+from typing import Any, TypeVar
 
 import aiosqlite
 
+from gateway.store import aiosqlite_access
 from gateway.store.compaction import blocks_in, entries_in, hour_of, metrics_text, row_entry
 from gateway.store.reading_blocks import Entry, decode
 
 _ROWS = ("SELECT ts, received_at, metrics, extra FROM raw_rows WHERE device_id = ? AND ts >= ? AND ts <= ?"
          " ORDER BY ts, id")
+T = TypeVar("T")
+
 _BLOCKS_NEWEST = ("SELECT data FROM reading_hours WHERE device_id = ? AND hour >= ? AND hour <= ?"
                   " ORDER BY hour DESC")
 
@@ -40,31 +44,43 @@ def device_entries(db: sqlite3.Connection, device: str, lo: float, hi: float) ->
     return list(heapq.merge(entries_in(blocks_in(db, device, lo, hi), lo, hi), rows, key=_ts))
 
 
-async def newest(conn: aiosqlite.Connection, device: str, lo: float, hi: float,
-                 limit: int) -> list[tuple[float, float, dict[str, Any]]]:
+def in_read_transaction(db: sqlite3.Connection, read: Callable[[], T]) -> T:
+    """`read()` with all its statements in one snapshot: a compaction step that moves rows into their block
+    commits beside a reader, and rows read before it and blocks read after it would hold readings twice."""
+    db.execute("BEGIN")
+    try:
+        return read()
+    finally:
+        db.execute("COMMIT")
+
+
+async def snapshot(conn: aiosqlite.Connection, read: Callable[..., T], *args: Any) -> T:
+    """`read(db, *args)` on the connection's worker thread, in one snapshot (in_read_transaction)."""
+    db = aiosqlite_access.raw_connection(conn)
+    return await aiosqlite_access.on_worker_thread(conn, in_read_transaction, db, partial(read, db, *args))
+
+
+def newest(db: sqlite3.Connection, device: str, lo: float, hi: float,
+           limit: int) -> list[tuple[float, float, dict[str, Any]]]:
     """(ts, received_at, metrics) of the device's newest `limit` readings with lo <= ts <= hi, newest first."""
-    async with conn.execute(
+    rows = [(ts, received, json.loads(text)) for ts, received, text in db.execute(
         "SELECT ts, received_at, metrics FROM raw_rows WHERE device_id = ? AND ts >= ? AND ts <= ?"
-        " ORDER BY ts DESC, id DESC LIMIT ?", (device, lo, hi, limit),
-    ) as cur:
-        rows = [(ts, received, json.loads(text)) async for ts, received, text in cur]
+        " ORDER BY ts DESC, id DESC LIMIT ?", (device, lo, hi, limit))]
     compacted: list[tuple[float, float, dict[str, Any]]] = []
-    async with conn.execute(_BLOCKS_NEWEST, (device, _first_hour(lo), hi)) as cur:
-        async for (data,) in cur:  # hours newest first: once `limit` are found, older hours cannot be newer
-            compacted.extend((ts, rx, m) for ts, rx, m, _ in reversed(decode(data)) if lo <= ts <= hi)
-            if len(compacted) >= limit:
-                break
+    for (data,) in db.execute(_BLOCKS_NEWEST, (device, _first_hour(lo), hi)):
+        # hours newest first: once `limit` are found, older hours cannot be newer
+        compacted.extend((ts, rx, m) for ts, rx, m, _ in reversed(decode(data)) if lo <= ts <= hi)
+        if len(compacted) >= limit:
+            break
     # On equal times a row was stored after the block's readings: it comes first, newest first.
     return list(heapq.merge(rows, compacted, key=lambda r: -r[0]))[:limit]
 
 
-async def compacted_entries(conn: aiosqlite.Connection, device: str, lo: float, hi: float) -> list[Entry]:
+def compacted_entries(db: sqlite3.Connection, device: str, lo: float, hi: float) -> list[Entry]:
     """The device's compacted readings with lo <= ts <= hi, oldest first (its rows not included)."""
-    async with conn.execute(
+    blocks = [(int(hour), bytes(data)) for hour, data in db.execute(
         "SELECT hour, data FROM reading_hours WHERE device_id = ? AND hour >= ? AND hour <= ? ORDER BY hour",
-        (device, _first_hour(lo), hi),
-    ) as cur:
-        blocks = [(int(hour), bytes(data)) async for hour, data in cur]
+        (device, _first_hour(lo), hi))]
     return entries_in(blocks, lo, hi)
 
 

@@ -10,6 +10,7 @@ in the chart series (oldest first, as a chart draws them).
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ async def readings(
     conn: aiosqlite.Connection, device: str, *, start: float | None = None, end: float | None = None, limit: int
 ) -> list[dict[str, Any]]:
     """``[{ts, receivedAt, metrics}]`` of one device within the range, newest first, at most ``limit``."""
-    rows = await raw_readings.newest(conn, device, *_range(start, end), limit)
+    rows = await raw_readings.snapshot(conn, raw_readings.newest, device, *_range(start, end), limit)
     return [{"ts": ts, "receivedAt": received, "metrics": metrics} for ts, received, metrics in rows]
 
 
@@ -54,11 +55,13 @@ async def metric_statistics(
     Numeric metrics only: json_each reports JSON true/false as types 'true'/'false', so booleans (powerOn)
     drop out, as do strings. ``count`` is per metric: a metric missing from some readings counts fewer.
     """
-    lo, hi = _range(start, end)
-    async with conn.execute(
-        "SELECT count(*) FROM raw_rows WHERE device_id = ? AND ts >= ? AND ts <= ?", (device, lo, hi)
-    ) as cur:
-        row = await cur.fetchone()
+    return await raw_readings.snapshot(conn, metric_statistics_now, device, *_range(start, end))
+
+
+def metric_statistics_now(db: sqlite3.Connection, device: str, lo: float, hi: float) -> dict[str, Any]:
+    """metric_statistics on a sqlite3 connection, in the caller's snapshot."""
+    row = db.execute("SELECT count(*) FROM raw_rows WHERE device_id = ? AND ts >= ? AND ts <= ?",
+                     (device, lo, hi)).fetchone()
     total = int(row[0]) if row else 0
     sql = (
         "SELECT m.key, min(m.value), max(m.value), total(m.value), count(*)"
@@ -67,10 +70,9 @@ async def metric_statistics(
         " GROUP BY m.key"
     )
     aggs: dict[str, list[Any]] = {}  # name -> [min, max, sum, count]
-    async with conn.execute(sql, (device, lo, hi)) as cur:
-        async for key, low, high, added, count in cur:
-            aggs[str(key)] = [low, high, added, int(count)]
-    for _, _, values, _ in await raw_readings.compacted_entries(conn, device, lo, hi):
+    for key, low, high, added, count in db.execute(sql, (device, lo, hi)):
+        aggs[str(key)] = [low, high, added, int(count)]
+    for _, _, values, _ in raw_readings.compacted_entries(db, device, lo, hi):
         total += 1
         for name, value in values.items():
             if value.__class__ is int or value.__class__ is float:  # numbers; booleans drop out as above
@@ -145,6 +147,12 @@ async def metric_series(
     Columns, not rows (``{"ts": [...], "pm25": [...]}``): a week at one reading per 10 s is 60,480 rows,
     reduced here to a few hundred points. A metric a bucket lacks is None (a gap in the line).
     """
+    return await raw_readings.snapshot(conn, metric_series_now, device, start, end, bucket_s, metrics)
+
+
+def metric_series_now(db: sqlite3.Connection, device: str, start: float, end: float, bucket_s: float,
+            metrics: tuple[str, ...]) -> dict[str, list[float | None]]:
+    """metric_series on a sqlite3 connection, in the caller's snapshot."""
     sums = ", ".join("total(json_extract(metrics, ?)), count(json_extract(metrics, ?))" for _ in metrics)
     sql = (
         f"SELECT CAST(ts / ? AS INTEGER) AS bucket, {sums} FROM raw_rows"
@@ -153,10 +161,9 @@ async def metric_series(
     # bucket -> [sum, count] per metric, rows and compacted readings (booleans count as 1/0, as json_extract's)
     buckets: dict[int, list[float]] = {}
     params = (bucket_s, *(f"$.{name}" for name in metrics for _ in range(2)), device, start, end)
-    async with conn.execute(sql, params) as cur:
-        async for bucket, *values in cur:
-            buckets[int(bucket)] = [float(v) for v in values]
-    for ts, _, reading, _ in await raw_readings.compacted_entries(conn, device, start, end):
+    for bucket, *values in db.execute(sql, params):
+        buckets[int(bucket)] = [float(v) for v in values]
+    for ts, _, reading, _ in raw_readings.compacted_entries(db, device, start, end):
         into = buckets.setdefault(int(ts / bucket_s), [0.0] * (2 * len(metrics)))
         for k, name in enumerate(metrics):
             value = reading.get(name)

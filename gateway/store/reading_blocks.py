@@ -162,11 +162,22 @@ def encode(entries: Sequence[Entry]) -> bytes:
     return VERSION + zlib.compress(_header_len.pack(len(head)) + head + b"".join(parts), 9)
 
 
+class CorruptBlockError(ValueError):
+    """A block that does not decode: another version, or damaged on the disk."""
+
+
 def decode(blob: bytes) -> list[Entry]:
-    """The readings of encode(), in the same order, equal to those given."""
+    """The readings of encode(), in the same order, equal to those given; CorruptBlockError if it does not
+    decode."""
     if blob[:1] != VERSION:
-        raise ValueError(f"unknown reading block version {blob[:1]!r}")
-    raw = zlib.decompress(blob[1:])
+        raise CorruptBlockError(f"unknown reading block version {blob[:1]!r}")
+    try:
+        return _decode(zlib.decompress(blob[1:]))
+    except (zlib.error, ValueError, LookupError, TypeError, StopIteration, struct.error) as exc:
+        raise CorruptBlockError(f"reading block does not decode: {type(exc).__name__}: {exc}") from exc
+
+
+def _decode(raw: bytes) -> list[Entry]:
     (size,) = _header_len.unpack_from(raw)
     header = json.loads(raw[4:4 + size])
     offset = 4 + size

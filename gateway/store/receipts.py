@@ -4,7 +4,8 @@ The broker acknowledges a device's QoS 1 message only when its receipt is done. 
 will all be in the writer's next batch share one future, whose target grows with each: under load that
 is one future per commit instead of one per message (fewer objects per reading, fewer callbacks when it
 is done), and none waits longer than its own records' commit. A receipt asked for after a take, or for a
-record beyond the next batch's max_batch, starts a new one.
+record beyond what the next batch may take (`next_batch`: max_batch, or less while the writer is paced by the
+cloud link, first_lane.py), starts a new one.
 """
 
 from __future__ import annotations
@@ -31,10 +32,10 @@ class Receipts:
     """Counts records queued (`enqueued`), taken into a batch (`taken`) and committed (`committed`, which
     includes records refused for good), and hands out the futures that wait for them."""
 
-    __slots__ = ("_max_batch", "_waiters", "committed", "enqueued", "taken")
+    __slots__ = ("_waiters", "committed", "enqueued", "next_batch", "taken")
 
     def __init__(self, max_batch: int) -> None:
-        self._max_batch = max_batch
+        self.next_batch = max_batch  # what the writer's next batch may take (the writer keeps it current)
         self.enqueued = 0
         self.taken = 0  # so records 1..taken are in a batch
         self.committed = 0
@@ -50,7 +51,7 @@ class Receipts:
         waiters = self._waiters
         if waiters:
             last = waiters[-1]
-            if last.taken == self.taken and target <= self.taken + self._max_batch and not last.future.done():
+            if last.taken == self.taken and target <= self.taken + self.next_batch and not last.future.done():
                 last.target = target
                 return last.future
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()

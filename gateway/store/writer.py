@@ -216,7 +216,8 @@ class StoreWriter:
                 behind = self._first.behind(self._max_batch, loop.time())
                 if behind:
                     pause = self._interval
-                if pause > 0 and (behind or queue.qsize() < self._max_batch) and not self._closed and not self._urgent:
+                if (pause > 0 and (behind or queue.qsize() < self._max_batch) and not self._first
+                        and not self._closed and not self._urgent):  # (a delete that came as it woke: no wait)
                     wait = self._batch_wait = loop.create_future()
                     timer = loop.call_later(pause, _resolve, wait)
                     try:
@@ -230,6 +231,7 @@ class StoreWriter:
                 limit = self._first.batch_limit(self._max_batch, loop.time())  # paced by the cloud link's deletes
                 stop = queue.take(batch, limit)
                 self._receipts.note_take(len(batch))
+                self._receipts.next_batch = limit  # receipts shared up to what the next batch likely takes
                 await self._commit_retrying(batch)
                 last_commit = loop.time()
                 if stop:
@@ -387,12 +389,16 @@ class StoreWriter:
                     conn, transaction.run, aiosqlite_access.raw_connection(conn), statements
                 )
         self._next_seq = plan.next_seq
-        if plan.jobs:  # their own transactions: a failure there must not replay the batch above
+        # The batch is durable from here on: nothing below may make the caller think it failed (a retry
+        # would store every row a second time), so jobs' and listeners' errors are contained and counted.
+        if plan.jobs:  # each in its own transaction
             context = JobContext(self._metrics, self._take_seq if self._outbox else None)
             for job in plan.jobs:
-                await job(conn, context)
-        # The batch is durable from here on: nothing below may make the caller think it failed (a retry
-        # would store every row a second time), so listeners' errors are contained and counted.
+                try:
+                    await job(conn, context)
+                except Exception:
+                    self._metrics.inc("gateway_store_job_errors_total", 1, "jobs after a commit that raised")
+                    log.exception("store.job_failed", job=type(job).__name__)
         if plan.outbox:
             for outbox_callback in self.on_outbox:
                 self._notify(outbox_callback, plan.outbox)

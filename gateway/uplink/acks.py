@@ -17,19 +17,26 @@ know which message the cloud acknowledged, so the lanes:
 aiomqtt keeps the connection, the socket and every other publish. Uses private names of paho-mqtt
 (``_mid_generate``, ``_out_packet`` and its entries' form, ``_registered_write``, ``_handle_pubackcomp``,
 ``_sock_recv``, ``_in_packet``, ``_sock``) and
-``aiomqtt.Client._client``; both libraries are pinned in pyproject.toml and ``check()`` names any that is
-missing when a connection starts.
+``aiomqtt.Client._client``; both libraries are pinned in pyproject.toml. ``check_installed()`` runs when the
+uplink is built (start-up: IncompatibleLibraryError, exit 3, naming each name missing or of another shape), and
+``check()`` again on each connection's client.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import importlib.metadata
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 import aiomqtt
 import paho.mqtt.client as paho
 
+from gateway.core.errors import IncompatibleLibraryError
+
 T = TypeVar("T")
+PINNED = {"paho-mqtt": "2.2.0", "aiomqtt": "2.5.1"}  # as pyproject.toml pins them
 _MISSING = object()
 _PRIVATE = ("_mid_generate", "_out_packet", "_registered_write", "_handle_pubackcomp", "_sock_recv", "_in_packet",
             "_sock")
@@ -39,13 +46,36 @@ _READS_PER_TURN = 1024  # packets read in one event-loop turn at most (others' t
 
 
 def check(client: aiomqtt.Client) -> None:
-    """Raise RuntimeError naming the private names this module needs that the installed libraries lack."""
+    """Raise IncompatibleLibraryError naming each private name this module needs that the installed aiomqtt or
+    paho-mqtt lacks, or has in another shape."""
     inner = getattr(client, "_client", None)
-    missing = ["aiomqtt.Client._client"] if inner is None else [
-        f"paho.mqtt.client.Client.{name}" for name in _PRIVATE if not hasattr(inner, name)
-    ]
-    if missing:
-        raise RuntimeError(f"uplink: the installed aiomqtt/paho-mqtt lack {', '.join(missing)} (see uplink/acks.py)")
+    if not isinstance(inner, paho.Client):
+        problems = [f"aiomqtt.Client._client is not a paho.mqtt.client.Client (found {type(inner).__name__})"]
+    else:
+        problems = [f"paho.mqtt.client.Client.{name} is missing" for name in _PRIVATE if not hasattr(inner, name)]
+        shapes = (("_mid_generate", callable), ("_handle_pubackcomp", callable), ("_sock_recv", callable),
+                  ("_out_packet", lambda v: isinstance(v, collections.deque)),
+                  ("_in_packet", lambda v: isinstance(v, dict) and "packet" in v),
+                  ("_registered_write", lambda v: isinstance(v, bool)))
+        problems += [f"paho.mqtt.client.Client.{name} has another form ({type(getattr(inner, name)).__name__})"
+                     for name, fits in shapes if hasattr(inner, name) and not fits(getattr(inner, name))]
+    problems += [f"{dist} {_version(dist)}, the uplink was written against {pinned}"
+                 for dist, pinned in PINNED.items() if _version(dist) != pinned]
+    if problems:
+        found = f"{_version('paho-mqtt')} (aiomqtt {_version('aiomqtt')})"
+        raise IncompatibleLibraryError("paho-mqtt", found, [*problems, "used by gateway/uplink/acks.py"])
+
+
+def check_installed() -> None:
+    """check() on a client that is never connected (called at start-up, with the event loop running)."""
+    check(aiomqtt.Client("127.0.0.1"))
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed)"
 
 
 def _remaining_length(n: int) -> bytes:
@@ -107,6 +137,9 @@ class AckTracker(Generic[T]):
             while buffered and rc == paho.MQTT_ERR_SUCCESS and inner._sock is not None and turns:
                 rc = loop_read(max_packets)
                 turns -= 1
+            if buffered and rc == paho.MQTT_ERR_SUCCESS and inner._sock is not None:
+                # The rest at a later turn: the socket may stay silent, and nothing else would read it.
+                asyncio.get_running_loop().call_soon(read)
             return rc
 
         inner._handle_pubackcomp = pubackcomp  # type: ignore[method-assign]

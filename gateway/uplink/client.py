@@ -30,7 +30,7 @@ from gateway.core.models import OutboxDone, OutboxEntry
 from gateway.core.registry import Change, DeviceRegistry
 from gateway.settings import UplinkSection
 from gateway.store.writer import StoreWriter
-from gateway.uplink import messages
+from gateway.uplink import acks, messages
 from gateway.uplink.acks import AckTracker
 from gateway.uplink.cancels import honour_cancel
 from gateway.uplink.connect import cloud_client, describe, is_link_error
@@ -81,6 +81,7 @@ class Uplink:
         version: str,
         started_at: float,
     ) -> None:
+        acks.check_installed()  # paho's private names this uplink uses: at start-up, not at the first connection
         self._s = settings
         self._gateway_id = gateway_id
         self._topics = messages.Topics(org, gateway_id)

@@ -14,7 +14,8 @@ from firmware_sim.hub import beacon_mac
 
 # greenlet is in the test venv only (Playwright's dependency; config/requirements.lock has none), and structlog
 # imports it when it can (+1.2 MB): keep it out, so the figures are those of a production install.
-sys.modules.setdefault("greenlet", None)  # type: ignore[arg-type]  (before structlog: the imports below follow)
+# (before structlog: the imports below follow)
+sys.modules.setdefault("greenlet", None)  # type: ignore[arg-type]
 
 import gateway.__main__  # noqa: F401  first, as in `edge-gateway run`: it keeps rich out of the process
 from gateway.app import Gateway

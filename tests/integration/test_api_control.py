@@ -13,11 +13,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.cloud_methods import register_control_methods
 from gateway.core.clock import ManualClock
 from gateway.uplink.rpc import Dispatcher, parse_request
+from tests.fixtures.cloud import uplink_config
 from tests.fixtures.gateway import GatewayFactory, device_password, free_port, wait_for
 from tests.fixtures.purifiers import purifier
 from tests.integration.test_api import MONDAY_0830, api_for
 from tests.integration.test_control_edges import ScriptedDevice
-from tests.integration.test_uplink import uplink_config
 
 ONE_ATTEMPT = "command_timeout_seconds = 1\ncommand_attempts = 1"
 

@@ -83,7 +83,7 @@ async def test_bare_amqtt_still_leaks_retained_messages(bare_amqtt: int) -> None
 
 
 async def test_guarded_broker_replays_retained_only_within_the_acl(gateway: RunningGateway) -> None:
-    broker = gateway.gateway.broker.amqtt
+    broker = gateway.amqtt
 
     async def publish() -> None:
         # The gateway itself may publish (retained) commands; only AP-01 may ever see this one.
@@ -151,7 +151,7 @@ async def test_guarded_broker_drops_a_silent_client_within_1_5_keepalive_and_pub
         assert gateway.counter("gateway_broker_silent_clients_total") == 1
         # the Will was published (not only the connection dropped): it is the retained status now, and
         # ingest took the device offline from it (reason "status", before the disconnect could)
-        retained = gateway.gateway.broker.amqtt.retained_messages.get("device/AP-01/status")
+        retained = gateway.amqtt.retained_messages.get("device/AP-01/status")
         assert retained is not None and bytes(retained.data) == b"offline"
         await gateway.flush()
         reasons = [json.loads(d)["reason"] for (d,) in gateway.query(
@@ -165,7 +165,7 @@ async def test_guarded_broker_drops_a_silent_client_within_1_5_keepalive_and_pub
 # --- 3. zero-length retained publish deletes the retained message ---------------------------------------
 
 async def test_guarded_broker_deletes_retained_on_zero_length_publish(gateway: RunningGateway) -> None:
-    broker = gateway.gateway.broker.amqtt
+    broker = gateway.amqtt
     async with client(gateway.port, "AP-01") as ap01:
         await ap01.publish("device/AP-01/status", b"online", qos=1, retain=True)
         await wait_for(lambda: "device/AP-01/status" in broker.retained_messages)

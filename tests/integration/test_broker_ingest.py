@@ -16,12 +16,13 @@ from typing import Any
 import aiomqtt
 import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.fixtures.gateway import GatewayFactory, RunningGateway, device_password, wait_for
 
 
 def reading(**metrics: object) -> bytes:
-    body = {"timestamp": int(time.time() * 1000), "pm25": 7.9, "fanSpeed": 2, "powerOn": True}
+    body: dict[str, object] = {"timestamp": int(time.time() * 1000), "pm25": 7.9, "fanSpeed": 2, "powerOn": True}
     body.update(metrics)
     return json.dumps(body).encode()
 
@@ -43,14 +44,14 @@ class PahoDevice:
     def __init__(self, port: int, device_id: str, password: str) -> None:
         self.connack: list[int] = []
         self.connected = threading.Event()
-        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=device_id)
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=device_id)
         self.client.username_pw_set(device_id, password)
         self.client.on_connect = self._on_connect
         self.client.connect("127.0.0.1", port, keepalive=30)
         self.client.loop_start()
 
-    def _on_connect(self, client: paho.Client, userdata: object, flags: object, rc: object, props: object) -> None:
-        self.connack.append(int(rc.value) if hasattr(rc, "value") else int(rc))  # type: ignore[arg-type]
+    def _on_connect(self, client: paho.Client, userdata: object, flags: object, rc: Any, props: object) -> None:
+        self.connack.append(int(rc.value) if hasattr(rc, "value") else int(rc))
         self.connected.set()
 
     def close(self) -> None:
@@ -104,7 +105,7 @@ async def test_bad_logins_are_refused_logged_and_counted(
     assert "Not authorized" in str(err.value) or err.value.rc in (4, 5, 135)
     assert gateway.counter("gateway_broker_logins_refused_total", reason=reason) == 1
     # a refused client leaves no session behind that could later be taken over
-    assert client_id not in gateway.gateway.broker.amqtt.sessions
+    assert client_id not in gateway.amqtt.sessions
 
 
 async def test_anonymous_login_refused_by_default(gateway: RunningGateway) -> None:
@@ -262,7 +263,7 @@ async def test_a_flooding_device_is_not_parsed_ahead_of_delivery_and_loses_nothi
     reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
     writer.write(connect_packet("AP-01", "AP-01", device_password("AP-01")))
     assert (await reader.readexactly(4))[3] == 0
-    session = gw.gateway.broker.amqtt.sessions["AP-01"][0]
+    session = gw.amqtt.sessions["AP-01"][0]
     deepest = 0
 
     async def watch() -> None:
@@ -313,7 +314,7 @@ async def test_a_device_that_publishes_and_disconnects_at_once_loses_nothing_ack
                     acks += 1
         writer.close()
         total_acks += acks
-        await wait_for(lambda: gateway.gateway.broker.amqtt.client_sessions_running == 0)
+        await wait_for(lambda: gateway.amqtt.client_sessions_running == 0)
         await gateway.flush()
         stored = gateway.query("SELECT count(*) FROM readings")[0][0] - before
         assert stored >= acks, f"{acks} readings acknowledged, {stored} stored"

@@ -23,13 +23,14 @@ from amqtt.session import IncomingApplicationMessage, Session
 
 from tests.fixtures.gateway import GatewayFactory, RunningGateway, device_password, wait_for
 from tests.fixtures.markers import messages_until_marker
+from tests.fixtures.mqtt_packets import read_packet
 
 COMMAND = b'{"commandId": "c-1", "action": "turnOff", "value": null}'
 COMMAND_TOPIC = "device/AP-01/command"
 
 
 def reading(**metrics: object) -> bytes:
-    body = {"timestamp": int(time.time() * 1000), "pm25": 7.9, "fanSpeed": 2, "powerOn": True}
+    body: dict[str, object] = {"timestamp": int(time.time() * 1000), "pm25": 7.9, "fanSpeed": 2, "powerOn": True}
     body.update(metrics)
     return json.dumps(body).encode()
 
@@ -165,7 +166,7 @@ async def test_wrong_password_with_a_connected_devices_client_id_leaves_that_dev
 async def test_valid_credentials_of_one_device_cannot_take_over_another_devices_client_id(
     gateway: RunningGateway, clean_session: bool
 ) -> None:
-    broker = gateway.gateway.broker.amqtt
+    broker = gateway.amqtt
     will = aiomqtt.Will("device/AP-02/status", b"online", qos=1, retain=True)
     async with asyncio.timeout(20), aio_client(gateway, "AP-01", clean_session=clean_session) as victim:
         await victim.subscribe("device/AP-01/command", qos=1)
@@ -196,7 +197,7 @@ async def test_refused_connack_codes_and_nothing_left_behind(
     gateway: RunningGateway, client_id: str, username: str | None, password: str | None, reason: str
 ) -> None:
     """Every refusal is CONNACK 5 "not authorized", whatever the reason: the code tells no device ids apart."""
-    broker = gateway.gateway.broker.amqtt
+    broker = gateway.amqtt
     raw = await raw_connect(gateway.port, client_id, username, password, clean=False)
     try:
         assert raw.connack == b"\x20\x02\x00\x05"  # session present 0, not authorized
@@ -220,7 +221,7 @@ async def test_reconnect_keeps_the_new_connection_working(
     gateway: RunningGateway, clean_session: bool, old_connection: str
 ) -> None:
     """A "still-open" old connection: the device lost power without a TCP close, and is back first."""
-    broker = gateway.gateway.broker.amqtt
+    broker = gateway.amqtt
     old = await raw_connect(gateway.port, "AP-01", "AP-01", device_password("AP-01"), clean=clean_session)
     try:
         assert old.return_code == 0
@@ -264,14 +265,14 @@ async def test_reconnect_after_an_orderly_close_with_a_persistent_session(gatewa
             await wait_for(lambda: readings(gateway, "AP-01") == round_ + 1)  # noqa: B023 - awaited here
             assert online(gateway, "AP-01")
         await wait_for(lambda: not online(gateway, "AP-01"))
-    assert gateway.gateway.broker.amqtt.device_connections == 0
+    assert gateway.amqtt.device_connections == 0
 
 
 # --- 3. at shutdown, leftovers are delivered only under an identity that logged in --------------------------------
 
 async def test_shutdown_delivers_nothing_from_a_session_that_never_logged_in(gateway: RunningGateway) -> None:
     """A session amqtt holds without a verified login (here planted directly) claims a device in its username."""
-    broker = gateway.gateway.broker.amqtt
+    broker = gateway.amqtt
     session = Session()
     session.client_id = session.username = "AP-01"
     session.delivered_message_queue.put_nowait(
@@ -311,7 +312,7 @@ async def test_shutdown_under_load_stores_everything_acknowledged(gateway_factor
 # --- 4. a Will cannot plant a retained message outside the device's topics; anonymous is not a bypass ----------
 
 async def test_retained_will_on_another_devices_command_topic_is_dropped(gateway: RunningGateway) -> None:
-    broker = gateway.gateway.broker.amqtt
+    broker = gateway.amqtt
     forged = b'{"commandId": "evil", "action": "turnOff", "value": null}'
     planter = await raw_connect(
         gateway.port, "AP-01", "AP-01", device_password("AP-01"), clean=True,
@@ -365,7 +366,7 @@ async def test_anonymous_mode_does_not_bypass_a_configured_password(gateway_fact
     assert gw.counter("gateway_broker_logins_refused_total", reason="no-password") == 1
     assert not online(gw, "AP-01")
     assert readings(gw, "AP-01") == 0
-    await wait_for(lambda: gw.gateway.broker.amqtt.device_connections == 0)
+    await wait_for(lambda: gw.amqtt.device_connections == 0)
 
 
 # --- 5. a PUBLISH to a topic no client may publish to ends the connection ----------------------------------
@@ -388,7 +389,7 @@ async def test_publish_to_an_invalid_topic_closes_the_connection(gateway: Runnin
     await wait_for(lambda: not online(gateway, "AP-01"))
     await gateway.flush()
     assert readings(gateway, "AP-01") == 1  # nothing after the violation was taken
-    assert gateway.gateway.broker.amqtt.device_connections == 0
+    assert gateway.amqtt.device_connections == 0
 
 
 async def test_qos2_publish_to_a_dollar_topic_closes_the_connection(gateway: RunningGateway) -> None:
@@ -406,7 +407,7 @@ async def test_qos2_publish_to_a_dollar_topic_closes_the_connection(gateway: Run
     finally:
         raw.close()
     assert gateway.counter("gateway_broker_protocol_errors_total") == 1
-    broker = gateway.gateway.broker.amqtt
+    broker = gateway.amqtt
     await wait_for(lambda: broker.device_connections == 0)
     await wait_for(lambda: not broker.sessions["AP-01"][0].transitions.is_connected())
     await gateway.flush()
@@ -465,15 +466,7 @@ async def test_a_connection_costs_two_tasks_and_little_memory(gateway_factory: G
 
 
 async def _read_packet(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    first = (await asyncio.wait_for(reader.readexactly(1), 5))[0]
-    length, shift = 0, 0
-    while True:
-        byte = (await reader.readexactly(1))[0]
-        length |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            break
-    return first, await reader.readexactly(length)
+    return await asyncio.wait_for(read_packet(reader), 5)
 
 
 async def test_a_qos2_reading_completed_on_a_resumed_session_is_stored_at_once(gateway: RunningGateway) -> None:
@@ -484,7 +477,7 @@ async def test_a_qos2_reading_completed_on_a_resumed_session_is_stored_at_once(g
     raw.writer.write(_frame(0x34, _str("device/AP-01/data") + (9).to_bytes(2, "big") + reading(pm25=5.0)))
     assert await asyncio.wait_for(raw.reader.readexactly(4), 5) == b"\x50\x02\x00\x09"  # PUBREC
     raw.close()  # gone before its PUBREL
-    broker = gateway.gateway.broker.amqtt
+    broker = gateway.amqtt
     await wait_for(lambda: broker.device_connections == 0)
     raw = await raw_connect(gateway.port, "AP-01", "AP-01", password, clean=False)
     try:
@@ -505,7 +498,7 @@ async def test_a_qos2_reading_completed_on_a_resumed_session_is_stored_at_once(g
 async def test_subscribe_and_unsubscribe_take_effect_in_the_order_sent(gateway: RunningGateway) -> None:
     """UNSUBSCRIBE then SUBSCRIBE of one topic, sent while the client loop is busy (here: replaying a retained
     command that waits for its PUBACK), must leave the device subscribed."""
-    broker = gateway.gateway.broker.amqtt
+    broker = gateway.amqtt
     topic = "device/AP-01/command"
     await broker.retain_message(None, topic, COMMAND, 1)
     raw = await raw_connect(gateway.port, "AP-01", "AP-01", device_password("AP-01"), clean=True)

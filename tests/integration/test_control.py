@@ -32,7 +32,7 @@ NO_API = "enabled = false"
 
 
 def berlin(*args: int) -> float:
-    return datetime(*args, tzinfo=BERLIN).timestamp()  # type: ignore[misc]
+    return datetime(*args, tzinfo=BERLIN).timestamp()  # type: ignore[arg-type,misc]
 
 
 def commands(gw: RunningGateway, device: str) -> list[tuple[Any, ...]]:

@@ -24,7 +24,8 @@ from tests.fixtures.gateway import (
     write_config,
 )
 from tests.fixtures.markers import is_marker, marker_delivered
-from tests.integration.test_control import NO_API, berlin, commands, events, purifier, settle, step, until
+from tests.fixtures.purifiers import purifier, until
+from tests.integration.test_control import NO_API, berlin, commands, events, settle, step
 
 Handler = Callable[[dict[str, Any]], dict[str, Any] | None]
 

@@ -45,7 +45,7 @@ async def test_steady_flow_arrives_with_msg_ids_in_per_device_order(
     first = telemetry[0]
     assert set(first) == {"ts", "metrics", "gatewayId", "msgId"} and first["gatewayId"] == "gw-test"
     assert first["ts"] == 1763800000.0
-    status = [p for t, p, _ in cloud.messages if t == "v1/gateways/test-org/gw-test/status"]
+    status = [p for t, p, _ in cloud.messages if t == "v1/gateways/test-org/gw-test/status" and isinstance(p, dict)]
     assert status and status[0]["online"] is True and {"version", "startedAt", "backlog"} <= set(status[0])
     devices = [p for t, p, _ in cloud.messages if t == "v1/gateways/test-org/gw-test/devices"]
     assert devices and {d["id"] for d in devices[0]} == {"AP-01", "AP-02"}  # type: ignore[index,union-attr]
@@ -58,7 +58,8 @@ async def test_steady_flow_arrives_with_msg_ids_in_per_device_order(
         for t, p, _ in cloud.messages if t.endswith("/devices")), timeout=8)
 
     await gw.stop()  # an orderly stop says "offline" itself (the broker publishes the Will only on a loss)
-    await wait_for(lambda: [p for t, p, _ in cloud.messages if t.endswith("/status")][-1]["online"] is False)
+    await wait_for(lambda: [p for t, p, _ in cloud.messages
+                            if t.endswith("/status") and isinstance(p, dict)][-1]["online"] is False)
 
 
 async def test_cloud_broker_stopped_under_load_then_started_loses_nothing(
@@ -254,7 +255,7 @@ async def test_kill_9_during_a_drain_loses_nothing_and_resends_at_most_the_windo
 
         def drained() -> bool:
             with sqlite3.connect(db) as conn:
-                return conn.execute("SELECT count(*) FROM outbox WHERE kind = 'telemetry'").fetchone()[0] == 0
+                return bool(conn.execute("SELECT count(*) FROM outbox WHERE kind = 'telemetry'").fetchone()[0] == 0)
 
         await wait_for(drained, timeout=60)
         await wait_for(lambda: len(set(cloud.msg_ids())) >= 3000, timeout=10)

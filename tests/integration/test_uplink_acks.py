@@ -6,11 +6,15 @@ import asyncio
 from typing import Any
 
 import aiomqtt
+import paho.mqtt.client as paho
 import pytest
 
-from gateway.uplink.acks import AckTracker, check
+from gateway.core.errors import IncompatibleLibraryError
+from gateway.uplink import acks
+from gateway.uplink.acks import AckTracker, check, check_installed
 from tests.fixtures.gateway import wait_for
 from tests.fixtures.mosquitto import MosquittoBroker
+from tests.fixtures.mqtt_packets import read_packet
 
 
 async def _received(broker: MosquittoBroker, topic: str, into: list[tuple[str, bytes]], ready: asyncio.Event) -> None:
@@ -68,8 +72,28 @@ async def test_the_private_names_it_needs_are_checked(mosquitto: MosquittoBroker
     class Stripped:
         _client = object()
 
-    with pytest.raises(RuntimeError, match="_mid_generate"):
+    with pytest.raises(IncompatibleLibraryError, match=r"is not a paho\.mqtt\.client\.Client"):
         check(Stripped())  # type: ignore[arg-type]
+
+
+async def test_a_missing_or_changed_private_name_or_another_version_stops_the_start_naming_each(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    check_installed()  # the pinned versions pass
+    monkeypatch.delattr(paho.Client, "_mid_generate")
+    monkeypatch.setattr(acks, "PINNED", {**acks.PINNED, "paho-mqtt": "1.6.1"})
+    original_init = paho.Client.__init__
+
+    def init_with_a_list(self: paho.Client, *args: Any, **kwargs: Any) -> None:
+        original_init(self, *args, **kwargs)
+        self._out_packet = []  # type: ignore[assignment]
+
+    monkeypatch.setattr(paho.Client, "__init__", init_with_a_list)
+    with pytest.raises(IncompatibleLibraryError) as err:
+        check_installed()
+    text = str(err.value)
+    assert "Client._mid_generate is missing" in text and "Client._out_packet has another form (list)" in text
+    assert "paho-mqtt 2.2.0, the uplink was written against 1.6.1" in text
 
 
 async def test_a_batch_flushed_while_paho_waits_for_its_write_callback_leaves_no_writer_behind(
@@ -96,3 +120,50 @@ async def test_a_batch_flushed_while_paho_waits_for_its_write_callback_leaves_no
     # The callback wrote what was queued and ended its registration; a writer left registered on the socket
     # (always writable) was called every loop turn: thousands of times here.
     assert writes[0] <= 2
+
+
+async def _acks_in_one_write(count: int, connected: asyncio.Event) -> tuple[asyncio.Server, int]:
+    """A peer that speaks just enough MQTT 3.1.1: CONNACK, then once `count` QoS 1 PUBLISHes arrived, all their
+    PUBACKs in one write (what a busy cloud broker's socket can hold for one of our reads)."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        ids: list[bytes] = []
+        try:
+            while True:
+                kind, body = await read_packet(reader)
+                if kind >> 4 == 1:  # CONNECT
+                    writer.write(b"\x20\x02\x00\x00")
+                    connected.set()
+                elif kind >> 4 == 3:  # PUBLISH, QoS 1
+                    start = 2 + int.from_bytes(body[:2], "big")
+                    ids.append(body[start:start + 2])
+                    if len(ids) == count:
+                        writer.write(b"".join(b"\x40\x02" + i for i in ids))
+                elif kind >> 4 == 12:  # PINGREQ
+                    writer.write(b"\xd0\x00")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def test_more_pubacks_in_one_read_than_one_turn_reads_are_all_handled_without_new_bytes() -> None:
+    count = 3000  # PUBACKs in one write: more than one event-loop turn's reads (_READS_PER_TURN)
+    connected = asyncio.Event()
+    server, port = await _acks_in_one_write(count, connected)
+    acked: list[int] = []
+    try:
+        async with aiomqtt.Client("127.0.0.1", port, identifier="acks-many", keepalive=600,
+                                  protocol=aiomqtt.ProtocolVersion.V311) as client:
+            tracker: AckTracker[int] = AckTracker(client, acked.append)
+            for n in range(count):
+                tracker.publish("t/many", b"x", n)
+            tracker.flush()
+            # Nothing else arrives on the socket (no ping for 600 s): the reads left over must be scheduled.
+            await wait_for(lambda: len(acked) == count, timeout=10)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert sorted(acked) == list(range(count))

@@ -8,8 +8,9 @@ import asyncio
 import json
 import math
 import sqlite3
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -17,8 +18,10 @@ from gateway.cli.export import _metric_names, _readings
 from gateway.core.clock import ManualClock
 from gateway.core.models import LifecycleStep, Reading
 from gateway.settings_retention import RetentionSection
-from gateway.store import history, queries, read_queries
+from gateway.store import history, queries, raw_readings, read_queries
+from gateway.store.compaction import compact_hours, plan_wave
 from gateway.store.lifecycle import DataLifecycle
+from gateway.store.reading_blocks import CorruptBlockError, decode
 from gateway.store.schema import MIGRATIONS
 from tests.fixtures.lifecycle import T0, all_readings, insert_readings, metrics_of, reading_rows, running_store
 
@@ -232,3 +235,68 @@ async def test_a_wave_takes_every_device_of_its_hours_then_deletes_their_rows_on
     # leftovers (none), one wave of the 3 hours x 3 devices, its deletes, then a plan that finds nothing
     assert actions[0] == "drop_covered" and actions.count("compact_plan") == 2
     assert actions.index("drop_covered", 1) > max(i for i, a in enumerate(actions) if a == "compact")
+
+
+async def test_a_block_that_does_not_decode_is_skipped_at_start_and_named_in_one_error(tmp_path: Path) -> None:
+    path = tmp_path / "g.db"
+    async with running_store(path, POLICY) as store:
+        insert_readings(path, [(QUIET, T0 + 100.5 + k, T0 + 101.0 + k, compact_json(metrics_of(9, T0 + k)), None)
+                               for k in range(3)])
+        insert_readings(path, reading_rows(1, T0, T0 + 4 * HOUR, 60))
+        store.clock.advance(4 * HOUR)
+        await store.lifecycle.run_pass()
+    with sqlite3.connect(path) as db:
+        [(data,)] = db.execute("SELECT data FROM reading_hours WHERE device_id = ?", (QUIET,)).fetchall()
+        db.execute("UPDATE reading_hours SET data = ? WHERE device_id = ?", (data[: len(data) // 2], QUIET))
+    with pytest.raises(CorruptBlockError, match="does not decode: error"):
+        decode(data[: len(data) // 2])
+    with pytest.raises(CorruptBlockError, match="version"):
+        decode(b"\x7f" + data[1:])
+    conn = await read_queries.open_reader(path)
+    try:  # the resend memory's load at start: the damaged block is left out, the others are read
+        recent = await queries.load_recent_readings(conn, ("AP-000", QUIET), 64)
+    finally:
+        await conn.close()
+    assert {d for d, *_ in recent} == {"AP-000"} and len(recent) == 64
+
+
+class _CompactedBeforeBlocksAreRead:
+    """A reader's connection; just before its first read of the blocks, a compaction step commits on another
+    connection (what the store writer does beside the API's reader)."""
+
+    def __init__(self, path: Path) -> None:
+        self.db = sqlite3.connect(path, isolation_level=None)
+        self._path = path
+        self.compacted = 0
+
+    def execute(self, sql: str, params: Any = ()) -> Any:
+        if "reading_hours" in sql and not self.compacted:
+            other = sqlite3.connect(self._path, isolation_level=None)
+            try:
+                found = plan_wave(other, T0 + 3 * HOUR)
+                self.compacted, _ = compact_hours(other, found[1:], found[0], 10**6)
+            finally:
+                other.close()
+        return self.db.execute(sql, params)
+
+
+def test_a_read_of_rows_and_blocks_is_one_snapshot_while_compaction_commits_beside_it(tmp_path: Path) -> None:
+    path = tmp_path / "g.db"
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA journal_mode=WAL")  # as the store writer opens it: readers beside a writer
+        for sql in MIGRATIONS:
+            db.executescript(sql)
+    insert_readings(path, reading_rows(1, T0, T0 + 3 * HOUR, 60))
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE rollup_state SET readings_through = (SELECT max(id) FROM readings)")
+    reader = _CompactedBeforeBlocksAreRead(path)
+    try:
+        db = cast(sqlite3.Connection, reader)
+        lo, hi = T0, T0 + 3 * HOUR
+        got = raw_readings.in_read_transaction(db, partial(raw_readings.newest, db, "AP-000", lo, hi, 500))
+        stats = raw_readings.in_read_transaction(db, partial(read_queries.metric_statistics_now, db, "AP-000", lo, hi))
+    finally:
+        reader.db.close()
+    assert reader.compacted == 3 * 60 - 1  # all but the newest row, moved between the two reads of `newest`
+    assert len(got) == len({ts for ts, *_ in got}) == 3 * 60
+    assert stats["readings"] == 3 * 60

@@ -89,6 +89,29 @@ async def test_a_writer_idle_on_an_empty_queue_wakes_for_the_first_lane(tmp_path
     assert _outbox_seqs(tmp_path / "g.db") == [3]
 
 
+async def test_a_delete_arriving_as_the_writer_wakes_for_a_reading_does_not_wait_for_its_linger(
+    tmp_path: Path,
+) -> None:
+    writer = StoreWriter(tmp_path / "g.db", metrics=Metrics(), outbox=True, commit_interval=30.0, idle_linger=30.0)
+    await writer.open()
+    task = asyncio.create_task(writer.run())
+    await writer.put(_reading(0))
+    await asyncio.wait_for(writer.flush(urgent=True), 5)
+    await asyncio.sleep(0.01)  # the writer waits on its empty queue now
+
+    async def reading_then_delete() -> None:
+        # In one step: the reading wakes the writer, and the delete comes before the writer has resumed (and
+        # before it begins the 30 s linger that the delete would otherwise have to cut short).
+        await writer.put(_reading(1))
+        await writer.put_first(OutboxDone((1,)))
+
+    await asyncio.wait_for(reading_then_delete(), 5)  # waited out the linger without the check
+    assert 1 not in _outbox_seqs(tmp_path / "g.db")  # committed (and the reading's batch does not linger)
+    await writer.close()
+    await task
+    assert _outbox_seqs(tmp_path / "g.db") == [2]
+
+
 async def test_close_commits_the_first_lane_and_refuses_it_afterwards(tmp_path: Path) -> None:
     writer = StoreWriter(tmp_path / "g.db", metrics=Metrics(), outbox=True)
     await writer.open()
@@ -140,3 +163,16 @@ async def test_the_pace_bounds_the_stores_lead_over_a_delivering_cloud_link_to_o
     lane.created(50)
     assert lane.batch_limit(250, 1.2 + PACE_WINDOW_S) == 250  # no delete for a while: the pace lapses
     assert not lane.behind(250, 1.2 + PACE_WINDOW_S)
+
+
+async def test_rows_added_while_a_delete_commits_count_at_their_own_commit() -> None:
+    lane = FirstLane()
+    lane.add(OutboxDone(tuple(range(20))), 20)
+    lane.take()
+    lane.created(300)  # (the lead is counted from the committed batches' outbox rows)
+    lane.add(OutboxDone(tuple(range(20, 50))), 30)  # arrives while the first delete commits
+    lane.committed(1.0)
+    assert lane.batch_limit(1000, 1.1) == 1000 - 280  # only the committed delete's 20 rows are off the lead
+    lane.take()
+    lane.committed(1.2)
+    assert lane.batch_limit(1000, 1.3) == 1000 - 250

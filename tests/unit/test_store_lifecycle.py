@@ -215,3 +215,29 @@ async def test_a_buckets_last_value_is_the_newest_by_time_then_by_the_order_stor
         daily = db.execute("SELECT last, count FROM rollup_daily WHERE metric = 'pm25' ORDER BY bucket").fetchall()
     assert hourly == [(2, T0 + h * HOUR + 1800.0, 1, 9, 4) for h in range(30)]
     assert daily == [(2, 24 * 4), (2, 6 * 4)]
+
+
+async def test_a_reading_after_a_silence_longer_than_the_window_reaches_the_rollups(tmp_path: Path) -> None:
+    """Every reading expired: the readings table hands the next one the id 1, which the rollups' watermark had
+    passed; it must still be folded."""
+    path = tmp_path / "g.db"
+    policy = RetentionSection(readings_days=1, pause_ms=0, batch_rows=100, step_target_ms=1000)
+    async with running_store(path, policy) as store:
+        insert_readings(path, reading_rows(2, T0, T0 + HOUR, 600))
+        store.clock.advance(3 * DAY)
+        report = await store.lifecycle.run_pass()
+        assert report.expired["readings"] == 2 * 6
+        late = T0 + 3 * DAY - 60.0
+        await store.writer.put(Reading("AP-000", late, {"pm25": 42.0}, late))
+        await store.writer.flush()
+        await store.lifecycle.run_pass()
+    conn = await read_queries.open_reader(path)
+    try:
+        got = await history.statistics(conn, "AP-000", late - 600, late + 600)
+    finally:
+        await conn.close()
+    assert got["readings"] == 1 and got["metrics"]["pm25"]["max"] == 42.0
+    with sqlite3.connect(path) as db:
+        [(hourly,)] = db.execute("SELECT count(*) FROM rollup_hourly WHERE device_id = 'AP-000' AND metric = 'pm25'"
+                                 " AND bucket = ?", (late - late % HOUR,)).fetchall()
+    assert hourly == 1
