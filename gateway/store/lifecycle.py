@@ -9,8 +9,9 @@ once per pass; the pause between passes and steps is loop time (an interval, not
 A pass is many small steps (LifecycleStep records, store/lifecycle_steps.py): each a transaction that the
 store writer runs after a batch, through its one connection (DESIGN principle 5), then a pause of `pause_ms`
 in which the writer commits whatever ingest queued. A step is sized to take about `step_target_ms` (at most
-`batch_rows` rows), from the time the previous one took: the longest that a reading waits for the lifecycle
-is about one step, on a Pi's card as on a fast disk.
+`batch_rows` rows), from the time the previous step of its kind took (remembered from pass to pass): the longest
+that a reading waits for the lifecycle is about one step, on a Pi's card as on a fast disk. How long each kind
+of step held the writer's connection is kept as a histogram (`holds`, store/step_holds.py).
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ from gateway.core.clock import Clock
 from gateway.core.metrics import Metrics
 from gateway.core.models import GatewayEvent, LifecycleStep, StoreRecord
 from gateway.settings_retention import RetentionSection
+from gateway.store.step_holds import StepHolds
 
 log = structlog.get_logger(__name__)
 
 DAY_S = 86400.0
-STEP_FIRST = 200  # rows (readings, pages) of a pass's first step; the next ones follow the time it took
+STEP_FIRST = 50  # rows (readings, pages) of the first step of a kind; the next ones follow the time it took
 STEP_FEWEST = 20
 DROP_FEWEST = 2000  # ids a step of compaction's deletes takes at least (lifecycle.DataLifecycle._drop_covered)
 MB = 1024 * 1024
@@ -59,6 +61,10 @@ class DataLifecycle:
         self._metrics = metrics
         self._sleep = sleep
         self.passes = 0  # retention passes completed (the first runs at start)
+        self.holds = StepHolds(metrics)  # how long each kind of step held the writer's connection
+        # The size of the next step of each kind (action, table), from the time the last one took: a pass starts
+        # where the last one left off instead of with a step whose time nobody has measured.
+        self._sizes: dict[tuple[str, str], int] = {}
 
     async def run(self) -> None:
         """The supervised task: rollups caught up every `rollup_interval_seconds`; a retention pass at start and
@@ -90,13 +96,14 @@ class DataLifecycle:
             if not plan:
                 break
             through, *device_hours = plan
-            limit = STEP_FIRST
+            key = ("compact", "readings")
+            limit = self._first_limit(key, self._policy.batch_rows)
             while device_hours:
                 count, took, found = await self._step(LifecycleStep("compact", "readings", 0.0, limit, self._future(),
                                                                     through, found=list(device_hours)))
                 moved += count
                 device_hours = device_hours[found[0]:]
-                limit = self._next_limit(limit, took, self._policy.batch_rows)
+                limit = self._next_limit(key, limit, count, took, self._policy.batch_rows)
                 await self._sleep(self._policy.pause_ms / 1000.0)
             await self._drop_covered()
         if moved:
@@ -142,11 +149,13 @@ class DataLifecycle:
         """Delete the covered rows of the wave in id order, in steps of about `step_target_ms` but never fewer
         than DROP_FEWEST ids: every step rewrites the page of the (device_id, ts) index of each device whose
         rows it deletes (at 100 devices ~400 KB a step), so steps of 20 ids wrote ~5 KB a reading."""
-        after, limit = 0, DROP_FEWEST
+        key = ("drop_covered", "readings")
+        after, limit = 0, max(DROP_FEWEST, self._first_limit(key, self._policy.batch_rows))
         while after >= 0:
-            _, took, found = await self._step(LifecycleStep("drop_covered", "readings", after, limit, self._future()))
+            deleted, took, found = await self._step(LifecycleStep("drop_covered", "readings", after, limit,
+                                                                  self._future()))
             after = found[0]
-            limit = max(DROP_FEWEST, self._next_limit(limit, took, self._policy.batch_rows))
+            limit = max(DROP_FEWEST, self._next_limit(key, limit, deleted, took, self._policy.batch_rows))
             if after >= 0:
                 await self._sleep(self._policy.pause_ms / 1000.0)
 
@@ -154,36 +163,40 @@ class DataLifecycle:
         return asyncio.get_running_loop().create_future()
 
     async def _step(self, step: LifecycleStep) -> tuple[int, float, list[Any]]:
-        """Run one step: its count, the seconds it took, what it found."""
+        """Run one step: its count, the seconds it held the writer's connection (recorded), what it found."""
         await self._put(step)
         count, took = await step.done
+        self.holds.record(step.action, took)
         return count, took, step.found
 
-    def _next_limit(self, limit: int, took: float, most: int) -> int:
-        """The next step's size, towards `step_target_ms` from the time this one took."""
-        if took <= 0:
-            return limit
-        return int(min(most, max(STEP_FEWEST, limit * self._policy.step_target_ms / 1000.0 / took)))
+    def _first_limit(self, key: tuple[str, str], most: int) -> int:
+        return min(most, self._sizes.get(key, STEP_FIRST))
+
+    def _next_limit(self, key: tuple[str, str], limit: int, handled: int, took: float, most: int) -> int:
+        """The next step's size, towards `step_target_ms` from the time this one took (remembered for the next step
+        of its kind). A step that handled fewer rows than its limit (the end of the work, a table of few rows) took
+        less than a full one would: it may make the next step smaller, never bigger."""
+        if took > 0:
+            sized = int(min(most, max(STEP_FEWEST, limit * self._policy.step_target_ms / 1000.0 / took)))
+            limit = sized if handled >= limit else min(limit, sized)
+        self._sizes[key] = limit
+        return limit
 
     async def _repeat(self, action: str, table: str, *, cutoff: float = 0.0, size: int = 0,
                       limit: int | None = None) -> int:
         """Steps until there is nothing left to do; the total removed (folded). Each step's size follows the
         time the last one held the writer's connection, towards `step_target_ms` (a slow card: smaller steps)."""
         most = limit or self._policy.batch_rows
-        target = self._policy.step_target_ms / 1000.0
-        step_limit = min(most, STEP_FIRST)
+        key = (action, table)
+        step_limit = self._first_limit(key, most)
         total = 0
-        loop = asyncio.get_running_loop()
         while True:
-            done: asyncio.Future[tuple[int, float]] = loop.create_future()
-            await self._put(LifecycleStep(action, table, cutoff, step_limit, done, size))
-            removed, took = await done
+            removed, took, _ = await self._step(LifecycleStep(action, table, cutoff, step_limit, self._future(), size))
             total += removed
             # The size cap deletes by slices of time, which may hold fewer rows than a step takes; compaction and
             # the readings' retention take whole device-hours, which may hold fewer or more.
             if action == "newest" or removed == 0 or (removed < step_limit and action not in UNTIL_NONE_LEFT
                                                       and table != "readings"):
                 return total
-            if took > 0:
-                step_limit = int(min(most, max(STEP_FEWEST, step_limit * target / took)))
+            step_limit = self._next_limit(key, step_limit, removed, took, most)
             await self._sleep(self._policy.pause_ms / 1000.0)

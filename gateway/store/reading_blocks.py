@@ -17,9 +17,9 @@ Readings come in and go out in the order given (compaction gives them by time, t
 from __future__ import annotations
 
 import array
-import itertools
 import json
 import math
+import operator
 import struct
 import sys
 import zlib
@@ -54,8 +54,8 @@ def _unpack(typecode: str, data: bytes) -> list[Any]:
 
 def _deltas(ints: list[int]) -> tuple[list[Any], bytes] | None:
     """[first, typecode], the packed deltas after the first; None when a delta does not fit 64 bits."""
-    deltas = [b - a for a, b in itertools.pairwise(ints)]
-    widest = max((abs(d) for d in deltas), default=0)
+    deltas = list(map(operator.sub, ints[1:], ints[:-1]))
+    widest = max(max(deltas), -min(deltas)) if deltas else 0
     for typecode, bound in _WIDTHS:
         if widest < bound:
             return [ints[0], typecode], _pack(typecode, deltas)
@@ -73,12 +73,17 @@ def _undelta(first: int, typecode: str, data: bytes) -> list[int]:
 
 def _decimal_ints(values: list[float]) -> tuple[int, list[int]] | None:
     """(places, the values times 10**places) when every value is that decimal exactly (and none is -0.0)."""
-    if not all(abs(v) < 2.0**53 and (v != 0.0 or math.copysign(1.0, v) > 0) for v in values):
-        return None
+    for v in values:
+        if not (abs(v) < 2.0**53 and (v != 0.0 or math.copysign(1.0, v) > 0)):
+            return None
+    first = values[0]
     for places in range(MAX_PLACES + 1):
         scale = 10**places
-        if all(round(v * scale) / scale == v for v in values):  # the first value off ends the try
-            return places, [round(v * scale) for v in values]
+        if round(first * scale) / scale != first:  # most tries end at the first value
+            continue
+        scaled = [round(v * scale) for v in values]
+        if [k / scale for k in scaled] == values:  # each value is its scaled integer over the scale, exactly
+            return places, scaled
     return None
 
 

@@ -30,20 +30,31 @@ def _bucket(width: int) -> str:
     return f"({_FLOOR_TS} - (({_FLOOR_TS} % {width}) + {width}) % {width})"
 
 
+# A fold's numeric values, staged once for both tables (json_each parsed once), in (metric, device, hour, ts, id)
+# order: rowid follows that order, so the greatest rowid of a bucket is its newest value (by ts, then id), for the
+# hour as for the day (an hour's readings all come before the next hour's). A table of the writer's connection
+# (temp_store=MEMORY), emptied by each fold.
+STAGING = "CREATE TEMP TABLE IF NOT EXISTS fold_values (k TEXT, d TEXT, h INTEGER, x, t REAL)"
+STAGE = (
+    f"INSERT INTO temp.fold_values (k, d, h, x, t) SELECT m.key, r.device_id, {_bucket(HOUR)}, m.value, r.ts"
+    " FROM readings AS r, json_each(r.metrics) AS m WHERE r.id > ? AND r.id <= ? AND m.type IN ('integer', 'real')"
+    " ORDER BY 1, 2, 3, r.ts, r.id"
+)
+
+
 def _fold_sql(table: str, width: int) -> str:
-    """Fold readings with first < id <= last (parameters: first, last, first, last) into `table`. The newest
-    value of a group (by ts, then id) is the one whose row_number is 1; SQLite evaluates every SET expression
-    against the row as it was, so `last` and `last_ts` compare the same old ts."""
+    """Fold the staged values and the readings with first < id <= last (parameters: first, last) into `table`.
+    SQLite evaluates every SET expression against the row as it was, so `last` and `last_ts` compare the same
+    old ts."""
+    staged_bucket = "h" if width == HOUR else f"(h - ((h % {width}) + {width}) % {width})"
     bucket = _bucket(width)
     return f"""
 INSERT INTO {table} (device_id, bucket, metric, min, max, sum, count, last_ts, last)
 SELECT * FROM (
-    SELECT d, b, k, min(x), max(x), total(x), count(*), max(t), max(CASE WHEN n = 1 THEN x END) FROM (
-        SELECT r.device_id AS d, {bucket} AS b, m.key AS k, m.value AS x, r.ts AS t,
-               row_number() OVER (PARTITION BY r.device_id, {bucket}, m.key ORDER BY r.ts DESC, r.id DESC) AS n
-        FROM readings AS r, json_each(r.metrics) AS m
-        WHERE r.id > ? AND r.id <= ? AND m.type IN ('integer', 'real')
-    ) GROUP BY d, b, k
+    SELECT g.d, g.b, g.k, g.lo, g.hi, g.s, g.n, g.lt, newest.x FROM (
+        SELECT k, d, {staged_bucket} AS b, min(x) AS lo, max(x) AS hi, total(x) AS s, count(*) AS n, max(t) AS lt,
+               max(rowid) AS newest_row FROM temp.fold_values GROUP BY k, d, {staged_bucket}
+    ) AS g JOIN temp.fold_values AS newest ON newest.rowid = g.newest_row
     UNION ALL
     SELECT r.device_id, {bucket}, '', 0, 0, 0.0, count(*), max(r.ts), 0 FROM readings AS r
     WHERE r.id > ? AND r.id <= ? GROUP BY r.device_id, {bucket}
@@ -75,6 +86,7 @@ def newest_id(db: sqlite3.Connection) -> int:
 def catch_up(db: sqlite3.Connection, limit: int, through: int | None = None) -> int:
     """Fold the next `limit` readings (by id, up to id `through`) into both tables, in one transaction; how
     many it folded."""
+    db.execute(STAGING)
     db.execute("BEGIN IMMEDIATE")
     try:
         first = watermark(db)
@@ -84,8 +96,10 @@ def catch_up(db: sqlite3.Connection, limit: int, through: int | None = None) -> 
             db.execute("COMMIT")
             return 0
         last = int(row[0])
+        db.execute("DELETE FROM temp.fold_values")
+        db.execute(STAGE, (first, last))
         for sql in FOLD.values():
-            db.execute(sql, (first, last, first, last))
+            db.execute(sql, (first, last))
         db.execute("UPDATE rollup_state SET readings_through = ?", (last,))
         folded = db.execute("SELECT count(*) FROM readings WHERE id > ? AND id <= ?", (first, last)).fetchone()
         db.execute("COMMIT")

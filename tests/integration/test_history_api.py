@@ -20,12 +20,15 @@ from tests.fixtures.gateway import GatewayFactory, RunningGateway
 from tests.fixtures.lifecycle import T0, assert_same_points, insert_readings, raw_series, reading_rows
 
 DAY = 86400.0
+# The gateway's own lifecycle job, in big steps without pauses: paced as in production (steps of ~2 ms, 50 ms
+# apart) its catch-up of the generated days took ~10 s of each test's setup.
+UNPACED = "[retention]\npause_ms = 0\nstep_target_ms = 1000\nrollup_batch_readings = 20000"
 
 
 @pytest.fixture
 async def gw(gateway_factory: GatewayFactory) -> AsyncIterator[RunningGateway]:
     clock = ManualClock(T0 + 3 * DAY)
-    running = await gateway_factory(clock=clock, devices=("AP-000", "AP-001"))
+    running = await gateway_factory(clock=clock, devices=("AP-000", "AP-001"), extra=UNPACED)
     insert_readings(running.db_path, reading_rows(2, T0, T0 + 3 * DAY, 120))
     await running.gateway.lifecycle.catch_up()
     yield running

@@ -11,6 +11,7 @@ from gateway.core.metrics import Metrics
 from gateway.core.models import Reading
 from gateway.store.checkpoints import BACKSTOP_PAGES, WalCheckpointer
 from gateway.store.writer import StoreWriter
+from tests.fixtures.gateway import wait_for
 from tests.fixtures.lifecycle import T0, metrics_of
 
 
@@ -47,5 +48,39 @@ async def test_a_passive_checkpoint_beside_the_writer_copies_the_wal_and_the_wal
         assert metrics.value("gateway_store_checkpoints_total") == 4
     finally:
         await conn.close()
+        await writer.close()
+        await task
+
+
+async def test_a_wal_that_grows_fast_is_checkpointed_before_the_interval(tmp_path: Path) -> None:
+    path = tmp_path / "g.db"
+    metrics = Metrics()
+    writer = StoreWriter(path, metrics=metrics, wal_autocheckpoint=BACKSTOP_PAGES)
+    await writer.open()
+    task = asyncio.create_task(writer.run())
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:  # loop time passes only as the checkpointer says
+        slept.append(seconds)
+        await asyncio.sleep(0.001)
+
+    checkpointer = asyncio.create_task(WalCheckpointer(path, metrics=metrics, interval=3600.0, sleep=sleep,
+                                                       early_pages=200).run())
+    try:
+        await asyncio.sleep(0.05)
+        assert metrics.value("gateway_store_checkpoints_total") == 0  # an idle WAL waits for the interval
+        for i in range(3000):  # a burst: hundreds of pages
+            await writer.put(Reading(f"AP-{i % 20:03d}", T0 + i, metrics_of(i % 20, T0 + i), T0 + i))
+            if i % 50 == 0:
+                await writer.flush()
+        await writer.flush()
+        await wait_for(lambda: metrics.value("gateway_store_checkpoints_total") >= 1)
+        assert sum(slept) < 3600.0  # long before the interval
+        checkpoints, polls = metrics.value("gateway_store_checkpoints_total"), len(slept)
+        await wait_for(lambda: len(slept) >= polls + 20)
+        assert metrics.value("gateway_store_checkpoints_total") == checkpoints  # the WAL copied: none more
+    finally:
+        checkpointer.cancel()
+        await asyncio.gather(checkpointer, return_exceptions=True)
         await writer.close()
         await task

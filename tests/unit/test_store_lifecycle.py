@@ -198,6 +198,25 @@ async def test_a_catch_up_ends_at_the_newest_reading_when_it_started_while_inges
     assert folded >= 120
 
 
+async def test_a_buckets_last_value_is_the_newest_by_time_then_by_the_order_stored(tmp_path: Path) -> None:
+    path = tmp_path / "g.db"
+    policy = RetentionSection(pause_ms=0, rollup_batch_readings=10, step_target_ms=1000)
+    rows = []  # AP-000: three readings at the same time per hour, the last stored wins; one older, stored later
+    for hour in range(30):  # across a day boundary
+        ts = T0 + hour * HOUR + 1800.0
+        rows += [("AP-000", ts, ts, f'{{"pm25": {v}, "voc": {hour}}}', None) for v in (3, 1, 2)]
+        rows.append(("AP-000", ts - 60.0, ts, '{"pm25": 9}', None))
+    async with running_store(path, policy) as store:
+        insert_readings(path, rows)
+        assert await store.lifecycle.catch_up() == 120  # steps of 10 readings: buckets folded across steps
+    with sqlite3.connect(path) as db:
+        hourly = db.execute("SELECT last, last_ts, min, max, count FROM rollup_hourly WHERE metric = 'pm25'"
+                            " ORDER BY bucket").fetchall()
+        daily = db.execute("SELECT last, count FROM rollup_daily WHERE metric = 'pm25' ORDER BY bucket").fetchall()
+    assert hourly == [(2, T0 + h * HOUR + 1800.0, 1, 9, 4) for h in range(30)]
+    assert daily == [(2, 24 * 4), (2, 6 * 4)]
+
+
 async def test_a_reading_after_a_silence_longer_than_the_window_reaches_the_rollups(tmp_path: Path) -> None:
     """Every reading expired: the readings table hands the next one the id 1, which the rollups' watermark had
     passed; it must still be folded."""
