@@ -30,7 +30,8 @@ from gateway.store.first_lane import FirstLane
 from gateway.store.planner import JobContext, plan_batch
 from gateway.store.receipts import Receipts
 from gateway.store.record_kinds import RECORD_PLANNERS
-from gateway.store.schema import connect, migrate
+from gateway.store.sqlite_errors import is_locked, is_transient
+from gateway.store.writer_open import open_for_writing
 from gateway.store.writer_queue import STOP, Marker, WriterQueue
 
 log = structlog.get_logger(__name__)
@@ -39,18 +40,6 @@ log = structlog.get_logger(__name__)
 def _resolve(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
-
-
-def _locked(exc: sqlite3.Error) -> bool:
-    text = str(exc).lower()
-    return "locked" in text or "busy" in text
-
-
-def _transient(exc: sqlite3.Error) -> bool:
-    text = str(exc).lower()
-    return isinstance(exc, sqlite3.OperationalError) and any(
-        word in text for word in ("locked", "busy", "full", "disk i/o", "unable to open")
-    )
 
 
 class _Abandoned(Exception):
@@ -119,25 +108,8 @@ class StoreWriter:
         return self._queue.qsize()
 
     async def open(self) -> aiosqlite.Connection:
-        self._db_path.parent.mkdir(parents=True, exist_ok=True)
-        # A file that cannot be opened at all (a directory, no permission) fails here, before aiosqlite starts a
-        # worker thread that a failed connect leaves running.
-        sqlite3.connect(str(self._db_path)).close()
-        self._conn = await connect(str(self._db_path), synchronous=self._synchronous, any_thread=True)
-        try:
-            aiosqlite_access.check(self._conn)
-            await self._conn.execute(f"PRAGMA wal_autocheckpoint={int(self._wal_autocheckpoint)}")
-            found = await migrate(self._conn)
-            async with self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'") as cur:
-                row = await cur.fetchone()
-        except BaseException:
-            await self._conn.close()  # its thread would keep the process alive
-            self._conn = None
-            raise
-        self._next_seq = (int(row[0]) if row else 0) + 1
-        raw = aiosqlite_access.raw_connection(self._conn)
-        self._max_params = raw.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-        log.info("store.opened", path=str(self._db_path), schema_from=found, next_seq=self._next_seq)
+        opened = await open_for_writing(self._db_path, self._synchronous, self._wal_autocheckpoint)
+        self._conn, self._next_seq, self._max_params = opened.conn, opened.next_seq, opened.max_params
         return self._conn
 
     async def put(self, record: StoreRecord) -> None:
@@ -317,7 +289,7 @@ class StoreWriter:
             except (sqlite3.Error, ValueError) as exc:  # ValueError: a record that cannot be stored as it is
                 if self._abandoned:  # close() gave up (an interrupted statement lands here too)
                     raise _Abandoned from exc
-                if not isinstance(exc, sqlite3.Error) or not _transient(exc):
+                if not isinstance(exc, sqlite3.Error) or not is_transient(exc):
                     await self._commit_one_by_one(batch, receipted)
                     return
                 if not failing:
@@ -335,7 +307,7 @@ class StoreWriter:
                 if self._abandoned:
                     raise _Abandoned from exc
                 # A lock is usually someone's short transaction: retry it soon. A full or failing disk: slower.
-                delay = min(delay * 2, 1.0 if _locked(exc) else 5.0)
+                delay = min(delay * 2, 1.0 if is_locked(exc) else 5.0)
                 continue
             if receipted:
                 self._receipts.note_committed(len(batch))
@@ -349,7 +321,7 @@ class StoreWriter:
             try:
                 await self._commit([rec])
             except (sqlite3.Error, ValueError) as exc:
-                if isinstance(exc, sqlite3.Error) and _transient(exc):
+                if isinstance(exc, sqlite3.Error) and is_transient(exc):
                     await self._commit_retrying([rec], receipted=receipted)
                     continue
                 self._metrics.inc("gateway_store_rows_refused_total", 1, "records the database refused")
