@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, time
@@ -333,34 +332,9 @@ class Gateway:
         self._broker_started = True
         if not self.settings.api.enabled:
             return
-        from gateway.web.auth import tls_context
-        from gateway.web.panel import PanelSources, install_panel
-        from gateway.web.server import ApiServer  # aiohttp.web costs RSS: only when the API is on
+        from gateway.app_web import start_api  # aiohttp.web costs RSS: only when the API is on
 
-        try:
-            tls = tls_context(self.settings.panel)
-        except OSError as exc:  # ssl.SSLError too: a certificate or key that does not load
-            raise StartupError(f"panel TLS certificate {self.settings.panel.certfile}", exc) from exc
-        api = ApiServer(
-            self.settings.api, controller=self.controller, db_path=self.loaded.db_path,
-            devices=self.registry.summary, device_state=self.device_state, health=self.health,
-            clock=self.clock, metrics=self.metrics, hubs_unmapped=self.hubs.view_unmapped, ssl_context=tls,
-            retention=self.settings.retention,
-        )
-        install_panel(api.app, PanelSources(
-            registry=self.registry, settings=lambda: self.settings, health=self.health,
-            uplink=lambda: self.uplink.state if self.uplink is not None else None,
-            clients_connected=self.broker.clients_connected, db_path=self.loaded.db_path, clock=self.clock,
-            started_at=self.started_at, takes_commands=self.device_drivers.takes_commands,
-        ), config_path=str(self.loaded.path))
-        try:
-            await api.start()
-        except Exception as exc:
-            with contextlib.suppress(Exception):
-                await api.stop()
-            raise StartupError(f"REST API on {self.settings.api.host}:{self.settings.api.port}", exc) from exc
-        self.api = api
-        log.info("api.listening", host=self.settings.api.host, port=api.port, tls=tls is not None)
+        self.api = await start_api(self)
 
     async def _shutdown(self, deadline: float) -> None:
         """Flush the store, close the broker (intake already stopped): nothing acknowledged is lost."""
