@@ -59,8 +59,7 @@ def test_the_daemon_never_imports_tomlkit() -> None:
         "build_parser().parse_args(['run'])\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'tomlkit'))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
-    assert out.stdout.strip() == "[]"
+    assert _output_of(code) == "[]"
 
 
 def test_a_running_daemon_loads_jinja2_only_when_a_panel_page_is_asked_for(tmp_path: Path) -> None:
@@ -85,3 +84,21 @@ def test_a_running_daemon_loads_jinja2_only_when_a_panel_page_is_asked_for(tmp_p
     assert out.returncode == 0, out.stderr
     lines = [line for line in out.stdout.splitlines() if line.startswith(("at start", "after a page"))]
     assert lines == ["at start []", "after a page 200 ['jinja2', 'markupsafe']"]
+
+
+def test_the_command_line_imports_only_the_command_it_runs() -> None:
+    """`edge-gateway run` builds its parser without importing the other commands' modules (the daemon's memory)."""
+    code = (
+        "import sys\n"
+        "from gateway.cli import COMMANDS, build_parser\n"
+        "args = build_parser(['run', '--config', 'x.toml']).parse_args(['run', '--config', 'x.toml'])\n"
+        "assert args.handler.__module__ == 'gateway.cli.run', args\n"
+        "print(sorted(m for m in COMMANDS.values() if f'gateway.cli.{m}' in sys.modules))\n"
+    )
+    assert _output_of(code) == "['run']"
+
+
+def _output_of(code: str) -> str:
+    """What `code` prints in a fresh interpreter (nothing imported before it)."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          timeout=60).stdout.strip()
