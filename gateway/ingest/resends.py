@@ -16,7 +16,7 @@ data); one sent again after the other is recognised as a resend of itself.
 Memory: per device, one 8-byte hash of (time, fingerprint) per remembered reading, in a bytearray used as
 a ring (about 0.57 KB a device with 64: 0.06 MB for 100 devices; a dict of time -> fingerprint per device
 took 0.84 MB, kept for good after the first minute of traffic). Cost per reading: a hash of its metrics,
-the (time, fingerprint) hash, and a search of 512 bytes (~0.3 us here).
+the (time, fingerprint) hash, and a search of 512 bytes: ~2.3 us here for check and remember (the dict: ~1.6).
 """
 
 from __future__ import annotations
