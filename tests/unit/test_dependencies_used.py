@@ -102,3 +102,23 @@ def _output_of(code: str) -> str:
     """What `code` prints in a fresh interpreter (nothing imported before it)."""
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                           timeout=60).stdout.strip()
+
+
+def test_a_gateway_on_the_mosquitto_backend_never_imports_amqtt(tmp_path: Path) -> None:
+    """The embedded broker's library (and its own dependencies) stay out of a daemon that runs Mosquitto."""
+    from tests.fixtures.gateway import free_port, write_config
+
+    config = write_config(tmp_path, devices=["AP-001"], port=free_port(), backend="mosquitto")
+    code = (
+        "import sys\n"
+        "from gateway.cli import build_parser\n"
+        "from gateway.app import Gateway\n"
+        "from gateway.settings import load_settings\n"
+        "import gateway.web.server, gateway.uplink.client\n"
+        "build_parser(['run']).parse_args(['run'])\n"
+        f"gateway = Gateway(load_settings({str(config)!r}))\n"
+        "assert type(gateway.broker).__module__ == 'gateway.broker.mosquitto.backend', type(gateway.broker)\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'amqtt', 'transitions', 'websockets', 'passlib'})"
+        " + sorted(m for m in sys.modules if m.startswith('gateway.broker.amqtt')))\n"
+    )
+    assert _output_of(code) == "[]"
