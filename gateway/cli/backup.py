@@ -13,13 +13,13 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from gateway.cli.common import EXIT_CONFIG, add_config_option, fail
+from gateway.cli.common import COMMAND_HELP, EXIT_CONFIG, add_config_option, fail
 from gateway.cli.database import add_database_options, database_path, read_only
 
 
 def register(sub: Any) -> None:
     parser: argparse.ArgumentParser = sub.add_parser(
-        "backup", help="copy the database while the gateway runs (SQLite online backup)",
+        "backup", help=COMMAND_HELP["backup"],
         description="Copy the gateway's database to FILE with SQLite's online backup API; the gateway keeps "
                     "running and writing. The copy is checked before it gets its name.",
     )

@@ -6,12 +6,12 @@ import argparse
 import sys
 from typing import Any
 
-from gateway.cli.common import EXIT_CONFIG, load_or_report
+from gateway.cli.common import COMMAND_HELP, EXIT_CONFIG, load_or_report
 
 
 def register(sub: Any) -> None:
     parser: argparse.ArgumentParser = sub.add_parser(
-        "check-config", help="validate a config file; exit 2 listing every error",
+        "check-config", help=COMMAND_HELP["check-config"],
         description="Validate a config file: every error as `FILE: field.path: message`, exit status 2.",
     )
     parser.add_argument("path", help="the config file")

@@ -17,6 +17,19 @@ EXIT_STARTUP = 3  # a port in use, an unwritable data dir, a database that canno
 DEFAULT_CONFIG = "/etc/edge-gateway/gateway.toml"
 EXAMPLE_CONFIG = Path(__file__).resolve().parents[2] / "config" / "gateway.example.toml"
 
+# each command's one-line help, for the command list (gateway/cli/__init__.py) and its own parser
+COMMAND_HELP = {
+    "run": "run the gateway daemon",
+    "check-config": "validate a config file; exit 2 listing every error",
+    "status": "a gateway's health, devices online, backlog and last sync",
+    "demo": "run the gateway with simulated purifiers (no cloud needed)",
+    "init-config": "write a production config: generated gateway id, no devices",
+    "device": "manage the config's devices (device add)",
+    "hash-password": "print an argon2 hash of a password (a device's, or a panel user's)",
+    "backup": "copy the database while the gateway runs (SQLite online backup)",
+    "export": "readings to CSV or JSON Lines for a time range",
+}
+
 
 def add_config_option(parser: argparse.ArgumentParser, default: str = DEFAULT_CONFIG) -> None:
     parser.add_argument("--config", default=default, help=f"config file (default {default})")

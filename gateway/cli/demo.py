@@ -10,7 +10,14 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gateway.cli.common import EXAMPLE_CONFIG, EXIT_CONFIG, EXIT_STARTUP, add_config_option, load_or_report
+from gateway.cli.common import (
+    COMMAND_HELP,
+    EXAMPLE_CONFIG,
+    EXIT_CONFIG,
+    EXIT_STARTUP,
+    add_config_option,
+    load_or_report,
+)
 
 if TYPE_CHECKING:
     from drivers.ble.link import BleBackends
@@ -33,7 +40,7 @@ def _port(text: str) -> int:
 
 def register(sub: Any) -> None:
     parser: argparse.ArgumentParser = sub.add_parser(
-        "demo", help="run the gateway with simulated purifiers (no cloud needed)",
+        "demo", help=COMMAND_HELP["demo"],
         description="Run the gateway with simulated purifiers. The demo writes its config to DATA_DIR/demo.toml: "
                     "the base config with N purifiers AP-01.. whose passwords are demo-{id}, as the simulator "
                     "(edge-gateway-sim purifiers) derives them.",

@@ -16,13 +16,21 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gateway.cli.common import EXIT_CONFIG, EXIT_FAILED, add_config_option, fail, load_or_report, read_password
+from gateway.cli.common import (
+    COMMAND_HELP,
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    add_config_option,
+    fail,
+    load_or_report,
+    read_password,
+)
 from gateway.cli.toml_layout import DEVICES_NOTE, tables
 
 
 def register(sub: Any) -> None:
     device: argparse.ArgumentParser = sub.add_parser(
-        "device", help="manage the config's devices (device add)",
+        "device", help=COMMAND_HELP["device"],
         description="Manage the devices of a config file.",
     )
     actions = device.add_subparsers(dest="action", required=True, metavar="ACTION")

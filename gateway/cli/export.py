@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from gateway.cli.common import EXIT_CONFIG, EXIT_FAILED, add_config_option, fail
+from gateway.cli.common import COMMAND_HELP, EXIT_CONFIG, EXIT_FAILED, add_config_option, fail
 from gateway.cli.database import add_database_options, database_path, read_only
 from gateway.store.compaction import hour_of
 from gateway.store.raw_readings import Row, all_rows, has_blocks
@@ -40,7 +40,7 @@ def timestamp(text: str) -> float:
 
 def register(sub: Any) -> None:
     parser: argparse.ArgumentParser = sub.add_parser(
-        "export", help="readings to CSV or JSON Lines for a time range",
+        "export", help=COMMAND_HELP["export"],
         description="Write readings as CSV (one column per metric) or JSON Lines, oldest first, for the range "
                     "[--since, --until) of the readings' own time (ISO-8601, UTC unless an offset is given, or "
                     "epoch seconds) and the devices given (default: all).",

@@ -10,12 +10,12 @@ import argparse
 import sys
 from typing import Any
 
-from gateway.cli.common import EXIT_FAILED, read_password
+from gateway.cli.common import COMMAND_HELP, EXIT_FAILED, read_password
 
 
 def register(sub: Any) -> None:
     parser: argparse.ArgumentParser = sub.add_parser(
-        "hash-password", help="print an argon2 hash of a password (a device's, or a panel user's)",
+        "hash-password", help=COMMAND_HELP["hash-password"],
         description="Print an argon2 hash of a password (for a [[devices]] or [[users]] password_hash).",
     )
     parser.add_argument("--password", help="the password (default: prompt, or read one line from stdin)")

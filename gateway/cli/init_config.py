@@ -12,7 +12,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from gateway.cli.common import EXAMPLE_CONFIG, EXIT_CONFIG, fail, load_or_report
+from gateway.cli.common import COMMAND_HELP, EXAMPLE_CONFIG, EXIT_CONFIG, fail, load_or_report
 from gateway.cli.toml_layout import DEVICES_NOTE, tables
 
 _GATEWAY_ID = re.compile(r'^id = "[^"]*"', re.M)  # the first `id =` line: [gateway] comes first
@@ -30,7 +30,7 @@ _NO_DEVICES = """\
 
 def register(sub: Any) -> None:
     parser: argparse.ArgumentParser = sub.add_parser(
-        "init-config", help="write a production config: generated gateway id, no devices",
+        "init-config", help=COMMAND_HELP["init-config"],
         description="Write a production config from the example (its comments too): a generated gateway id, "
                     "an explicit data dir and no devices. Refuses to overwrite a file.",
     )

@@ -7,12 +7,12 @@ import asyncio
 import sys
 from typing import Any
 
-from gateway.cli.common import EXIT_CONFIG, EXIT_STARTUP, add_config_option, load_or_report
+from gateway.cli.common import COMMAND_HELP, EXIT_CONFIG, EXIT_STARTUP, add_config_option, load_or_report
 
 
 def register(sub: Any) -> None:
     parser: argparse.ArgumentParser = sub.add_parser(
-        "run", help="run the gateway daemon",
+        "run", help=COMMAND_HELP["run"],
         description="Run the gateway daemon. It refuses a config holding the demo's credentials (exit 2).",
     )
     add_config_option(parser)

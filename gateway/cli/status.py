@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from gateway.cli.common import EXIT_CONFIG, add_config_option, fail, load_or_report
+from gateway.cli.common import COMMAND_HELP, EXIT_CONFIG, add_config_option, fail, load_or_report
 from gateway.cli.database import read_only, table_exists
 
 EXIT_NOT_RUNNING = 3  # as LSB's `status` actions: the program is not running
@@ -22,7 +22,7 @@ EXIT_NOT_RUNNING = 3  # as LSB's `status` actions: the program is not running
 
 def register(sub: Any) -> None:
     parser: argparse.ArgumentParser = sub.add_parser(
-        "status", help="a gateway's health, devices online, backlog and last sync",
+        "status", help=COMMAND_HELP["status"],
         description="Show a gateway's health, devices online, cloud backlog and last sync: from its REST API, or "
                     "from its database when the API does not answer. Exit status 0: running; 3: not answering "
                     "(what the database says is shown); 2: config error; 1: neither could be read.",

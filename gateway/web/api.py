@@ -80,7 +80,7 @@ class ApiContext:
     device_state: Callable[[str], dict[str, Any] | None]
     health: Callable[[], dict[str, Any]]
     clock: Clock
-    openapi: dict[str, Any]
+    openapi: Callable[[], dict[str, Any]]  # the OpenAPI document (built at its first request: ~0.3 MB kept)
     retention: RetentionSection = field(default_factory=RetentionSection)  # where history reads raw or rollups
     db: aiosqlite.Connection | None = None
 
@@ -255,7 +255,7 @@ async def health(call: Call) -> web.StreamResponse:
 
 
 async def openapi(call: Call) -> web.StreamResponse:
-    return _json(call.ctx.openapi)
+    return _json(call.ctx.openapi())
 
 
 # ------------------------------------------------------------------------------------- route table

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ssl
 from collections.abc import Callable
 from pathlib import Path
@@ -52,7 +53,8 @@ class ApiServer:
         self._db_path = db_path.absolute()
         self._ctx = ApiContext(
             settings=settings, controller=controller, devices=devices, device_state=device_state, health=health,
-            clock=clock, openapi=openapi_document(ALL_ROUTES, title="edge-gateway local API", version=__version__),
+            clock=clock, openapi=functools.cache(
+                lambda: openapi_document(ALL_ROUTES, title="edge-gateway local API", version=__version__)),
             retention=retention or RetentionSection(),
         )
         self.app = build_app(self._ctx, ALL_ROUTES)

@@ -19,6 +19,7 @@ import structlog
 
 from gateway.core.clock import ManualClock
 from gateway.settings import ApiSection
+from gateway.web.api import CONTEXT
 from gateway.web.server import ALL_ROUTES
 from tests.fixtures.gateway import GatewayFactory, RunningGateway, device_password, wait_for
 from tests.fixtures.purifiers import purifier, until
@@ -112,6 +113,16 @@ async def test_openapi_document_matches_the_router_both_ways(api: Api) -> None:
     assert query == {"from", "to", "limit", "resolution"}
     for ref in re.findall(r'"\$ref": "#/components/schemas/(\w+)"', json.dumps(doc)):
         assert ref in schemas
+
+
+async def test_openapi_document_is_built_at_its_first_request_and_kept(api: Api) -> None:
+    """Not at start (a daemon nobody asks for it keeps ~0.3 MB less); once built, the same document each time."""
+    assert api.gw.gateway.api is not None
+    build = api.gw.gateway.api.app[CONTEXT].openapi  # a functools.cache
+    assert build.cache_info().currsize == 0  # type: ignore[attr-defined]
+    first = await api.ok("GET", "/api/openapi.json")
+    assert build.cache_info().currsize == 1  # type: ignore[attr-defined]
+    assert await api.ok("GET", "/api/openapi.json") == first
 
 
 def test_api_binds_loopback_by_default() -> None:

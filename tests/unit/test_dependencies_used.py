@@ -59,8 +59,7 @@ def test_the_daemon_never_imports_tomlkit() -> None:
         "build_parser().parse_args(['run'])\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'tomlkit'))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
-    assert out.stdout.strip() == "[]"
+    assert _output_of(code) == "[]"
 
 
 def test_a_running_daemon_loads_jinja2_only_when_a_panel_page_is_asked_for(tmp_path: Path) -> None:
@@ -85,3 +84,41 @@ def test_a_running_daemon_loads_jinja2_only_when_a_panel_page_is_asked_for(tmp_p
     assert out.returncode == 0, out.stderr
     lines = [line for line in out.stdout.splitlines() if line.startswith(("at start", "after a page"))]
     assert lines == ["at start []", "after a page 200 ['jinja2', 'markupsafe']"]
+
+
+def test_the_command_line_imports_only_the_command_it_runs() -> None:
+    """`edge-gateway run` builds its parser without importing the other commands' modules (the daemon's memory)."""
+    code = (
+        "import sys\n"
+        "from gateway.cli import COMMANDS, build_parser\n"
+        "args = build_parser(['run', '--config', 'x.toml']).parse_args(['run', '--config', 'x.toml'])\n"
+        "assert args.handler.__module__ == 'gateway.cli.run', args\n"
+        "print(sorted(m for m in COMMANDS.values() if f'gateway.cli.{m}' in sys.modules))\n"
+    )
+    assert _output_of(code) == "['run']"
+
+
+def _output_of(code: str) -> str:
+    """What `code` prints in a fresh interpreter (nothing imported before it)."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          timeout=60).stdout.strip()
+
+
+def test_a_gateway_on_the_mosquitto_backend_never_imports_amqtt(tmp_path: Path) -> None:
+    """The embedded broker's library (and its own dependencies) stay out of a daemon that runs Mosquitto."""
+    from tests.fixtures.gateway import free_port, write_config
+
+    config = write_config(tmp_path, devices=["AP-001"], port=free_port(), backend="mosquitto")
+    code = (
+        "import sys\n"
+        "from gateway.cli import build_parser\n"
+        "from gateway.app import Gateway\n"
+        "from gateway.settings import load_settings\n"
+        "import gateway.web.server, gateway.uplink.client\n"
+        "build_parser(['run']).parse_args(['run'])\n"
+        f"gateway = Gateway(load_settings({str(config)!r}))\n"
+        "assert type(gateway.broker).__module__ == 'gateway.broker.mosquitto.backend', type(gateway.broker)\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'amqtt', 'transitions', 'websockets', 'passlib'})"
+        " + sorted(m for m in sys.modules if m.startswith('gateway.broker.amqtt')))\n"
+    )
+    assert _output_of(code) == "[]"

@@ -100,3 +100,30 @@ def test_readings_of_other_content_at_the_same_time_are_all_remembered() -> None
     third = Reading("AP-01", 10.0, {"pm25": 3.0}, 11.0)
     assert take(recent, first) and take(recent, second) and take(recent, third)
     assert not take(recent, first) and not take(recent, second) and not take(recent, third)
+
+
+def test_the_ring_keeps_the_last_readings_in_order_past_many_turns() -> None:
+    recent = RecentReadings(per_device=4)
+    for ts in range(10):
+        assert take(recent, Reading("AP-01", float(ts), {"pm25": float(ts)}, 0.0))
+    for ts in (6, 7, 8, 9):  # the last four: resends
+        assert not take(recent, Reading("AP-01", float(ts), {"pm25": float(ts)}, 0.0))
+    assert take(recent, Reading("AP-01", 5.0, {"pm25": 5.0}, 0.0))  # fifth from last: forgotten, taken again
+
+
+def test_memory_per_device_is_a_few_hundred_bytes() -> None:
+    """100 devices past their first 64 readings: the per-device state stays ~0.6 KB (a dict of time -> hash
+    per device held ~8 KB)."""
+    import tracemalloc
+
+    readings = [Reading(f"AP-{d:03d}", 1000.0 + i, {"pm25": float(i)}, 0.0) for d in range(100) for i in range(100)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        recent = RecentReadings()
+        for reading in readings:
+            take(recent, reading)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 100 * 1024, held
