@@ -61,6 +61,9 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     try:
         with read_only(db) as conn, _opened(args.output) as out:
+            # One snapshot for rows, blocks and names: a compaction step of the running gateway moves rows into
+            # their block between two statements otherwise (those readings would come out twice).
+            conn.execute("BEGIN")
             rows = _readings(conn, args.device, args.since, args.until)
             try:
                 if args.format == "csv":

@@ -39,9 +39,13 @@ def _ts(entry: Entry) -> float:
 
 
 def device_entries(db: sqlite3.Connection, device: str, lo: float, hi: float) -> list[Entry]:
-    """The device's readings with lo <= ts <= hi, oldest first."""
-    rows = [row_entry(*row) for row in db.execute(_ROWS, (device, lo, hi))]
-    return list(heapq.merge(entries_in(blocks_in(db, device, lo, hi), lo, hi), rows, key=_ts))
+    """The device's readings with lo <= ts <= hi, oldest first (rows and blocks in one snapshot)."""
+
+    def read() -> list[Entry]:
+        rows = [row_entry(*row) for row in db.execute(_ROWS, (device, lo, hi))]
+        return list(heapq.merge(entries_in(blocks_in(db, device, lo, hi), lo, hi), rows, key=_ts))
+
+    return read() if db.in_transaction else in_read_transaction(db, read)
 
 
 def in_read_transaction(db: sqlite3.Connection, read: Callable[[], T]) -> T:

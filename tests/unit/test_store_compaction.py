@@ -279,16 +279,27 @@ class _CompactedBeforeBlocksAreRead:
                 other.close()
         return self.db.execute(sql, params)
 
+    @property
+    def in_transaction(self) -> bool:
+        return self.db.in_transaction
 
-def test_a_read_of_rows_and_blocks_is_one_snapshot_while_compaction_commits_beside_it(tmp_path: Path) -> None:
+
+def _three_rolled_up_hours(tmp_path: Path) -> Path:
+    """A WAL database (as the store writer opens it: readers beside a writer) with 3 hours of one device, all
+    folded into the rollups: compaction may move them."""
     path = tmp_path / "g.db"
     with sqlite3.connect(path) as db:
-        db.execute("PRAGMA journal_mode=WAL")  # as the store writer opens it: readers beside a writer
+        db.execute("PRAGMA journal_mode=WAL")
         for sql in MIGRATIONS:
             db.executescript(sql)
     insert_readings(path, reading_rows(1, T0, T0 + 3 * HOUR, 60))
     with sqlite3.connect(path) as db:
         db.execute("UPDATE rollup_state SET readings_through = (SELECT max(id) FROM readings)")
+    return path
+
+
+def test_a_read_of_rows_and_blocks_is_one_snapshot_while_compaction_commits_beside_it(tmp_path: Path) -> None:
+    path = _three_rolled_up_hours(tmp_path)
     reader = _CompactedBeforeBlocksAreRead(path)
     try:
         db = cast(sqlite3.Connection, reader)
@@ -300,3 +311,13 @@ def test_a_read_of_rows_and_blocks_is_one_snapshot_while_compaction_commits_besi
     assert reader.compacted == 3 * 60 - 1  # all but the newest row, moved between the two reads of `newest`
     assert len(got) == len({ts for ts, *_ in got}) == 3 * 60
     assert stats["readings"] == 3 * 60
+
+
+def test_device_entries_read_rows_and_blocks_in_one_snapshot(tmp_path: Path) -> None:
+    path = _three_rolled_up_hours(tmp_path)
+    reader = _CompactedBeforeBlocksAreRead(path)
+    try:
+        entries = raw_readings.device_entries(cast(sqlite3.Connection, reader), "AP-000", T0, T0 + 3 * HOUR)
+    finally:
+        reader.db.close()
+    assert reader.compacted and len(entries) == 3 * 60
