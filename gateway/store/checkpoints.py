@@ -71,7 +71,7 @@ class WalCheckpointer:
             async with conn.execute("SELECT count(*) FROM sqlite_master") as cur:  # a read: the -shm file exists
                 await cur.fetchall()  # (and the statement ends: an open one would hold a read transaction)
             shm = os.open(f"{self._path}-shm", os.O_RDONLY)
-            copied_through = 0  # the WAL's frames at the last checkpoint (it starts over at the writer's next write)
+            copied_through = frames = 0  # the WAL's frames at the last checkpoint (it starts over at the next write)
             while True:
                 waited = 0.0
                 while waited < self._interval:
@@ -83,7 +83,9 @@ class WalCheckpointer:
                         copied_through = 0
                     if frames - copied_through >= self._early_pages:
                         break
-                copied_through, _ = await self.checkpoint(conn)
+                pages, _ = await self.checkpoint(conn)
+                # A failed one (0 pages) waits like a done one: not a retry, a warning and a count every poll.
+                copied_through = pages or frames
         finally:
             if shm >= 0:
                 os.close(shm)

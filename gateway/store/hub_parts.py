@@ -40,7 +40,7 @@ class HubPartsRead:
         try:
             parts = await aiosqlite_access.on_worker_thread(
                 conn, _read, aiosqlite_access.raw_connection(conn), request.hub_id, request.batch_id)
-        except sqlite3.Error as exc:
+        except Exception as exc:  # the database's refusal or a bug: its waiter hears of it either way
             context.metrics.inc("gateway_hub_part_read_errors_total", 1, "held hub parts that could not be read back")
             log.error("hubs.parts_read_failed", hub_id=request.hub_id, batch_id=request.batch_id, error=str(exc))
             if not request.reply.done():

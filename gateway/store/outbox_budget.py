@@ -7,7 +7,6 @@ telemetry; events only past their hard cap. What was dropped is recorded as an `
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 import aiosqlite
@@ -42,7 +41,7 @@ class OutboxBudgetPass:
             if dropped:
                 await self._record(conn, context, dropped)
             await conn.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except Exception as exc:  # never leave the writer's connection inside this transaction
             if conn.in_transaction:
                 await conn.execute("ROLLBACK")
             context.metrics.inc("gateway_outbox_prune_errors_total", 1, "failed budget/TTL passes")

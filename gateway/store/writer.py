@@ -371,6 +371,8 @@ class StoreWriter:
                 except Exception:
                     self._metrics.inc("gateway_store_job_errors_total", 1, "jobs after a commit that raised")
                     log.exception("store.job_failed", job=type(job).__name__)
+                    if conn.in_transaction:  # the next batch must not start inside what the job left open
+                        await conn.execute("ROLLBACK")
         if plan.outbox:
             for outbox_callback in self.on_outbox:
                 self._notify(outbox_callback, plan.outbox)

@@ -84,3 +84,37 @@ async def test_a_wal_that_grows_fast_is_checkpointed_before_the_interval(tmp_pat
         await asyncio.gather(checkpointer, return_exceptions=True)
         await writer.close()
         await task
+
+
+async def test_a_checkpoint_that_fails_is_not_retried_at_every_poll(tmp_path: Path) -> None:
+    path = tmp_path / "g.db"
+    metrics = Metrics()
+    writer = StoreWriter(path, metrics=metrics, wal_autocheckpoint=BACKSTOP_PAGES)
+    await writer.open()
+    task = asyncio.create_task(writer.run())
+    for i in range(3000):  # a WAL past the early threshold
+        await writer.put(Reading(f"AP-{i % 20:03d}", T0 + i, metrics_of(i % 20, T0 + i), T0 + i))
+    await writer.flush()
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        await asyncio.sleep(0.001)
+
+    class Refused(WalCheckpointer):
+        attempts = 0
+
+        async def checkpoint(self, conn: aiosqlite.Connection) -> tuple[int, int]:
+            Refused.attempts += 1
+            return 0, 0  # what checkpoint() answers when another process holds the checkpoint lock
+
+    checkpointer = asyncio.create_task(Refused(path, metrics=metrics, interval=3600.0, sleep=sleep,
+                                               early_pages=200).run())
+    try:
+        await wait_for(lambda: len(slept) >= 30)
+        assert Refused.attempts == 1  # the WAL did not grow again: the next try waits for it or the interval
+    finally:
+        checkpointer.cancel()
+        await asyncio.gather(checkpointer, return_exceptions=True)
+        await writer.close()
+        await task
