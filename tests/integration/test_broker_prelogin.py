@@ -49,7 +49,9 @@ async def test_connections_closed_before_their_connect_are_closed_at_once(gatewa
         (await connect_raw(gw)).close()
     await wait_for(lambda: gw.counter("gateway_broker_connections_dropped_total",
                                       reason="closed-before-connect") == 200, timeout=20)
-    await wait_for(lambda: open_files() <= baseline + 2, timeout=5)  # not when the garbage collector runs
+    # Not when the garbage collector runs. (A few descriptors of the gateway's own may open meanwhile: the WAL
+    # checkpointer's -shm file, a reader's connection; 200 sockets left open would be far past this.)
+    await wait_for(lambda: open_files() <= baseline + 6, timeout=5)
 
 
 async def test_a_socket_that_sends_no_connect_is_closed_at_the_deadline(gateway_factory: GatewayFactory) -> None:
