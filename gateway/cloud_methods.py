@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
-from gateway.control.commands import CommandError, CommandQueueFull, CommandStatus
+from gateway.control.command_model import CommandError, CommandQueueFull, CommandStatus
 from gateway.control.schedules import ScheduleError
 from gateway.control.service import Controller
 from gateway.core.errors import ConflictError, NotFoundError

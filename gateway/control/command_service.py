@@ -19,10 +19,9 @@ from typing import Any, cast
 import structlog
 
 from gateway.control.attempts import log_from_json
-from gateway.control.commands import (
+from gateway.control.command_model import (
     Action,
     Audit,
-    CommandExecutor,
     CommandRecord,
     CommandRequest,
     CommandStatus,
@@ -33,6 +32,7 @@ from gateway.control.commands import (
     Source,
     StateReported,
 )
+from gateway.control.commands import CommandExecutor
 from gateway.control.loop import Enqueue, Item
 from gateway.control.sends import DeviceSends
 from gateway.core.clock import Clock

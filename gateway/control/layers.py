@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from gateway.control.commands import CommandRequest, Source
+from gateway.control.command_model import CommandRequest, Source
 from gateway.control.desired import DesiredState, FanState, Layer
 from gateway.control.loop import Enqueue
 from gateway.core.models import RowWrite

@@ -38,7 +38,7 @@ from typing import Protocol
 
 import structlog
 
-from gateway.control.commands import RUNTIME_ONLY, Effect
+from gateway.control.command_model import RUNTIME_ONLY, Effect
 from gateway.core.clock import Clock
 from gateway.core.metrics import Metrics
 from gateway.core.models import StoreRecord

@@ -15,7 +15,7 @@ from typing import Any
 
 import structlog
 
-from gateway.control.commands import CommandError
+from gateway.control.command_model import CommandError
 from gateway.control.desired import FanState, Layer
 from gateway.control.layers import Layers
 from gateway.control.loop import Enqueue

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from gateway.control.command_model import AUTOMATIC, CommandRecord, CommandRequest, CommandStatus
 from gateway.control.command_service import CommandService
-from gateway.control.commands import AUTOMATIC, CommandRecord, CommandRequest, CommandStatus
 from gateway.control.desired import Effective, Layer
 from gateway.control.layers import Layers
 from gateway.core.device_commands import device_command, reached

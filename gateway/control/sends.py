@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from gateway.control.commands import Send
+from gateway.control.command_model import Send
 
 log = structlog.get_logger(__name__)
 

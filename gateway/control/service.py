@@ -27,8 +27,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
 
+from gateway.control.command_model import AUTOMATIC, CommandError, CommandRecord, CommandRequest
 from gateway.control.command_service import CommandService, Put
-from gateway.control.commands import AUTOMATIC, CommandError, CommandExecutor, CommandRecord, CommandRequest
+from gateway.control.commands import CommandExecutor
 from gateway.control.desired import Effective, FanState, Layer, LayerEntry
 from gateway.control.layers import Layers
 from gateway.control.loop import ControlLoop, Item

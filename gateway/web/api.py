@@ -22,7 +22,7 @@ import aiosqlite
 import structlog
 from pydantic import BaseModel
 
-from gateway.control.commands import CommandRecord, CommandStatus
+from gateway.control.command_model import CommandRecord, CommandStatus
 from gateway.control.schedules import Schedule
 from gateway.control.service import Controller
 from gateway.core.clock import Clock

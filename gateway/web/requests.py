@@ -14,7 +14,7 @@ from typing import Any
 import structlog
 from pydantic import BaseModel, ValidationError
 
-from gateway.control.commands import CommandError, CommandQueueFull
+from gateway.control.command_model import CommandError, CommandQueueFull
 from gateway.control.schedules import ScheduleError
 from gateway.core.errors import ConflictError, NotFoundError
 from gateway.web.aiohttp_web import web

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from gateway.control.attempts import log_to_json
-from gateway.control.commands import CommandRecord
+from gateway.control.command_model import CommandRecord
 from gateway.control.preclean import PrecleanStatus
 from gateway.control.schedule_service import RunRecord
 from gateway.control.schedules import Schedule

@@ -15,7 +15,7 @@ import aiomqtt
 import pytest
 
 from drivers import registry
-from gateway.control.commands import CommandError
+from gateway.control.command_model import CommandError
 from gateway.core.device_commands import Ack, DeviceCommand, OutgoingCommand, SetFanSpeed
 from gateway.core.errors import PayloadError
 from gateway.core.models import Reading

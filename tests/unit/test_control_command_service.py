@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from gateway.control.commands import Audit, CommandRequest, CommandStatus, Finished
+from gateway.control.command_model import Audit, CommandRequest, CommandStatus, Finished
 from gateway.core.device_commands import Ack, OutgoingCommand
 from gateway.core.links import LinkError
 from gateway.core.models import DeviceEvent, RowWrite

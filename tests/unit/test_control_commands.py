@@ -9,10 +9,9 @@ import pytest
 
 from drivers.mqtt_json import decode_ack as parse_ack
 from drivers.mqtt_json import encode_command
-from gateway.control.commands import (
+from gateway.control.command_model import (
     Audit,
     CommandError,
-    CommandExecutor,
     CommandQueueFull,
     CommandRequest,
     CommandStatus,
@@ -22,6 +21,7 @@ from gateway.control.commands import (
     Send,
     StateReported,
 )
+from gateway.control.commands import CommandExecutor
 from gateway.core.clock import ManualClock
 from gateway.core.device_commands import Ack
 from gateway.core.errors import PayloadError

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.control.commands import CommandRequest
+from gateway.control.command_model import CommandRequest
 from gateway.control.desired import FanState, Layer
 from gateway.core.models import RowWrite
 from tests.fixtures.control import Parts

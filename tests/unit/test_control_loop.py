@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway.control.commands import Ignored, Send
+from gateway.control.command_model import Ignored, Send
 from gateway.control.loop import MAX_SLEEP_S, ControlLoop, Item
 from gateway.core.clock import ManualClock
 from gateway.core.device_commands import OutgoingCommand, TurnOn

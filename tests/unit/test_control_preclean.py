@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.control.commands import CommandError
+from gateway.control.command_model import CommandError
 from gateway.control.desired import FanState, Layer
 from gateway.core.errors import ConflictError
 from gateway.core.models import DeviceEvent, RowWrite

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.control.commands import CommandRequest, Send
+from gateway.control.command_model import CommandRequest, Send
 from gateway.control.desired import FanState, Layer
 from tests.fixtures.control import Parts
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import aiosqlite
 import pytest
 
-from gateway.control.commands import CommandRecord, CommandStatus
+from gateway.control.command_model import CommandRecord, CommandStatus
 from gateway.core.metrics import Metrics
 from gateway.core.models import StoreRecord
 from gateway.store import control_repo

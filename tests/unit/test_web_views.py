@@ -7,7 +7,7 @@ import subprocess
 import sys
 from datetime import time
 
-from gateway.control.commands import CommandRecord, CommandStatus
+from gateway.control.command_model import CommandRecord, CommandStatus
 from gateway.control.desired import Effective, FanState, Layer, LayerEntry
 from gateway.control.preclean import PrecleanStatus
 from gateway.control.schedule_service import RunRecord

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.control.commands import CommandStatus
+from gateway.control.command_model import CommandStatus
 from gateway.store import read_queries
 from gateway.web.aiohttp_web import web
 from gateway.web.api import CONTEXT, schedule_view
