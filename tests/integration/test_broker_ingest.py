@@ -254,8 +254,8 @@ async def test_a_flooding_device_is_not_parsed_ahead_of_delivery_and_loses_nothi
 ) -> None:
     """A burst waits as bytes in the socket, not as thousands of parsed messages in amqtt's queue.
 
-    Before the fix only the transport was paused: everything already buffered (64 KB and more) was
-    parsed into message objects, ~1.5 KB each, and 100 purifiers flat out left +15 MB of RSS behind.
+    Pausing the transport alone is not enough: everything already buffered (64 KB and more) would be
+    parsed into message objects, ~1.5 KB each, and 100 purifiers flat out would leave +15 MB of RSS behind.
     """
     from tests.bench.mqttload import connect_packet, publish_packet
 
@@ -348,7 +348,7 @@ async def test_a_second_listener_named_default_does_not_replace_the_first(gatewa
     second = free_port()
     gw = await gateway_factory(extra_listeners=f'[[broker.listeners]]\nname = "default"\nhost = "127.0.0.1"\n'
                                                f"port = {second}\n")
-    # amqtt calls its first listener "default": before the fix this one overwrote it and one port stayed shut
+    # amqtt calls its first listener "default": a second listener must not overwrite it and leave a port shut
     assert sorted(gw.gateway.broker.bound_ports()) == sorted([gw.port, second])
     for port in (gw.port, second):
         async with aiomqtt.Client("127.0.0.1", port, identifier="AP-01", username="AP-01",

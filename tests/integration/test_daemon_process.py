@@ -37,6 +37,7 @@ class DaemonProcess:
     config: Path
     db: Path
     messages: list[str]
+    log: Path  # the daemon's stderr: a file, not a pipe, so a chatty daemon never blocks on a full pipe
 
     async def wait_notify(self, line: str, timeout: float = 15.0) -> None:
         loop = asyncio.get_running_loop()
@@ -64,11 +65,13 @@ async def _start_daemon(tmp_path: Path, storage: str = "", backend: str = "embed
     notify.setblocking(False)
     env = {**os.environ, "NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "400000"}
     env.pop("WATCHDOG_PID", None)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "run", "--config", str(config),
-        env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-    )
-    d = DaemonProcess(proc, notify, port, config, tmp_path / "data" / "gateway.db", [])
+    log = tmp_path / "daemon.stderr"
+    with log.open("ab") as stderr:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway", "run", "--config", str(config),
+            env=env, stdout=asyncio.subprocess.DEVNULL, stderr=stderr,
+        )
+    d = DaemonProcess(proc, notify, port, config, tmp_path / "data" / "gateway.db", [], log)
     try:
         await d.wait_notify("READY=1")
         yield d
@@ -272,7 +275,7 @@ async def test_sighup_reloads_devices_and_keeps_running(daemon: DaemonProcess) -
     assert daemon.proc.returncode is None  # an invalid file is refused, the daemon runs on
     daemon.proc.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(daemon.proc.wait(), 5) == 0
-    stderr = (await daemon.proc.stderr.read()).decode() if daemon.proc.stderr else ""
+    stderr = daemon.log.read_text()
     assert "config.reload_rejected" in stderr and "TOML syntax" in stderr
     with sqlite3.connect(daemon.db) as conn:
         assert conn.execute("SELECT count(*) FROM readings WHERE device_id='NEW-1'").fetchone() == (1,)

@@ -54,8 +54,8 @@ async def test_the_cloud_link_delivers_while_the_store_cannot_keep_up_and_nothin
         delivered = len(cloud.telemetry())
         offered = sum(d.sent for d in devices)
         assert offered - committed >= 250  # the premise: more on its way than the store's queue holds
-        # Before the fix the uplink's deletes waited behind the devices' readings: one in-flight window (20)
-        # per full queue (250) committed, under 15 % of what was stored reached the cloud during the load.
+        # Were the uplink's deletes to wait behind the devices' readings, one in-flight window (20) would
+        # go per full queue (250) committed: under 15 % of what was stored would reach the cloud during the load.
         assert delivered >= 0.5 * committed, (delivered, committed)
         await asyncio.gather(*floods)
     finally:

@@ -83,8 +83,8 @@ def test_the_simulators_delivery_order_shuffles_repeats_and_leaves_out_parts() -
 
 
 def test_the_hub_simulator_never_stamps_two_relayed_readings_with_one_time() -> None:
-    """Batches sent back to back (no interval) used to overlap their millisecond stamps: beacon n of the
-    second batch had beacon n+k's time of the first, and two readings of one logical device shared a time."""
+    """Batches sent back to back (no interval) must not overlap their millisecond stamps: beacon n of the
+    second batch would get beacon n+k's time of the first, and two readings of one logical device one time."""
     hub = SimulatedHub(HubOptions(hub_id="HUB-1", beacons=300), clock=lambda: 1763800000.0)
     stamps = []
     for _ in range(3):

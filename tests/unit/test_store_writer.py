@@ -22,7 +22,7 @@ async def test_hostile_strings_are_stored_verbatim_and_the_writer_keeps_running(
     for i, text in enumerate(HOSTILE):
         await writer.put(Reading("AP-01", 1763800000.0 + i, {"pm25": 1.0}, 1763800000.5, {"note": text}))
         await writer.put(Quarantined(1763800000.0, text, "device/AP-01/data", text.encode(), text, "AP-01"))
-    await asyncio.wait_for(writer.flush(), 10)  # before the fix the writer died on the NUL and this hung
+    await asyncio.wait_for(writer.flush(), 10)  # a writer that died on the NUL would leave this hanging
     await writer.close()
     await task
     with sqlite3.connect(tmp_path / "g.db") as conn:
@@ -51,7 +51,7 @@ async def test_a_failing_commit_listener_neither_replays_the_batch_nor_stops_the
     await writer.close()
     await task
     with sqlite3.connect(tmp_path / "g.db") as conn:
-        # before the fix the exception after COMMIT made the writer retry: every reading stored again
+        # an exception after COMMIT must not make the writer retry the batch (every reading stored again)
         assert conn.execute("SELECT count(*) FROM readings").fetchone()[0] == 3
         assert [s for (s,) in conn.execute("SELECT seq FROM outbox ORDER BY seq")] == [1, 2, 3]
     assert metrics.value("gateway_store_listener_errors_total") == 6
@@ -108,7 +108,7 @@ async def test_flush_returns_when_the_last_record_was_refused(tmp_path: Path) ->
     await writer.open()
     task = asyncio.create_task(writer.run())
     await writer.put(RowWrite("schedules", {"id": 1}))  # NOT NULL columns missing: refused by SQLite
-    # before the fix the waiter was only woken by a later successful commit: this hung
+    # the waiter is woken by the failed commit too, not only by a later successful one (else this hangs)
     await asyncio.wait_for(writer.flush(), 5)
     await writer.close()
     await task
@@ -138,8 +138,8 @@ async def test_an_urgent_flush_right_after_a_put_skips_the_batching_wait(tmp_pat
     from gateway.core.models import OutboxDone
 
     # The uplink deletes acknowledged rows with put() then flush(urgent=True), usually before the writer
-    # has woken up. Before the fix the writer then began its batching wait anyway, and every in-flight
-    # window of the uplink paid it (drain capped near window / interval).
+    # has woken up. The writer must not begin its batching wait then, or every in-flight window of the
+    # uplink pays it (drain capped near window / interval).
     writer = StoreWriter(tmp_path / "g.db", metrics=Metrics(), outbox=True, commit_interval=2.0)
     await writer.open()
     task = asyncio.create_task(writer.run())
@@ -274,7 +274,7 @@ async def test_a_put_cancelled_while_the_queue_is_full_leaves_no_phantom_record(
     blocked.cancel()
     await asyncio.gather(blocked, return_exceptions=True)
     task = asyncio.create_task(writer.run())
-    await asyncio.wait_for(writer.flush(), 5)  # hung before the fix: it waited for the cancelled record
+    await asyncio.wait_for(writer.flush(), 5)  # must not wait for the cancelled record
     await writer.close()
     await task
     with sqlite3.connect(tmp_path / "g.db") as conn:

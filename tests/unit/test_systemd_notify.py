@@ -10,8 +10,8 @@ from gateway.systemd_notify import SystemdNotifier
 
 
 def test_a_notify_socket_nobody_reads_does_not_block_the_caller(tmp_path: Path) -> None:
-    # Before the fix the 11th datagram blocked: the gateway's whole event loop stopped until the
-    # socket was read (a test harness that read it only at start-up saw the daemon freeze after ~2 s).
+    # A blocking send would stop at the 11th datagram: the gateway's whole event loop would wait until the
+    # socket was read (a harness that reads it only at start-up would see the daemon freeze after ~2 s).
     path = tmp_path / "notify.sock"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
         listener.bind(str(path))
