@@ -5,7 +5,8 @@ writer's connection, after a batch, so deleting never holds up more than one ste
 * compact_plan, compact, drop_covered: the three kinds of compaction step (compaction.py).
 * expire: at most `limit` rows of one table older than the cut-off. Readings and rollups are deleted per
   device through their (device_id, time) keys, the devices found by an index skip-scan: a step costs a
-  probe per device plus its rows, never a table scan. A reading the rollups do not hold yet is kept.
+  probe per device plus its rows, never a table scan. A reading the rollups do not hold yet is kept, and so is
+  the newest row (readings' ids are never handed out twice).
   Compacted readings go a whole device-hour row at a time; the hour a cut-off falls in is rewritten without
   the readings before it. The outbox is not a table retention knows (its own budget bounds it).
 * size_cap: over the cap (pages in use, not the file's free pages), the oldest hour of raw readings across
@@ -45,12 +46,11 @@ _PER_DEVICE = (
 )
 _ROLLUP_KEY = {"key": "(device_id, bucket, metric)", "rkey": "r.device_id, r.bucket, r.metric", "time": "bucket",
                "also": ""}
-_ROLLED_UP = f" AND r.id <= ({WATERMARK})"
-# readings' ids are max(id) + 1: with the newest rows gone (every device silent longer than the window), the
-# next reading would take an id the watermark has passed and never be folded. Every row left is folded, so the
-# watermark comes down to the newest one left.
-_WATERMARK_TO_NEWEST = ("UPDATE rollup_state SET readings_through = (SELECT coalesce(max(id), 0) FROM readings)"
-                        " WHERE readings_through > (SELECT coalesce(max(id), 0) FROM readings)")
+# readings' ids are max(id) + 1 and a block hides its device-hour's rows up to its `through` (compaction.py):
+# were the newest row deleted, the next reading could take an id a block covers (never read) or one the rollups'
+# watermark passed (never folded). So the newest row stays, whatever its age, until a newer one comes (compaction
+# never moves it either), and max(id) never goes down.
+_ROLLED_UP = f" AND r.id <= ({WATERMARK}) AND r.id < (SELECT max(id) FROM readings)"
 EXPIRE: dict[str, str] = {
     "readings": _PER_DEVICE.format(t="readings", key="id", rkey="r.id", time="ts", also=_ROLLED_UP),
     "rollup_hourly": _PER_DEVICE.format(t="rollup_hourly", **_ROLLUP_KEY),
@@ -117,8 +117,6 @@ def expire_readings(db: sqlite3.Connection, cutoff: float, limit: int) -> int:
         deleted = _expire_blocks(db, cutoff, limit)
         if not deleted:
             deleted = max(db.execute(EXPIRE["readings"], (cutoff, limit)).rowcount, 0)
-            if deleted:
-                db.execute(_WATERMARK_TO_NEWEST)
         if not deleted and cutoff != hour_of(cutoff):
             deleted = _trim_blocks(db, cutoff)
         db.execute("COMMIT")

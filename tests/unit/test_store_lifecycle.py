@@ -106,8 +106,10 @@ async def test_retention_keeps_exactly_its_window_and_what_the_rollups_or_the_ou
         await store.writer.flush()
         store.clock.advance(5 * DAY)  # now: T0 + 5 days
         report = await store.lifecycle.run_pass()
-        # readings past the window but not in the rollups yet: kept until folded
-        insert_readings(path, [("AP-000", T0 + 60.0, T0 + 5 * DAY, '{"pm25":1}', None)])
+        # readings past the window but not in the rollups yet: kept until folded (and, like any reading, while
+        # they are the newest row: a newer one comes after it here)
+        insert_readings(path, [("AP-000", T0 + 60.0, T0 + 5 * DAY, '{"pm25":1}', None),
+                               ("AP-001", T0 + 5 * DAY, T0 + 5 * DAY, '{"pm25":2}', None)])
         again = await store.lifecycle.run_pass()
     now = T0 + 5 * DAY
     with sqlite3.connect(path) as db:
@@ -218,19 +220,21 @@ async def test_a_buckets_last_value_is_the_newest_by_time_then_by_the_order_stor
 
 
 async def test_a_reading_after_a_silence_longer_than_the_window_reaches_the_rollups(tmp_path: Path) -> None:
-    """Every reading expired: the readings table hands the next one the id 1, which the rollups' watermark had
-    passed; it must still be folded."""
+    """Every reading past the window: all go but the newest row, whatever its age, so the readings table never
+    hands out an id again (one the rollups' watermark or a block passed); the next reading is folded, and the
+    old newest row goes at the next pass."""
     path = tmp_path / "g.db"
     policy = RetentionSection(readings_days=1, pause_ms=0, batch_rows=100, step_target_ms=1000)
     async with running_store(path, policy) as store:
         insert_readings(path, reading_rows(2, T0, T0 + HOUR, 600))
         store.clock.advance(3 * DAY)
         report = await store.lifecycle.run_pass()
-        assert report.expired["readings"] == 2 * 6
+        assert report.expired["readings"] == 2 * 6 - 1
         late = T0 + 3 * DAY - 60.0
         await store.writer.put(Reading("AP-000", late, {"pm25": 42.0}, late))
         await store.writer.flush()
-        await store.lifecycle.run_pass()
+        again = await store.lifecycle.run_pass()
+        assert again.expired["readings"] == 1
     conn = await read_queries.open_reader(path)
     try:
         got = await history.statistics(conn, "AP-000", late - 600, late + 600)
@@ -241,3 +245,5 @@ async def test_a_reading_after_a_silence_longer_than_the_window_reaches_the_roll
         [(hourly,)] = db.execute("SELECT count(*) FROM rollup_hourly WHERE device_id = 'AP-000' AND metric = 'pm25'"
                                  " AND bucket = ?", (late - late % HOUR,)).fetchall()
     assert hourly == 1
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT id, ts FROM readings").fetchall() == [(2 * 6 + 1, late)]
